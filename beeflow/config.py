@@ -1,0 +1,335 @@
+"""The one immutable Config, built once from the environment by Config.from_env(env)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import attrs
+from yarl import URL
+
+from beeflow.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_API_BASE_URL: Final = "https://server.beeflow.nl"
+DEFAULT_SOCKET_PATH: Final = "/tmp/exapp.sock"  # noqa: S108 - fixed by AppAPI/HaRP (contract 9.1)
+DEFAULT_CERT_DIR: Final = "/certs/frp"
+APP_ID_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*[a-z0-9]$")
+_SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes including the NUL
+
+
+def _repr_secret(value: object) -> str:
+    return "'***'" if value else "''"
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything the process is told at start. Discovered state (tenant key...) lives elsewhere."""
+
+    # -- set by AppAPI
+    app_id: str = "bee_flow"
+    app_secret: str = attrs.field(repr=_repr_secret)
+    app_version: str = "0.0.0"
+    app_host: str = "0.0.0.0"
+    app_port: int = 8080
+    persistent_storage: Path = Path("/data")
+    nextcloud_url: URL
+    aa_version: str = "32.0.0"
+    # -- admin configurable
+    tenant_key_env: str | None = attrs.field(default=None, repr=_repr_secret)
+    api_base_url: URL = URL(DEFAULT_API_BASE_URL)  # noqa: RUF009 - URL is immutable
+    api_base_url_from_env: bool = False
+    jwt_ttl_seconds: int = 300
+    sig_skew_seconds: int = 300
+    nc_public_url: URL | None = None
+    trusted_embed_origins: tuple[str, ...] = ()
+    # -- HaRP
+    hp_shared_key: str = attrs.field(default="", repr=_repr_secret)
+    hp_frp_address: str = ""
+    hp_frp_port: int = 8782
+    socket_path: Path = Path(DEFAULT_SOCKET_PATH)
+    frpc_bin: str = "frpc"
+    frp_cert_dir: Path = Path(DEFAULT_CERT_DIR)
+    frpc_pin_file: Path | None = None
+    # -- behaviour knobs (seconds unless named otherwise)
+    upstream_headers_timeout: float = 60.0
+    upstream_connect_timeout: float = 10.0
+    nc_headers_timeout: float = 60.0
+    nc_connect_timeout: float = 10.0
+    sse_keepalive_seconds: float = 15.0
+    legacy_stream_idle_seconds: float = 120.0
+    nc_max_body_bytes: int = 4 * 1024**3
+    spool_memory_bytes: int = 1024 * 1024
+    spool_dir: Path | None = None
+    sync_interval_seconds: float = 900.0
+    shutdown_grace_seconds: float = 20.0
+    auth_failure_budget: int = 4
+    spa_dir: Path | None = None
+    demo: bool = False
+
+    @property
+    def harp(self) -> bool:
+        """HaRP mode is decided once, by a non-empty HP_SHARED_KEY (contract 1.5, 9.1)."""
+        return bool(self.hp_shared_key)
+
+    @property
+    def tenant_key_auto(self) -> bool:
+        return self.tenant_key_env is None
+
+    @property
+    def public_nextcloud_url(self) -> URL:
+        return self.nc_public_url or self.nextcloud_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """Parse every variable, collect every problem, raise one ConfigError naming them all."""
+        p = _Parser(env)
+        kwargs: dict[str, Any] = {
+            "app_id": p.get("APP_ID", "bee_flow", _app_id),
+            "app_secret": p.required("APP_SECRET", _non_blank, secret=True),
+            "app_version": p.get("APP_VERSION", "0.0.0", _non_blank),
+            "app_host": p.get("APP_HOST", "0.0.0.0", _non_blank),
+            "app_port": p.get("APP_PORT", "8080", _port),
+            "persistent_storage": p.get("APP_PERSISTENT_STORAGE", "/data", _path),
+            "nextcloud_url": p.required("NEXTCLOUD_URL", _nextcloud_url),
+            "aa_version": p.get("AA_VERSION", "32.0.0", _non_blank),
+            "tenant_key_env": p.get("BEEFLOW_TENANT_KEY", "auto", _tenant_key, secret=True),
+            "api_base_url": p.get("BEEFLOW_API_BASE_URL", DEFAULT_API_BASE_URL, _http_url),
+            "api_base_url_from_env": bool(env.get("BEEFLOW_API_BASE_URL", "").strip()),
+            "jwt_ttl_seconds": p.get("BEEFLOW_JWT_TTL_SECONDS", "300", _int_range(10, 86400)),
+            "sig_skew_seconds": p.get("BEEFLOW_SIG_SKEW_SECONDS", "300", _int_range(1, 3600)),
+            "nc_public_url": p.get("BEEFLOW_NC_PUBLIC_URL", "", _optional(_nextcloud_url)),
+            "trusted_embed_origins": p.get("BEEFLOW_TRUSTED_EMBED_ORIGINS", "", _origins),
+            "hp_shared_key": p.get("HP_SHARED_KEY", "", _shared_key, secret=True),
+            "hp_frp_port": p.get("HP_FRP_PORT", "8782", _port),
+            "socket_path": p.get("HP_EXAPP_SOCK", DEFAULT_SOCKET_PATH, _socket_path),
+            "frpc_bin": p.get("BEEFLOW_FRPC_BIN", "frpc", _non_blank),
+            "frp_cert_dir": p.get("BEEFLOW_FRP_CERT_DIR", DEFAULT_CERT_DIR, _path),
+            "frpc_pin_file": p.get("BEEFLOW_FRPC_PIN_FILE", "", _optional(_path)),
+            "upstream_headers_timeout": p.get(
+                "BEEFLOW_UPSTREAM_HEADERS_TIMEOUT_SECONDS", "60", _float_range(0.1, 3600)
+            ),
+            "upstream_connect_timeout": p.get(
+                "BEEFLOW_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "10", _float_range(0.1, 600)
+            ),
+            "nc_headers_timeout": p.get(
+                "BEEFLOW_NC_HEADERS_TIMEOUT_SECONDS", "60", _float_range(0.1, 3600)
+            ),
+            "nc_connect_timeout": p.get(
+                "BEEFLOW_NC_CONNECT_TIMEOUT_SECONDS", "10", _float_range(0.1, 600)
+            ),
+            "sse_keepalive_seconds": p.get(
+                "BEEFLOW_SSE_KEEPALIVE_SECONDS", "15", _float_range(0.05, 3600)
+            ),
+            "legacy_stream_idle_seconds": p.get(
+                "BEEFLOW_LEGACY_STREAM_IDLE_SECONDS", "120", _float_range(0.05, 86400)
+            ),
+            "nc_max_body_bytes": p.get(
+                "BEEFLOW_NC_MAX_BODY_BYTES", str(4 * 1024**3), _int_range(0, 1 << 44)
+            ),
+            "spool_memory_bytes": p.get(
+                "BEEFLOW_SPOOL_MEMORY_BYTES", str(1024 * 1024), _int_range(0, 64 * 1024**2)
+            ),
+            "spool_dir": p.get("BEEFLOW_SPOOL_DIR", "", _optional(_path)),
+            "sync_interval_seconds": p.get(
+                "BEEFLOW_SYNC_INTERVAL_SECONDS", "900", _float_range(1, 7 * 86400)
+            ),
+            "shutdown_grace_seconds": p.get(
+                "BEEFLOW_SHUTDOWN_GRACE_SECONDS", "20", _float_range(0, 600)
+            ),
+            "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", _int_range(1, 9)),
+            "spa_dir": p.get("BEEFLOW_SPA_DIR", "", _optional(_path)),
+        }
+        harp = bool(kwargs["hp_shared_key"])
+        if harp:
+            kwargs["hp_frp_address"] = p.required("HP_FRP_ADDRESS", _host, why_missing="HaRP mode")
+        else:
+            kwargs["hp_frp_address"] = env.get("HP_FRP_ADDRESS", "").strip()
+        p.raise_if_errors()
+        return cls(**kwargs)
+
+
+class _Invalid(ValueError):
+    """A variable's value is wrong; the message says why without quoting secrets."""
+
+
+class _Parser:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._errors: dict[str, str] = {}
+
+    def get(self, name: str, default: str, parse: Callable[[str], T], *, secret: bool = False) -> T:
+        raw = self._env.get(name)
+        if raw is None:
+            raw = default
+        return self._parse(name, raw, parse, secret=secret)
+
+    def required(
+        self,
+        name: str,
+        parse: Callable[[str], T],
+        *,
+        secret: bool = False,
+        why_missing: str = "",
+    ) -> T:
+        raw = self._env.get(name, "")
+        if not raw.strip():
+            self._errors[name] = "is required" + (f" in {why_missing}" if why_missing else "")
+            return None  # type: ignore[return-value]  # never used: raise_if_errors raises
+        return self._parse(name, raw, parse, secret=secret)
+
+    def _parse(self, name: str, raw: str, parse: Callable[[str], T], *, secret: bool) -> T:
+        try:
+            return parse(raw)
+        except _Invalid as exc:
+            shown = "" if secret else f" (got {_clip(raw)!r})"
+            self._errors[name] = f"{exc}{shown}"
+            return None  # type: ignore[return-value]
+
+    def raise_if_errors(self) -> None:
+        if self._errors:
+            raise ConfigError(dict(sorted(self._errors.items())))
+
+
+def _clip(raw: str) -> str:
+    return raw if len(raw) <= 80 else raw[:77] + "..."
+
+
+def _non_blank(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _app_id(raw: str) -> str:
+    value = raw.strip()
+    if not APP_ID_RE.match(value) or value == "app_api":
+        raise _Invalid("must be a lowercase app id like bee_flow (app_api is reserved)")
+    return value
+
+
+def _port(raw: str) -> int:
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        raise _Invalid("must be a whole number from 1 to 65535") from None
+    if not 1 <= value <= 65535:
+        raise _Invalid("must be a whole number from 1 to 65535")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            raise _Invalid(f"must be a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise _Invalid(f"must be a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise _Invalid(f"must be a number from {low:g} to {high:g}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise _Invalid(f"must be a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _path(raw: str) -> Path:
+    value = raw.strip()
+    if not value or "\x00" in value:
+        raise _Invalid("must be a path")
+    return Path(value)
+
+
+def _socket_path(raw: str) -> Path:
+    path = _path(raw)
+    if len(str(path).encode()) > _SOCKET_PATH_MAX:
+        raise _Invalid(f"must be at most {_SOCKET_PATH_MAX} bytes (the Unix socket limit)")
+    return path
+
+
+def _http_url(raw: str) -> URL:
+    value = raw.strip()
+    try:
+        url = URL(value)
+    except (ValueError, TypeError):
+        raise _Invalid("must be an http(s) URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise _Invalid("must be an http(s) URL with a host")
+    if url.user or url.password:
+        raise _Invalid("must not carry credentials")
+    if url.query_string or url.fragment:
+        raise _Invalid("must not have a query or fragment")
+    return url.with_path(url.path.rstrip("/"))
+
+
+def _nextcloud_url(raw: str) -> URL:
+    """nc_py_api's normalisation: strip a trailing '/' and '/index.php' (contract 2.1)."""
+    url = _http_url(raw)
+    path = url.path.rstrip("/")
+    if path.endswith("/index.php"):
+        path = path[: -len("/index.php")]
+    return url.with_path(path.rstrip("/"))
+
+
+def _tenant_key(raw: str) -> str | None:
+    value = raw.strip()
+    if value in ("", "auto"):
+        return None
+    if len(value) < 16:
+        raise _Invalid("must be 'auto' or a tenant key of at least 16 characters")
+    return value
+
+
+def _shared_key(raw: str) -> str:
+    # HaRP's start.sh strips surrounding quotes; it also limits keys to printable ASCII.
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    if any(not (0x20 < ord(c) < 0x7F) for c in value):
+        raise _Invalid("must be printable ASCII without spaces")
+    return value
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c in value for c in "/ \t\r\n@"):
+        raise _Invalid("must be a host name or address")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for part in raw.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        url = _http_url(item)
+        if url.path not in ("", "/"):
+            raise _Invalid("must be a comma-separated list of origins (scheme://host[:port])")
+        out.append(str(url.origin()))
+    return tuple(out)
+
+
+def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    def wrapped(raw: str) -> T | None:
+        if not raw.strip():
+            return None
+        return parse(raw)
+
+    return wrapped

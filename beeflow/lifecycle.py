@@ -1,0 +1,274 @@
+"""AppAPI lifecycle: GET /heartbeat, POST /init (single-flight pipeline with progress),
+PUT /enabled, and the boot run that is careful not to lock the connector out of Nextcloud."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import attrs
+from aiohttp import web
+
+from beeflow import keys
+from beeflow.appapi import Access, add_route
+from beeflow.errors import NextcloudError
+from beeflow.middleware import json_response
+from beeflow.ratelimit import RateLimiter
+from beeflow.state import InitPhase
+from beeflow.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+UNTRUSTED_RUNS: Final = 3
+UNTRUSTED_WINDOW: Final = 15 * 60.0
+
+
+@attrs.define
+class InitRun:
+    """What the last pipeline run did, for the heartbeat and diagnostics."""
+
+    state: str = "idle"  # idle | running | done | failed | skipped
+    trigger: str = ""
+    progress: int = 0
+    error: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    runs: int = 0
+
+
+class Pipeline:
+    """Single-flight: concurrent triggers join the run in flight (reference 6.1, 5.2)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._task: asyncio.Task[None] | None = None
+        self._report_joined = False
+        self.run_info = InitRun()
+        self.boot_blocked = False  # the boot probe was refused: wait for AppAPI to call us
+        self._counter = itertools.count(1)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def trigger(self, reason: str, *, report: bool) -> asyncio.Task[None]:
+        """Start a run, or join the one in flight. A joining /init makes the run report."""
+        if self._task is not None and not self._task.done():
+            if report:
+                self._report_joined = True
+            return self._task
+        self._report_joined = report
+        self._task = spawn(self._run(reason), name=f"init-pipeline-{next(self._counter)}")
+        return self._task
+
+    async def _report(self, progress: int, error: str = "") -> None:
+        if not self._report_joined:
+            return
+        client = self._app[keys.NEXTCLOUD]
+        try:
+            result = await client.report_progress(progress, error)
+        except NextcloudError as exc:
+            log.warning("init progress %d not delivered: %s", progress, exc)
+            return
+        if not result.ok:
+            log.warning(
+                "init progress %d refused: HTTP %s OCS %s",
+                progress,
+                result.http_status,
+                result.statuscode,
+            )
+
+    async def _run(self, reason: str) -> None:
+        info = self.run_info
+        info.state, info.trigger, info.error = "running", reason, ""
+        info.started_at, info.finished_at = time.time(), None
+        info.runs += 1
+        phases = sorted(self._app[keys.INIT_PHASES], key=lambda p: p.progress)
+        log.info("init pipeline started (%s): %d phase(s)", reason, len(phases))
+        try:
+            for progress, group in itertools.groupby(phases, key=lambda p: p.progress):
+                await _run_group(list(group))
+                info.progress = progress
+                if progress < 100:
+                    await self._report(progress)
+            info.progress = 100
+            await self._report(100)
+        except Exception as exc:
+            message = _public_error(exc)
+            info.state, info.error = "failed", message
+            info.finished_at = time.time()
+            log.error("init pipeline failed (%s): %s", reason, message)
+            await self._report(0, message)
+            return
+        info.state = "done"
+        info.finished_at = time.time()
+        log.info("init pipeline finished (%s)", reason)
+
+
+async def _run_group(group: list[InitPhase]) -> None:
+    results = await asyncio.gather(*(p.run() for p in group), return_exceptions=True)
+    for phase, result in zip(group, results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            raise RuntimeError(f"{phase.name}: {_public_error(result)}") from result
+
+
+def _public_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:500]
+
+
+_PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
+_UNTRUSTED: web.AppKey[RateLimiter] = web.AppKey("lifecycle_untrusted")
+
+
+def pipeline(app: web.Application) -> Pipeline:
+    return app[_PIPELINE]
+
+
+# ------------------------------------------------------------------ handlers
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    """Always 200 {"status":"ok"} (AppAPI reads only that); advisory fields after it. Details
+    only for callers presenting the valid AppAPI secret (reference 5.1). No I/O."""
+    trusted = request[keys.IDENTITY].trusted
+    body: dict[str, Any] = {"status": "ok"}
+    for name, provider in request.app.get(keys.HEALTH, {}).items():
+        try:
+            fields = provider(trusted)
+        except Exception:
+            log.exception("health provider %s failed", name)
+            continue
+        if fields:
+            body[name] = fields
+    return json_response(body)
+
+
+def _untrusted_allowed(request: web.Request, what: str) -> bool:
+    if request[keys.IDENTITY].trusted:
+        request.app[keys.NEXTCLOUD].budget.reset()
+        return True
+    allowed = request.app[_UNTRUSTED].hit(what)
+    if not allowed:
+        log.debug("untrusted %s ignored (budget %d per 15 min)", what, UNTRUSTED_RUNS)
+    return allowed
+
+
+async def init(request: web.Request) -> web.Response:
+    """Answer at once; the work runs in the background and reports progress (contract 3.2)."""
+    if _untrusted_allowed(request, "init"):
+        pipe = pipeline(request.app)
+        pipe.boot_blocked = False
+        pipe.trigger("init", report=True)
+    return json_response({"status": "ok"})
+
+
+async def enabled(request: web.Request) -> web.Response:
+    """PUT /enabled?enabled=0|1 -> {"error": ""} (contract 3.3). Enabling after a refused boot
+    probe runs the registration pipeline (no progress: AppAPI is not in an init phase)."""
+    value = request.query.get("enabled", "")
+    if value not in ("0", "1", "true", "false"):
+        return json_response({"error": "", "code": "enabled_value_ignored"})
+    state = value in ("1", "true")
+    if _untrusted_allowed(request, "enabled"):
+        log.info("AppAPI set enabled=%s", int(state))
+        pipe = pipeline(request.app)
+        if state and pipe.boot_blocked:
+            pipe.boot_blocked = False
+            pipe.trigger("enabled", report=False)
+    return json_response({"error": ""})
+
+
+# ------------------------------------------------------------------ boot
+
+
+async def boot(app: web.Application) -> None:
+    """At most ONE authenticated probe at boot. If Nextcloud refuses it (not registered yet, wrong
+    secret, locked out), do not run the pipeline: wait for /init, /enabled or a trusted request."""
+    pipe = pipeline(app)
+    client = app[keys.NEXTCLOUD]
+    try:
+        result = await client.probe()
+    except NextcloudError as exc:
+        log.warning("Nextcloud not reachable at boot (%s); waiting for AppAPI to call /init", exc)
+        pipe.boot_blocked = True
+        pipe.run_info.state = "skipped"
+        return
+    if result.auth_refused:
+        log.warning(
+            "AppAPI refused the boot probe (HTTP %s, OCS %s): the app is not registered or its "
+            "secret differs. Waiting for AppAPI to call /init.",
+            result.http_status,
+            result.statuscode,
+        )
+        pipe.boot_blocked = True
+        pipe.run_info.state = "skipped"
+        return
+    pipe.trigger("boot", report=False)
+
+
+async def _boot_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = spawn(boot(app), name="lifecycle-boot")
+    yield
+    if not task.done():
+        task.cancel()
+
+
+def _health(app: web.Application) -> Any:
+    def provide(trusted: bool) -> dict[str, Any]:
+        info = app[_PIPELINE].run_info
+        out: dict[str, Any] = {"state": info.state}
+        if app[_PIPELINE].boot_blocked:
+            out["waitingFor"] = "AppAPI /init (boot probe was refused)"
+        if trusted:
+            out["progress"] = info.progress
+            if info.error:
+                out["error"] = info.error
+        return out
+
+    return provide
+
+
+def _budget_health(app: web.Application) -> Any:
+    def provide(trusted: bool) -> dict[str, Any]:
+        budget = app[keys.NEXTCLOUD].budget
+        if not budget.used:
+            return {}
+        snap = budget.snapshot()
+        return snap if trusted else {"spent": snap["spent"]}
+
+    return provide
+
+
+def _on_trusted(app: web.Application) -> Any:
+    def seen(request: web.Request) -> None:
+        # A request bearing the valid secret proves Nextcloud knows us: our failure budget is
+        # moot, and a pipeline held back at boot may run now.
+        app[keys.NEXTCLOUD].budget.reset()
+        pipe = app[_PIPELINE]
+        if pipe.boot_blocked and request.path not in ("/init", "/enabled"):
+            pipe.boot_blocked = False
+            pipe.trigger("trusted-request", report=False)
+
+    return seen
+
+
+def setup(app: web.Application, *, run_at_boot: bool = True) -> None:
+    app[_PIPELINE] = Pipeline(app)
+    app[keys.ON_TRUSTED] = _on_trusted(app)
+    app[_UNTRUSTED] = RateLimiter(limit=UNTRUSTED_RUNS, window=UNTRUSTED_WINDOW)
+    app.setdefault(keys.INIT_PHASES, [])
+    health = app.setdefault(keys.HEALTH, {})
+    health["init"] = _health(app)
+    health["appapiAuth"] = _budget_health(app)
+    add_route(app, "GET", "/heartbeat", heartbeat, Access.PUBLIC)
+    add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True, lifecycle=True)
+    add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True, lifecycle=True)
+    if run_at_boot:
+        app.cleanup_ctx.append(_boot_ctx)

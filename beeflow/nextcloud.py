@@ -1,0 +1,376 @@
+"""The outbound control-plane client for Nextcloud: AppAPI headers, OCS verdicts, warm-up retry,
+and a budget that keeps the connector from locking its own IP out of Nextcloud."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from beeflow.config import Config
+from beeflow.errors import NextcloudError
+
+log = logging.getLogger(__name__)
+
+OCS_OK: Final = frozenset({100, 200})
+OCS_EXISTS: Final = 409
+BRUTEFORCE_WINDOW: Final = 30 * 60.0
+BRUTEFORCE_REMEDY: Final = (
+    "Nextcloud counts failed AppAPI logins per IP; after more than 10 in 30 minutes it refuses "
+    "every AppAPI call from this IP for 30 minutes. Register the app "
+    "(`occ app_api:app:register ...`), then clear the counter with "
+    "`occ security:bruteforce:reset <connector-ip>`."
+)
+_STATUSCODE_XML: Final = re.compile(rb"<statuscode>\s*(\d+)\s*</statuscode>")
+
+
+def appapi_headers(config: Config, user_id: str = "") -> dict[str, str]:
+    """Contract 2.1: the headers every ExApp -> Nextcloud call carries."""
+    token = base64.b64encode(f"{user_id}:{config.app_secret}".encode()).decode("ascii")
+    return {
+        "AUTHORIZATION-APP-API": token,
+        "EX-APP-ID": config.app_id,
+        "EX-APP-VERSION": config.app_version,
+        "AA-VERSION": config.aa_version,
+    }
+
+
+@attrs.frozen
+class OcsResult:
+    """An answer from Nextcloud, with its OCS verdict when it had an envelope."""
+
+    http_status: int
+    statuscode: int | None
+    data: Any
+    message: str = ""
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        if self.statuscode is not None:
+            return 200 <= self.http_status < 300 and self.statuscode in OCS_OK
+        return 200 <= self.http_status < 300
+
+    @property
+    def exists(self) -> bool:
+        """409 'already registered', on the wire (v2) or in-band (v1): idempotent success."""
+        return self.http_status == OCS_EXISTS or self.statuscode == OCS_EXISTS
+
+    @property
+    def done(self) -> bool:
+        return self.ok or self.exists
+
+    @property
+    def auth_refused(self) -> bool:
+        """Nextcloud refused the AppAPI login: 997/401, or the brute-force lock (429), on the
+        wire or in-band (OCS v1 answers HTTP 200 with the refusal inside)."""
+        if self.http_status in (401, 429):
+            return True
+        return self.statuscode in (997, 429)
+
+
+def parse_ocs(status: int, body: bytes) -> OcsResult:
+    """Read an OCS envelope (JSON, or XML statuscode) leniently; a non-envelope keeps HTTP only."""
+    text = body.decode("utf-8", "replace")
+    statuscode: int | None = None
+    data: Any = None
+    message = ""
+    try:
+        parsed = json.loads(text) if text.strip() else None
+    except ValueError:
+        parsed = None
+        match = _STATUSCODE_XML.search(body)
+        if match:
+            statuscode = int(match.group(1))
+    if isinstance(parsed, dict) and isinstance(parsed.get("ocs"), dict):
+        meta = parsed["ocs"].get("meta") or {}
+        if isinstance(meta, dict):
+            code = meta.get("statuscode")
+            statuscode = code if isinstance(code, int) else None
+            message = str(meta.get("message") or "")
+        data = parsed["ocs"].get("data")
+    elif parsed is not None:
+        data = parsed
+    return OcsResult(status, statuscode, data, message, text[:2000])
+
+
+@attrs.define
+class AuthBudget:
+    """Our own count of refused AppAPI logins, kept far under Nextcloud's lock-out threshold.
+
+    Nextcloud bans an IP after more than 10 failures in 30 minutes (measured on NC 32), and a
+    success resets its counter. We allow `limit` failures per window across every feature; when
+    they are spent, calls stop until the window passes or an inbound request proves the secret.
+    """
+
+    limit: int = 4
+    window: float = BRUTEFORCE_WINDOW
+    _failures: list[float] = attrs.field(factory=list)
+    last_refusal: str = ""
+    last_refusal_at: float | None = None
+
+    def _trim(self, now: float) -> None:
+        self._failures = [t for t in self._failures if now - t < self.window]
+
+    @property
+    def spent(self) -> bool:
+        self._trim(time.monotonic())
+        return len(self._failures) >= self.limit
+
+    @property
+    def used(self) -> int:
+        self._trim(time.monotonic())
+        return len(self._failures)
+
+    def record_failure(self, reason: str) -> None:
+        now = time.monotonic()
+        self._trim(now)
+        self._failures.append(now)
+        self.last_refusal = reason
+        self.last_refusal_at = time.time()
+        if len(self._failures) == self.limit:
+            log.error(
+                "AppAPI refused %d calls; pausing Nextcloud calls. %s",
+                self.limit,
+                BRUTEFORCE_REMEDY,
+            )
+
+    def record_success(self) -> None:
+        self._failures.clear()
+
+    def reset(self) -> None:
+        """Inbound proof that Nextcloud knows our secret (a trusted AppAPI call arrived)."""
+        self._failures.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        spent = self.spent
+        out: dict[str, Any] = {"failures": self.used, "limit": self.limit, "spent": spent}
+        if self.last_refusal:
+            out["lastRefusal"] = self.last_refusal
+        if spent:
+            out["remedy"] = BRUTEFORCE_REMEDY
+        return out
+
+
+class NextcloudClient:
+    """One ClientSession to Nextcloud for control-plane calls (decoded, small bodies)."""
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.session = session
+        self.base = config.nextcloud_url
+        self.budget = AuthBudget(limit=config.auth_failure_budget)
+
+    def url(self, path: str) -> URL:
+        return URL(str(self.base) + path, encoded=True)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = "",
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        warmup: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> OcsResult:
+        """Call Nextcloud. `user=None` sends no AppAPI headers (anonymous). `warmup` is the time
+        budget for retrying AppAPI's 997 warm-up refusals and network errors (reference 5.4)."""
+        deadline = time.monotonic() + warmup
+        delay = 0.5
+        while True:
+            try:
+                result = await self._once(method, path, user, json_body, params, timeout, headers)
+            except NextcloudError as exc:
+                if exc.kind == "network" and time.monotonic() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 4.0)
+                    continue
+                raise
+            if (
+                user is not None
+                and result.auth_refused
+                and result.statuscode != 429
+                and result.http_status != 429
+                and time.monotonic() + delay < deadline
+                and not self.budget.spent
+            ):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 4.0)
+                continue
+            return result
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        user: str | None,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        timeout: float,
+        extra: Mapping[str, str] | None,
+    ) -> OcsResult:
+        authed = user is not None
+        if authed and self.budget.spent:
+            raise NextcloudError(
+                "paused: AppAPI refused too many calls (" + BRUTEFORCE_REMEDY + ")",
+                kind="auth_budget_spent",
+            )
+        headers: dict[str, str] = {"Accept": "application/json"}
+        if "/ocs/" in path:
+            headers["OCS-APIRequest"] = "true"
+        if authed:
+            headers.update(appapi_headers(self.config, user or ""))
+        if extra:
+            headers.update(extra)
+        try:
+            async with self.session.request(
+                method,
+                self.url(path),
+                json=json_body,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+                result = parse_ocs(resp.status, body)
+        except TimeoutError:
+            raise NextcloudError(f"{method} {path}: timed out", kind="network") from None
+        except aiohttp.ClientError as exc:
+            raise NextcloudError(f"{method} {path}: {type(exc).__name__}", kind="network") from None
+        if authed:
+            if result.auth_refused:
+                reason = f"{method} {path.split('?')[0]} -> HTTP {result.http_status}"
+                if result.statuscode is not None:
+                    reason += f" (OCS {result.statuscode})"
+                self.budget.record_failure(reason)
+            elif result.http_status < 500:
+                self.budget.record_success()
+        return result
+
+    async def ocs(self, method: str, path: str, **kw: Any) -> OcsResult:
+        """Like request(), with `format=json` added to OCS paths (nc_py_api does the same)."""
+        params = dict(kw.pop("params", None) or {})
+        params.setdefault("format", "json")
+        return await self.request(method, path, params=params, **kw)
+
+    async def report_progress(self, progress: int, error: str = "") -> OcsResult:
+        """PUT ex-app/status (contract 3.2). Nextcloud runs /heartbeat and /enabled against us
+        inside the 100 call, so its timeout is generous (contract 9.14)."""
+        body: dict[str, Any] = {"progress": progress}
+        if error:
+            body["error"] = error[:1000]
+        return await self.request(
+            "PUT",
+            "/ocs/v1.php/apps/app_api/ex-app/status",
+            json_body=body,
+            params={"format": "json"},
+            timeout=120.0 if progress == 100 else 10.0,
+            warmup=20.0,
+        )
+
+    async def probe(self) -> OcsResult:
+        """One authenticated call that works whether or not the app is enabled."""
+        return await self.ocs("GET", "/ocs/v1.php/apps/app_api/ex-app/state", timeout=5.0)
+
+
+@attrs.frozen
+class NcUser:
+    uid: str
+    email: str | None
+    display_name: str
+    groups: tuple[str, ...]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.groups
+
+
+class UserDirectory:
+    """Cached OCS user lookups (60 s, bounded), impersonating the user being looked up."""
+
+    def __init__(self, client: NextcloudClient, *, ttl: float = 60.0, max_entries: int = 1000):
+        self._client = client
+        self._ttl = ttl
+        self._max = max_entries
+        self._cache: OrderedDict[str, tuple[float, NcUser]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[NcUser]] = {}
+
+    def forget(self, uid: str) -> None:
+        self._cache.pop(uid, None)
+
+    async def lookup(self, uid: str) -> NcUser:
+        now = time.monotonic()
+        hit = self._cache.get(uid)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        pending = self._inflight.get(uid)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[NcUser] = asyncio.get_running_loop().create_future()
+        self._inflight[uid] = fut
+        try:
+            user = await self._fetch(uid)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: joiners re-raise it themselves
+            raise
+        finally:
+            self._inflight.pop(uid, None)
+        fut.set_result(user)
+        self._cache[uid] = (time.monotonic(), user)
+        self._cache.move_to_end(uid)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return user
+
+    async def _fetch(self, uid: str) -> NcUser:
+        result = await self._client.ocs(
+            "GET", f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}", user=uid, timeout=10.0
+        )
+        if not result.ok or not isinstance(result.data, dict):
+            raise NextcloudError(
+                f"user lookup: HTTP {result.http_status} OCS {result.statuscode}",
+                kind="auth" if result.auth_refused else "lookup",
+                status=result.http_status,
+            )
+        return user_from_ocs(uid, result.data)
+
+
+def user_from_ocs(uid: str, data: Mapping[str, Any]) -> NcUser:
+    """Lenient: Nextcloud's user payload differs a little between versions."""
+    email = data.get("email")
+    display = data.get("displayname") or data.get("display-name") or data.get("display_name")
+    groups = data.get("groups")
+    return NcUser(
+        uid=str(data.get("id") or uid),
+        email=str(email) if isinstance(email, str) and email else None,
+        display_name=str(display) if isinstance(display, str) and display else uid,
+        groups=tuple(str(g) for g in groups) if isinstance(groups, list) else (),
+    )
+
+
+async def session_context(config: Config) -> AsyncIterator[NextcloudClient]:
+    """cleanup_ctx body: one pooled, decoding session to Nextcloud for the app's lifetime."""
+    connector = aiohttp.TCPConnector(limit=32, keepalive_timeout=30)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, connect=config.nc_connect_timeout),
+        auto_decompress=True,
+        headers={"User-Agent": f"ExApp/{config.app_id}/{config.app_version} (beeflow)"},
+    ) as session:
+        yield NextcloudClient(config, session)

@@ -1,0 +1,1 @@
+"""The two reverse proxies and their shared streaming core."""

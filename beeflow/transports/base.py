@@ -1,0 +1,52 @@
+"""The Transport contract: a parsed spec plus a class whose start()/stop() wrap _start()/_stop()."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from beeflow.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class Transport(abc.ABC):
+    """Binds an AppRunner. Knows nothing about routes: only the runner and the config."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._runner: web.AppRunner | None = None
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where it listens, for the one 'listening on ...' log line."""
+
+    async def start(self, runner: web.AppRunner) -> None:
+        self._runner = runner
+        await self._start(runner)
+        log.info("listening on %s (%s mode)", self.describe(), self.name)
+
+    async def before_close(self) -> None:  # noqa: B027 - optional hook
+        """Called after in-flight requests drained and before listeners close (HaRP: stop frpc)."""
+
+    async def stop(self) -> None:
+        """Close the listeners (runner.cleanup) and whatever _stop() adds."""
+        await self.before_close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self._stop()
+
+    @abc.abstractmethod
+    async def _start(self, runner: web.AppRunner) -> None: ...
+
+    async def _stop(self) -> None:  # noqa: B027 - optional hook
+        """Extra clean-up after the runner closed."""
+
+    def status(self) -> dict[str, Any]:
+        """Advisory fields for the heartbeat, setup status and doctor."""
+        return {"mode": self.name, "listening": self.describe()}
