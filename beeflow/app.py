@@ -12,7 +12,7 @@ from beeflow.config import Config
 from beeflow.nextcloud import UserDirectory, session_context
 from beeflow.proxy import nc as nc_proxy
 from beeflow.proxy import saas as saas_proxy
-from beeflow.state import Draining
+from beeflow.state import ApiBase, Draining
 
 # Generous for uploads through /api (the /nc proxy streams its bodies itself).
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
@@ -46,6 +46,9 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     app[keys.DRAINING] = Draining()
     app[keys.INIT_PHASES] = []
     app[keys.HEALTH] = {}
+    app[keys.API_BASE] = ApiBase(
+        config.api_base_url, "env" if config.api_base_url_from_env else "default"
+    )
     middleware.install_security_headers(app)
     appapi.setup(app)
     app.cleanup_ctx.append(_nextcloud_ctx)

@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from beeflow.appapi import Identity, RoutePolicy
     from beeflow.config import Config
     from beeflow.nextcloud import NextcloudClient, UserDirectory
-    from beeflow.state import Draining, HealthProvider, InitPhase
+    from collections.abc import Awaitable
+
+    from beeflow.state import ApiBase, Draining, HealthProvider, InitPhase
     from beeflow.tenant import TenantState
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -30,6 +32,11 @@ HEALTH: web.AppKey[dict[str, HealthProvider]] = web.AppKey("health")
 
 # Called (cheaply, synchronously) whenever a request bears the valid AppAPI secret.
 ON_TRUSTED: web.AppKey[Callable[[web.Request], None]] = web.AppKey("on_trusted")
+
+# The service base URL in force (mutable: the setup picker changes it live).
+API_BASE: web.AppKey[ApiBase] = web.AppKey("api_base")
+# Set by the tenant module: forget the key and provision again in the background (setup picker).
+REBOOTSTRAP: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("rebootstrap")
 
 # Per request: who AppAPI says is calling, set by the AppAPI middleware on every routed request.
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

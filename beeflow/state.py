@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+from yarl import URL
 
 
 @attrs.define
@@ -60,3 +61,17 @@ class InitPhase:
 # called with trusted=True only for callers presenting the valid AppAPI secret; it must be cheap
 # and free of I/O.
 HealthProvider = Callable[[bool], dict[str, Any]]
+
+
+@attrs.define
+class ApiBase:
+    """The Bee Flow service base URL in force now. Config gives the start value; the setup picker
+    may change it live (source "setup"), and a cached tenant binding may pin it (source "bound")."""
+
+    url: URL
+    source: str = "default"  # env | setup | bound | default
+
+    @property
+    def locked(self) -> bool:
+        """BEEFLOW_API_BASE_URL in the environment wins over the picker (409 env_locked)."""
+        return self.source == "env"
