@@ -200,6 +200,6 @@ def _warn(request: web.Request, exc: AuthFailure) -> None:
 
 
 def setup(app: web.Application) -> None:
-    """Install the per-app state the middleware needs (the middleware itself is placed in app.py)."""
+    """Install the per-app state the middleware needs (app.py places the middleware)."""
     app[_WARN] = _WarnLimiter()
     app.setdefault(keys.ROUTE_POLICIES, {})

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from beeflow.appapi import Identity, RoutePolicy
     from beeflow.config import Config
     from beeflow.nextcloud import NextcloudClient, UserDirectory
-    from collections.abc import Awaitable
-
     from beeflow.state import ApiBase, Draining, HealthProvider, InitPhase
     from beeflow.tenant import TenantState
 
