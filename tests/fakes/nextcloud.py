@@ -1,0 +1,621 @@
+"""A fake Nextcloud + AppAPI, as strict as the real one where the connector can tell.
+
+A real aiohttp app on loopback. It checks AppAPI headers the way `validateExAppRequestToNC` does
+(contract 2.2/2.3), counts failed logins per client IP and locks the IP out like Nextcloud's
+brute-force throttler (nextcloud32-observed.md), answers OCS v1/v2 envelopes with their HTTP
+mappings, gzips when the client offers it, records every call, and on `progress: 100` calls the
+connector's /heartbeat and PUT /enabled while holding its own answer open, like AppAPI.
+
+Personalities (events_listener): "31" works, "32" answers OCS 996 (measured), "34" answers OCS
+404 (endpoint removed), "33.0.0" answers HTTP 500 naming EventsListenerController.
+
+Extension: pass `extra_routes=[web.RouteDef...]` (or call `add_routes` before `start`) to add
+endpoints; handlers can call `fake.check_appapi(request)` to authenticate exactly like this fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+EVENTS_LISTENER_CONTROLLER_ERROR = (
+    "Could not resolve OCA\\AppAPI\\Controller\\EventsListenerController! "
+    "Class OCA\\AppAPI\\Controller\\EventsListenerController does not exist"
+)
+APPAPI: web.RequestKey[tuple[str, str | None]] = web.RequestKey("fake_nc_appapi")
+BODY: web.RequestKey[bytes] = web.RequestKey("fake_nc_body")
+WEBHOOK_INCOMPATIBLE = "not an event class compatible with webhooks"
+WEBHOOK_COMPATIBLE_PREFIXES = (
+    "OCP\\Files\\Events\\Node\\",
+    "OCP\\Calendar\\Events\\",
+    "OCP\\SystemTag\\",
+)
+
+
+@attrs.define
+class FakeUser:
+    uid: str
+    email: str | None = None
+    display_name: str | None = None
+    groups: list[str] = attrs.field(factory=list)
+    enabled: bool = True
+
+    def ocs(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "id": self.uid,
+            "email": self.email,
+            "displayname": self.display_name or self.uid,
+            "display-name": self.display_name or self.uid,
+            "groups": list(self.groups),
+            "quota": {"free": 1, "used": 0, "total": 1, "relative": 0},
+            "backend": "Database",
+        }
+
+
+@attrs.frozen
+class Call:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    query: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    user: str | None  # the AppAPI user if the AppAPI login succeeded ("" = service), else None
+    auth: str  # ok | none | refused | locked | disabled
+    peer: str
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+
+@attrs.define
+class Callback:
+    """What the fake did to the connector while answering progress 100."""
+
+    method: str
+    path: str
+    status: int
+    body: str
+    started: float
+    finished: float
+
+
+class FakeNextcloud:
+    def __init__(
+        self,
+        *,
+        app_id: str = "bee_flow",
+        secret: str = "",
+        personality: str = "32",
+        version: str = "32.0.1",
+        registered: bool = True,
+        enabled: bool = True,
+        warmup_seconds: float = 0.0,
+        lockout_threshold: int = 10,
+        lockout_window: float = 1800.0,
+        lockout_duration: float = 1800.0,
+        expose_instance_id: str | None = None,
+        extra_routes: Iterable[web.RouteDef] = (),
+    ) -> None:
+        self.app_id = app_id
+        self.secret = secret
+        self.personality = personality
+        self.version = version
+        self.registered = registered
+        self.enabled = enabled
+        self.warmup_until = time.monotonic() + warmup_seconds if warmup_seconds else 0.0
+        self.init_in_progress = True
+        self.lockout_threshold = lockout_threshold
+        self.lockout_window = lockout_window
+        self.lockout_duration = lockout_duration
+        self.expose_instance_id = expose_instance_id
+        self.theming_name = "Nextcloud"
+        self.users: dict[str, FakeUser] = {}
+        self.calls: list[Call] = []
+        self.progress: list[dict[str, Any]] = []
+        self.callbacks: list[Callback] = []
+        self.top_menu: dict[str, dict[str, Any]] = {}
+        self.scripts: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.events_listeners: dict[tuple[str, str], dict[str, Any]] = {}
+        self.webhooks: list[dict[str, Any]] = []
+        self.logs: list[dict[str, Any]] = []
+        self.failures: dict[str, list[float]] = {}
+        self.locked_until: dict[str, float] = {}
+        self.failure_count_total = 0
+        self.connector_url: URL | None = None
+        self.connector_socket: str | None = None
+        self.callback_on_progress_100 = True
+        self.hold_progress_100 = 0.0  # extra seconds the status answer is held after callbacks
+        self.down = False  # when True every request gets 503 (a flapping Nextcloud)
+        self._extra = list(extra_routes)
+        self._runner: web.AppRunner | None = None
+        self.url = URL()
+        self._session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------ set-up helpers
+
+    def add_routes(self, routes: Iterable[web.RouteDef]) -> None:
+        self._extra.extend(routes)
+
+    def add_user(
+        self,
+        uid: str,
+        *,
+        email: str | None = None,
+        display_name: str | None = None,
+        groups: Iterable[str] = (),
+    ) -> FakeUser:
+        user = FakeUser(uid, email, display_name, list(groups))
+        self.users[uid] = user
+        return user
+
+    def register(self, *, enabled: bool = True) -> None:
+        """What `occ app_api:app:register` does (the app exists and knows the secret)."""
+        self.registered = True
+        self.enabled = enabled
+
+    def set_connector(self, *, url: URL | str | None = None, socket: str | None = None) -> None:
+        self.connector_url = URL(str(url)) if url is not None else None
+        self.connector_socket = socket
+
+    def calls_to(self, path_prefix: str, method: str | None = None) -> list[Call]:
+        return [
+            c
+            for c in self.calls
+            if c.path.startswith(path_prefix) and (method is None or c.method == method)
+        ]
+
+    def failures_for(self, ip: str = "127.0.0.1") -> int:
+        now = time.monotonic()
+        return len([t for t in self.failures.get(ip, []) if now - t < self.lockout_window])
+
+    def is_locked(self, ip: str = "127.0.0.1") -> bool:
+        return self.locked_until.get(ip, 0.0) > time.monotonic()
+
+    def reset_bruteforce(self, ip: str = "127.0.0.1") -> None:
+        """`occ security:bruteforce:reset <ip>`."""
+        self.failures.pop(ip, None)
+        self.locked_until.pop(ip, None)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> URL:
+        app = web.Application(middlewares=[self._middleware], client_max_size=1024**3)
+        app.add_routes(self._extra)
+        app.add_routes(self._routes())
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        self.url = URL.build(scheme="http", host=host, port=int(bound[1]))
+        return self.url
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------ AppAPI login
+
+    def check_appapi(self, request: web.Request) -> tuple[str, str | None]:
+        """validateExAppRequestToNC: returns (verdict, user). verdict: ok | none | refused |
+        locked | disabled. Counts failures per IP like Nextcloud's throttler."""
+        header = request.headers.get("AUTHORIZATION-APP-API")
+        if header is None:
+            return "none", None
+        ip = request.remote or "?"
+        if self.is_locked(ip):
+            return "locked", None
+        ex_app_id = request.headers.get("EX-APP-ID", "")
+        if not ex_app_id or ex_app_id != self.app_id or not self.registered:
+            self._fail(ip)
+            return "refused", None
+        try:
+            user, sep, secret = base64.b64decode(header, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            self._fail(ip)
+            return "refused", None
+        if not sep or secret != self.secret:
+            self._fail(ip)
+            return "refused", None
+        path = request.path
+        disabled = not self.enabled or time.monotonic() < self.warmup_until
+        if disabled and not (
+            path.endswith("/apps/app_api/ex-app/state")
+            or (path.endswith("/apps/app_api/ex-app/status") and self.init_in_progress)
+        ):
+            return "disabled", None  # refused, but a registered app's refusal is not counted
+        if not request.headers.get("EX-APP-VERSION", ""):
+            self._fail(ip)
+            return "refused", None
+        if user and user not in self.users:
+            self._fail(ip)
+            return "refused", None
+        self.failures.pop(ip, None)  # a successful login resets the throttle
+        return "ok", user
+
+    def _fail(self, ip: str) -> None:
+        now = time.monotonic()
+        recent = [t for t in self.failures.get(ip, []) if now - t < self.lockout_window]
+        recent.append(now)
+        self.failures[ip] = recent
+        self.failure_count_total += 1
+        if len(recent) > self.lockout_threshold:
+            self.locked_until[ip] = now + self.lockout_duration
+
+    # ------------------------------------------------------------ plumbing
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        body = await request.read() if request.can_read_body and not _streamed(request) else b""
+        verdict, user = self.check_appapi(request)
+        request[APPAPI] = (verdict, user)
+        self.calls.append(
+            Call(
+                method=request.method,
+                path=request.path,
+                query=request.query_string,
+                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+                body=body,
+                user=user,
+                auth=verdict,
+                peer=request.remote or "?",
+            )
+        )
+        request[BODY] = body
+        if self.down:
+            return web.Response(status=503, text="Service Unavailable")
+        if verdict in ("refused", "disabled"):
+            return self._unauthorised(request)
+        if verdict == "locked":
+            return self._ocs(request, None, 429, "Reached maximum delay")
+        response: web.StreamResponse = await handler(request)
+        if (
+            isinstance(response, web.Response)
+            and "gzip" in request.headers.get("Accept-Encoding", "")
+            and response.body is not None
+            and len(response.body) > 0  # type: ignore[arg-type]
+        ):
+            response.enable_compression(aiohttp.web.ContentCoding.gzip)
+        return response
+
+    def _unauthorised(self, request: web.Request) -> web.Response:
+        if "/ocs/" in request.path:
+            return self._ocs(request, None, 997, "AppAPI authentication failed")
+        return web.Response(
+            status=401,
+            content_type="application/xml",
+            text='<?xml version="1.0"?><d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'
+            "<s:exception>Sabre\\DAV\\Exception\\NotAuthenticated</s:exception></d:error>",
+        )
+
+    @staticmethod
+    def _ocs(
+        request: web.Request, data: Any, statuscode: int = 200, message: str = "OK"
+    ) -> web.Response:
+        """OCS envelope with Nextcloud's HTTP mapping: v1 answers 200 except 997 -> 401; v2 maps
+        the statuscode to HTTP (100/200 -> 200, 996 -> 500)."""
+        v1 = "/ocs/v1.php/" in request.path
+        ok = statuscode in (100, 200)
+        if v1 and statuscode == 200:
+            statuscode = 100
+        meta = {
+            "status": "ok" if ok else "failure",
+            "statuscode": statuscode,
+            "message": message,
+            "totalitems": "",
+            "itemsperpage": "",
+        }
+        if v1:
+            http = 401 if statuscode == 997 else 200
+        else:
+            http = {100: 200, 200: 200, 997: 401, 996: 500}.get(statuscode, statuscode)
+        body = {"ocs": {"meta": meta, "data": data if data is not None else []}}
+        return web.json_response(body, status=http)
+
+    def _require(self, request: web.Request, *, admin: bool = False) -> web.Response | None:
+        verdict, user = request[APPAPI]
+        if verdict != "ok":
+            return self._ocs(request, None, 997, "Current user is not logged in")
+        if admin and (not user or "admin" not in self.users[user].groups):
+            if not user:
+                # Measured on NC 32: admin endpoints called as the service answer 401 and
+                # count as a failed login for the IP.
+                self._fail(request.remote or "?")
+                return self._ocs(request, None, 997, "Current user is not logged in")
+            return self._ocs(request, None, 403, "Logged in user must be an admin")
+        return None
+
+    # ------------------------------------------------------------ routes
+
+    def _routes(self) -> list[web.RouteDef]:
+        r: list[web.RouteDef] = [web.get("/status.php", self._status_php)]
+        for v in ("v1", "v2"):
+            base = f"/ocs/{v}.php"
+            r += [
+                web.get(f"{base}/cloud/capabilities", self._capabilities),
+                web.get(f"{base}/cloud/users", self._users_list),
+                web.get(f"{base}/cloud/users/{{uid}}", self._user),
+                web.get(f"{base}/cloud/users/{{uid}}/groups", self._user_groups),
+                web.get(f"{base}/cloud/groups", self._groups),
+                web.get(f"{base}/cloud/groups/{{gid}}/users", self._group_users),
+                web.put(f"{base}/apps/app_api/ex-app/status", self._status),
+                web.get(f"{base}/apps/app_api/ex-app/state", self._state),
+                web.get(f"{base}/apps/app_api/api/v1/users", self._appapi_users),
+                web.post(f"{base}/apps/app_api/api/v1/ui/top-menu", self._top_menu_add),
+                web.delete(f"{base}/apps/app_api/api/v1/ui/top-menu", self._top_menu_del),
+                web.post(f"{base}/apps/app_api/api/v1/ui/script", self._script_add),
+                web.delete(f"{base}/apps/app_api/api/v1/ui/script", self._script_del),
+                web.post(f"{base}/apps/app_api/api/v1/events_listener", self._events_listener),
+                web.post(f"{base}/apps/app_api/api/v1/log", self._log),
+                web.post(f"{base}/apps/webhook_listeners/api/v1/webhooks", self._webhook_add),
+                web.get(f"{base}/apps/webhook_listeners/api/v1/webhooks", self._webhook_list),
+            ]
+        return r
+
+    async def _status_php(self, request: web.Request) -> web.Response:
+        major = self.version.split(".")[0]
+        return web.json_response(
+            {
+                "installed": True,
+                "maintenance": False,
+                "needsDbUpgrade": False,
+                "version": f"{self.version}.0",
+                "versionstring": self.version,
+                "edition": "",
+                "productname": "Nextcloud",
+                "extendedSupport": False,
+                "major": int(major),
+            }
+        )
+
+    async def _capabilities(self, request: web.Request) -> web.Response:
+        parts = [int(p) for p in [*self.version.split("."), "0", "0"][:3]]
+        theming: dict[str, Any] = {"name": self.theming_name, "url": "https://nextcloud.com"}
+        if self.expose_instance_id:
+            theming["instanceid"] = self.expose_instance_id
+        data = {
+            "version": {
+                "major": parts[0],
+                "minor": parts[1],
+                "micro": parts[2],
+                "string": self.version,
+                "edition": "",
+                "extendedSupport": False,
+            },
+            "capabilities": {"core": {"pollinterval": 60}, "theming": theming},
+        }
+        return self._ocs(request, data)
+
+    async def _users_list(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request, admin=True)) is not None:
+            return denied
+        return self._ocs(request, {"users": sorted(self.users)})
+
+    async def _user(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        _, caller = request[APPAPI]
+        uid = request.match_info["uid"]
+        user = self.users.get(uid)
+        if user is None:
+            return self._ocs(request, None, 404, "User does not exist")
+        if caller != uid and (not caller or "admin" not in self.users[caller].groups):
+            return self._ocs(request, None, 403, "Not allowed")
+        return self._ocs(request, user.ocs())
+
+    async def _user_groups(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        user = self.users.get(request.match_info["uid"])
+        if user is None:
+            return self._ocs(request, None, 404, "User does not exist")
+        return self._ocs(request, {"groups": list(user.groups)})
+
+    async def _groups(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request, admin=True)) is not None:
+            return denied
+        groups = sorted({g for u in self.users.values() for g in u.groups})
+        return self._ocs(request, {"groups": groups})
+
+    async def _group_users(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request, admin=True)) is not None:
+            return denied
+        gid = request.match_info["gid"]
+        members = sorted(u.uid for u in self.users.values() if gid in u.groups)
+        return self._ocs(request, {"users": members})
+
+    async def _appapi_users(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        return self._ocs(request, sorted(self.users))
+
+    async def _state(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        return self._ocs(request, 1 if self.enabled else 0)
+
+    async def _log(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        self.logs.append(_json(request))
+        return self._ocs(request, [])
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """setAppInitProgress: 0..100, error stored, 100 runs enableExApp synchronously."""
+        if (denied := self._require(request)) is not None:
+            return denied
+        body = _json(request)
+        progress = body.get("progress")
+        if not isinstance(progress, int) or not 0 <= progress <= 100:
+            return self._ocs(request, None, 400, "Invalid progress value")
+        self.progress.append(body)
+        if body.get("error"):
+            self.init_in_progress = False
+            return self._ocs(request, [])
+        if progress == 100:
+            self.init_in_progress = False
+            self.enabled = True
+            if self.callback_on_progress_100:
+                await self._enable_callbacks()
+            if self.hold_progress_100:
+                await asyncio.sleep(self.hold_progress_100)
+        return self._ocs(request, [])
+
+    async def _enable_callbacks(self) -> None:
+        """GET /heartbeat (no AppAPI headers in manual/DSP mode), then PUT /enabled?enabled=1
+        with the AppAPI headers and an empty user, both while our status answer is held."""
+        if self.connector_url is None and self.connector_socket is None:
+            return
+        headers = {
+            "AA-VERSION": "32.0.0",
+            "EX-APP-ID": self.app_id,
+            "EX-APP-VERSION": "1.0.0",
+            "AUTHORIZATION-APP-API": base64.b64encode(f":{self.secret}".encode()).decode(),
+            "AA-REQUEST-ID": "CLI",
+            "Accept-Language": "en",
+        }
+        plain = {"Accept": "application/json", "Content-Type": "application/json"}
+        await self.call_connector("GET", "/heartbeat", plain, timeout=30)
+        await self.call_connector("PUT", "/enabled?enabled=1", headers, timeout=60)
+
+    async def call_connector(
+        self, method: str, path: str, headers: Mapping[str, str], *, timeout: float = 30
+    ) -> Callback:
+        if self._session is None:
+            connector: aiohttp.BaseConnector
+            if self.connector_socket:
+                connector = aiohttp.UnixConnector(path=self.connector_socket)
+            else:
+                connector = aiohttp.TCPConnector()
+            self._session = aiohttp.ClientSession(connector=connector)
+        base = self.connector_url or URL("http://localhost")
+        started = time.monotonic()
+        try:
+            async with self._session.request(
+                method,
+                URL(str(base) + path, encoded=True),
+                headers=dict(headers),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            text, status = f"{type(exc).__name__}", 0
+        cb = Callback(method, path, status, text, started, time.monotonic())
+        self.callbacks.append(cb)
+        return cb
+
+    async def _top_menu_add(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        body = _json(request)
+        name = str(body.get("name", ""))
+        if not name or len(name) > 32 or len(str(body.get("displayName", ""))) > 32:
+            return self._ocs(request, None, 400, "Invalid top menu entry")
+        if name in self.top_menu:
+            return self._ocs(request, None, 409, "Top menu entry already exists")
+        self.top_menu[name] = body
+        return self._ocs(request, body)
+
+    async def _top_menu_del(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        name = request.query.get("name") or str(_json(request).get("name", ""))
+        if self.top_menu.pop(name, None) is None:
+            return self._ocs(request, None, 404, "Not found")
+        return self._ocs(request, [])
+
+    async def _script_add(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        body = _json(request)
+        key = (str(body.get("type", "")), str(body.get("name", "")), str(body.get("path", "")))
+        if not all(key):
+            return self._ocs(request, None, 400, "Invalid script")
+        if key in self.scripts:
+            return self._ocs(request, None, 409, "Script already registered")
+        self.scripts[key] = body
+        return self._ocs(request, body)
+
+    async def _script_del(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        body = _json(request)
+        key = (str(body.get("type", "")), str(body.get("name", "")), str(body.get("path", "")))
+        if self.scripts.pop(key, None) is None:
+            return self._ocs(request, None, 404, "Not found")
+        return self._ocs(request, [])
+
+    async def _events_listener(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        if self.personality == "33.0.0":
+            return web.Response(
+                status=500,
+                content_type="application/json",
+                text=json.dumps({"message": EVENTS_LISTENER_CONTROLLER_ERROR}),
+            )
+        if self.personality == "32":
+            return self._ocs(request, None, 996, "Internal Server Error")
+        if self.personality not in ("31",):
+            return self._ocs(request, None, 404, "Not found")
+        body = _json(request)
+        key = (str(body.get("eventType", "")), str(body.get("actionHandler", "")))
+        if not all(key):
+            return self._ocs(request, None, 400, "Invalid events listener")
+        if key in self.events_listeners:
+            return self._ocs(request, None, 409, "Events listener already registered")
+        self.events_listeners[key] = body
+        return self._ocs(request, body)
+
+    async def _webhook_add(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        body = _json(request)
+        event = str(body.get("event", ""))
+        if not event.startswith(WEBHOOK_COMPATIBLE_PREFIXES):
+            return self._ocs(request, None, 400, f"{event} is {WEBHOOK_INCOMPATIBLE}")
+        row = {"id": len(self.webhooks) + 1, **body, "appId": self.app_id}
+        self.webhooks.append(row)
+        return self._ocs(request, row)
+
+    async def _webhook_list(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request)) is not None:
+            return denied
+        return self._ocs(request, self.webhooks)
+
+
+def _streamed(request: web.Request) -> bool:
+    """Large uploads (DAV PUT) are left for the handler to stream."""
+    return request.method == "PUT" and "/remote.php/dav/" in request.path
+
+
+def _json(request: web.Request) -> dict[str, Any]:
+    """Nextcloud merges JSON bodies and query parameters; bad JSON is an empty body to it."""
+    raw: bytes = request.get(BODY, b"")
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = {}
+    out = dict(request.query)
+    if isinstance(parsed, dict):
+        out.update(parsed)
+    return out

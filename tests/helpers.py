@@ -1,0 +1,102 @@
+"""Shared test helpers: the test secret, AppAPI headers, and a connector on a real socket."""
+
+from __future__ import annotations
+
+import base64
+import string
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+from aiohttp import web
+from yarl import URL
+
+from beeflow.app import make_app
+from beeflow.config import Config
+
+# A 128-character secret from NC's alphabet, like AppAPI's (contract 1.1).
+SECRET = (string.ascii_letters + string.digits + "+/") * 2
+TENANT_KEY = "tk_test_0123456789abcdef0123456789abcdef"
+APP_ID = "bee_flow"
+
+
+def appapi_headers(
+    uid: str = "", *, secret: str = SECRET, app_id: str = APP_ID, version: str = "1.0.0"
+) -> dict[str, str]:
+    token = base64.b64encode(f"{uid}:{secret}".encode()).decode()
+    return {
+        "AUTHORIZATION-APP-API": token,
+        "EX-APP-ID": app_id,
+        "EX-APP-VERSION": version,
+        "AA-VERSION": "32.0.0",
+    }
+
+
+def base_env(nextcloud_url: URL | str, storage: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "APP_ID": APP_ID,
+        "APP_SECRET": SECRET,
+        "APP_VERSION": "1.0.0",
+        "APP_HOST": "127.0.0.1",
+        "APP_PORT": "23000",
+        "APP_PERSISTENT_STORAGE": str(storage),
+        "NEXTCLOUD_URL": str(nextcloud_url),
+        "BEEFLOW_TENANT_KEY": TENANT_KEY,
+    }
+    env.update(overrides)
+    return env
+
+
+@attrs.define
+class RunningConnector:
+    """make_app(config) served by a real TCPSite on 127.0.0.1 (ephemeral port)."""
+
+    config: Config
+    app: web.Application
+    runner: web.AppRunner
+    url: URL
+    session: aiohttp.ClientSession
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **kw: Any,
+    ) -> aiohttp.ClientResponse:
+        """Send a request; `user` (str, "" = service) adds valid AppAPI headers."""
+        hdrs: dict[str, str] = {}
+        if user is not None:
+            hdrs.update(appapi_headers(user))
+        if headers:
+            hdrs.update(headers)
+        return await self.session.request(
+            method, URL(str(self.url) + path, encoded=True), headers=hdrs, **kw
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.runner.cleanup()
+
+
+async def start_connector(
+    config: Config,
+    *,
+    run_at_boot: bool = False,
+    customise: Callable[[web.Application], None] | None = None,
+) -> RunningConnector:
+    app = make_app(config, run_at_boot=run_at_boot)
+    if customise is not None:
+        customise(app)  # e.g. extra test routes, before the app freezes
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    url = URL.build(scheme="http", host="127.0.0.1", port=port)
+    session = aiohttp.ClientSession(auto_decompress=False)
+    return RunningConnector(config, app, runner, url, session)

@@ -1,0 +1,237 @@
+"""AppAPI lifecycle over real sockets against the fake Nextcloud: heartbeat, /init, /enabled,
+progress reporting with the progress-100 callbacks, warm-up, boot probe and the failure budget."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import pytest
+from aiohttp import web
+
+from beeflow import keys
+from beeflow.errors import NextcloudError
+from beeflow.state import InitPhase
+from tests.conftest import ConnectorFactory
+from tests.fakes.nextcloud import FakeNextcloud
+from tests.helpers import RunningConnector, appapi_headers
+
+
+class Phases:
+    """Test phases that count their runs and can be slowed or made to fail."""
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_at: int | None = None
+
+    def install(self, app: web.Application) -> None:
+        app[keys.INIT_PHASES][:] = [
+            InitPhase("bootstrap", 25, self._make("bootstrap", 25)),
+            InitPhase("top-menu", 60, self._make("top-menu", 60)),
+            InitPhase("script", 60, self._make("script", 60)),
+            InitPhase("events", 100, self._make("events", 100)),
+        ]
+
+    def _make(self, name: str, progress: int) -> Callable[[], asyncio.Future[None]]:
+        async def run() -> None:
+            await self.gate.wait()
+            self.runs.append(name)
+            if self.fail_at == progress:
+                raise RuntimeError(f"{name} broke")
+
+        return run  # type: ignore[return-value]
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def phases() -> Phases:
+    return Phases()
+
+
+@pytest.fixture
+async def conn(connector_factory: ConnectorFactory, phases: Phases) -> RunningConnector:
+    return await connector_factory(customise=phases.install)
+
+
+async def test_heartbeat_is_public_fast_and_side_effect_free(
+    conn: RunningConnector, fake_nc: FakeNextcloud
+) -> None:
+    before = len(fake_nc.calls)
+    async with await conn.request("GET", "/heartbeat") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.headers["Cache-Control"] == "no-store"
+        body = await resp.json()
+    assert body["status"] == "ok"
+    assert "progress" not in body.get("init", {})
+    assert len(fake_nc.calls) == before
+    async with await conn.request("GET", "/heartbeat", user="") as resp:
+        trusted = await resp.json()
+    assert trusted["init"]["progress"] == 0
+
+
+async def test_init_answers_at_once_and_reports_progress(
+    conn: RunningConnector, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    phases.gate.clear()
+    started = time.monotonic()
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok"}
+    assert time.monotonic() - started < 0.5
+    phases.gate.set()
+    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    assert [p["progress"] for p in fake_nc.progress] == [25, 60, 100]
+    assert sorted(phases.runs[1:3]) == ["script", "top-menu"]
+    calls = fake_nc.calls_to("/ocs/v1.php/apps/app_api/ex-app/status", "PUT")
+    assert all(c.user == "" and c.auth == "ok" for c in calls)
+
+
+async def test_progress_100_callbacks_are_served_while_the_status_call_is_open(
+    conn: RunningConnector, fake_nc: FakeNextcloud
+) -> None:
+    """Issue 10.4: NC calls /heartbeat and PUT /enabled inside the progress-100 request."""
+    fake_nc.hold_progress_100 = 0.2
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await _wait_for(lambda: len(fake_nc.callbacks) == 2)
+    heartbeat, enabled = fake_nc.callbacks
+    assert (heartbeat.path, heartbeat.status) == ("/heartbeat", 200)
+    assert (enabled.path, enabled.status) == ("/enabled?enabled=1", 200)
+    assert enabled.body == '{"error":""}'
+    assert enabled.finished - heartbeat.started < 5
+
+
+async def test_concurrent_inits_join_one_run(
+    conn: RunningConnector, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    phases.gate.clear()
+    answers = await asyncio.gather(*(conn.request("POST", "/init", user="") for _ in range(5)))
+    for resp in answers:
+        assert resp.status == 200
+        resp.release()
+    phases.gate.set()
+    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    assert phases.runs.count("bootstrap") == 1
+    assert [p["progress"] for p in fake_nc.progress].count(100) == 1
+
+
+async def test_failure_reports_progress_zero_with_the_error(
+    conn: RunningConnector, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    phases.fail_at = 60
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await _wait_for(lambda: any(p.get("error") for p in fake_nc.progress))
+    assert fake_nc.progress[-1]["progress"] == 0
+    assert "broke" in fake_nc.progress[-1]["error"]
+    phases.fail_at = None
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await _wait_for(lambda: fake_nc.progress[-1].get("progress") == 100)
+
+
+async def test_997_warm_up_is_retried(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    fake_nc.enabled = False  # registered but not enabled yet: refused without counting
+    fake_nc.init_in_progress = False
+    conn = await connector_factory(customise=phases.install)
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await asyncio.sleep(0.7)
+    fake_nc.enabled = True
+    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress), 10)
+    refused = [
+        c for c in fake_nc.calls_to("/ocs/v1.php/apps/app_api/ex-app/status") if c.auth != "ok"
+    ]
+    assert refused, "the warm-up refusals were not exercised"
+    assert fake_nc.failures_for() == 0
+
+
+async def test_enabled_answers_error_empty(conn: RunningConnector) -> None:
+    for value in ("1", "0"):
+        async with await conn.request("PUT", f"/enabled?enabled={value}", user="") as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"error": ""}
+
+
+async def test_untrusted_lifecycle_calls_are_budgeted(
+    conn: RunningConnector, phases: Phases
+) -> None:
+    for _ in range(6):
+        async with await conn.request("POST", "/init") as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"status": "ok"}
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert 1 <= phases.runs.count("bootstrap") <= 3
+    # A caller with the valid secret is never budgeted.
+    before = phases.runs.count("bootstrap")
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await _wait_for(lambda: phases.runs.count("bootstrap") == before + 1)
+
+
+async def test_boot_before_registration_probes_once_and_waits(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    """Issue 11.1: manual-install order (connector first, `occ app_api:app:register` later)."""
+    fake_nc.registered = False
+    conn = await connector_factory(customise=phases.install, run_at_boot=True)
+    await _wait_for(lambda: len(fake_nc.calls) >= 1)
+    await asyncio.sleep(0.3)
+    assert fake_nc.failures_for() == 1
+    assert phases.runs == []
+    async with await conn.request("GET", "/heartbeat") as resp:
+        body = await resp.json()
+    assert body["init"]["state"] == "skipped"
+    # Registration, then AppAPI calls /init: the pipeline runs and reports.
+    fake_nc.register()
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    assert fake_nc.failures_for() == 0
+    assert not fake_nc.is_locked()
+
+
+async def test_failure_budget_stops_calls_far_below_the_lockout(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    """However many features want Nextcloud, refused logins stay under the budget."""
+    fake_nc.registered = False
+    conn = await connector_factory(customise=phases.install, run_at_boot=True)
+    await _wait_for(lambda: len(fake_nc.calls) >= 1)
+    nc = conn.app[keys.NEXTCLOUD]
+    users = conn.app[keys.USERS]
+    for uid in ("admin", "alice", "bob", "carol", "dave", "erin", "frank"):
+        users.forget(uid)
+        with contextlib.suppress(NextcloudError):
+            await users.lookup(uid)
+    with pytest.raises(NextcloudError) as refused:
+        await nc.report_progress(10)
+    assert refused.value.kind == "auth_budget_spent"
+    assert fake_nc.failures_for() == nc.budget.limit
+    assert fake_nc.failures_for() < fake_nc.lockout_threshold
+    assert not fake_nc.is_locked()
+    async with await conn.request("GET", "/heartbeat") as resp:
+        anonymous = await resp.json()
+    assert anonymous["appapiAuth"] == {"spent": True}
+    assert "occ security:bruteforce:reset" in nc.budget.snapshot()["remedy"]
+    # Registered now; the next AppAPI call proves the secret and resets the budget.
+    fake_nc.register()
+    async with await conn.request("POST", "/init", headers=appapi_headers("")) as resp:
+        assert resp.status == 200
+    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    assert not nc.budget.spent
