@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from beeflow import appapi, events, keys, lifecycle, middleware, static, tenant
+from beeflow import appapi, events, keys, lifecycle, middleware, static, tenant, ui, usersync
 from beeflow import setup as setup_picker
 from beeflow.config import Config
 from beeflow.nextcloud import UserDirectory, session_context
@@ -56,7 +56,9 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     # Feature routes. Connector-owned paths first; the static SPA routes last (its GETs are the
     # most generic).
     lifecycle.setup(app, run_at_boot=run_at_boot)
+    ui.setup(app)
     events.setup(app)
+    usersync.setup(app)
     setup_picker.setup(app)
     saas_proxy.setup(app)
     nc_proxy.setup(app)

@@ -1,0 +1,9 @@
+"""Nextcloud UI registration and the embed script and icon (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def setup(app: web.Application) -> None:
+    """Registers nothing yet."""
