@@ -87,8 +87,8 @@ class Pipeline:
         info.state, info.trigger, info.error = "running", reason, ""
         info.started_at, info.finished_at = time.time(), None
         info.runs += 1
-        phases = list(self._app[keys.INIT_PHASES])
-        phases.sort(key=lambda p: p.progress)
+        registered: list[InitPhase] = self._app[keys.INIT_PHASES]
+        phases = sorted(registered, key=lambda p: p.progress)
         log.info("init pipeline started (%s): %d phase(s)", reason, len(phases))
         try:
             for progress, group in itertools.groupby(phases, key=lambda p: p.progress):

@@ -79,7 +79,7 @@ async def test_security_headers_on_every_response(conn: RunningConnector) -> Non
             assert "evil" not in csp
             assert "https://cloud.example.com" in csp
             assert "https://portal.example.com" in csp
-            assert conn.config.nextcloud_url.host in csp
+            assert str(conn.config.nextcloud_url.origin()) in csp
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
             assert resp.headers["Referrer-Policy"] == "no-referrer"
             assert resp.headers["X-Robots-Tag"] == "noindex, nofollow"
