@@ -4,28 +4,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Final
 
+import attrs
 from aiohttp import web
 
 from beeflow import __version__, keys
 from beeflow.app import make_app
-from beeflow.config import Config
+from beeflow.config import LOG_FORMATS, LOG_LEVELS, Config
 from beeflow.errors import ConfigError
 from beeflow.redact import REDACTOR
-from beeflow.transports.base import Transport
+from beeflow.state import HealthProvider
+from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.tcp import TcpTransport
 
 log = logging.getLogger("beeflow")
 
-EXIT_CONFIG = 2
+EXIT_OK: Final = 0
+EXIT_STARTUP: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+# Subcommands whose code lives elsewhere: name -> (module, help). The module provides
+# add_arguments(parser) and run(args, env) -> int; it is imported only when that command runs.
+EXTERNAL_COMMANDS: Final = {
+    "doctor": ("beeflow.doctor", "check this installation end to end and explain what is wrong"),
+    "sign": ("beeflow.signcli", "sign a request like Nextcloud does (for testing and support)"),
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,6 +71,12 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def register_secrets(config: Config) -> None:
+    REDACTOR.add(config.app_secret)
+    REDACTOR.add(config.hp_shared_key)
+    REDACTOR.add(config.tenant_key_env)
+
+
 def select_transport(config: Config) -> Transport:
     """HaRP when HP_SHARED_KEY is non-empty, else TCP: decided once, at start."""
     if config.harp:
@@ -66,88 +86,254 @@ def select_transport(config: Config) -> Transport:
     return TcpTransport(config)
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT; then drain, stop the tunnel, close the listeners, exit 0."""
+def tunnel_health(status: Callable[[], dict[str, Any]]) -> HealthProvider:
+    """The tunnel's state for everyone; the supervisor's details for trusted callers."""
+
+    def provide(trusted: bool) -> dict[str, Any]:
+        snapshot = status()
+        return snapshot if trusted else {"state": snapshot.get("state")}
+
+    return provide
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[Transport], None] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (or `stop`). Shutdown order (issue 12, frp-observed.md):
+    keep listening while new requests get 503 and in-flight ones drain, then stop frpc, then
+    close the listeners and remove the socket. A second SIGINT exits at once."""
     started = time.monotonic()
     transport = select_transport(config)
     app = make_app(config)
     app[keys.TUNNEL_STATUS] = transport.status
+    if config.harp:
+        app[keys.HEALTH]["tunnel"] = tunnel_health(transport.status)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=max(config.shutdown_grace_seconds, 0.1),
+        # In-flight requests already had the grace period (Draining); this is only the last
+        # word for connections still open when the listeners close.
+        shutdown_timeout=min(1.0, max(config.shutdown_grace_seconds, 0.1)),
     )
     await runner.setup()
-    stop = asyncio.Event()
+    stopping = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     interrupts = 0
 
-    def on_signal(signum: int) -> None:
+    def on_signal(signum: signal.Signals) -> None:
         nonlocal interrupts
         if signum == signal.SIGINT:
             interrupts += 1
             if interrupts > 1:
-                os._exit(130)  # a second Ctrl-C: leave at once
-        stop.set()
+                # A second Ctrl-C: leave at once, but leave no frpc or socket behind.
+                transport.abort()
+                os._exit(EXIT_INTERRUPTED)
+        if not stopping.is_set():
+            log.info("%s received: shutting down", signum.name)
+        stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await transport.start(runner)
+        try:
+            await transport.start(runner)
+        except TransportError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_STARTUP
         log.info("ready in %.0f ms", (time.monotonic() - started) * 1000)
+        if on_listening is not None:
+            on_listening(transport)
         if ready is not None:
             ready.set()
-        await stop.wait()
-        log.info("shutting down: draining in-flight requests")
+        await stopping.wait()
+        # 1. Keep listening (frpc would hang callers dialling a closed socket); refuse new work.
         draining = app[keys.DRAINING]
         draining.begin()
+        log.info("draining %d in-flight request(s)", draining.in_flight)
+        # 2. Let in-flight requests finish within the grace period.
         if not await draining.wait_idle(config.shutdown_grace_seconds):
             log.warning(
-                "%d request(s) still running after %.0f s; closing them",
+                "%d request(s) still running after %.1f s; closing them",
                 draining.in_flight,
                 config.shutdown_grace_seconds,
             )
     finally:
+        # 3. Stop frpc, 4. close the listeners and client sessions, 5. remove the socket.
+        await transport.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await transport.stop()
     log.info("stopped")
-    return 0
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m beeflow", description=__doc__)
+# ---------------------------------------------------------------------- demo
+
+
+async def serve_demo(environ: Mapping[str, str]) -> int:
+    """`serve --demo`: built-in stand-ins of Nextcloud and the Bee Flow service on loopback."""
+    try:
+        module = importlib.import_module("beeflow.demo")
+        demo_class = module.Demo
+    except (ModuleNotFoundError, AttributeError):
+        print("demo mode is not available in this build (beeflow.demo is missing)", file=sys.stderr)
+        return EXIT_CONFIG
+    demo = demo_class()
+    try:
+        env: Mapping[str, str] = await demo.start()
+        try:
+            config = Config.from_env({**_log_env(environ), **env})
+        except ConfigError as exc:
+            print(exc.render(), file=sys.stderr)
+            return EXIT_CONFIG
+        config = attrs.evolve(config, demo=True)
+        register_secrets(config)
+
+        def announce(transport: Transport) -> None:
+            bar = "=" * 64
+            print(f"\n{bar}\n  Bee Flow demo: open {demo.url}\n{bar}\n", flush=True)
+
+        return await serve(config, on_listening=announce)
+    finally:
+        await demo.stop()
+
+
+# ---------------------------------------------------------------------- argument parsing
+
+
+def _log_env(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: environ[k] for k in ("BEEFLOW_LOG_LEVEL", "BEEFLOW_LOG_FORMAT") if k in environ}
+
+
+def _import_optional(name: str) -> ModuleType | None:
+    """The module, or None if it does not exist (yet). Errors inside it still surface."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=None,
+        help="log level (default: $BEEFLOW_LOG_LEVEL or info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default=None,
+        help="text (default) or json lines (default: $BEEFLOW_LOG_FORMAT or text)",
+    )
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI. Only the module of `command` is imported, so `serve` never loads the others."""
+    parser = argparse.ArgumentParser(
+        prog="python -m beeflow",
+        description="Bee Flow connector: a Nextcloud AppAPI External App.",
+    )
     parser.add_argument("--version", action="version", version=f"beeflow {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve_p = sub.add_parser("serve", help="run the connector (AppAPI ExApp)")
-    serve_p.add_argument("--log-level", default=None, help="debug|info|warning|error")
-    serve_p.add_argument("--log-format", default=None, choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_p = sub.add_parser(
+        "serve",
+        help="run the connector (AppAPI ExApp)",
+        description=(
+            "Run the connector. HaRP mode (a Unix socket plus a supervised frpc) when "
+            "HP_SHARED_KEY is set, else TCP on APP_HOST:APP_PORT. SIGTERM/SIGINT drain "
+            "in-flight requests, stop frpc, remove the socket and exit 0; a second SIGINT "
+            "exits at once."
+        ),
+    )
+    _add_log_options(serve_p)
     serve_p.add_argument(
         "--demo",
         action="store_true",
         help="run with built-in stand-ins of Nextcloud and the Bee Flow service on loopback",
     )
+    for name, (module_name, help_text) in EXTERNAL_COMMANDS.items():
+        sub_p = sub.add_parser(name, help=help_text, description=help_text)
+        module = _import_optional(module_name) if command == name else None
+        adder = getattr(module, "add_arguments", None)
+        if callable(adder):
+            adder(sub_p)
+        else:
+            sub_p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    environ = os.environ if env is None else env
-    args = build_parser().parse_args(argv)
-    level = args.log_level or environ.get("BEEFLOW_LOG_LEVEL", "info")
-    fmt = args.log_format or environ.get("BEEFLOW_LOG_FORMAT", "text")
-    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        print(f"configuration error: --log-level {level!r} is not a level", file=sys.stderr)
+def _run_external(name: str, args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    module_name = EXTERNAL_COMMANDS[name][0]
+    module = _import_optional(module_name)
+    run = getattr(module, "run", None)
+    if not callable(run):
+        print(
+            f"'{name}' is not available in this build ({module_name} is missing)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
-    setup_logging(level, fmt)
-    if args.command == "serve":
-        try:
-            config = Config.from_env(environ)
-        except ConfigError as exc:
-            print(exc.render(), file=sys.stderr)
+    level = environ.get("BEEFLOW_LOG_LEVEL", "warning").strip().lower()
+    fmt = environ.get("BEEFLOW_LOG_FORMAT", "text").strip().lower()
+    setup_logging(
+        level if level in LOG_LEVELS else "warning", fmt if fmt in LOG_FORMATS else "text"
+    )
+    return int(run(args, environ))
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    environ: Mapping[str, str] = os.environ if env is None else env
+    arglist = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(arglist)).parse_args(arglist)
+    try:
+        if args.command == "serve":
+            return _serve_command(args, environ)
+        return _run_external(args.command, args, environ)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return EXIT_INTERRUPTED
+
+
+def _serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.demo:
+        problems = _log_problems(environ)
+        if problems:
+            print(ConfigError(problems).render(), file=sys.stderr)
             return EXIT_CONFIG
-        REDACTOR.add(config.app_secret)
-        REDACTOR.add(config.hp_shared_key)
-        REDACTOR.add(config.tenant_key_env)
-        return asyncio.run(serve(config))
-    return EXIT_CONFIG
+        log_env = _log_env(environ)
+        setup_logging(
+            args.log_level or log_env.get("BEEFLOW_LOG_LEVEL", "info").strip().lower(),
+            args.log_format or log_env.get("BEEFLOW_LOG_FORMAT", "text").strip().lower(),
+        )
+        return asyncio.run(serve_demo(environ))
+    try:
+        config = Config.from_env(environ)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(args.log_level or config.log_level, args.log_format or config.log_format)
+    register_secrets(config)
+    return asyncio.run(serve(config))
+
+
+def _log_problems(environ: Mapping[str, str]) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for name, choices in (("BEEFLOW_LOG_LEVEL", LOG_LEVELS), ("BEEFLOW_LOG_FORMAT", LOG_FORMATS)):
+        value = environ.get(name)
+        if value is not None and value.strip().lower() not in choices:
+            problems[name] = "must be one of " + ", ".join(choices) + f" (got {value!r})"
+    return problems

@@ -20,6 +20,8 @@ DEFAULT_SOCKET_PATH: Final = "/tmp/exapp.sock"  # noqa: S108 - fixed by AppAPI/H
 DEFAULT_CERT_DIR: Final = "/certs/frp"
 APP_ID_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*[a-z0-9]$")
 _SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes including the NUL
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS: Final = ("text", "json")
 
 
 def _repr_secret(value: object) -> str:
@@ -55,6 +57,12 @@ class Config:
     frpc_bin: str = "frpc"
     frp_cert_dir: Path = Path(DEFAULT_CERT_DIR)
     frpc_pin_file: Path | None = None
+    # Where frpc.toml is written (it holds the shared key); None: a private temp dir.
+    frpc_config_dir: Path | None = None
+    frpc_backoff_initial_seconds: float = 1.0
+    frpc_backoff_cap_seconds: float = 30.0
+    frpc_backoff_reset_seconds: float = 60.0
+    frpc_stop_grace_seconds: float = 2.0
     # -- behaviour knobs (seconds unless named otherwise)
     upstream_headers_timeout: float = 60.0
     upstream_connect_timeout: float = 10.0
@@ -70,6 +78,9 @@ class Config:
     auth_failure_budget: int = 4
     spa_dir: Path | None = None
     demo: bool = False
+    # -- process (cli): --log-level/--log-format win over these
+    log_level: str = "info"
+    log_format: str = "text"
 
     @property
     def harp(self) -> bool:
@@ -110,6 +121,19 @@ class Config:
             "frpc_bin": p.get("BEEFLOW_FRPC_BIN", "frpc", _non_blank),
             "frp_cert_dir": p.get("BEEFLOW_FRP_CERT_DIR", DEFAULT_CERT_DIR, _path),
             "frpc_pin_file": p.get("BEEFLOW_FRPC_PIN_FILE", "", _optional(_path)),
+            "frpc_config_dir": p.get("BEEFLOW_FRPC_CONFIG_DIR", "", _optional(_path)),
+            "frpc_backoff_initial_seconds": p.get(
+                "BEEFLOW_FRPC_BACKOFF_INITIAL_SECONDS", "1", _float_range(0.001, 1)
+            ),
+            "frpc_backoff_cap_seconds": p.get(
+                "BEEFLOW_FRPC_BACKOFF_CAP_SECONDS", "30", _float_range(0.001, 600)
+            ),
+            "frpc_backoff_reset_seconds": p.get(
+                "BEEFLOW_FRPC_BACKOFF_RESET_SECONDS", "60", _float_range(0.01, 3600)
+            ),
+            "frpc_stop_grace_seconds": p.get(
+                "BEEFLOW_FRPC_STOP_GRACE_SECONDS", "2", _float_range(0.01, 60)
+            ),
             "upstream_headers_timeout": p.get(
                 "BEEFLOW_UPSTREAM_HEADERS_TIMEOUT_SECONDS", "60", _float_range(0.1, 3600)
             ),
@@ -143,6 +167,8 @@ class Config:
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", _int_range(1, 9)),
             "spa_dir": p.get("BEEFLOW_SPA_DIR", "", _optional(_path)),
+            "log_level": p.get("BEEFLOW_LOG_LEVEL", "info", _choice(LOG_LEVELS)),
+            "log_format": p.get("BEEFLOW_LOG_FORMAT", "text", _choice(LOG_FORMATS)),
         }
         harp = bool(kwargs["hp_shared_key"])
         if harp:
@@ -324,6 +350,16 @@ def _origins(raw: str) -> tuple[str, ...]:
             raise _Invalid("must be a comma-separated list of origins (scheme://host[:port])")
         out.append(str(url.origin()))
     return tuple(out)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise _Invalid("must be one of " + ", ".join(choices))
+        return value
+
+    return parse
 
 
 def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:

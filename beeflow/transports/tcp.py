@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from beeflow.transports.base import Transport
+from beeflow.transports.base import Transport, TransportError
 
 
 class TcpTransport(Transport):
@@ -35,7 +35,13 @@ class TcpTransport(Transport):
         self._site = web.TCPSite(
             runner, self.config.app_host, self.config.app_port, reuse_address=True
         )
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            raise TransportError(
+                f"cannot listen on {self.config.app_host}:{self.config.app_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
 
     def status(self) -> dict[str, Any]:
         return {

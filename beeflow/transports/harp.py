@@ -1,0 +1,107 @@
+"""HaRP transport: a hardened Unix socket (no TCP listener) reached through a supervised frpc."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from beeflow.config import Config
+from beeflow.transports.base import Transport, TransportError
+from beeflow.transports.frpc import FrpcSupervisor
+
+SOCKET_MODE = 0o600
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """Bind (not yet listen) a Unix stream socket at `path`: a stale socket file is removed
+    first, and the mode is set to 0600 before listen(), so no connection ever sees looser
+    permissions. A live socket or a non-socket file at the path is an error, not removed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise TransportError(f"{path} exists and is not a socket; refusing to replace it")
+        if _accepts(path):
+            raise TransportError(f"another process is already listening on {path}")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, SOCKET_MODE)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"cannot bind {path}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _accepts(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        # ECONNREFUSED: stale file. Anything else (e.g. EAGAIN, a full backlog) is alive.
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
+    return True
+
+
+class HarpTransport(Transport):
+    name = "harp"
+
+    def __init__(self, config: Config, *, supervisor: FrpcSupervisor | None = None) -> None:
+        super().__init__(config)
+        self.socket_path = config.socket_path
+        self.supervisor = supervisor or FrpcSupervisor(config, self.socket_path)
+        self._site: web.SockSite | None = None
+        self._inode: int | None = None
+
+    def describe(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    async def _start(self, runner: web.AppRunner) -> None:
+        # A missing frpc fails here, before anything is bound.
+        await self.supervisor.preflight()
+        sock = bind_unix(self.socket_path)
+        self._inode = os.stat(self.socket_path).st_ino
+        self._site = web.SockSite(runner, sock)
+        await self._site.start()
+
+    async def _started(self) -> None:
+        # frpc only once the socket listens: with frp 0.61.x a request dialled to a socket that
+        # is not listening hangs its caller until the caller's own timeout (frp-observed.md).
+        await self.supervisor.start()
+
+    async def before_close(self) -> None:
+        # In-flight requests have drained; frpc goes now, while the socket still listens.
+        await self.supervisor.stop()
+
+    async def _stop(self) -> None:
+        self._remove_socket()
+
+    def abort(self) -> None:
+        self.supervisor.kill_now()
+        self._remove_socket()
+
+    def _remove_socket(self) -> None:
+        """Remove the socket file if it is still ours (not a successor's)."""
+        if self._inode is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.lstat(self.socket_path).st_ino == self._inode:
+                self.socket_path.unlink()
+        self._inode = None
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": self.name, "socket": str(self.socket_path), **self.supervisor.status()}

@@ -1,0 +1,119 @@
+"""Test helpers around the stand-in frpc: its launcher, a fake frps to log in to, its record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import socket
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+FAKE_FRPC = Path(__file__).with_name("fake_frpc.py")
+
+
+def make_frpc(directory: Path, name: str = "frpc") -> Path:
+    """An executable named `frpc` in `directory` that runs the stand-in with this Python."""
+    path = directory / name
+    path.write_text(
+        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(FAKE_FRPC))} \"$@\"\n"
+    )
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_record(path: Path) -> list[dict[str, Any]]:
+    """The stand-in's JSON-lines record (start, login, proxy, relay, term, exit events)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def events(path: Path, name: str) -> list[dict[str, Any]]:
+    return [e for e in read_record(path) if e["event"] == name]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0): look at its state.
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+@attrs.define
+class FakeFrps:
+    """A stand-in for HaRP's frps + login plugin: accepts a login line from the stand-in frpc,
+    checks the token byte for byte, and holds the session until dropped."""
+
+    token: str | None = None
+    logins: list[dict[str, Any]] = attrs.field(factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _sessions: set[asyncio.StreamWriter] = attrs.field(factory=set)
+    _login: asyncio.Condition = attrs.field(factory=asyncio.Condition)
+
+    async def start(self, port: int = 0) -> FakeFrps:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = json.loads(await reader.readline())
+        except ValueError:
+            writer.close()
+            return
+        ok = self.token is None or hello.get("token") == self.token
+        answer = {"ok": ok} if ok else {"ok": False, "error": "invalid token"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        async with self._login:
+            self.logins.append(hello)
+            self._login.notify_all()
+        if not ok:
+            writer.close()
+            return
+        self._sessions.add(writer)
+        try:
+            await reader.read()
+        except OSError:
+            pass
+        finally:
+            self._sessions.discard(writer)
+            writer.close()
+
+    async def wait_logins(self, count: int, timeout: float = 10.0) -> None:
+        async with self._login:
+            await asyncio.wait_for(self._login.wait_for(lambda: len(self.logins) >= count), timeout)
+
+    def drop_sessions(self) -> None:
+        """Like an frps restart: every frpc session ends (frpc logs "session shutdown")."""
+        for writer in list(self._sessions):
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.drop_sessions()
+            await self._server.wait_closed()
+            self._server = None
