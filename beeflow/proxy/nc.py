@@ -1,9 +1,507 @@
-"""The HMAC-verified /nc proxy into Nextcloud (placeholder until its issue lands)."""
+"""The HMAC-verified /nc/* proxy into Nextcloud: the Bee Flow service reaches Files, Calendar,
+Mail... as a user through AppAPI impersonation (issue 4; docs/nc-proxy.md).
+
+Order of work for one request, cheapest refusal first:
+ 1. method: the wire verb, or POST + X-HTTP-Method-Override naming one of VERBS (else 405);
+ 2. target: allow-list and traversal checks on the raw target (404 / 400, ncpath.py);
+ 3. signature header: present, well formed, within the clock skew, tenant key loaded (401);
+ 4. body: spooled and hashed at constant memory (413 over the limit, spool.py);
+ 5. signature: v2 (body hash) then v1, decoded path then raw, constant time (401);
+ 6. X-Beeflow-NC-Uid and Destination checked; headers rebuilt for Nextcloud;
+ 7. the spool streamed upstream with a Content-Length; the answer streamed back.
+Signature failures are billed to one global failure-only limiter AFTER they are found, so a
+genuine call always gets through however many forged ones came before it.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import aiohttp
+import attrs
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from beeflow import keys
+from beeflow.appapi import Access, add_route
+from beeflow.config import Config
+from beeflow.errors import (
+    BadRequest,
+    BeeflowError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+)
+from beeflow.nextcloud import appapi_headers
+from beeflow.proxy import streaming
+from beeflow.proxy.ncpath import (
+    ALLOWED_PREFIXES,
+    NC_PREFIX,
+    PathRejected,
+    check_target,
+    php_query_hazards,
+)
+from beeflow.proxy.spool import Spool, SpoolDir, SpoolTooLarge
+from beeflow.ratelimit import RateLimiter
+from beeflow.signing import SIG_HEADER, UID_HEADER, SigFormatError, parse_sig_header, verify_nc
+
+log = logging.getLogger(__name__)
+
+# The manifest's verbs for ^nc/ (seeds); HEAD is served too (HaRP and direct callers).
+VERBS: Final = (
+    "GET",
+    "POST",
+    "PUT",
+    "DELETE",
+    "PATCH",
+    "PROPFIND",
+    "REPORT",
+    "MKCOL",
+    "MOVE",
+    "COPY",
+)
+WIRE_METHODS: Final = (*VERBS, "HEAD")
+OVERRIDE_HEADER: Final = "X-HTTP-Method-Override"
+ROUTE_PATH: Final = NC_PREFIX + "/{tail:.*}"
+FAILURE_LIMIT: Final = 60
+FAILURE_WINDOW: Final = 60.0
+WARN_AT_CONSECUTIVE: Final = 5
+MAX_UID_LENGTH: Final = 255
+
+# Request headers that never reach Nextcloud (besides hop-by-hop, framing, empty values): the
+# caller's credentials and browser context, what AppAPI/HaRP/proxies add, our own X-Beeflow-*.
+_DROP_REQUEST: Final = (
+    streaming.HOP_BY_HOP,
+    streaming.REQUEST_FRAMING,
+    streaming.CREDENTIALS,
+    streaming.BROWSER_CONTEXT,
+    streaming.FORWARDING,
+    streaming.APPAPI,
+    frozenset({"x-http-method-override", "x-original-authorization", "destination"}),
+)
+_DROP_PREFIXES: Final = ("x-beeflow-", *streaming.APPAPI_PREFIXES)
+# Where the connector's own /nc/ callback URL lives in front of Nextcloud: the PHP proxy and HaRP.
+_CALLBACK_PREFIXES: Final = ("/index.php/apps/app_api/proxy/{app_id}/nc/", "/exapps/{app_id}/nc/")
+
+
+@attrs.define
+class CallbackStats:
+    """Signature failures on /nc (reference 4.6): for diagnostics, never for decisions."""
+
+    failures: int = 0
+    consecutive: int = 0
+    verified: int = 0
+    rate_limited: int = 0
+    last_reason: str | None = None
+    last_at: float | None = None
+
+    def failure(self, reason: str) -> None:
+        self.failures += 1
+        self.consecutive += 1
+        self.last_reason = reason
+        self.last_at = time.time()
+
+    def success(self) -> None:
+        self.verified += 1
+        self.consecutive = 0
+
+    def health(self, trusted: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"failures": self.failures, "consecutive": self.consecutive}
+        if self.consecutive >= WARN_AT_CONSECUTIVE:
+            out["warning"] = (
+                "The last /nc callbacks failed signature checks: the tenant key or the clock of "
+                "the Bee Flow service may be wrong"
+            )
+        if trusted:
+            out["verified"] = self.verified
+            out["rateLimited"] = self.rate_limited
+            out["lastReason"] = self.last_reason
+            out["lastAt"] = (
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_at))
+                if self.last_at is not None
+                else None
+            )
+        return out
+
+
+@attrs.define
+class _NcState:
+    limiter: RateLimiter = attrs.field(factory=lambda: RateLimiter(FAILURE_LIMIT, FAILURE_WINDOW))
+    stats: CallbackStats = attrs.field(factory=CallbackStats)
+
+
+STATE: web.AppKey[_NcState] = web.AppKey("nc_proxy_state")
+SPOOLS: web.AppKey[SpoolDir] = web.AppKey("nc_proxy_spools")
+_CLIENT: web.AppKey[streaming.UpstreamClient] = web.AppKey("nc_proxy_client")
+
+
+# ------------------------------------------------------------------ setup
 
 
 def setup(app: web.Application) -> None:
-    """Registers nothing yet."""
+    """Register /nc/{tail} for every manifest verb plus HEAD; any other verb gets 405 JSON."""
+    state = _NcState()
+    app[STATE] = state
+    app[keys.HEALTH]["ncCallbacks"] = state.stats.health
+    for method in WIRE_METHODS:
+        add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC)
+    add_route(app, "*", ROUTE_PATH, _other_verb, Access.PUBLIC)
+    app.cleanup_ctx.append(_context)
+
+
+async def _context(app: web.Application) -> AsyncIterator[None]:
+    """The spool directory and the one ClientSession to Nextcloud for /nc, for the app's life."""
+    config = app[keys.CONFIG]
+    spools = SpoolDir.create(config.spool_dir)
+    app[SPOOLS] = spools
+    settings = streaming.PoolSettings(
+        name="Nextcloud",
+        connect_timeout=config.nc_connect_timeout,
+        headers_timeout=config.nc_headers_timeout,
+        pool_size=32,
+        keepalive_timeout=15.0,
+    )
+    try:
+        async with streaming.upstream_client(settings) as client:
+            app[_CLIENT] = client
+            yield
+    finally:
+        spools.close()
+
+
+def _allow() -> str:
+    return ", ".join(WIRE_METHODS)
+
+
+async def _other_verb(request: web.Request) -> web.StreamResponse:
+    raise MethodNotAllowed(
+        f"{request.method} is not proxied to Nextcloud",
+        code="method_not_allowed",
+        headers={"Allow": _allow()},
+    )
+
+
+# ------------------------------------------------------------------ the handler
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    config = app[keys.CONFIG]
+    state = app[STATE]
+    method = effective_method(request)
+    target = _check_target(request.raw_path)
+    key = app[keys.TENANT].key
+    if not key:
+        # Fail closed before bootstrap (issue 11.6): a defined 401, not billed, never a 500.
+        state.stats.failure("tenant_key_missing")
+        raise Unauthorized(
+            "The connector has no tenant key yet (bootstrap has not finished)",
+            code="tenant_key_missing",
+        )
+    sig = _parse_signature(request, state, config)
+    declared = request.content_length
+    if declared is not None and declared > config.nc_max_body_bytes:
+        raise _too_large(config)
+    spool = app[SPOOLS].spool(
+        memory_limit=config.spool_memory_bytes, max_bytes=config.nc_max_body_bytes
+    )
+    try:
+        await _read_body(request, spool, config)
+        uid = request.headers.get(UID_HEADER, "")
+        matched = verify_nc(key, sig, method, target.candidates, uid, spool.sha256)
+        if matched is None:
+            hazards = php_query_hazards(target.query)
+            if hazards:
+                _fail(
+                    request,
+                    state,
+                    "signature_mismatch_query",
+                    "Signature mismatch; the query has forms Nextcloud's PHP proxy rewrites "
+                    "(see docs/nc-proxy.md)",
+                    extra={"queryHazards": list(hazards)},
+                )
+            _fail(request, state, "signature_mismatch", "Signature mismatch")
+        state.stats.success()
+        user = _impersonated_user(uid)
+        headers = upstream_headers(request, config, user, target.upstream)
+        if method in ("MOVE", "COPY") and "Destination" in request.headers:
+            headers["Destination"] = rewrite_destination(
+                request.headers["Destination"], config, request.host
+            )
+        body = _outbound(spool)
+        url = URL(str(config.nextcloud_url) + target.upstream, encoded=True)
+        try:
+            upstream = await app[_CLIENT].send(method, url, headers, body)
+        except BeeflowError as exc:
+            raise _as_nextcloud_error(exc) from None
+        return await streaming.relay(
+            request,
+            upstream,
+            streaming.RelayOptions(default_cache_control=None),
+            edit_headers=_edit_response_headers,
+        )
+    finally:
+        spool.close()
+
+
+def effective_method(request: web.Request) -> str:
+    """The verb Nextcloud gets and the signature covers: the wire verb, or on POST the
+    X-HTTP-Method-Override (AppAPI's PHP proxy forwards only GET/POST/PUT/DELETE)."""
+    override = request.headers.get(OVERRIDE_HEADER, "").strip()
+    if not override:
+        return request.method
+    if request.method != "POST":
+        raise MethodNotAllowed(
+            f"{OVERRIDE_HEADER} is honoured on POST only",
+            code="method_override_requires_post",
+            headers={"Allow": _allow()},
+        )
+    verb = override.upper()
+    if verb not in VERBS:
+        raise MethodNotAllowed(
+            f"{OVERRIDE_HEADER} must name one of {', '.join(VERBS)}",
+            code="method_override_not_allowed",
+            headers={"Allow": _allow()},
+        )
+    return verb
+
+
+def _check_target(raw: str) -> Any:
+    try:
+        return check_target(raw)
+    except PathRejected as exc:
+        if exc.status == 404:
+            raise NotFound(exc.message, code=exc.code) from None
+        raise BadRequest(exc.message, code=exc.code) from None
+
+
+def _fail(
+    request: web.Request,
+    state: _NcState,
+    reason: str,
+    message: str,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Count and bill one signature failure, then refuse: 401 naming the check, or 429 once
+    the window's budget is spent. Never names the expected value."""
+    stats = state.stats
+    stats.failure(reason)
+    if stats.consecutive == WARN_AT_CONSECUTIVE or stats.consecutive % 10 == 0:
+        log.warning(
+            "/nc callback refused (%s), %d in a row: check the tenant key and clock of the Bee "
+            "Flow service (%s %s)",
+            reason,
+            stats.consecutive,
+            request.method,
+            request.path,
+        )
+    if not state.limiter.penalise():
+        stats.rate_limited += 1
+        raise TooManyRequests(
+            "Too many invalid /nc signatures",
+            code="signature_rate_limited",
+            retry_after=state.limiter.retry_after(),
+        )
+    raise Unauthorized(message, code=reason, extra=extra)
+
+
+def _parse_signature(request: web.Request, state: _NcState, config: Config) -> Any:
+    value = request.headers.get(SIG_HEADER)
+    if value is None or not value.strip():
+        _fail(request, state, "signature_missing", f"{SIG_HEADER} is missing")
+    assert value is not None
+    try:
+        sig = parse_sig_header(value)
+    except SigFormatError as exc:
+        _fail(request, state, exc.code, f"{SIG_HEADER} must be '<unixSeconds>.<64 hex>'")
+        raise  # unreachable: _fail raises
+    if abs(time.time() - sig.ts) > config.sig_skew_seconds:
+        _fail(
+            request,
+            state,
+            "signature_expired",
+            f"{SIG_HEADER} timestamp is outside the allowed clock skew",
+        )
+    return sig
+
+
+def _too_large(config: Config) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The body exceeds {config.nc_max_body_bytes} bytes",
+        code="payload_too_large",
+        extra={"limit": config.nc_max_body_bytes},
+    )
+
+
+async def _read_body(request: web.Request, spool: Spool, config: Config) -> None:
+    """Spool the whole body (the v2 signature covers its hash) at constant memory."""
+    if request.body_exists:
+        reader = request.content
+        try:
+            while chunk := await reader.readany():
+                await spool.feed(chunk)
+        except SpoolTooLarge:
+            raise _too_large(config) from None
+    await spool.finish()
+
+
+def _impersonated_user(uid: str) -> str:
+    """The signed uid, trimmed (empty = service level). ':' would split AppAPI's header."""
+    user = uid.strip()
+    if len(user) > MAX_UID_LENGTH or any(c == ":" or ord(c) < 0x20 or c == "\x7f" for c in user):
+        raise BadRequest(f"{UID_HEADER} is not a valid Nextcloud user id", code="uid_invalid")
+    return user
+
+
+def upstream_headers(
+    request: web.Request, config: Config, user: str, upstream_path: str
+) -> CIMultiDict[str]:
+    """The caller's headers minus everything in _DROP_REQUEST, plus AppAPI impersonation
+    (contract 2.1) and OCS-APIRequest on /ocs/. Depth, If-Match, Range, Content-Type... pass."""
+    headers = streaming.filter_headers(request.headers, *_DROP_REQUEST, prefixes=_DROP_PREFIXES)
+    for name, value in appapi_headers(config, user).items():
+        headers[name] = value
+    if upstream_path.startswith("/ocs/"):
+        headers["OCS-APIRequest"] = "true"
+    return headers
+
+
+def _outbound(spool: Spool) -> streaming.OutboundBody:
+    if spool.size == 0:
+        return streaming.NO_BODY
+    if spool.in_memory:
+        return streaming.OutboundBody(spool.memory_bytes(), spool.size)
+    return streaming.OutboundBody(_Replay(spool), spool.size)
+
+
+class _Replay:
+    """The spooled file as an async byte stream (a class, not a generator: nothing to finalise
+    when the upload is abandoned half way)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._offset = 0
+
+    def __aiter__(self) -> _Replay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._spool.read_at(self._offset)
+        if not chunk:
+            raise StopAsyncIteration
+        self._offset += len(chunk)
+        return chunk
+
+
+def _edit_response_headers(_upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
+    # A session cookie Nextcloud set for the impersonated user is nobody else's business.
+    headers.popall("Set-Cookie", None)
+
+
+def _as_nextcloud_error(exc: BeeflowError) -> BeeflowError:
+    """The streaming core's upstream_* codes, named for this upstream: nextcloud_unreachable..."""
+    code = exc.instance_code
+    if code.startswith("upstream_"):
+        exc.instance_code = "nextcloud_" + code[len("upstream_") :]
+    return exc
+
+
+# ------------------------------------------------------------------ Destination (MOVE/COPY)
+
+
+def _origin_key(url: URL) -> tuple[str, int | None]:
+    return ((url.host or "").lower(), url.port)
+
+
+def _strip_base(path: str, base: URL) -> str | None:
+    prefix = base.raw_path.rstrip("/")
+    if not prefix:
+        return path
+    if path == prefix or path.startswith(prefix + "/"):
+        return path[len(prefix) :]
+    return None
+
+
+def _nextcloud_relative(path: str, app_id: str) -> str:
+    """Map the connector's own callback forms onto Nextcloud paths: /nc/x, the PHP proxy's
+    /index.php/apps/app_api/proxy/<app>/nc/x and HaRP's /exapps/<app>/nc/x all mean /x."""
+    for template in _CALLBACK_PREFIXES:
+        prefix = template.format(app_id=app_id)
+        if path.startswith(prefix):
+            return path[len(prefix) - 1 :]
+    if path.startswith(NC_PREFIX + "/"):
+        return path[len(NC_PREFIX) :]
+    return path
+
+
+def rewrite_destination(value: str, config: Config, request_host: str | None = None) -> str:
+    """MOVE/COPY Destination onto NEXTCLOUD_URL. Accepted: an absolute URL on NEXTCLOUD_URL,
+    the public Nextcloud URL or (for /nc/ paths) this request's own host; or an absolute path.
+    The Nextcloud path must pass the same allow-list and traversal checks as the request."""
+    text = value.strip()
+    if not text or any(ord(c) < 0x21 or ord(c) > 0x7E for c in text):
+        raise BadRequest("Destination must be a percent-encoded URL", code="destination_invalid")
+    bases = [config.nextcloud_url, config.public_nextcloud_url]
+    if text.startswith("/"):
+        if text.startswith("//"):
+            raise BadRequest("Destination must not be scheme-relative", code="destination_invalid")
+        raw_path, query = text.partition("?")[0], text.partition("?")[2]
+        candidates = [p for p in (_strip_base(raw_path, b) for b in bases) if p is not None]
+        candidates.append(raw_path)
+    else:
+        try:
+            url = URL(text, encoded=True)
+        except ValueError:
+            raise BadRequest("Destination is not a URL", code="destination_invalid") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise BadRequest("Destination must be an http(s) URL", code="destination_invalid")
+        if url.user is not None or url.password is not None or url.raw_fragment:
+            raise BadRequest(
+                "Destination must not carry credentials or a fragment",
+                code="destination_invalid",
+            )
+        raw_path, query = url.raw_path, url.raw_query_string
+        candidates = [
+            p
+            for b in bases
+            if _origin_key(url) == _origin_key(b)
+            for p in [_strip_base(raw_path, b)]
+            if p is not None
+        ]
+        if request_host and _same_host(url, request_host) and raw_path.startswith(NC_PREFIX + "/"):
+            candidates.append(raw_path)
+        if not candidates:
+            raise BadRequest(
+                "Destination must point at this Nextcloud", code="destination_foreign_host"
+            )
+    if query:
+        raise BadRequest("Destination must not have a query", code="destination_invalid")
+    for candidate in candidates:
+        relative = _nextcloud_relative(candidate, config.app_id)
+        if relative.startswith(ALLOWED_PREFIXES):
+            try:
+                check_target(NC_PREFIX + relative)
+            except PathRejected as exc:
+                raise BadRequest(
+                    f"Destination rejected: {exc.message}", code="destination_" + exc.code
+                ) from None
+            return str(config.nextcloud_url) + relative
+    raise BadRequest(
+        "Destination must be under /remote.php/dav/, /ocs/ or /index.php/apps/",
+        code="destination_not_proxied",
+    )
+
+
+def _same_host(url: URL, host_header: str) -> bool:
+    try:
+        own = URL(f"{url.scheme}://{host_header}")
+    except ValueError:
+        return False
+    return _origin_key(url) == _origin_key(own)

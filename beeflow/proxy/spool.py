@@ -1,0 +1,195 @@
+"""The /nc body spool: bytes hashed as they arrive, kept in memory up to a small threshold, then in
+an already-unlinked temp file in a private 0700 directory; replayed upstream with a known length.
+
+The v2 signature covers sha256(body), so a body must be complete before it may be forwarded.
+The temp file has no name from the moment it exists (TemporaryFile: O_TMPFILE, or unlink right
+after creation), so neither a crash nor a client abort can leave it behind; closing the
+descriptor frees the space. File writes, reads and hashing of large runs happen in worker
+threads, one job at a time per spool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Final, TypeVar
+
+T = TypeVar("T")
+
+# Bytes gathered before one write+hash job is handed to a worker thread.
+FLUSH_BYTES: Final = 1024 * 1024
+# Bytes read back per job when replaying the file upstream.
+READ_BYTES: Final = 256 * 1024
+
+
+class SpoolTooLarge(Exception):
+    """The body passed the configured limit; the spool has been closed."""
+
+
+class SpoolDir:
+    """The private directory spools live in, with a live count for tests and diagnostics."""
+
+    def __init__(self, path: Path, *, owned: bool) -> None:
+        self.path = path
+        self.owned = owned
+        self.active = 0
+        self.opened = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    def create(cls, configured: Path | None) -> SpoolDir:
+        """`configured` (created 0700 if missing; refused if it is a symlink or another user's;
+        tightened to 0700 if open to others), or a fresh private temp directory that close()
+        removes again."""
+        if configured is None:
+            return cls(Path(tempfile.mkdtemp(prefix="beeflow-spool-")), owned=True)
+        configured.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = configured.lstat()
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise RuntimeError(f"spool directory {configured} is not a plain directory")
+        if info.st_uid != os.getuid():
+            raise RuntimeError(f"spool directory {configured} belongs to another user")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            configured.chmod(0o700)
+        return cls(configured, owned=False)
+
+    def close(self) -> None:
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def spool(self, *, memory_limit: int, max_bytes: int) -> Spool:
+        return Spool(self, memory_limit=memory_limit, max_bytes=max_bytes)
+
+    async def wait_idle(self) -> None:
+        """Resolves once no spool is open (every body has been released)."""
+        await self._idle.wait()
+
+    def _enter(self) -> None:
+        self.active += 1
+        self.opened += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.active = max(0, self.active - 1)
+        if self.active == 0:
+            self._idle.set()
+
+
+class Spool:
+    """One request body: feed() its chunks, finish(), read `size` and `sha256`, replay it with
+    memory_bytes() or read_at(). close() always: idempotent, never blocks, cancellation-safe."""
+
+    def __init__(self, directory: SpoolDir, *, memory_limit: int, max_bytes: int) -> None:
+        self._dir = directory
+        self._memory_limit = memory_limit
+        self._max = max_bytes
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._file: IO[bytes] | None = None
+        self._pending: asyncio.Future[object] | None = None
+        self._digest: str | None = None
+        self.size = 0
+        self.closed = False
+        directory._enter()
+
+    @property
+    def in_memory(self) -> bool:
+        return self._file is None
+
+    @property
+    def sha256(self) -> str:
+        if self._digest is None:
+            raise RuntimeError("spool not finished")
+        return self._digest
+
+    async def feed(self, chunk: bytes) -> None:
+        if self.closed:
+            raise RuntimeError("spool closed")
+        self.size += len(chunk)
+        if self.size > self._max:
+            self.close()
+            raise SpoolTooLarge
+        self._buffer += chunk
+        if self._file is None:
+            if len(self._buffer) <= self._memory_limit:
+                return
+            self._file = await self._run(self._open_file)
+        if len(self._buffer) >= FLUSH_BYTES:
+            await self._flush()
+
+    async def finish(self) -> None:
+        if self._file is None:
+            self._hash.update(self._buffer)
+        else:
+            await self._flush()
+            await self._run(self._file.flush)
+        self._digest = self._hash.hexdigest()
+
+    def memory_bytes(self) -> bytes:
+        """The whole body of a spool that stayed in memory."""
+        if self._file is not None or self.closed:
+            raise RuntimeError("not an in-memory spool")
+        return bytes(self._buffer)
+
+    async def read_at(self, offset: int, size: int = READ_BYTES) -> bytes:
+        """Up to `size` bytes of a finished file spool from `offset` (b"" at the end)."""
+        file = self._file
+        if file is None:
+            # The request was abandoned while its body was being replayed upstream.
+            raise ConnectionResetError("the spooled body was released")
+        fd = file.fileno()
+        return await self._run(lambda: os.pread(fd, size, offset))
+
+    def close(self) -> None:
+        """Release memory and the file. If a worker thread is still busy with the file, the file
+        is closed when that job ends, without waiting for it here."""
+        if self.closed:
+            return
+        self.closed = True
+        self._buffer = bytearray()
+        file, self._file = self._file, None
+        if file is not None:
+            pending = self._pending
+            if pending is not None and not pending.done():
+                pending.add_done_callback(lambda _f: _close_quietly(file))
+            else:
+                _close_quietly(file)
+        self._dir._leave()
+
+    # -------------------------------------------------------------- internals
+
+    def _open_file(self) -> IO[bytes]:
+        return tempfile.TemporaryFile(dir=self._dir.path, prefix="body-")
+
+    async def _flush(self) -> None:
+        if not self._buffer or self._file is None:
+            return
+        data, self._buffer = self._buffer, bytearray()  # handed over whole: no copy
+        file, digest = self._file, self._hash
+
+        def job() -> None:
+            digest.update(data)
+            file.write(data)
+
+        await self._run(job)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        future = asyncio.get_running_loop().run_in_executor(None, fn)
+        self._pending = future  # type: ignore[assignment]
+        try:
+            return await future
+        finally:
+            if self._pending is future:
+                self._pending = None
+
+
+def _close_quietly(file: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        file.close()
