@@ -1,0 +1,370 @@
+/* Bee Flow connector UI: a small chat shell (no framework, no build step).
+ *
+ * Works under any base path: /index.php/apps/app_api/proxy/bee_flow/, /exapps/bee_flow/ or /.
+ * Every request uses a URL relative to the document's own directory, never an absolute path.
+ * PATCH is tunnelled as POST + X-HTTP-Method-Override (Nextcloud's proxy answers PATCH with 405).
+ */
+(function () {
+  "use strict";
+
+  var CHAT_PATH = "api/ai/chat/direct/stream";
+  var CONVERSATION_PATH = "api/ai/direct/conversations/";
+
+  /* The directory of this document: ".../bee_flow/index.html" and ".../bee_flow" both give
+   * ".../bee_flow/". Exposed for the tests. */
+  function deriveBase(pathname) {
+    var path = pathname.replace(/\/index\.html$/, "/");
+    if (path.charAt(path.length - 1) !== "/") {
+      path += "/";
+    }
+    return path;
+  }
+
+  var BASE = deriveBase(window.location.pathname);
+
+  function url(relative) {
+    return new URL(BASE + relative, window.location.origin).toString();
+  }
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  /* ------------------------------------------------------------ connection state */
+
+  function setConnection(state, text, detail) {
+    var el = $("conn");
+    el.dataset.state = state;
+    el.textContent = text;
+    el.title = detail || "";
+  }
+
+  async function readJson(response) {
+    var type = response.headers.get("Content-Type") || "";
+    if (type.indexOf("json") === -1) {
+      return null;
+    }
+    try {
+      return await response.json();
+    } catch (err) {
+      return null;
+    }
+  }
+
+  async function checkConnection() {
+    setConnection("checking", "Checking connection\u2026");
+    var beat;
+    try {
+      beat = await fetch(url("heartbeat"), { cache: "no-store" });
+    } catch (err) {
+      setConnection("offline", "Connector unreachable", String(err));
+      return;
+    }
+    if (!beat.ok) {
+      setConnection("offline", "Connector unreachable", "heartbeat HTTP " + beat.status);
+      return;
+    }
+    var health;
+    try {
+      health = await fetch(url("api/health"), { cache: "no-store" });
+    } catch (err) {
+      setConnection("degraded", "Service unreachable", String(err));
+      return;
+    }
+    var body = await readJson(health);
+    if (health.ok) {
+      var version = body && body.version ? " (" + body.version + ")" : "";
+      setConnection("connected", "Connected" + version, "Bee Flow service answered");
+      return;
+    }
+    var code = body && body.code ? body.code : "HTTP " + health.status;
+    if (health.status === 401 || health.status === 404) {
+      setConnection("degraded", "Open Bee Flow from Nextcloud", code);
+    } else {
+      setConnection("degraded", "Service unavailable", code);
+    }
+  }
+
+  /* ------------------------------------------------------------ SSE reading */
+
+  /* Feed text in; get complete events out. Handles \n, \r\n and \r line ends, comments,
+   * multi-line data, and events split across network chunks. */
+  function SseParser(onEvent) {
+    this.buffer = "";
+    this.event = "";
+    this.data = [];
+    this.onEvent = onEvent;
+  }
+
+  SseParser.prototype.feed = function (text) {
+    this.buffer += text;
+    var match;
+    var lineEnd = /\r\n|\r|\n/;
+    while ((match = lineEnd.exec(this.buffer)) !== null) {
+      // A lone \r at the very end may be the first half of \r\n: wait for more.
+      if (match[0] === "\r" && match.index === this.buffer.length - 1) {
+        break;
+      }
+      var line = this.buffer.slice(0, match.index);
+      this.buffer = this.buffer.slice(match.index + match[0].length);
+      this.line(line);
+    }
+  };
+
+  SseParser.prototype.line = function (line) {
+    if (line === "") {
+      if (this.data.length || this.event) {
+        this.onEvent(this.event || "message", this.data.join("\n"));
+      }
+      this.event = "";
+      this.data = [];
+      return;
+    }
+    if (line.charAt(0) === ":") {
+      return; // keep-alive comment
+    }
+    var colon = line.indexOf(":");
+    var field = colon === -1 ? line : line.slice(0, colon);
+    var value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value.charAt(0) === " ") {
+      value = value.slice(1);
+    }
+    if (field === "event") {
+      this.event = value;
+    } else if (field === "data") {
+      this.data.push(value);
+    }
+  };
+
+  SseParser.prototype.end = function () {
+    if (this.buffer) {
+      this.line(this.buffer);
+      this.buffer = "";
+    }
+    this.line("");
+  };
+
+  function parseData(data) {
+    try {
+      return JSON.parse(data);
+    } catch (err) {
+      return null;
+    }
+  }
+
+  /* ------------------------------------------------------------ chat */
+
+  var conversation = { id: null, title: "" };
+  var busy = false;
+
+  function addBubble(role, text) {
+    var item = document.createElement("li");
+    item.className = "msg msg-" + role;
+    var who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Bee Flow";
+    var body = document.createElement("div");
+    body.className = "text";
+    body.textContent = text || "";
+    item.appendChild(who);
+    item.appendChild(body);
+    $("log").appendChild(item);
+    item.scrollIntoView({ block: "end" });
+    return item;
+  }
+
+  function setBusy(value) {
+    busy = value;
+    $("send").disabled = value;
+    $("message").setAttribute("aria-busy", value ? "true" : "false");
+  }
+
+  function setConversation(id, title) {
+    conversation.id = id;
+    if (title !== undefined) {
+      conversation.title = title;
+      $("title").value = title;
+    }
+    $("title").disabled = !id;
+    $("rename").disabled = !id;
+    document.body.dataset.conversation = id || "";
+  }
+
+  function showNotice(text, kind) {
+    var el = $("notice");
+    el.textContent = text;
+    el.dataset.kind = kind || "info";
+    el.hidden = !text;
+  }
+
+  async function errorText(response) {
+    var body = await readJson(response);
+    var code = body && body.code ? " [" + body.code + "]" : "";
+    var message = body && body.error ? body.error : "HTTP " + response.status;
+    return message + code;
+  }
+
+  async function send(message) {
+    setBusy(true);
+    showNotice("");
+    addBubble("user", message);
+    var bubble = addBubble("assistant", "");
+    var text = bubble.querySelector(".text");
+    bubble.dataset.state = "waiting";
+    var received = 0;
+    var finished = false;
+    var failed = false;
+
+    function onEvent(name, data) {
+      var payload = parseData(data);
+      if (name === "conversation_created") {
+        var id = payload && (payload.conversationId || payload.id);
+        if (id) {
+          setConversation(String(id), (payload && payload.title) || "");
+        }
+      } else if (name === "content") {
+        var chunk = payload && typeof payload.text === "string" ? payload.text : "";
+        if (chunk) {
+          received += 1;
+          text.textContent += chunk;
+          bubble.dataset.state = "streaming";
+          bubble.dataset.chunks = String(received);
+          bubble.scrollIntoView({ block: "end" });
+        }
+      } else if (name === "done") {
+        finished = true;
+      } else if (name === "error") {
+        failed = true;
+        bubble.dataset.state = "error";
+        text.textContent += (payload && payload.error) || "The service reported an error";
+      }
+    }
+
+    try {
+      var body = { message: message };
+      if (conversation.id) {
+        body.conversationId = conversation.id;
+      }
+      var response = await fetch(url(CHAT_PATH), {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        body: JSON.stringify(body),
+        cache: "no-store",
+      });
+      if (!response.ok) {
+        failed = true;
+        bubble.dataset.state = "error";
+        text.textContent = "Could not send: " + (await errorText(response));
+        return;
+      }
+      var type = response.headers.get("Content-Type") || "";
+      if (type.indexOf("text/event-stream") === -1 || !response.body) {
+        failed = true;
+        bubble.dataset.state = "error";
+        text.textContent = "Unexpected reply (" + (type || "no content type") + ")";
+        return;
+      }
+      var parser = new SseParser(onEvent);
+      var reader = response.body.getReader();
+      var decoder = new TextDecoder();
+      for (;;) {
+        var step = await reader.read();
+        if (step.done) {
+          break;
+        }
+        parser.feed(decoder.decode(step.value, { stream: true }));
+      }
+      parser.feed(decoder.decode());
+      parser.end();
+    } catch (err) {
+      failed = true;
+      bubble.dataset.state = "error";
+      text.textContent += (text.textContent ? "\n" : "") + "Connection lost: " + err.message;
+      return;
+    } finally {
+      setBusy(false);
+      $("message").focus();
+    }
+    if (failed) {
+      return;
+    }
+    if (!received) {
+      // A 200 with nothing usable must never look like an empty answer (reference 3.5).
+      bubble.dataset.state = "error";
+      text.textContent = "The service sent an empty reply.";
+    } else if (!finished) {
+      bubble.dataset.state = "incomplete";
+      showNotice("The reply ended early; it may be incomplete.", "warning");
+    } else {
+      bubble.dataset.state = "done";
+    }
+  }
+
+  async function rename() {
+    var title = $("title").value.trim();
+    if (!conversation.id || !title) {
+      return;
+    }
+    $("rename").disabled = true;
+    try {
+      // Nextcloud's proxy has no PATCH route: tunnel it (the connector restores the verb).
+      var response = await fetch(url(CONVERSATION_PATH + encodeURIComponent(conversation.id)), {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-HTTP-Method-Override": "PATCH" },
+        body: JSON.stringify({ title: title }),
+        cache: "no-store",
+      });
+      if (!response.ok) {
+        showNotice("Rename failed: " + (await errorText(response)), "error");
+        return;
+      }
+      var body = await readJson(response);
+      setConversation(conversation.id, (body && body.title) || title);
+      showNotice("Conversation renamed.", "info");
+    } catch (err) {
+      showNotice("Rename failed: " + err.message, "error");
+    } finally {
+      $("rename").disabled = !conversation.id;
+    }
+  }
+
+  function newChat() {
+    setConversation(null, "");
+    $("log").textContent = "";
+    showNotice("");
+    $("message").focus();
+  }
+
+  function start() {
+    $("composer").addEventListener("submit", function (event) {
+      event.preventDefault();
+      var input = $("message");
+      var message = input.value.trim();
+      if (!message || busy) {
+        return;
+      }
+      input.value = "";
+      send(message);
+    });
+    $("message").addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        $("composer").requestSubmit();
+      }
+    });
+    $("rename").addEventListener("click", rename);
+    $("new").addEventListener("click", newChat);
+    $("recheck").addEventListener("click", checkConnection);
+    document.body.dataset.base = BASE;
+    setConversation(null, "");
+    checkConnection();
+  }
+
+  window.BeeFlowUI = { deriveBase: deriveBase, SseParser: SseParser, base: BASE };
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();
