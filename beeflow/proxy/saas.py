@@ -1,9 +1,268 @@
-"""/api and /auth proxy to the Bee Flow service (placeholder until its issue lands)."""
+"""/api/* and /auth/* proxy to the Bee Flow service, as the Nextcloud user, with a per-user JWT."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+from urllib.parse import unquote
+
+import attrs
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from beeflow import keys
+from beeflow.appapi import Access, add_route
+from beeflow.config import Config
+from beeflow.errors import BadGateway, BadRequest, NextcloudError, ServiceUnavailable
+from beeflow.nextcloud import NcUser
+from beeflow.proxy import streaming
+from beeflow.signing import mint_jwt, user_claims
+from beeflow.tenant import TenantState
+
+log = logging.getLogger(__name__)
+
+PREFIXES: Final = ("/api", "/auth")
+# HEAD is listed for HaRP (any verb passes it); the PHP proxy has no PATCH and no HEAD.
+METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
+SERVICE_NAME: Final = "The Bee Flow service"
+SOURCE: Final = "nextcloud-connector"
+POOL_SIZE: Final = 64
+KEEPALIVE_SECONDS: Final = 10.0
+
+# Never to the service: the user's own credentials (their Nextcloud password in Basic auth, the
+# session cookies), the browser's context, what AppAPI/HaRP add (the AppAPI secret among them),
+# forwarding hints, and any X-Beeflow-* the browser might try to forge. Host is the upstream's.
+_DROP_SETS: Final = (
+    streaming.HOP_BY_HOP,
+    streaming.REQUEST_FRAMING,
+    streaming.CREDENTIALS,
+    streaming.BROWSER_CONTEXT,
+    streaming.FORWARDING,
+    streaming.APPAPI,
+    frozenset({"x-http-method-override"}),
+)
+_DROP_PREFIXES: Final = (*streaming.APPAPI_PREFIXES, "x-beeflow-")
+
+SHELL_FALLBACK: Final = (
+    b"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+    b"<title>Bee Flow</title></head><body><main><h1>Bee Flow is being set up</h1>"
+    b"<p>The connector is not connected to the Bee Flow service yet. "
+    b"Reload this page in a minute; if it stays like this, ask your administrator to open "
+    b"the Bee Flow setup page.</p></main></body></html>"
+)
+
+_CLIENT: web.AppKey[streaming.UpstreamClient] = web.AppKey("saas_client")
+_TOKENS: web.AppKey[TokenCache] = web.AppKey("saas_tokens")
+
+
+# ------------------------------------------------------------------ identity
+
+
+@attrs.frozen
+class _Token:
+    facts: tuple[object, ...]
+    jwt: str
+    exp: float
+
+
+class TokenCache:
+    """Per-user JWTs, reused while more than half their lifetime is left and while the key and
+    the user's facts are unchanged. Bounded (least recently minted are dropped first)."""
+
+    def __init__(self, *, max_entries: int = 1024) -> None:
+        self._max = max_entries
+        self._tokens: OrderedDict[str, _Token] = OrderedDict()
+
+    def token(self, key: str, user: NcUser, ttl: int, *, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        facts = (key, user.email, user.display_name, user.is_admin, ttl)
+        hit = self._tokens.get(user.uid)
+        if hit is not None and hit.facts == facts and hit.exp - now > ttl / 2:
+            return hit.jwt
+        iat = int(now)
+        claims = user_claims(
+            uid=user.uid,
+            email=user.email,
+            name=user.display_name,
+            nc_admin=user.is_admin,
+            iat=iat,
+            ttl=ttl,
+        )
+        jwt = mint_jwt(key, claims)
+        self._tokens[user.uid] = _Token(facts, jwt, float(iat + ttl))
+        self._tokens.move_to_end(user.uid)
+        while len(self._tokens) > self._max:
+            self._tokens.popitem(last=False)
+        return jwt
+
+    def clear(self) -> None:
+        self._tokens.clear()
+
+
+# ------------------------------------------------------------------ request shaping
+
+
+def effective_method(request: web.BaseRequest) -> str:
+    """Reference 3.2: AppAPI's PHP proxy has no PATCH, so the SPA tunnels it as POST +
+    X-HTTP-Method-Override: PATCH. Only PATCH is honoured; the header never goes on."""
+    if request.method == "POST":
+        override = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
+        if override == "PATCH":
+            return "PATCH"
+    return request.method
+
+
+def target_url(base: URL, request: web.BaseRequest) -> URL:
+    """The service URL for this request: base + the path and query exactly as received, then
+    checked to still lie under base + /api/ or /auth/."""
+    raw_path = request.rel_url.raw_path
+    if any(unquote(segment) in (".", "..") for segment in raw_path.split("/")):
+        raise BadRequest("Dot segments are not allowed in the path", code="bad_path")
+    base_path = base.raw_path.rstrip("/")
+    url = URL.build(
+        scheme=base.scheme,
+        host=base.raw_host or "",
+        port=base.explicit_port,
+        path=base_path + raw_path,
+        query_string=request.rel_url.raw_query_string,
+        encoded=True,
+    )
+    allowed = tuple(base_path + prefix + "/" for prefix in PREFIXES)
+    if url.origin() != base.origin() or not url.raw_path.startswith(allowed):
+        raise BadRequest("This path is not proxied", code="bad_path")
+    return url
+
+
+def upstream_headers(
+    request: web.BaseRequest,
+    config: Config,
+    tenant: TenantState,
+    user: NcUser,
+    jwt: str,
+) -> CIMultiDict[str]:
+    headers = streaming.filter_headers(request.headers, *_DROP_SETS, prefixes=_DROP_PREFIXES)
+    headers["Authorization"] = f"Bearer {jwt}"
+    headers["X-Beeflow-Source"] = SOURCE
+    headers["X-Beeflow-NC-Uid"] = user.uid
+    if tenant.instance_id:
+        headers["X-Beeflow-NC-Instance-Id"] = tenant.instance_id
+    headers["X-Beeflow-NC-Base-Url"] = str(config.nextcloud_url)
+    # Compressed SSE was corrupted on the way once (reference 12, 1.0.2): ask for plain bytes.
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def _is_json(content_type: str) -> bool:
+    return "json" in content_type.lower()
+
+
+def relay_options(config: Config) -> streaming.RelayOptions:
+    """HaRP streams: keep-alive comments so HaRP and reverse proxies keep idle streams open.
+    Legacy: Nextcloud's PHP proxy buffers the whole reply and has no timeout, so never keep a
+    stream alive artificially, cap its idle time, and send SSE close-delimited (issue 10/1)."""
+    if config.harp:
+        return streaming.RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
+    return streaming.RelayOptions(
+        idle_limit_seconds=config.legacy_stream_idle_seconds, close_delimited_sse=True
+    )
+
+
+# ------------------------------------------------------------------ navigation and the shell
+
+
+def is_navigation(request: web.BaseRequest) -> bool:
+    """Reference 2 (1.0.2 fix): a document navigation is a GET/HEAD whose Sec-Fetch-Mode is
+    `navigate`, or, without Sec-Fetch-Mode, whose Accept names text/html."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode.strip().lower() == "navigate"
+    return "text/html" in request.headers.get("Accept", "").lower()
+
+
+def spa_index(config: Config) -> Path:
+    # beeflow/proxy/saas.py -> the repository (or image) root, where spa/ sits next to beeflow/
+    root = config.spa_dir or Path(__file__).resolve().parents[2] / "spa"
+    return root / "index.html"
+
+
+def _read_shell(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return SHELL_FALLBACK
+
+
+async def shell_response(config: Config) -> web.Response:
+    """The UI shell while the connector cannot proxy yet: the SPA renders its own notice."""
+    body = await asyncio.to_thread(_read_shell, spa_index(config))
+    return web.Response(
+        body=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+# ------------------------------------------------------------------ the handler
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    config = app[keys.CONFIG]
+    tenant = app[keys.TENANT]
+    key = tenant.key
+    if not key:
+        if is_navigation(request):
+            return await shell_response(config)
+        raise ServiceUnavailable(
+            "The connector is not connected to the Bee Flow service yet; try again shortly",
+            code="tenant_key_missing",
+            headers={"Retry-After": "10"},
+        )
+    uid = request[keys.IDENTITY].user_id
+    try:
+        user = await app[keys.USERS].lookup(uid)
+    except NextcloudError as exc:
+        log.warning("user lookup for the proxy failed (%s)", exc.kind)
+        if is_navigation(request):
+            return await shell_response(config)
+        raise BadGateway(
+            "Could not look up the Nextcloud user", code="user_lookup_failed"
+        ) from None
+    jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
+    url = target_url(app[keys.API_BASE].url, request)
+    headers = upstream_headers(request, config, tenant, user, jwt)
+    body = await streaming.outbound_body(request, buffer_when_unsized=_is_json)
+    upstream = await app[_CLIENT].send(effective_method(request), url, headers, body)
+    return await streaming.relay(request, upstream, relay_options(config))
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    settings = streaming.PoolSettings(
+        name=SERVICE_NAME,
+        connect_timeout=config.upstream_connect_timeout,
+        headers_timeout=config.upstream_headers_timeout,
+        pool_size=POOL_SIZE,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+    )
+    async with streaming.upstream_client(settings) as client:
+        app[_CLIENT] = client
+        yield
 
 
 def setup(app: web.Application) -> None:
-    """Registers nothing yet."""
+    """The pooled service client (cleanup_ctx), the token cache, and the USER routes."""
+    app.cleanup_ctx.append(_client_ctx)
+    app[_TOKENS] = TokenCache()
+    for prefix in PREFIXES:
+        for method in METHODS:
+            add_route(app, method, prefix + "/{tail:.*}", _proxy, Access.USER)

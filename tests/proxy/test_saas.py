@@ -1,0 +1,565 @@
+"""The /api and /auth proxy over real sockets: identity, headers, bodies, errors, tenant key."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from yarl import URL
+
+from beeflow import keys
+from beeflow.nextcloud import NcUser
+from beeflow.proxy.saas import SHELL_FALLBACK, TokenCache
+from tests.fakes.nextcloud import FakeNextcloud
+from tests.fakes.service import FakeService, pattern_bytes
+from tests.helpers import SECRET, TENANT_KEY, RunningConnector, appapi_headers
+from tests.proxy.conftest import ProxyFactory, dead_port, verify_jwt
+
+USER_PASSWORD = "alice-nextcloud-password"  # what a browser's Basic auth carries
+BASIC = "Basic " + base64.b64encode(f"alice:{USER_PASSWORD}".encode()).decode()
+
+
+async def _chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+# ------------------------------------------------------------------ basic forwarding
+
+
+async def test_get_json_path_and_query_unchanged_and_no_store(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    path = "/api/json?a=1&a=2&sp=x%20y&arr%5B0%5D=z"
+    async with await legacy.request("GET", path, user="alice") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+        # AppAPI caches a GET for an hour unless told otherwise (contract 4.3).
+        assert resp.headers["Cache-Control"] == "no-store"
+        body = await resp.json()
+    assert body["method"] == "GET"
+    rec = service.last("/api/json")
+    assert rec.raw_path == path
+    assert rec.query.getall("a") == ["1", "2"]
+
+
+async def test_upstream_cache_control_is_kept(legacy: RunningConnector) -> None:
+    async with await legacy.request("GET", "/api/cached", user="alice") as resp:
+        assert resp.headers["Cache-Control"] == "private, max-age=60"
+
+
+async def test_auth_prefix_is_proxied_too(legacy: RunningConnector, service: FakeService) -> None:
+    async with await legacy.request("POST", "/auth/some/flow?x=1", user="alice") as resp:
+        assert resp.status == 404  # the fake has no such route, and says so
+    assert service.last().raw_path == "/auth/some/flow?x=1"
+
+
+async def test_api_base_url_change_applies_to_the_next_request(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    async with FakeService() as other:
+        legacy.app[keys.API_BASE].url = other.url
+        async with await legacy.request("GET", "/api/health", user="alice") as resp:
+            assert resp.status == 200
+        assert other.find("/api/health")
+        assert not service.find("/api/health")
+
+
+async def test_redirects_are_passed_back_not_followed(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    async with await legacy.request(
+        "GET", "/api/redirect", user="alice", allow_redirects=False
+    ) as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == "/api/json"
+    assert not service.find("/api/json")
+
+
+async def test_two_set_cookie_headers_stay_two(legacy: RunningConnector) -> None:
+    async with await legacy.request("GET", "/api/cookies", user="alice") as resp:
+        assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/; HttpOnly", "b=2; Path=/; Secure"]
+
+
+async def test_service_cookies_are_not_kept_for_other_users(
+    legacy: RunningConnector, service: FakeService, fake_nc: FakeNextcloud
+) -> None:
+    fake_nc.add_user("bob", email="bob@example.com", display_name="Bob")
+    async with await legacy.request("GET", "/api/cookies", user="alice") as resp:
+        assert resp.status == 200
+    async with await legacy.request("GET", "/api/json", user="bob") as resp:
+        assert resp.status == 200
+    assert "Cookie" not in service.last("/api/json").headers
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+async def test_bulk_download_is_byte_exact(legacy: RunningConnector, with_length: bool) -> None:
+    size = 3 * 1024 * 1024 + 17
+    path = f"/api/download?size={size}&chunk=65536" + ("&length=1" if with_length else "")
+    async with await legacy.request("GET", path, user="alice") as resp:
+        assert resp.status == 200
+        if with_length:
+            assert resp.headers["Content-Length"] == str(size)
+        else:
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+        data = await resp.read()
+    assert hashlib.sha256(data).digest() == hashlib.sha256(pattern_bytes(size)).digest()
+
+
+async def test_head_keeps_the_length_and_sends_no_body(legacy: RunningConnector) -> None:
+    async with await legacy.request(
+        "HEAD", "/api/download?size=100&length=1", user="alice"
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == "100"
+        assert await resp.read() == b""
+
+
+async def test_large_streamed_upload_reaches_the_service_intact(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    data = pattern_bytes(5 * 1024 * 1024 + 3)
+    async with await legacy.request(
+        "PUT",
+        "/api/echo",
+        user="alice",
+        data=_chunks(data, 256 * 1024),
+        headers={"Content-Type": "application/octet-stream"},
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Echo-Length"] == str(len(data))
+        assert await resp.read() == data
+    rec = service.last("/api/echo")
+    assert rec.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in rec.headers
+
+
+async def test_dot_segments_are_refused(legacy: RunningConnector, service: FakeService) -> None:
+    async with await legacy.request("GET", "/api/%2e%2e/setup", user="alice") as resp:
+        assert resp.status == 400
+        assert (await resp.json())["code"] == "bad_path"
+    assert not service.requests
+
+
+# ------------------------------------------------------------------ identity and headers
+
+
+async def test_headers_reaching_the_service_one_by_one(
+    legacy: RunningConnector,
+    service: FakeService,
+    fake_nc: FakeNextcloud,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10 fact 2 / issue 3 item 4: what the browser, AppAPI and HaRP send, and what the
+    service gets. Every header is accounted for."""
+    caplog.set_level(logging.DEBUG)
+    legacy.app[keys.TENANT].instance_id = "nc-host:cloud.example.com"
+    sent = {
+        **appapi_headers("alice"),
+        "AA-REQUEST-ID": "puykcxkab7f47fz6XDHE",
+        "EX-APP-USER-ID": "alice",
+        "Authorization": BASIC,
+        "Cookie": "oc_sessionPassphrase=secret-session; nc_token=abc",
+        "Host": "cloud.example.com",
+        "x-origin-ip": "203.0.113.7",
+        "X-Forwarded-For": "203.0.113.7",
+        "harp-shared-key": "harp-secret",
+        "ex-app-host": "bee_flow",
+        "ex-app-port": "23000",
+        "Origin": "https://cloud.example.com",
+        "Referer": "https://cloud.example.com/apps/app_api/embedded/bee_flow",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Beeflow-NC-Uid": "admin",
+        "X-Beeflow-Source": "forged",
+        "Accept-Encoding": "gzip, deflate, br",
+        "Accept": "application/json",
+        "Accept-Language": "nl",
+        "User-Agent": "Mozilla/5.0 test",
+        "Content-Type": "application/json",
+        "X-Request-Trace": "t-1",
+        "Expect": "",  # an empty header never goes on
+    }
+    async with legacy.session.request(
+        "POST",
+        URL(str(legacy.url) + "/api/echo"),
+        headers=sent,
+        data=b'{"hello":"world"}',
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    ) as resp:
+        assert resp.status == 200
+    got = service.last("/api/echo").headers
+
+    assert got["Host"] == f"127.0.0.1:{service.url.port}"
+    assert got["Content-Length"] == "17"
+    assert got["Content-Type"] == "application/json"
+    assert got["Accept"] == "application/json"
+    assert got["Accept-Language"] == "nl"
+    assert got["User-Agent"] == "Mozilla/5.0 test"
+    assert got["X-Request-Trace"] == "t-1"
+    assert got["Accept-Encoding"] == "identity"
+    assert got["X-Beeflow-Source"] == "nextcloud-connector"
+    assert got["X-Beeflow-NC-Uid"] == "alice"
+    assert got["X-Beeflow-NC-Instance-Id"] == "nc-host:cloud.example.com"
+    assert got["X-Beeflow-NC-Base-Url"] == str(fake_nc.url)
+    assert got.getall("Authorization") == [got["Authorization"]]
+    scheme, token = got["Authorization"].split(" ")
+    assert scheme == "Bearer"
+    assert verify_jwt(token, TENANT_KEY)["sub"] == "alice"
+    expected = {
+        "host",
+        "content-length",
+        "content-type",
+        "accept",
+        "accept-language",
+        "user-agent",
+        "x-request-trace",
+        "accept-encoding",
+        "authorization",
+        "x-beeflow-source",
+        "x-beeflow-nc-uid",
+        "x-beeflow-nc-instance-id",
+        "x-beeflow-nc-base-url",
+    }
+    assert {k.lower() for k in got} == expected
+    assert len(got) == len(expected)  # nothing doubled
+    # No secret reached the service's headers or any log line.
+    everything = " ".join(f"{k}: {v}" for k, v in got.items())
+    logs = caplog.text
+    for secret in (SECRET, TENANT_KEY, USER_PASSWORD, BASIC, "secret-session", "harp-secret"):
+        assert secret not in everything
+        assert secret not in logs
+    assert token not in logs
+    assert service.last("/api/echo").method == "POST"  # DELETE override not honoured
+
+
+async def test_jwt_claims(legacy: RunningConnector, service: FakeService) -> None:
+    before = int(time.time())
+    async with await legacy.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 200
+    token = service.last().headers["Authorization"].removeprefix("Bearer ")
+    claims = verify_jwt(token, TENANT_KEY)
+    assert list(claims) == ["sub", "email", "name", "nc_admin", "iss", "aud", "iat", "exp"]
+    assert claims["sub"] == "alice"
+    assert claims["email"] == "alice@example.com"
+    assert claims["name"] == "Alice"
+    assert claims["nc_admin"] is False
+    assert claims["iss"] == "nextcloud-connector"
+    assert claims["aud"] == "beeflow.nl"
+    assert before <= claims["iat"] <= int(time.time())
+    assert claims["exp"] - claims["iat"] == legacy.config.jwt_ttl_seconds
+
+
+async def test_admin_gets_nc_admin_and_a_token_of_their_own(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    async with await legacy.request("GET", "/api/json", user="admin") as resp:
+        assert resp.status == 200
+    async with await legacy.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 200
+    admin_rec, alice_rec = service.find("/api/json")
+    admin = verify_jwt(admin_rec.headers["Authorization"][7:], TENANT_KEY)
+    alice = verify_jwt(alice_rec.headers["Authorization"][7:], TENANT_KEY)
+    assert (admin["sub"], admin["nc_admin"]) == ("admin", True)
+    assert (alice["sub"], alice["nc_admin"]) == ("alice", False)
+
+
+async def test_token_is_reused_per_user(legacy: RunningConnector, service: FakeService) -> None:
+    for _ in range(3):
+        async with await legacy.request("GET", "/api/json", user="alice") as resp:
+            assert resp.status == 200
+    tokens = {r.headers["Authorization"] for r in service.find("/api/json")}
+    assert len(tokens) == 1
+
+
+def test_token_cache_reuses_only_while_more_than_half_the_life_is_left() -> None:
+    cache = TokenCache()
+    alice = NcUser("alice", "alice@example.com", "Alice", ())
+    first = cache.token(TENANT_KEY, alice, 300, now=1000.0)
+    assert cache.token(TENANT_KEY, alice, 300, now=1149.0) == first
+    renewed = cache.token(TENANT_KEY, alice, 300, now=1150.0)
+    assert renewed != first
+    assert verify_jwt(renewed, TENANT_KEY)["iat"] == 1150
+
+
+def test_token_cache_renews_on_new_key_or_changed_user_facts() -> None:
+    cache = TokenCache()
+    alice = NcUser("alice", "alice@example.com", "Alice", ())
+    first = cache.token(TENANT_KEY, alice, 300, now=1000.0)
+    other_key = TENANT_KEY + "-rotated"
+    rotated = cache.token(other_key, alice, 300, now=1001.0)
+    assert verify_jwt(rotated, other_key)["sub"] == "alice"
+    promoted = NcUser("alice", "alice@example.com", "Alice", ("admin",))
+    as_admin = cache.token(other_key, promoted, 300, now=1002.0)
+    assert verify_jwt(as_admin, other_key)["nc_admin"] is True
+    assert len({first, rotated, as_admin}) == 3
+
+
+def test_token_cache_is_bounded() -> None:
+    cache = TokenCache(max_entries=2)
+    users = [NcUser(f"u{i}", None, f"U{i}", ()) for i in range(3)]
+    tokens = [cache.token(TENANT_KEY, u, 300, now=1000.0) for u in users]
+    assert cache.token(TENANT_KEY, users[2], 300, now=1001.0) == tokens[2]
+    assert cache.token(TENANT_KEY, users[0], 300, now=1001.0) != tokens[0]  # evicted, re-minted
+
+
+async def test_service_call_without_user_is_refused(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    async with await legacy.request("GET", "/api/json", user="") as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "appapi_user_required"
+    assert not service.requests
+
+
+async def test_user_lookup_failure_is_502_json(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    async with await legacy.request("GET", "/api/json", user="ghost") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["code"] == "user_lookup_failed"
+    assert not service.requests
+
+
+# ------------------------------------------------------------------ AppAPI quirks
+
+
+async def test_patch_tunnel(legacy: RunningConnector, service: FakeService) -> None:
+    async with await legacy.request(
+        "POST",
+        "/api/ai/direct/conversations/c1",
+        user="alice",
+        json={"title": "Renamed"},
+        headers={"X-HTTP-Method-Override": "patch"},
+    ) as resp:
+        assert resp.status == 404  # the fake has no such route; the method is what matters
+    rec = service.last()
+    assert rec.method == "PATCH"
+    assert rec.body == b'{"title": "Renamed"}'
+    assert "X-HTTP-Method-Override" not in rec.headers
+
+
+@pytest.mark.parametrize("override", ["DELETE", "PUT", "GET", "PROPFIND"])
+async def test_no_other_override_is_honoured(
+    legacy: RunningConnector, service: FakeService, override: str
+) -> None:
+    async with await legacy.request(
+        "POST", "/api/echo", user="alice", data=b"x", headers={"X-HTTP-Method-Override": override}
+    ) as resp:
+        assert resp.headers["X-Echo-Method"] == "POST"
+    assert "X-HTTP-Method-Override" not in service.last().headers
+
+
+async def test_direct_patch_passes(harp: RunningConnector, service: FakeService) -> None:
+    async with await harp.request("PATCH", "/api/echo", user="alice", data=b"{}") as resp:
+        assert resp.headers["X-Echo-Method"] == "PATCH"
+
+
+async def test_chunked_json_is_reframed_with_content_length(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    body = b'{"message": "hello", "list": [1, 2, 3]}'
+    async with await legacy.request(
+        "POST",
+        "/api/echo",
+        user="alice",
+        data=_chunks(body),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == body
+    rec = service.last("/api/echo")
+    assert rec.headers["Content-Length"] == str(len(body))
+    assert "Transfer-Encoding" not in rec.headers
+    assert rec.body == body
+
+
+async def test_chunked_non_json_streams_as_it_comes(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    body = b"--b\r\ncontent\r\n--b--\r\n"
+    async with await legacy.request(
+        "POST",
+        "/api/echo",
+        user="alice",
+        data=_chunks(body),
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    ) as resp:
+        assert await resp.read() == body
+    rec = service.last("/api/echo")
+    assert rec.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in rec.headers
+
+
+async def test_sized_body_keeps_its_length(legacy: RunningConnector, service: FakeService) -> None:
+    async with await legacy.request(
+        "PUT", "/api/echo", user="alice", data=b"0123456789", headers={"Content-Type": "text/plain"}
+    ) as resp:
+        assert await resp.read() == b"0123456789"
+    rec = service.last("/api/echo")
+    assert rec.headers["Content-Length"] == "10"
+    assert "Transfer-Encoding" not in rec.headers
+
+
+# ------------------------------------------------------------------ upstream failures
+
+
+async def test_refused_connection_is_502(
+    proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = await proxy_factory(BEEFLOW_API_BASE_URL=f"http://127.0.0.1:{dead_port()}")
+    async with await conn.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 502
+        body = await resp.json()
+    assert body["code"] == "upstream_unreachable"
+    assert set(body) == {"code", "error"}
+    assert TENANT_KEY not in caplog.text
+
+
+async def test_reset_before_headers_is_502(legacy: RunningConnector) -> None:
+    async with await legacy.request("POST", "/api/reset", user="alice", data=b"x") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["code"] == "upstream_disconnected"
+
+
+async def test_slow_headers_are_504(proxy_factory: ProxyFactory, service: FakeService) -> None:
+    conn = await proxy_factory(BEEFLOW_UPSTREAM_HEADERS_TIMEOUT_SECONDS="0.3")
+    started = time.monotonic()
+    async with await conn.request("GET", "/api/slow?delay=5", user="alice") as resp:
+        assert resp.status == 504
+        assert (await resp.json())["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 3
+    # Headers within the limit are fine, and the body has no total timeout.
+    async with await conn.request("GET", "/api/slow?delay=0.1", user="alice") as resp:
+        assert resp.status == 200
+
+
+async def test_stale_pooled_connection_get_is_retried_once(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    async with await legacy.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 200  # opens the pooled connection
+    service.drop_reused = 1
+    async with await legacy.request("GET", "/api/json?second", user="alice") as resp:
+        assert resp.status == 200
+    seconds = [r for r in service.requests if r.raw_path == "/api/json?second"]
+    assert [r.dropped for r in seconds] == [True, False]
+    assert seconds[1].connection_request_no == 1  # the retry went out on a new connection
+
+
+@pytest.mark.parametrize(
+    ("method", "content_type"), [("POST", "text/plain"), ("PUT", "application/json")]
+)
+async def test_nothing_but_get_head_is_replayed(
+    legacy: RunningConnector, service: FakeService, method: str, content_type: str
+) -> None:
+    async with await legacy.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 200
+    service.drop_reused = 1
+    async with await legacy.request(
+        method,
+        "/api/echo",
+        user="alice",
+        data=_chunks(
+            b'{"x": 1}'
+        ),  # chunked JSON is buffered: replayable bytes, still not sent twice
+        headers={"Content-Type": content_type},
+    ) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["code"] == "upstream_disconnected"
+    assert [r.dropped for r in service.find("/api/echo")] == [True]
+
+
+# ------------------------------------------------------------------ before the tenant key
+
+
+@pytest.fixture
+def keyless(legacy: RunningConnector) -> RunningConnector:
+    legacy.app[keys.TENANT].key = None
+    return legacy
+
+
+async def test_no_tenant_key_xhr_is_503_json(
+    keyless: RunningConnector, service: FakeService
+) -> None:
+    for method in ("GET", "POST"):
+        async with await keyless.request(
+            method, "/api/json", user="alice", headers={"Sec-Fetch-Mode": "cors"}
+        ) as resp:
+            assert resp.status == 503
+            assert resp.headers["Content-Type"] == "application/json"
+            assert (await resp.json())["code"] == "tenant_key_missing"
+    # fetch()'s Accept: */* is not a navigation either (reference 2, 1.0.2 fix)
+    async with await keyless.request(
+        "GET", "/api/json", user="alice", headers={"Accept": "*/*"}
+    ) as resp:
+        assert resp.status == 503
+    assert not service.requests
+
+
+async def test_no_tenant_key_navigation_gets_the_spa_shell(
+    proxy_factory: ProxyFactory, service: FakeService, tmp_path: Path
+) -> None:
+    spa = tmp_path / "spa"
+    spa.mkdir()
+    (spa / "index.html").write_text("<!doctype html><title>shell-marker</title>")
+    conn = await proxy_factory(BEEFLOW_SPA_DIR=str(spa))
+    conn.app[keys.TENANT].key = None
+    for headers in ({"Sec-Fetch-Mode": "navigate"}, {"Accept": "text/html,application/xhtml+xml"}):
+        async with await conn.request(
+            "GET", "/auth/callback", user="alice", headers=headers
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert "shell-marker" in await resp.text()
+    assert not service.requests
+
+
+async def test_no_tenant_key_without_spa_files_uses_the_built_in_page(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    conn = await proxy_factory(BEEFLOW_SPA_DIR=str(tmp_path / "missing"))
+    conn.app[keys.TENANT].key = None
+    async with await conn.request(
+        "GET", "/api/x", user="alice", headers={"Sec-Fetch-Mode": "navigate"}
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == SHELL_FALLBACK
+
+
+REPO_INDEX = Path(__file__).resolve().parents[2] / "spa" / "index.html"
+
+
+async def test_default_shell_is_the_repository_spa(keyless: RunningConnector) -> None:
+    index = REPO_INDEX
+    if not index.exists():
+        pytest.skip("no spa/ directory in this checkout")
+    async with await keyless.request(
+        "GET", "/api/x", user="alice", headers={"Sec-Fetch-Mode": "navigate"}
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == index.read_bytes()
+
+
+async def test_lookup_happens_only_with_a_key(
+    keyless: RunningConnector, fake_nc: FakeNextcloud
+) -> None:
+    before = len(fake_nc.calls_to("/ocs/v2.php/cloud/users"))
+    async with await keyless.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 503
+    assert len(fake_nc.calls_to("/ocs/v2.php/cloud/users")) == before
+
+
+async def test_service_errors_pass_through(legacy: RunningConnector) -> None:
+    """A 4xx/5xx from the service is passed through as is (not turned into our errors)."""
+    async with await legacy.request("GET", "/api/status/418", user="alice") as resp:
+        assert resp.status == 418
+        assert await resp.json() == {"status": 418}
+    async with await legacy.request("GET", "/api/status/500", user="alice") as resp:
+        assert resp.status == 500
+        assert await resp.json() == {"status": 500}
