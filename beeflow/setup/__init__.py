@@ -1,9 +1,396 @@
-"""The admin setup picker (placeholder until its issue lands)."""
+"""The admin setup picker: which Bee Flow service this connector talks to (reference 9).
+
+GET /setup (page), POST /setup (save + apply live + re-bootstrap), GET /setup/status,
+POST /setup/test (probe). All ADMIN, rate-limited per Nextcloud user. The saved choice lives in
+${APP_PERSISTENT_STORAGE}/setup-config.json; BEEFLOW_API_BASE_URL in the environment locks it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any, Final
+
+import aiohttp
+import attrs
 from aiohttp import web
+
+from beeflow import keys
+from beeflow.appapi import Access, add_route
+from beeflow.config import DEFAULT_API_BASE_URL
+from beeflow.errors import BadRequest, BeeflowError, Conflict, TooManyRequests
+from beeflow.middleware import frame_ancestors, json_response
+from beeflow.ratelimit import RateLimiter
+from beeflow.setup import store
+from beeflow.setup.probe import probe, probe_session
+from beeflow.setup.urlcheck import UrlRejected, assert_allowed_url, parse_allowed_url
+from beeflow.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+CLOUD_URL: Final = DEFAULT_API_BASE_URL
+DEFAULTS: Final = {
+    "cloud": CLOUD_URL,
+    "selfHostedHint": "http://bee-flow-server:3001",
+    "selfHostedLan": "http://server.example.lan:3001",
+}
+MAX_BODY: Final = 16 * 1024
+SCRIPT_PATH: Final = "/js/beeflow-setup.js"
+LEGACY_NOTE: Final = (
+    "Legacy mode (no HaRP): Nextcloud's PHP proxy delivers each reply whole, when it ends, so chat "
+    "replies appear all at once instead of word by word. Streaming needs HaRP (Nextcloud 32+)."
+)
+HARP_NOTE: Final = "HaRP mode: replies stream to the browser as they are written."
+DEMO_NOTE: Final = "Demo mode: the built-in stand-in proxy streams replies as HaRP would."
+
+# Per Nextcloud user (reference 9: probe 20/min, rebind 10/10 min); status is cheap but bounded.
+LIMITS: Final = {"status": (120, 60.0), "probe": (20, 60.0), "save": (10, 600.0)}
+
+
+@attrs.define
+class Rebootstrap:
+    """Runs the tenant module's re-bootstrap in the background, one at a time; a save during a
+    run makes exactly one more run follow it (the newest URL always gets provisioned)."""
+
+    hook: Callable[[], Awaitable[None]] | None
+    state: str = "idle"  # idle | running | done | failed | unavailable
+    error: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    _again: bool = False
+    _task: asyncio.Task[None] | None = None
+
+    def request(self) -> str:
+        if self.hook is None:
+            self.state = "unavailable"
+            return "unavailable"
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return "queued"
+        self._task = spawn(self._run(), name="setup-rebootstrap")
+        return "started"
+
+    async def _run(self) -> None:
+        assert self.hook is not None
+        while True:
+            self._again = False
+            self.state, self.error = "running", ""
+            self.started_at, self.finished_at = time.time(), None
+            try:
+                await self.hook()
+            except asyncio.CancelledError:
+                self.state = "idle"
+                raise
+            except Exception as exc:
+                self.state, self.error = "failed", (str(exc) or type(exc).__name__)[:300]
+                log.warning("re-bootstrap after a setup change failed: %s", self.error)
+            else:
+                self.state = "done"
+            self.finished_at = time.time()
+            if not self._again:
+                return
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state}
+        if self.started_at is not None:
+            out["startedAt"] = round(self.started_at, 3)
+        if self.finished_at is not None:
+            out["finishedAt"] = round(self.finished_at, 3)
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@attrs.define
+class SetupState:
+    limits: dict[str, RateLimiter]
+    page: str
+    script: bytes
+    script_etag: str
+    rebootstrap: Rebootstrap | None = None
+    session: aiohttp.ClientSession | None = None
+    loaded_from_file: bool = False
+
+
+_STATE: web.AppKey[SetupState] = web.AppKey("setup_state")
+
+
+def _state(request: web.Request) -> SetupState:
+    return request.app[_STATE]
+
+
+def _rebootstrap(app: web.Application) -> Rebootstrap:
+    state = app[_STATE]
+    if state.rebootstrap is None:
+        # keys.REBOOTSTRAP is set by the tenant module's setup (or later): look it up lazily.
+        state.rebootstrap = Rebootstrap(app.get(keys.REBOOTSTRAP))
+    return state.rebootstrap
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _limit(request: web.Request, bucket: str) -> None:
+    limiter = _state(request).limits[bucket]
+    user = request[keys.IDENTITY].user_id or "anonymous"
+    if not limiter.hit(user):
+        raise TooManyRequests(
+            "Too many setup requests; wait a moment",
+            retry_after=limiter.retry_after(user),
+            code="rate_limited",
+        )
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """JSON objects only. Requiring application/json also keeps plain HTML forms out."""
+    if request.content_type != "application/json":
+        raise BadRequest("Send the request as application/json", code="json_required", status=415)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BadRequest("Request body too large", code="payload_too_large", status=413)
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise BadRequest("Request body too large", code="payload_too_large", status=413)
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise BadRequest("The body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _session(request: web.Request) -> aiohttp.ClientSession:
+    session = _state(request).session
+    if session is None:  # only outside a running app
+        raise BeeflowError("The probe is not ready", code="not_ready", status=503)
+    return session
+
+
+def _transport(app: web.Application) -> dict[str, Any]:
+    config = app[keys.CONFIG]
+    harp = config.harp
+    out: dict[str, Any] = {"mode": "harp" if harp else "legacy", "streaming": harp}
+    if config.demo:
+        out["note"] = DEMO_NOTE
+    else:
+        out["note"] = HARP_NOTE if harp else LEGACY_NOTE
+    tunnel = app.get(keys.TUNNEL_STATUS)
+    if tunnel is not None:
+        try:
+            out["tunnel"] = tunnel()
+        except Exception:
+            log.exception("tunnel status failed")
+    return out
+
+
+_TENANT_ERROR_FIELDS: Final = (
+    "category",
+    "phase",
+    "error",
+    "remediation",
+    "lastAttemptAt",
+    "nextRetryAt",
+)
+
+
+def _tenant(app: web.Application) -> dict[str, Any]:
+    tenant = app.get(keys.TENANT)
+    if tenant is None:
+        return {"status": "unknown", "fingerprint": None}
+    out: dict[str, Any] = {
+        "status": tenant.status,
+        "fingerprint": tenant.fingerprint,  # never the key itself
+        "organizationName": tenant.organization_name,
+        "organizationId": tenant.organization_id,
+    }
+    if isinstance(tenant.last_error, dict):
+        out["lastError"] = {
+            k: tenant.last_error[k] for k in _TENANT_ERROR_FIELDS if k in tenant.last_error
+        }
+    return out
+
+
+def _health(app: web.Application) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, provider in app.get(keys.HEALTH, {}).items():
+        try:
+            fields = provider(True)
+        except Exception:
+            log.exception("health provider %s failed", name)
+            continue
+        if fields:
+            out[name] = fields
+    return out
+
+
+def status_body(app: web.Application) -> dict[str, Any]:
+    api_base = app[keys.API_BASE]
+    choice = store.load(app[keys.CONFIG].persistent_storage)
+    return {
+        "envOverridden": api_base.locked,
+        "envApiBaseUrl": str(api_base.url) if api_base.locked else None,
+        "active": str(api_base.url),
+        "activeSource": api_base.source,
+        "chosen": choice.to_json() if choice is not None else None,
+        "cloudUrl": CLOUD_URL,
+        "defaults": DEFAULTS,
+        "transport": _transport(app),
+        "tenant": _tenant(app),
+        "rebootstrap": _rebootstrap(app).snapshot(),
+        "health": _health(app),
+    }
+
+
+# ------------------------------------------------------------------ handlers
+
+
+async def page(request: web.Request) -> web.Response:
+    """The picker. Its script is referenced relative to the page's own URL (0.1.10 bug), with one
+    `../` more when AppAPI delivered it as `setup/`."""
+    prefix = "../" if request.path.endswith("/") else ""
+    html = _state(request).page.replace("{{SCRIPT}}", prefix + SCRIPT_PATH.lstrip("/"))
+    csp = (
+        frame_ancestors(request.app) + "; default-src 'none'; script-src 'self'; "
+        "style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'"
+    )
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": csp},
+    )
+
+
+async def script(request: web.Request) -> web.Response:
+    state = _state(request)
+    headers = {
+        "Content-Type": "text/javascript; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "ETag": state.script_etag,
+    }
+    if state.script_etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=state.script, headers=headers)
+
+
+async def status(request: web.Request) -> web.Response:
+    _limit(request, "status")
+    return json_response(status_body(request.app))
+
+
+async def test(request: web.Request) -> web.Response:
+    _limit(request, "probe")
+    body = await _json_body(request)
+    raw = body.get("apiBaseUrl", body.get("url"))
+    if raw is None and body.get("mode") == "cloud":
+        raw = CLOUD_URL
+    url = await assert_allowed_url(raw)
+    return json_response(await probe(_session(request), url))
+
+
+async def save(request: web.Request) -> web.Response:
+    _limit(request, "save")
+    api_base = request.app[keys.API_BASE]
+    if api_base.locked:
+        raise Conflict(
+            "BEEFLOW_API_BASE_URL is set in the app's environment; change it there "
+            "(occ app_api:app:setenv) or remove it to use this picker",
+            code="env_locked",
+        )
+    body = await _json_body(request)
+    mode = body.get("mode")
+    if mode == "cloud":
+        url = parse_allowed_url(CLOUD_URL)
+    elif mode == "self-hosted":
+        url = await assert_allowed_url(body.get("apiBaseUrl"))
+    else:
+        raise BadRequest('mode must be "cloud" or "self-hosted"', code="invalid_mode")
+    storage = request.app[keys.CONFIG].persistent_storage
+    try:
+        choice = await asyncio.to_thread(store.save, storage, mode, str(url))
+    except OSError as exc:
+        log.error("cannot save %s: %s", store.path_in(storage), exc.strerror or exc)
+        raise BeeflowError(
+            "The setting could not be saved to the app's persistent storage",
+            code="setup_not_saved",
+        ) from None
+    previous = str(api_base.url)
+    api_base.url, api_base.source = url, "setup"
+    if previous != str(url):
+        log.info("Bee Flow service changed by an admin: %s -> %s", previous, url)
+    rebootstrap = _rebootstrap(request.app).request()
+    result = await probe(_session(request), url)
+    return json_response(
+        {
+            "saved": choice.to_json(),
+            "active": str(api_base.url),
+            "activeSource": api_base.source,
+            "probe": result,
+            "rebootstrap": rebootstrap,
+            "restartRequired": False,
+        }
+    )
+
+
+# ------------------------------------------------------------------ start-up
+
+
+def apply_saved(app: web.Application) -> bool:
+    """Apply setup-config.json unless the environment pins the URL or a tenant binding does.
+    Precedence (reference 9): env -> saved choice -> default; a bound tenant pins it."""
+    api_base = app[keys.API_BASE]
+    if api_base.source in ("env", "bound"):
+        return False
+    choice = store.load(app[keys.CONFIG].persistent_storage)
+    if choice is None:
+        return False
+    try:
+        url = parse_allowed_url(choice.api_base_url)
+    except UrlRejected as exc:
+        log.warning("ignoring the saved service URL: %s (%s)", exc.message, exc.instance_code)
+        return False
+    api_base.url, api_base.source = url, "setup"
+    app[_STATE].loaded_from_file = True
+    log.info("Bee Flow service from the setup picker: %s", url)
+    return True
+
+
+async def _on_startup(app: web.Application) -> None:
+    apply_saved(app)
+
+
+async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    async for session in probe_session():
+        app[_STATE].session = session
+        yield
+        app[_STATE].session = None
+
+
+def _read(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
 
 
 def setup(app: web.Application) -> None:
-    """Registers nothing yet."""
+    script_body = _read("setup.js")
+    app[_STATE] = SetupState(
+        limits={name: RateLimiter(limit, window) for name, (limit, window) in LIMITS.items()},
+        page=_read("page.html").decode("utf-8"),
+        script=script_body,
+        script_etag='"' + hashlib.sha256(script_body).hexdigest()[:20] + '"',
+    )
+    # First of all start-up work, so the tenant bootstrap at boot already sees the saved URL.
+    app.on_startup.insert(0, _on_startup)
+    app.cleanup_ctx.append(_probe_ctx)
+    for path in ("/setup", "/setup/"):
+        add_route(app, "GET", path, page, Access.ADMIN)
+        add_route(app, "POST", path, save, Access.ADMIN)
+    add_route(app, "GET", "/setup/status", status, Access.ADMIN)
+    add_route(app, "POST", "/setup/test", test, Access.ADMIN)
+    for method in ("GET", "HEAD"):
+        add_route(app, method, SCRIPT_PATH, script, Access.PUBLIC)
