@@ -1,0 +1,109 @@
+# syntax=docker/dockerfile:1
+# The Bee Flow connector image (AppAPI ExApp bee_flow): `python -m beeflow serve` plus the frpc
+# release HaRP pins. Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 .
+#
+# Base images are pinned by EXACT TAG (Python patch release + Debian release), not by digest:
+# the tag fixes everything our code depends on (CPython 3.11.13, Debian 12 "bookworm") while the
+# Docker official-images team rebuilds that same tag for Debian security fixes, which a digest
+# would freeze out until someone bumps it by hand. For a bit-for-bit reproducible build pass a
+# digest: --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest>.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG NODE_IMAGE=node:22.12.0-bookworm-slim
+# Where the web UI comes from: "local" = this repository's spa/ (default); "hive" = the full
+# Bee Flow UI built from Bee-Flow/hive at the commit HIVE_REF (see the spa-hive stages).
+ARG SPA_SOURCE=local
+
+# ------------------------------------------------------------------ frpc (pinned, verified)
+FROM ${PYTHON_IMAGE} AS frpc
+# Set by buildx per platform. frpc/pin.toml holds the version and one sha256 per architecture;
+# an architecture without a checksum there fails the build.
+ARG TARGETARCH
+WORKDIR /build
+COPY frpc/pin.toml docker/fetch_frpc.py ./
+RUN python fetch_frpc.py --pin pin.toml --arch "${TARGETARCH}" --out /out/frpc
+
+# ------------------------------------------------------------------ Python package + deps
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml setup.cfg README.md docker/constraints.txt ./
+COPY beeflow ./beeflow
+RUN /opt/venv/bin/pip install --no-cache-dir -c constraints.txt .
+
+# ------------------------------------------------------------------ web UI: the repo's spa/
+FROM scratch AS spa-local
+COPY spa/ /spa/
+
+# ------------------------------------------------------------------ web UI: full bundle (optional)
+# docker buildx build --build-arg SPA_SOURCE=hive --build-arg HIVE_REF=<40-hex commit> .
+FROM ${NODE_IMAGE} AS spa-hive-build
+ARG HIVE_REPO=Bee-Flow/hive
+ARG HIVE_REF=
+ARG APP_ID=bee_flow
+# git comes from the pinned Debian release of the pinned Node image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /hive
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN if ! [[ "${HIVE_REF}" =~ ^[0-9a-f]{40}$ ]]; then \
+        echo "HIVE_REF must pin a full 40-hex commit of ${HIVE_REPO}" >&2; exit 1; \
+    fi \
+    && git init -q . \
+    && git fetch -q --depth=1 "https://github.com/${HIVE_REPO}.git" "${HIVE_REF}" \
+    && git checkout -q FETCH_HEAD
+# The UI is served through AppAPI's proxy path in every mode (contract 4: Nextcloud renders
+# scripts via /index.php/apps/app_api/proxy/<appid>/ even with HaRP).
+RUN npm ci \
+    && VITE_API_URL="/index.php/apps/app_api/proxy/${APP_ID}" \
+       npm run build -- --base="/index.php/apps/app_api/proxy/${APP_ID}/" \
+    && test -f dist/index.html
+
+FROM scratch AS spa-hive
+COPY --from=spa-hive-build /hive/dist/ /spa/
+
+# An internal stage chosen by SPA_SOURCE, not a registry image: nothing to tag.
+# hadolint ignore=DL3006
+FROM spa-${SPA_SOURCE} AS spa
+
+# ------------------------------------------------------------------ runtime
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="Bee Flow connector" \
+      org.opencontainers.image.description="Nextcloud AppAPI External App bridging Nextcloud and Bee Flow" \
+      org.opencontainers.image.source="https://github.com/Bee-Flow/connector" \
+      org.opencontainers.image.licenses="AGPL-3.0-or-later"
+# The image keeps running as root: AppAPI and HaRP `docker exec` into it as root to run
+# `cat /etc/os-release`, `mkdir -p /certs/frp`, copy Nextcloud's CA into
+# /usr/local/share/ca-certificates and run `update-ca-certificates` (contract 5.3).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    BEEFLOW_SPA_DIR=/app/spa \
+    BEEFLOW_FRPC_BIN=/usr/local/bin/frpc \
+    BEEFLOW_FRPC_PIN_FILE=/app/frpc/pin.toml \
+    BEEFLOW_SHUTDOWN_GRACE_SECONDS=8
+COPY --from=build /opt/venv /opt/venv
+COPY --from=frpc /out/frpc /usr/local/bin/frpc
+COPY --from=spa /spa/ /app/spa/
+COPY frpc/pin.toml /app/frpc/pin.toml
+COPY appinfo/info.xml /app/appinfo/info.xml
+COPY docker/healthcheck.py /app/docker/healthcheck.py
+WORKDIR /app
+# What AppAPI/HaRP need inside the container, checked at build time.
+RUN for tool in cat mkdir update-ca-certificates; do command -v "$tool" >/dev/null || exit 1; done \
+    && test -s /etc/os-release \
+    && test -x /usr/local/bin/frpc \
+    && test -f /app/spa/index.html \
+    && python -c "import beeflow, aiohttp"
+EXPOSE 8080
+# Legacy: /heartbeat over TCP. HaRP: /heartbeat over the Unix socket AND frpc running. The first
+# probe runs 5 s after start (the server listens in well under a second), so the container turns
+# healthy long before HaRP's 90 s limit.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "/app/docker/healthcheck.py"]
+# No shell and no supervisor loop: the server supervises frpc itself and gets SIGTERM directly.
+# BEEFLOW_SHUTDOWN_GRACE_SECONDS=8 above keeps the drain inside `docker stop`'s default 10 s.
+ENTRYPOINT ["python", "-m", "beeflow", "serve"]
