@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -201,6 +202,7 @@ class FrpcSupervisor:
         self.connect_errors = 0
         self.socket_errors = 0
         self.next_restart_in: float | None = None
+        self.backoff_history: collections.deque[float] = collections.deque(maxlen=20)
 
     # ------------------------------------------------------------------ start
 
@@ -329,8 +331,8 @@ class FrpcSupervisor:
             self._failures += 1
             self.next_restart_in = delay
             await self._notify()
-            if self._budget.take():
-                log.warning("%s; restarting in %.2f s", self.last_error, delay)
+            self.backoff_history.append(delay)
+            self._emit(log, logging.WARNING, "%s; restarting in %.2f s", self.last_error, delay)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -357,9 +359,6 @@ class FrpcSupervisor:
         if not done:
             reader.cancel()
             await asyncio.wait([reader])
-        if self._budget.suppressed:
-            log.warning("suppressed %d frpc log line(s) (crash loop?)", self._budget.suppressed)
-            self._budget.suppressed = 0
         return code
 
     async def _pump(self, stream: asyncio.StreamReader) -> None:
@@ -380,8 +379,16 @@ class FrpcSupervisor:
             if level >= logging.WARNING:
                 self._problem = _PREFIX.sub("", line)
             await self._notify()
-            if self._budget.take():
-                frpc_log.log(level, "%s", line)
+            self._emit(frpc_log, level, "%s", line)
+
+    def _emit(self, logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+        """Log through the budget: a crash loop cannot flood the log."""
+        if not self._budget.take():
+            return
+        if self._budget.suppressed:
+            logger.warning("(%d frpc log line(s) suppressed: crash loop?)", self._budget.suppressed)
+            self._budget.suppressed = 0
+        logger.log(level, msg, *args)
 
     def _clean(self, text: str) -> str:
         text = _ANSI.sub("", text).strip()

@@ -25,6 +25,8 @@ Environment knobs:
   FAKE_FRPC_IGNORE_INT=1    ignore SIGINT (as when started in a non-interactive shell's background)
   FAKE_FRPC_SERVER=none     do not dial serverAddr: pretend the login succeeded
   FAKE_FRPC_RETRY_SCALE=f   scale frpc's retry delays (2.1, 4.5, 9.2, then 10 s) by f
+  FAKE_FRPC_FORCE_COLOR=1   colour codes even with log.disablePrintColor = true
+  FAKE_FRPC_ECHO_TOKEN=1    print a line holding the token (as a debug dump of the config would)
 """
 
 from __future__ import annotations
@@ -141,6 +143,11 @@ def validate(doc: dict[str, Any]) -> None:
         raise ConfigInvalid("transport.tls: certificate keys without TLS")
 
 
+def go_error(exc: OSError) -> str:
+    """As Go prints it: "connection refused"."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
 def out(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -185,7 +192,9 @@ class Frpc:
     def __init__(self, path: str, doc: dict[str, Any]) -> None:
         self.path = path
         self.doc = doc
-        self.colour = not doc.get("log", {}).get("disablePrintColor", False)
+        self.colour = os.environ.get("FAKE_FRPC_FORCE_COLOR") == "1" or not doc.get("log", {}).get(
+            "disablePrintColor", False
+        )
         self.proxy = doc["proxies"][0]
         self.name = self.proxy["name"]
         self.unix_path = self.proxy["plugin"]["unixPath"]
@@ -223,6 +232,11 @@ class Frpc:
             socket_listening=socket_listening(self.unix_path),
         )
         self.line("I", "sub/root.go:142", f"start frpc service for config file [{self.path}]")
+        if os.environ.get("FAKE_FRPC_ECHO_TOKEN") == "1":
+            token = self.doc["metadatas"]["token"]
+            self.line(
+                "D", "config/load.go:99", f"metadatas: token={token} json={json.dumps(token)}"
+            )
         if mode == "hang":
             await asyncio.Event().wait()
         if mode == "crashloop" or nth <= crash_times:
@@ -282,7 +296,7 @@ class Frpc:
         try:
             reader, writer = await asyncio.open_connection(addr, port)
         except OSError as exc:
-            return f"dial tcp {addr}:{port}: connect: {(exc.strerror or str(exc)).lower()}"
+            return f"dial tcp {addr}:{port}: connect: {go_error(exc)}"
         try:
             hello = {
                 "token": self.doc["metadatas"]["token"],
@@ -348,7 +362,7 @@ class Frpc:
                     "W",
                     "plugin/client/unix_domain_socket.go:61",
                     f"dial to uds {self.unix_path} error: dial unix {self.unix_path}: "
-                    f"connect: {(exc.strerror or str(exc)).lower()}",
+                    f"connect: {go_error(exc)}",
                 )
                 record("relay", ok=False)
                 # frp 0.61.x never closes the caller's connection here: it hangs.

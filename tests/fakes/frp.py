@@ -22,7 +22,7 @@ def make_frpc(directory: Path, name: str = "frpc") -> Path:
     """An executable named `frpc` in `directory` that runs the stand-in with this Python."""
     path = directory / name
     path.write_text(
-        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(FAKE_FRPC))} \"$@\"\n"
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(FAKE_FRPC))} "$@"\n'
     )
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path

@@ -1,0 +1,83 @@
+"""Fixtures for the transport tests: a short socket dir, the stand-in frpc, a fake frps."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from beeflow.config import Config
+from tests.fakes.frp import FakeFrps, free_port, make_frpc
+from tests.helpers import SECRET, base_env
+
+# A shared key with both quote characters and a backslash: the TOML writer must escape them.
+SHARED_KEY = "k3y\"with'quotes\\and\\backslash"
+UNREACHABLE_NC = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for Unix sockets (sun_path is 108 bytes; tmp_path is too long)."""
+    path = Path(tempfile.mkdtemp(prefix="bf", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def frpc_bin(sockdir: Path) -> Path:
+    return make_frpc(sockdir)
+
+
+@pytest.fixture
+def record(sockdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in's event record (its env var is inherited by every child we start)."""
+    path = sockdir / "record.jsonl"
+    monkeypatch.setenv("FAKE_FRPC_RECORD", str(path))
+    return path
+
+
+@pytest.fixture
+async def frps() -> AsyncIterator[FakeFrps]:
+    server = await FakeFrps(token=SHARED_KEY).start()
+    yield server
+    await server.stop()
+
+
+def harp_env(
+    sockdir: Path, frpc_bin: Path, frps_port: int, storage: Path, **overrides: str
+) -> dict[str, str]:
+    """A complete HaRP-mode environment with tiny timings."""
+    env = base_env(
+        UNREACHABLE_NC,
+        storage,
+        APP_PORT=str(free_port()),
+        HP_SHARED_KEY=SHARED_KEY,
+        HP_FRP_ADDRESS="127.0.0.1",
+        HP_FRP_PORT=str(frps_port),
+        HP_EXAPP_SOCK=str(sockdir / "exapp.sock"),
+        BEEFLOW_FRPC_BIN=str(frpc_bin),
+        BEEFLOW_FRP_CERT_DIR=str(sockdir / "no-certs"),
+        BEEFLOW_FRPC_BACKOFF_INITIAL_SECONDS="0.05",
+        BEEFLOW_FRPC_BACKOFF_CAP_SECONDS="0.2",
+        BEEFLOW_FRPC_STOP_GRACE_SECONDS="0.5",
+        BEEFLOW_SHUTDOWN_GRACE_SECONDS="5",
+        FAKE_FRPC_RETRY_SCALE="0.02",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def make_harp_config(
+    sockdir: Path, frpc_bin: Path, frps: FakeFrps, storage: Path
+) -> Callable[..., Config]:
+    def make(**overrides: str) -> Config:
+        return Config.from_env(harp_env(sockdir, frpc_bin, frps.port, storage, **overrides))
+
+    return make
+
+
+__all__ = ["SECRET", "SHARED_KEY", "UNREACHABLE_NC", "harp_env"]
