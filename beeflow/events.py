@@ -1,9 +1,296 @@
-"""Events: user/group sync and the webhook (placeholder until its issue lands)."""
+"""User/group events from Nextcloud: AppAPI events_listener registration (/init progress 100)
+and the `POST /webhook/nc-events` forwarder (seeds, reference 7.4, contract 6.6).
+
+On Nextcloud 32+ the events_listener API is gone (OCS 996 / 404) and webhook_listeners refuses
+user/group classes: there the periodic reconciliation (beeflow.usersync) is the sync."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import attrs
 from aiohttp import web
+
+from beeflow import keys, service_client
+from beeflow.appapi import Access, add_route
+from beeflow.errors import NextcloudError
+from beeflow.middleware import json_response
+from beeflow.nextcloud import OcsResult
+from beeflow.state import InitPhase
+from beeflow.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+EVENT_CLASSES: Final = {
+    "OCP\\User\\Events\\UserCreatedEvent": "user.created",
+    "OCP\\User\\Events\\UserDeletedEvent": "user.deleted",
+    "OCP\\User\\Events\\UserChangedEvent": "user.updated",
+    "OCP\\Group\\Events\\UserAddedEvent": "group.member_added",
+    "OCP\\Group\\Events\\UserRemovedEvent": "group.member_removed",
+}
+BY_SUFFIX: Final = {cls.rsplit("\\", 1)[1]: name for cls, name in EVENT_CLASSES.items()}
+LISTENER_PATH: Final = "/ocs/v1.php/apps/app_api/api/v1/events_listener"
+ACTION_HANDLER: Final = "/webhook/nc-events"
+CALL_TIMEOUT: Final = 3.0
+CONTROLLER_BUG: Final = "EventsListenerController"
+MAX_BODY: Final = 256 * 1024
+MAX_QUEUED: Final = 1000
+FORWARD_CONCURRENCY: Final = 8
+
+
+# ------------------------------------------------------------------ registration (progress 100)
+
+
+@attrs.define
+class ListenerState:
+    # not_attempted | registered | unavailable | failed
+    state: str = "not_attempted"
+    reason: str = ""
+    registered: int = 0
+    warned: bool = False
+
+
+def _verdict(result: OcsResult) -> tuple[str, str]:
+    """(outcome, reason): registered | broken | gone | failed."""
+    if result.done:
+        return "registered", ""
+    if result.http_status >= 500 and CONTROLLER_BUG in result.text:
+        return "broken", "Nextcloud 33.0.0's EventsListenerController is missing (fixed in 33.0.1)"
+    if result.statuscode == 996 or result.statuscode == 404 or result.http_status == 404:
+        code = result.statuscode if result.statuscode is not None else result.http_status
+        return "gone", f"AppAPI has no events_listener on this Nextcloud (OCS {code})"
+    detail = f"HTTP {result.http_status}"
+    if result.statuscode is not None:
+        detail += f", OCS {result.statuscode}"
+    return "failed", f"events_listener refused the registration ({detail})"
+
+
+def listener_body(event_class: str) -> dict[str, Any]:
+    """Contract 6.6: {eventType, actionHandler, eventSubtypes}."""
+    return {"eventType": event_class, "actionHandler": ACTION_HANDLER, "eventSubtypes": []}
+
+
+async def _register_one(app: web.Application, event_class: str) -> tuple[str, str]:
+    client = app[keys.NEXTCLOUD]
+    try:
+        result = await client.ocs(
+            "POST", LISTENER_PATH, json_body=listener_body(event_class), timeout=CALL_TIMEOUT
+        )
+    except NextcloudError as exc:
+        return "failed", f"events_listener: {exc}"
+    return _verdict(result)
+
+
+def _register_phase(app: web.Application) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        """Probe with the first class; a missing or broken endpoint skips the rest. Never fails
+        the install: the reconciliation covers user/group sync whatever happens here."""
+        status = app[_LISTENERS]
+        classes = list(EVENT_CLASSES)
+        first = await _register_one(app, classes[0])
+        outcomes = [first]
+        if first[0] == "registered":
+            outcomes += await asyncio.gather(*(_register_one(app, c) for c in classes[1:]))
+        registered = sum(1 for o, _ in outcomes if o == "registered")
+        status.registered = registered
+        if registered == len(classes):
+            status.state, status.reason = "registered", ""
+            log.info("registered %d user/group event listeners with AppAPI", registered)
+            return
+        outcome, reason = next((o, r) for o, r in outcomes if o != "registered")
+        status.state = "unavailable" if outcome in ("gone", "broken") else "failed"
+        status.reason = reason
+        interval = int(app[keys.CONFIG].sync_interval_seconds)
+        level = logging.WARNING if not status.warned else logging.DEBUG
+        status.warned = True
+        log.log(
+            level,
+            "user/group events: %s; %d of %d listeners registered. Changes reach Bee Flow "
+            "through the periodic reconciliation (every %ds) instead.",
+            reason,
+            registered,
+            len(classes),
+            interval,
+        )
+
+    return run
+
+
+# ------------------------------------------------------------------ the webhook
+
+
+def _dig(data: Mapping[str, Any], *path: str) -> Any:
+    value: Any = data
+    for part in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _first_str(data: Mapping[str, Any], paths: list[tuple[str, ...]]) -> str | None:
+    for path in paths:
+        value = _dig(data, *path)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
+    return None
+
+
+_CLASS_PATHS: Final = [
+    ("eventType",),
+    ("event_type",),
+    ("event", "class"),
+    ("class",),
+    ("event_subtype",),
+    ("event",),
+]
+_UID_TOP: Final = [("userId",), ("uid",), ("user", "UID"), ("user", "uid")]
+_UID_NESTED: Final = [
+    ("event", "userId"),
+    ("event", "uid"),
+    ("event", "user", "uid"),
+    ("event", "user", "UID"),
+    ("event_data", "userId"),
+    ("event_data", "user", "uid"),
+]
+_GID: Final = [
+    ("groupId",),
+    ("gid",),
+    ("group", "gid"),
+    ("group", "GID"),
+    ("event", "groupId"),
+    ("event", "gid"),
+    ("event", "group", "gid"),
+    ("event_data", "groupId"),
+    ("event_data", "group", "gid"),
+]
+
+
+@attrs.frozen
+class UserEvent:
+    event: str
+    uid: str | None
+    group_id: str | None
+    event_class: str
+
+
+def map_event(data: Mapping[str, Any]) -> UserEvent | str:
+    """Lenient extraction (reference 7.4 plus the newer shapes); a string says why not."""
+    event_class = _first_str(data, _CLASS_PATHS)
+    if event_class is None:
+        return "no_event_class"
+    suffix = event_class.rsplit("\\", 1)[-1]
+    event = BY_SUFFIX.get(suffix) or (
+        event_class if event_class in service_client.USER_EVENTS else None
+    )
+    if event is None:
+        return event_class[:200]
+    # In webhook_listeners' envelope the top-level `user` is the actor; the subject is inside
+    # `event`, so look there first when `event` is an object.
+    nested_first = isinstance(data.get("event"), Mapping)
+    uid_paths = _UID_NESTED + _UID_TOP if nested_first else _UID_TOP + _UID_NESTED
+    return UserEvent(event, _first_str(data, uid_paths), _first_str(data, _GID), event_class)
+
+
+def _ignored(what: str, code: str, **extra: Any) -> web.Response:
+    return json_response({"ignored": what, "code": code, **extra})
+
+
+async def nc_events(request: web.Request) -> web.Response:
+    """Always 200 and fast (Nextcloud waits at most 3 s and never retries); the forward to the
+    service runs in the background and is logged when it fails."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _ignored("payload_too_large", "payload_too_large")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return _ignored("payload_too_large", "payload_too_large")
+        parts.append(chunk)
+    raw = b"".join(parts)
+    try:
+        data = json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except (UnicodeDecodeError, ValueError):
+        return _ignored("bad_json", "bad_json")
+    if not isinstance(data, dict):
+        return _ignored("bad_json", "bad_json")
+    mapped = map_event(data)
+    if isinstance(mapped, str):
+        return _ignored(mapped, "event_ignored")
+    if not mapped.uid:
+        log.warning("webhook %s without a user id ignored", mapped.event)
+        return _ignored(mapped.event_class, "user_missing", event=mapped.event)
+    if mapped.event.startswith("group.") and not mapped.group_id:
+        log.warning("webhook %s without a group id ignored", mapped.event)
+        return _ignored(mapped.event_class, "group_missing", event=mapped.event)
+    app = request.app
+    if not app[keys.TENANT].key:
+        log.warning(
+            "webhook %s not forwarded: no tenant key yet (the reconciliation sends it later)",
+            mapped.event,
+        )
+        return _ignored(mapped.event_class, "tenant_key_missing", event=mapped.event)
+    queue = app[_QUEUE]
+    if queue.waiting >= MAX_QUEUED:
+        log.warning("webhook %s not forwarded: %d events already queued", mapped.event, MAX_QUEUED)
+        app[service_client.USER_EVENTS_SINK].stats["webhook"].failed += 1
+        return _ignored(mapped.event_class, "queue_full", event=mapped.event)
+    queue.waiting += 1
+    spawn(_forward(app, mapped), name=f"events-forward-{mapped.event}")
+    return json_response({"ok": True, "event": mapped.event, "queued": True})
+
+
+@attrs.define
+class _Queue:
+    semaphore: asyncio.Semaphore = attrs.field(
+        factory=lambda: asyncio.Semaphore(FORWARD_CONCURRENCY)
+    )
+    waiting: int = 0
+
+
+_QUEUE: web.AppKey[_Queue] = web.AppKey("events_queue")
+_LISTENERS: web.AppKey[ListenerState] = web.AppKey("events_listeners")
+
+
+async def _forward(app: web.Application, event: UserEvent) -> None:
+    queue = app[_QUEUE]
+    try:
+        async with queue.semaphore:
+            assert event.uid is not None
+            await app[service_client.USER_EVENTS_SINK].forward(
+                event.event, event.uid, event.group_id, origin="webhook"
+            )
+    finally:
+        queue.waiting -= 1
+
+
+# ------------------------------------------------------------------ wiring
+
+
+def _health(app: web.Application) -> Callable[[bool], dict[str, Any]]:
+    def provide(trusted: bool) -> dict[str, Any]:
+        status = app[_LISTENERS]
+        out: dict[str, Any] = {"listeners": status.state}
+        if trusted:
+            if status.reason:
+                out["reason"] = status.reason
+            out["webhook"] = app[service_client.USER_EVENTS_SINK].stats["webhook"].snapshot()
+        return out
+
+    return provide
 
 
 def setup(app: web.Application) -> None:
-    """Registers nothing yet."""
+    service_client.setup(app)
+    app[_LISTENERS] = ListenerState()
+    app[_QUEUE] = _Queue()
+    add_route(app, "POST", "/webhook/nc-events", nc_events, Access.ADMIN, service_ok=True)
+    app.setdefault(keys.INIT_PHASES, []).append(
+        InitPhase("event-listeners", 100, _register_phase(app))
+    )
+    app.setdefault(keys.HEALTH, {})["events"] = _health(app)

@@ -1,14 +1,113 @@
-"""Tenant key state (runtime, never in Config), its file store, and the bootstrap."""
+"""Tenant key state (runtime, never in Config), its file store, and the single-flight bootstrap.
+
+Precedence (seeds): BEEFLOW_TENANT_KEY unless `auto`; else the cached
+`${APP_PERSISTENT_STORAGE}/tenant-key.json`; else provision it from the service
+(`POST {api}/auth/connector/bootstrap`, reference 6.4).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from typing import Any
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
 
 import attrs
 from aiohttp import web
+from yarl import URL
 
-from beeflow import keys
+from beeflow import keys, service_client, storage
+from beeflow.errors import BeeflowError, Conflict, NextcloudError
+from beeflow.nextcloud import NcUser, user_from_ocs
+from beeflow.redact import REDACTOR
+from beeflow.state import InitPhase
+from beeflow.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+KEY_FILE: Final = "tenant-key.json"
+PENDING_FILE: Final = "pending-bootstrap.json"
+ERROR_FILE: Final = "bootstrap-last-error.json"
+PREVIOUS_FILE: Final = "tenant-key.previous.json"
+BOOTSTRAP_PATH: Final = "/auth/connector/bootstrap"
+
+PENDING_STATES: Final = frozenset({"awaiting_email_verification", "awaiting_admin_approval"})
+PENDING_GRACE: Final = 300.0  # a pending state is kept until expiresAt + 5 min (reference 6.3)
+DISCOVERY_BATCH: Final = 5
+GENERIC_REMEDIATION: Final = (
+    "Open Bee Flow in Nextcloud as an administrator, or read GET /setup/status, for details."
+)
+
+# Service `code` -> category (reference 6.6).
+SERVICE_CODES: Final = {
+    "nc_capabilities_unreachable": "nc_not_publicly_reachable",
+    "nc_capabilities_mismatch": "nc_capabilities_mismatch",
+    "missing_headers": "connector_outdated",
+    "invalid_admin_email": "admin_email_invalid",
+    "admin_email_conflict": "admin_email_conflict",
+    "too_many_pending_bindings": "too_many_pending",
+    "pending_admin_approval": "awaiting_admin_approval",
+    "org_create_failed": "saas_transient",
+    "pairing_required": "pairing_required",
+}
+REMEDIATION: Final = {
+    "saas_unreachable": (
+        "The connector cannot reach the Bee Flow service. Check BEEFLOW_API_BASE_URL and that the "
+        "container can make outbound HTTPS connections (DNS, proxy, firewall)."
+    ),
+    "saas_transient": "The Bee Flow service had a temporary problem; the connector retries.",
+    "nc_not_publicly_reachable": (
+        "The Bee Flow service could not fetch this Nextcloud's capabilities. Make Nextcloud "
+        "reachable from the service, or set BEEFLOW_NC_PUBLIC_URL to a URL it can reach."
+    ),
+    "nc_capabilities_mismatch": (
+        "The capabilities the service fetched differ from what the connector sent: "
+        "BEEFLOW_NC_PUBLIC_URL must point at this same Nextcloud."
+    ),
+    "connector_outdated": "Update the Bee Flow connector: the service expects newer headers.",
+    "admin_lookup_failed": (
+        "The connector could not find a Nextcloud administrator through AppAPI. Check that the "
+        "app is registered and enabled (`occ app_api:app:list`), then retry from the setup page."
+    ),
+    "admin_email_missing": (
+        "No Nextcloud administrator has an e-mail address. Set one under Personal settings of an "
+        "admin account; the connector retries on its own."
+    ),
+    "admin_email_invalid": "Give a Nextcloud administrator a valid e-mail address.",
+    "admin_email_conflict": (
+        "The administrator's e-mail address already belongs to another Bee Flow organisation; "
+        "use a pairing code from that organisation, or another admin address."
+    ),
+    "too_many_pending": "Too many pending bindings: finish or cancel one on the service first.",
+    "awaiting_admin_approval": "An administrator of the Bee Flow organisation must approve it.",
+    "saas_auth_rejected": (
+        "The service refused this connector. Check the pairing code or contact Bee Flow support."
+    ),
+    "tenant_already_provisioned": (
+        "This Nextcloud already has a Bee Flow tenant. Restore tenant-key.json, set "
+        "BEEFLOW_TENANT_KEY, or use a pairing code from the service."
+    ),
+    "pairing_required": "Enter a pairing code from the Bee Flow service on the setup page.",
+    "appstore_signature_invalid": "Reinstall the app from the app store.",
+    "nextcloud_auth_paused": (
+        "Nextcloud refused the connector's AppAPI logins; calls are paused to avoid a brute-force "
+        "lock-out. Register the app, then `occ security:bruteforce:reset <connector-ip>`."
+    ),
+    "storage_failed": (
+        "The tenant key could not be saved under APP_PERSISTENT_STORAGE (read-only or full). "
+        "Free space or make the volume writable."
+    ),
+    "unknown": "Retry from the setup page; if it persists, read the connector's log.",
+}
 
 
 def fingerprint(key: str) -> str:
@@ -26,18 +125,881 @@ class TenantState:
     instance_id: str | None = None
     nc_version: str | None = None
     bound_api_base_url: str | None = None
-    # ok | initialising | awaiting_email_verification | awaiting_admin_approval | failed
+    # ok | initialising | provisioning | awaiting_email_verification | awaiting_admin_approval |
+    # failed
     status: str = "initialising"
     last_error: dict[str, Any] | None = None
+    source: str = "none"  # env | cache | bootstrap | none
+    provisioned_at: str | None = None
+    # Public fields of a pending (202) bootstrap: expiresAt, maskedEmail, organizationName.
+    pending: dict[str, Any] | None = None
+    # Set while the key in memory could not be written to the storage.
+    store_error: str | None = None
 
     @property
     def fingerprint(self) -> str | None:
         return fingerprint(self.key) if self.key else None
 
 
+# ------------------------------------------------------------------ the file store
+
+
+class TenantStore:
+    """The three files of reference 6.5, JSON, 0600, written atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def load_key(self) -> dict[str, Any] | None:
+        data = storage.read_json(self.path(KEY_FILE))
+        if data is None or isinstance(data, storage.Unusable):
+            return None
+        key = data.get("tenantKey") if isinstance(data, dict) else None
+        if not isinstance(key, str) or len(key.strip()) < 16:
+            storage.set_aside(self.path(KEY_FILE), "missing a usable tenantKey")
+            return None
+        assert isinstance(data, dict)
+        return data
+
+    def save_key(self, record: dict[str, Any]) -> None:
+        storage.write_json_atomic(self.path(KEY_FILE), record)
+
+    def load_pending(self) -> dict[str, Any] | None:
+        data = storage.read_json(self.path(PENDING_FILE))
+        return data if isinstance(data, dict) else None
+
+    def save_pending(self, record: dict[str, Any]) -> None:
+        storage.write_json_atomic(self.path(PENDING_FILE), record)
+
+    def save_error(self, record: dict[str, Any]) -> None:
+        storage.write_json_atomic(self.path(ERROR_FILE), record)
+
+    def load_error(self) -> dict[str, Any] | None:
+        data = storage.read_json(self.path(ERROR_FILE))
+        return data if isinstance(data, dict) else None
+
+    def remove(self, name: str) -> None:
+        storage.remove(self.path(name))
+
+    def read_raw(self, name: str) -> bytes | None:
+        try:
+            return self.path(name).read_bytes()
+        except OSError:
+            return None
+
+    def write_raw(self, name: str, raw: bytes) -> None:
+        """Restore a file's content (same atomic 0600 write)."""
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return
+        storage.write_json_atomic(self.path(name), data)
+
+
+# ------------------------------------------------------------------ metadata helpers
+
+
+@attrs.frozen
+class NcMeta:
+    instance_id: str
+    version: str
+    theming_name: str
+
+
+@attrs.frozen
+class Admin:
+    uid: str
+    email: str | None
+    display_name: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"uid": self.uid, "email": self.email, "displayName": self.display_name}
+
+
+def host_instance_id(url: URL) -> str:
+    """`nc-host:<host[:port]>` like the Node reference's `new URL(base).host`: lower-case host,
+    IPv6 in brackets, port only when it is not the scheme's default. Byte-identical to the
+    service's copy, and stable across restarts and Nextcloud upgrades."""
+    host = (url.raw_host or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = url.explicit_port
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    if port is not None and port != default:
+        host = f"{host}:{port}"
+    return f"nc-host:{host}"
+
+
+def meta_from_capabilities(data: Any, fallback_url: URL) -> NcMeta:
+    if not isinstance(data, dict):
+        raise BootstrapFailure("capabilities", "capabilities answer has no data")
+    version = data.get("version")
+    version_string = version.get("string") if isinstance(version, dict) else None
+    if not isinstance(version_string, str) or not version_string:
+        raise BootstrapFailure("capabilities", "capabilities answer has no version")
+    caps = data.get("capabilities")
+    caps = caps if isinstance(caps, dict) else {}
+    theming: dict[str, Any] = caps["theming"] if isinstance(caps.get("theming"), dict) else {}
+    core: dict[str, Any] = caps["core"] if isinstance(caps.get("core"), dict) else {}
+    name = theming.get("name") if isinstance(theming.get("name"), str) else ""
+    instance = theming.get("instanceid") or core.get("instanceid")
+    if not isinstance(instance, str) or not instance:
+        instance = host_instance_id(fallback_url) if fallback_url.raw_host else ""
+    if not instance:
+        instance = f"nc:{name or 'Nextcloud'}"
+    return NcMeta(instance, version_string, name or "Nextcloud")
+
+
+_CTRL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _header_safe(value: str) -> str:
+    return _CTRL.sub(" ", value).strip()[:255]
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _parse_iso(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class BootstrapFailure(Exception):
+    """One failed provisioning attempt, with the step it failed in (reference 6.5 `phase`)."""
+
+    def __init__(
+        self,
+        phase: str,
+        message: str,
+        *,
+        code: str | None = None,
+        category: str | None = None,
+        remediation: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        self.phase = phase  # capabilities | admin | saas_post | saas_response | storage
+        self.message = message[:500]
+        self.code = code
+        self.category = category
+        self.remediation = remediation
+        self.http_status = http_status
+        super().__init__(self.message)
+
+
+_NETWORKISH: Final = re.compile(
+    r"timed? ?out|network|ClientConnector|ServerDisconnected|Connection|refused|unreachable|"
+    r"resolve|DNS|reset",
+    re.IGNORECASE,
+)
+
+
+def categorise(failure: BootstrapFailure) -> str:
+    """Reference 6.6: the service's code first, then the step and the message."""
+    if failure.category:
+        return failure.category
+    if failure.code and failure.code in SERVICE_CODES:
+        return SERVICE_CODES[failure.code]
+    if failure.phase == "capabilities":
+        return "nc_not_publicly_reachable"
+    if failure.phase == "admin":
+        return "admin_lookup_failed"
+    if failure.phase == "storage":
+        return "storage_failed"
+    if failure.http_status in (401, 403):
+        return "saas_auth_rejected"
+    if failure.http_status == 409:
+        return "tenant_already_provisioned"
+    if failure.http_status is not None and failure.http_status >= 500:
+        return "saas_transient"
+    if "signature" in failure.message.lower():
+        return "appstore_signature_invalid"
+    if failure.phase == "saas_post" or _NETWORKISH.search(failure.message):
+        return "saas_unreachable"
+    return "unknown"
+
+
+class BootstrapFailed(BeeflowError):
+    """A re-bootstrap asked for by the admin failed; the previous tenant state is back."""
+
+    status = 502
+    code = "bootstrap_failed"
+    default_message = "Provisioning the tenant key failed"
+
+
+# ------------------------------------------------------------------ the bootstrap
+
+
+class Bootstrapper:
+    """Single-flight provisioning: concurrent triggers (boot, /init, setup) join one run."""
+
+    def __init__(self, app: web.Application, store: TenantStore) -> None:
+        self._app = app
+        self.store = store
+        self._task: asyncio.Task[None] | None = None
+        self._retry_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._rebootstrap_lock = asyncio.Lock()
+        self.failures = 0
+        self.runs = 0
+        self.pairing_code: str | None = None
+        self._pending_record: dict[str, Any] | None = None
+        # Backoff after a failure: retry_base * 2^(n-1), capped (tests shorten these).
+        self.retry_base = 60.0
+        self.retry_cap = 3600.0
+        self.poll_interval = 30.0
+        self.poll_jitter = 5.0
+
+    @property
+    def state(self) -> TenantState:
+        return self._app[keys.TENANT]
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # -- triggers
+
+    async def ensure(self) -> None:
+        """Provision unless a key exists or a pending (202) state is waiting for someone. Never
+        raises for a failed attempt: the failure is recorded and retried with backoff."""
+        state = self.state
+        if state.key:
+            return
+        if state.status in PENDING_STATES and not self._pending_expired():
+            return
+        if self._task is None or self._task.done():
+            self._task = spawn(self._provision(), name="tenant-bootstrap")
+        await asyncio.shield(self._task)
+
+    def _pending_expired(self) -> bool:
+        expires = _parse_iso((self.state.pending or {}).get("expiresAt"))
+        return expires is not None and time.time() > expires + PENDING_GRACE
+
+    # -- one provisioning run
+
+    async def _provision(self) -> None:
+        state = self.state
+        self.runs += 1
+        attempt = time.time()
+        previous_status = state.status
+        state.status = "provisioning"
+        try:
+            meta = await self._capabilities()
+            state.instance_id = meta.instance_id
+            state.nc_version = meta.version
+            admins = await self._discover_admins()
+            reply = await self._post(meta, admins)
+            await self._handle_reply(reply, meta)
+        except BootstrapFailure as failure:
+            await self._record_failure(failure, attempt)
+        except asyncio.CancelledError:
+            if state.status == "provisioning":
+                state.status = previous_status
+            raise
+        except Exception as exc:  # a bug must not leave the state at "provisioning"
+            log.exception("tenant bootstrap crashed")
+            await self._record_failure(BootstrapFailure("unknown", type(exc).__name__), attempt)
+
+    async def _capabilities(self) -> NcMeta:
+        client = self._app[keys.NEXTCLOUD]
+        config = self._app[keys.CONFIG]
+        try:
+            result = await client.ocs(
+                "GET", "/ocs/v2.php/cloud/capabilities", user=None, timeout=10.0
+            )
+        except NextcloudError as exc:
+            raise BootstrapFailure("capabilities", f"Nextcloud capabilities: {exc}") from None
+        if not result.ok:
+            raise BootstrapFailure(
+                "capabilities",
+                f"Nextcloud capabilities: HTTP {result.http_status} OCS {result.statuscode}",
+            )
+        return meta_from_capabilities(result.data, config.public_nextcloud_url)
+
+    async def _discover_admins(self) -> list[Admin]:
+        """Issue 11.3: AppAPI's user list (as the service), then each user's info impersonating
+        that user, in parallel batches of 5. `cloud/groups/admin/users` with an empty user is
+        401 AND a counted failed login on NC 32, so it is only asked as a found admin."""
+        client = self._app[keys.NEXTCLOUD]
+        try:
+            listing = await client.ocs(
+                "GET", "/ocs/v2.php/apps/app_api/api/v1/users", timeout=10.0, warmup=30.0
+            )
+        except NextcloudError as exc:
+            raise _admin_failure(exc) from None
+        if not listing.ok or not isinstance(listing.data, list):
+            raise BootstrapFailure(
+                "admin",
+                f"AppAPI user list: HTTP {listing.http_status} OCS {listing.statuscode}",
+                category="nextcloud_auth_paused" if client.budget.spent else None,
+            )
+        uids = sorted({str(u) for u in listing.data if isinstance(u, str | int) and str(u)})
+        admins: dict[str, NcUser] = {}
+        for start in range(0, len(uids), DISCOVERY_BATCH):
+            batch = uids[start : start + DISCOVERY_BATCH]
+            users = await asyncio.gather(*(self._user(uid, uid) for uid in batch))
+            for user in users:
+                if user is not None and user.is_admin:
+                    admins[user.uid] = user
+            if admins:
+                rest = await self._admin_group(min(admins), set(uids))
+                if rest is not None:
+                    admins.update(rest)
+                    break
+        found = [
+            Admin(u.uid, u.email, _header_safe(u.display_name) or u.uid)
+            for u in sorted(admins.values(), key=lambda u: u.uid)
+        ]
+        if not found:
+            raise BootstrapFailure("admin", "no Nextcloud administrator found through AppAPI")
+        with_email = [a for a in found if a.email]
+        if not with_email:
+            raise BootstrapFailure(
+                "admin",
+                f"none of the {len(found)} Nextcloud administrator(s) has an e-mail address",
+                category="admin_email_missing",
+            )
+        return with_email
+
+    async def _user(self, uid: str, as_user: str) -> NcUser | None:
+        client = self._app[keys.NEXTCLOUD]
+        try:
+            result = await client.ocs(
+                "GET", f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}", user=as_user, timeout=10.0
+            )
+        except NextcloudError as exc:
+            raise _admin_failure(exc) from None
+        if not result.ok or not isinstance(result.data, dict):
+            return None
+        return user_from_ocs(uid, result.data)
+
+    async def _admin_group(self, admin_uid: str, listed: set[str]) -> dict[str, NcUser] | None:
+        """Asked as a known admin, the admin group lists every other admin in one call."""
+        client = self._app[keys.NEXTCLOUD]
+        try:
+            result = await client.ocs(
+                "GET", "/ocs/v2.php/cloud/groups/admin/users", user=admin_uid, timeout=10.0
+            )
+        except NextcloudError as exc:
+            raise _admin_failure(exc) from None
+        if not result.ok or not isinstance(result.data, dict):
+            return None
+        members = result.data.get("users")
+        if not isinstance(members, list):
+            return None
+        out: dict[str, NcUser] = {}
+        wanted = sorted({str(m) for m in members if isinstance(m, str) and m in listed})
+        for start in range(0, len(wanted), DISCOVERY_BATCH):
+            batch = wanted[start : start + DISCOVERY_BATCH]
+            users = await asyncio.gather(*(self._user(uid, admin_uid) for uid in batch))
+            for user in users:
+                if user is not None and user.is_admin:
+                    out[user.uid] = user
+        return out
+
+    async def _post(self, meta: NcMeta, admins: list[Admin]) -> service_client.ServiceReply:
+        config = self._app[keys.CONFIG]
+        nc_base = str(config.public_nextcloud_url).rstrip("/")
+        primary = admins[0]
+        headers = {
+            "X-Beeflow-NC-Instance-Id": meta.instance_id,
+            "X-Beeflow-NC-Base-Url": nc_base,
+            "X-Beeflow-NC-Admin-Uid": _header_safe(primary.uid),
+            "X-Beeflow-NC-Admin-Email": _header_safe(primary.email or ""),
+            "X-Beeflow-NC-Admin-Display-Name": _header_safe(primary.display_name),
+            "X-Beeflow-Connector-Callback-Url": (
+                f"{nc_base}/index.php/apps/app_api/proxy/{config.app_id}"
+            ),
+        }
+        if self.pairing_code:
+            headers["X-Beeflow-Pairing-Code"] = _header_safe(self.pairing_code)
+            log.info("bootstrap with pairing code %s***", self.pairing_code[:4])
+        body = {
+            "themingName": meta.theming_name,
+            "version": meta.version,
+            "ncAdmins": [a.wire() for a in admins],
+        }
+        client = self._app[service_client.SERVICE]
+        try:
+            return await client.post_json(BOOTSTRAP_PATH, body, headers=headers, timeout=15.0)
+        except service_client.ServiceCallError as exc:
+            raise BootstrapFailure("saas_post", f"Bee Flow service: {exc}") from None
+
+    async def _handle_reply(self, reply: service_client.ServiceReply, meta: NcMeta) -> None:
+        data = reply.data if isinstance(reply.data, dict) else {}
+        if reply.status == 200 and isinstance(data.get("tenantKey"), str) and data["tenantKey"]:
+            await self._apply_key(data, meta)
+            return
+        if reply.status == 202:
+            await self._enter_pending(data, meta)
+            return
+        message = data.get("error") if isinstance(data.get("error"), str) else ""
+        code = data.get("code") if isinstance(data.get("code"), str) else None
+        remediation = data.get("remediation") if isinstance(data.get("remediation"), str) else None
+        if reply.ok:
+            message = message or "the service answered without a tenant key"
+        raise BootstrapFailure(
+            "saas_response",
+            f"Bee Flow service: HTTP {reply.status}" + (f": {message}" if message else ""),
+            code=code,
+            remediation=remediation,
+            http_status=reply.status,
+        )
+
+    # -- outcomes
+
+    async def _apply_key(self, data: dict[str, Any], meta: NcMeta | None) -> None:
+        """200: persist, then use. A write failure keeps the key in memory (it is valid) and
+        says so; a re-bootstrap treats it as a failure and restores the old key instead."""
+        state = self.state
+        key = str(data["tenantKey"]).strip()
+        REDACTOR.add(key)
+        api_base = self._app[keys.API_BASE]
+        record = {
+            "tenantKey": key,
+            "organizationId": _str_or_none(data.get("organizationId")),
+            "organizationName": _str_or_none(data.get("organizationName")),
+            "ncInstanceId": meta.instance_id if meta else state.instance_id,
+            "ncVersion": meta.version if meta else state.nc_version,
+            "boundApiBaseUrl": str(api_base.url),
+            "provisionedAt": _iso(time.time()),
+        }
+        store_error: str | None = None
+        try:
+            await asyncio.to_thread(self.store.save_key, record)
+        except storage.StoreError as exc:
+            store_error = str(exc)
+            log.error(
+                "%s: the new tenant key is in use but will be lost on restart. %s",
+                exc,
+                REMEDIATION["storage_failed"],
+            )
+        state.key = key
+        state.organization_id = record["organizationId"]
+        state.organization_name = record["organizationName"]
+        state.instance_id = record["ncInstanceId"]
+        state.nc_version = record["ncVersion"]
+        state.bound_api_base_url = record["boundApiBaseUrl"]
+        state.provisioned_at = record["provisionedAt"]
+        state.source = "bootstrap"
+        state.status = "ok"
+        state.pending = None
+        state.last_error = None
+        state.store_error = store_error
+        self.failures = 0
+        self.pairing_code = None
+        await asyncio.to_thread(self.store.remove, ERROR_FILE)
+        await asyncio.to_thread(self.store.remove, PENDING_FILE)
+        log.info(
+            "tenant key provisioned (fingerprint %s, organisation %s)",
+            state.fingerprint,
+            state.organization_name or state.organization_id or "?",
+        )
+
+    async def _enter_pending(self, data: dict[str, Any], meta: NcMeta) -> None:
+        poll_url = data.get("pollUrl") if isinstance(data.get("pollUrl"), str) else None
+        verify_url = data.get("verifyUrl") if isinstance(data.get("verifyUrl"), str) else None
+        if not poll_url and not verify_url and data.get("code") != "email_verification_required":
+            raise BootstrapFailure(
+                "saas_response", "Bee Flow service: 202 without a verification or poll URL"
+            )
+        record: dict[str, Any] = {
+            k: data[k]
+            for k in (
+                "code",
+                "pendingId",
+                "verifyUrl",
+                "resendUrl",
+                "retargetUrl",
+                "pollUrl",
+                "expiresAt",
+                "maskedEmail",
+                "organizationName",
+            )
+            if isinstance(data.get(k), str | int)
+        }
+        record["kind"] = "poll" if poll_url and not verify_url else "verification"
+        record["ncInstanceId"] = meta.instance_id
+        await self._persist_pending(record)
+        self._use_pending(record)
+
+    async def _persist_pending(self, record: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self.store.save_pending, record)
+        except storage.StoreError as exc:
+            self.state.store_error = str(exc)
+            log.error("%s: the pending bootstrap is kept in memory only", exc)
+
+    def _use_pending(self, record: dict[str, Any]) -> None:
+        state = self.state
+        state.pending = {
+            k: record[k] for k in ("expiresAt", "maskedEmail", "organizationName") if k in record
+        }
+        state.pending["kind"] = record["kind"]
+        self._pending_record = record
+        state.last_error = None
+        if record["kind"] == "poll":
+            state.status = "awaiting_admin_approval"
+            if self._poll_task is None or self._poll_task.done():
+                self._poll_task = spawn(self._poll(record), name="tenant-bootstrap-poll")
+            log.info("bootstrap waits for approval by the Bee Flow organisation's admin")
+        else:
+            state.status = "awaiting_email_verification"
+            log.info(
+                "bootstrap waits for e-mail verification (code sent to %s)",
+                record.get("maskedEmail", "the admin"),
+            )
+
+    async def _poll(self, record: dict[str, Any]) -> None:
+        """Legacy approval: poll until approved, denied/expired (410) or expiry + 5 min."""
+        expires = _parse_iso(record.get("expiresAt"))
+        deadline = (expires + PENDING_GRACE) if expires else time.time() + 24 * 3600
+        client = self._app[service_client.SERVICE]
+        url = client.url(str(record["pollUrl"]))
+        while time.time() < deadline:
+            delay = self.poll_interval + random.uniform(-self.poll_jitter, self.poll_jitter)  # noqa: S311
+            await asyncio.sleep(max(min(self.poll_interval, 5.0), delay))
+            try:
+                reply = await client.request(
+                    "GET", url, headers={"X-Beeflow-Source": service_client.SOURCE}, timeout=10.0
+                )
+            except service_client.ServiceCallError as exc:
+                log.debug("bootstrap poll: %s", exc)
+                continue
+            data = reply.data if isinstance(reply.data, dict) else {}
+            if reply.status == 200 and isinstance(data.get("tenantKey"), str):
+                await self._apply_key(data, None)
+                return
+            if reply.status == 410:
+                why = data.get("code") if isinstance(data.get("code"), str) else "denied_or_expired"
+                await self._abandon_pending(f"the pending bootstrap ended: {why}")
+                return
+        await self._abandon_pending("the pending bootstrap expired")
+
+    async def _abandon_pending(self, message: str) -> None:
+        self.state.pending = None
+        await asyncio.to_thread(self.store.remove, PENDING_FILE)
+        await self._record_failure(
+            BootstrapFailure("saas_response", message, category="unknown"), time.time()
+        )
+
+    async def _record_failure(self, failure: BootstrapFailure, attempt: float) -> None:
+        state = self.state
+        self.failures += 1
+        delay = min(self.retry_cap, self.retry_base * 2 ** (self.failures - 1))
+        category = categorise(failure)
+        record = {
+            "status": "failed",
+            "category": category,
+            "phase": failure.phase,
+            "error": failure.message,
+            "remediation": failure.remediation or REMEDIATION.get(category, REMEDIATION["unknown"]),
+            "lastAttemptAt": _iso(attempt),
+            "nextRetryAt": _iso(time.time() + delay),
+        }
+        state.last_error = record
+        if not state.key:
+            state.status = "failed"
+        log.warning(
+            "tenant bootstrap failed (%s, %s): %s; retrying in %ds",
+            category,
+            failure.phase,
+            failure.message,
+            int(delay),
+        )
+        try:
+            await asyncio.to_thread(self.store.save_error, record)
+        except storage.StoreError as exc:
+            log.warning("%s", exc)
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = spawn(self._retry_after(delay), name="tenant-bootstrap-retry")
+
+    async def _retry_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._retry_task = None
+        if not self.state.key and self.state.status not in PENDING_STATES:
+            await self.ensure()
+
+    # -- e-mail verification sub-flow (called by the setup page)
+
+    async def verify_code(self, code: str) -> dict[str, Any]:
+        """POST {verifyUrl} {"code"}: 200 with a key applies it; anything else is returned."""
+        record = self._pending_record
+        if not record or not record.get("verifyUrl"):
+            raise Conflict("No e-mail verification is pending", code="no_pending_verification")
+        client = self._app[service_client.SERVICE]
+        try:
+            reply = await client.post_json(str(record["verifyUrl"]), {"code": code.strip()})
+        except service_client.ServiceCallError as exc:
+            return {"ok": False, "code": "saas_unreachable", "error": str(exc)}
+        data = reply.data if isinstance(reply.data, dict) else {}
+        if reply.status == 200 and isinstance(data.get("tenantKey"), str):
+            await self._apply_key(data, None)
+            return {"ok": True, "fingerprint": self.state.fingerprint}
+        return {
+            "ok": False,
+            "code": data.get("code") or f"http_{reply.status}",
+            "error": data.get("error") or f"HTTP {reply.status}",
+            "attemptsLeft": data.get("attemptsLeft"),
+        }
+
+    # -- re-bootstrap (reference 6.7)
+
+    async def rebootstrap(self, pairing_code: str | None = None) -> None:
+        """Forget the key and provision again (after the setup page changed the service URL).
+        The previous key file is kept as tenant-key.previous.json. On failure everything is
+        restored and BootstrapFailed is raised; a 202 leaves the pending state in place."""
+        config = self._app[keys.CONFIG]
+        if config.tenant_key_env:
+            raise Conflict(
+                "The tenant key is set by BEEFLOW_TENANT_KEY and cannot be re-provisioned",
+                code="tenant_key_env_locked",
+            )
+        async with self._rebootstrap_lock:
+            if self._task is not None and not self._task.done():
+                await asyncio.shield(self._task)
+            for task in (self._retry_task, self._poll_task):
+                if task is not None and not task.done():
+                    task.cancel()
+            state = self.state
+            saved = attrs.evolve(state)
+            saved_failures, saved_pairing = self.failures, self.pairing_code
+            raw_key = await asyncio.to_thread(self.store.read_raw, KEY_FILE)
+            raw_pending = await asyncio.to_thread(self.store.read_raw, PENDING_FILE)
+            if raw_key is not None:
+                try:
+                    await asyncio.to_thread(self.store.write_raw, PREVIOUS_FILE, raw_key)
+                except storage.StoreError as exc:
+                    raise BootstrapFailed(
+                        f"Cannot keep a copy of the current key: {exc.reason}",
+                        code="tenant_store_failed",
+                    ) from None
+            await asyncio.to_thread(self.store.remove, KEY_FILE)
+            await asyncio.to_thread(self.store.remove, PENDING_FILE)
+            _clear(state)
+            self.failures = 0
+            if pairing_code:
+                self.pairing_code = pairing_code
+            self._task = spawn(self._provision(), name="tenant-rebootstrap")
+            await asyncio.shield(self._task)
+            if state.key and not state.store_error:
+                if self._retry_task is not None:
+                    self._retry_task.cancel()
+                return
+            if state.status in PENDING_STATES:
+                return
+            failure = dict(state.last_error or {})
+            if state.key and state.store_error:
+                failure = {
+                    "category": "storage_failed",
+                    "error": state.store_error,
+                    "remediation": REMEDIATION["storage_failed"],
+                }
+            if self._retry_task is not None:
+                self._retry_task.cancel()
+            # Put everything back as it was.
+            for field in attrs.fields(TenantState):
+                setattr(state, field.name, getattr(saved, field.name))
+            self.failures, self.pairing_code = saved_failures, saved_pairing
+            for name, raw in ((KEY_FILE, raw_key), (PENDING_FILE, raw_pending)):
+                if raw is not None:
+                    try:
+                        await asyncio.to_thread(self.store.write_raw, name, raw)
+                    except storage.StoreError as exc:
+                        log.error("%s while restoring the previous tenant state", exc)
+            raise BootstrapFailed(
+                str(failure.get("error") or "no tenant key was provisioned"),
+                code="bootstrap_failed",
+                extra={
+                    "category": failure.get("category", "unknown"),
+                    "remediation": failure.get("remediation", REMEDIATION["unknown"]),
+                },
+            )
+
+    # -- start-up and shutdown
+
+    async def load(self) -> None:
+        """Start-up: the cache file, else a still-valid pending state; the last error."""
+        state = self.state
+        config = self._app[keys.CONFIG]
+        if config.tenant_key_env:
+            REDACTOR.add(config.tenant_key_env)
+            return
+        record = await asyncio.to_thread(self.store.load_key)
+        if record is not None:
+            key = str(record["tenantKey"]).strip()
+            REDACTOR.add(key)
+            state.key = key
+            state.organization_id = _str_or_none(record.get("organizationId"))
+            state.organization_name = _str_or_none(record.get("organizationName"))
+            state.instance_id = _str_or_none(record.get("ncInstanceId"))
+            state.nc_version = _str_or_none(record.get("ncVersion"))
+            state.bound_api_base_url = _str_or_none(record.get("boundApiBaseUrl"))
+            state.provisioned_at = _str_or_none(record.get("provisionedAt"))
+            state.source, state.status = "cache", "ok"
+            self._pin_api_base()
+            await asyncio.to_thread(self.store.remove, ERROR_FILE)
+            log.info("tenant key loaded from %s (fingerprint %s)", KEY_FILE, state.fingerprint)
+            return
+        pending = await asyncio.to_thread(self.store.load_pending)
+        if pending is not None:
+            expires = _parse_iso(pending.get("expiresAt"))
+            kind = pending.get("kind")
+            usable = kind in ("poll", "verification") and (
+                kind == "verification" or isinstance(pending.get("pollUrl"), str)
+            )
+            if usable and (expires is None or time.time() <= expires + PENDING_GRACE):
+                if isinstance(pending.get("ncInstanceId"), str):
+                    state.instance_id = pending["ncInstanceId"]
+                self._use_pending(pending)
+                return
+            await asyncio.to_thread(self.store.remove, PENDING_FILE)
+        last = await asyncio.to_thread(self.store.load_error)
+        if last is not None and last.get("status") == "failed":
+            state.last_error = last
+            state.status = "failed"
+
+    def _pin_api_base(self) -> None:
+        """Reference 6.2: a cached binding pins the service URL unless the env sets one, so a
+        changed default cannot silently move the connector and mint a second organisation."""
+        bound = self.state.bound_api_base_url
+        api_base = self._app[keys.API_BASE]
+        if not bound:
+            return
+        try:
+            url = URL(bound)
+        except ValueError:
+            return
+        if not url.scheme.startswith("http") or not url.host:
+            return
+        if api_base.locked:
+            if str(api_base.url).rstrip("/") != bound.rstrip("/"):
+                log.warning(
+                    "BEEFLOW_API_BASE_URL differs from the service the tenant key was issued by "
+                    "(%s); the service may reject the key",
+                    bound,
+                )
+            return
+        api_base.url = url
+        api_base.source = "bound"
+
+    async def close(self) -> None:
+        for task in (self._task, self._retry_task, self._poll_task):
+            if task is not None and not task.done():
+                task.cancel()
+        for task in (self._task, self._retry_task, self._poll_task):
+            if task is not None and not task.done():
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, 2.0)
+
+
+def _admin_failure(exc: NextcloudError) -> BootstrapFailure:
+    category = "nextcloud_auth_paused" if exc.kind == "auth_budget_spent" else None
+    return BootstrapFailure("admin", f"Nextcloud: {exc}", category=category)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _clear(state: TenantState) -> None:
+    state.key = None
+    state.organization_id = None
+    state.organization_name = None
+    state.bound_api_base_url = None
+    state.provisioned_at = None
+    state.pending = None
+    state.last_error = None
+    state.store_error = None
+    state.source = "none"
+    state.status = "initialising"
+
+
+# ------------------------------------------------------------------ wiring
+
+BOOTSTRAPPER: web.AppKey[Bootstrapper] = web.AppKey("bootstrapper")
+
+
+def bootstrapper(app: web.Application) -> Bootstrapper:
+    return app[BOOTSTRAPPER]
+
+
+def health(app: web.Application) -> Callable[[bool], dict[str, Any]]:
+    """Reference 5.1: the state for everyone; details only for callers with the AppAPI secret."""
+
+    def provide(trusted: bool) -> dict[str, Any]:
+        state = app[keys.TENANT]
+        out: dict[str, Any] = {"state": state.status}
+        if state.pending and state.status in PENDING_STATES:
+            if "expiresAt" in state.pending:
+                out["expiresAt"] = state.pending["expiresAt"]
+            if trusted:
+                out.update({k: v for k, v in state.pending.items() if k != "expiresAt"})
+        if state.status == "failed":
+            if trusted and state.last_error:
+                for name in ("category", "error", "remediation", "lastAttemptAt", "nextRetryAt"):
+                    if state.last_error.get(name) is not None:
+                        out[name] = state.last_error[name]
+            else:
+                out["remediation"] = GENERIC_REMEDIATION
+        if trusted:
+            out["source"] = state.source
+            if state.fingerprint:
+                out["fingerprint"] = state.fingerprint
+            if state.instance_id:
+                out["instanceId"] = state.instance_id
+            if state.organization_name:
+                out["organizationName"] = state.organization_name
+            if state.store_error:
+                out["storageError"] = state.store_error
+                out["storageRemediation"] = REMEDIATION["storage_failed"]
+            if state.key and state.last_error:
+                out["lastError"] = state.last_error.get("error")
+        return out
+
+    return provide
+
+
+async def _tenant_ctx(app: web.Application) -> AsyncIterator[None]:
+    boot = app[BOOTSTRAPPER]
+    await boot.load()
+    yield
+    await boot.close()
+
+
+def _phase(app: web.Application) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        # Skipped when the key is explicit or cached; a failure is recorded, retried with
+        # backoff and shown in the heartbeat, but does not fail the install (reference 5.2).
+        await app[BOOTSTRAPPER].ensure()
+
+    return run
+
+
 def setup(app: web.Application) -> None:
-    """Install the tenant state. (The file store and bootstrap arrive with the tenant issue.)"""
+    """Install the tenant state, its store, the bootstrap phase (25), health and REBOOTSTRAP."""
     config = app[keys.CONFIG]
-    app[keys.TENANT] = TenantState(key=config.tenant_key_env)
+    state = TenantState()
     if config.tenant_key_env:
-        app[keys.TENANT].status = "ok"
+        state.key = config.tenant_key_env
+        state.status = "ok"
+        state.source = "env"
+    app[keys.TENANT] = state
+    service_client.setup(app)
+    boot = Bootstrapper(app, TenantStore(config.persistent_storage))
+    app[BOOTSTRAPPER] = boot
+    app[keys.REBOOTSTRAP] = boot.rebootstrap
+    app.setdefault(keys.INIT_PHASES, []).append(InitPhase("bootstrap", 25, _phase(app)))
+    app.setdefault(keys.HEALTH, {})["bootstrap"] = health(app)
+    app.cleanup_ctx.append(_tenant_ctx)

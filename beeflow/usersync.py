@@ -1,9 +1,468 @@
-"""Periodic user/group reconciliation with Nextcloud (placeholder until its issue lands)."""
+"""Periodic user/group reconciliation with Nextcloud: the only user/group sync that works on
+Nextcloud 32+ (issue 5 item 7, issue 10 fact 7), and a safety net on 31.
+
+Every `sync_interval_seconds` (or when triggered) it lists the users through AppAPI, reads each
+user's mail, display name and groups through OCS, diffs that against the last snapshot kept in
+APP_PERSISTENT_STORAGE and sends the same five event kinds as the webhook, through the same
+signed path. The first run records a baseline and sends nothing. The new snapshot and the events
+still to send are written together before sending, so a crash resumes where it stopped.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+import attrs
 from aiohttp import web
+
+from beeflow import keys, service_client, storage
+from beeflow.appapi import Access, add_route
+from beeflow.errors import NextcloudError
+from beeflow.middleware import json_response
+from beeflow.nextcloud import user_from_ocs
+from beeflow.state import InitPhase
+from beeflow.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+STATE_FILE: Final = "user-sync.json"
+STATE_VERSION: Final = 1
+LOOKUP_CONCURRENCY: Final = 5
+SEND_CONCURRENCY: Final = 4
+PERSIST_EVERY: Final = 25  # sent events between two writes of the remaining queue
+PENDING_MAX: Final = 50_000
+
+Event = tuple[str, str, str | None]  # (event, uid, groupId)
+
+
+@attrs.frozen
+class UserRecord:
+    email: str | None
+    display_name: str
+    groups: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"email": self.email, "displayName": self.display_name, "groups": list(self.groups)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> UserRecord | None:
+        if not isinstance(data, dict):
+            return None
+        email = data.get("email")
+        name = data.get("displayName")
+        groups = data.get("groups")
+        if not isinstance(name, str) or not isinstance(groups, list):
+            return None
+        return cls(
+            email if isinstance(email, str) and email else None,
+            name,
+            tuple(sorted(str(g) for g in groups)),
+        )
+
+
+Snapshot = dict[str, UserRecord]
+
+
+def diff(old: Snapshot, new: Snapshot) -> list[Event]:
+    """The events that turn `old` into `new`, in the order Nextcloud fires them: a new user is
+    created, then added to its groups; a deleted user leaves its groups, then is deleted."""
+    events: list[Event] = []
+    for uid in sorted(old.keys() | new.keys()):
+        before, after = old.get(uid), new.get(uid)
+        if before is None and after is not None:
+            events.append(("user.created", uid, None))
+            events += [("group.member_added", uid, g) for g in after.groups]
+        elif after is None and before is not None:
+            events += [("group.member_removed", uid, g) for g in before.groups]
+            events.append(("user.deleted", uid, None))
+        elif before is not None and after is not None:
+            if (before.email, before.display_name) != (after.email, after.display_name):
+                events.append(("user.updated", uid, None))
+            events += [
+                ("group.member_added", uid, g) for g in after.groups if g not in before.groups
+            ]
+            events += [
+                ("group.member_removed", uid, g) for g in before.groups if g not in after.groups
+            ]
+    return events
+
+
+class SyncAborted(Exception):
+    """The run stopped before it had a complete picture; nothing is diffed or sent."""
+
+    def __init__(self, message: str, *, state: str = "failed") -> None:
+        self.state = state
+        super().__init__(message)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@attrs.define
+class SyncStatus:
+    # idle | running | baseline | ok | failed | paused | waiting_for_tenant_key
+    state: str = "idle"
+    last_run_at: float | None = None
+    last_success_at: float | None = None
+    next_run_at: float | None = None
+    baseline_at: float | None = None
+    users_seen: int | None = None
+    events_sent: int = 0  # in the last run
+    events_sent_total: int = 0
+    events_dropped_total: int = 0
+    events_skipped: int = 0  # in the last run: already delivered by the webhook
+    runs: int = 0
+    last_error: str = ""
+
+
+class UserSync:
+    """The reconciliation loop and its persisted state (snapshot + events still to send)."""
+
+    def __init__(self, app: web.Application, path: Path) -> None:
+        self._app = app
+        self.path = path
+        self.snapshot: Snapshot | None = None
+        self.taken_at: float | None = None
+        self.pending: list[Event] = []
+        self.status = SyncStatus()
+        self._wake = asyncio.Event()
+        self._run: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- persistence
+
+    def load(self) -> None:
+        data = storage.read_json(self.path)
+        if not isinstance(data, dict):
+            return
+        snap = data.get("snapshot")
+        if isinstance(snap, dict) and isinstance(snap.get("users"), dict):
+            users: Snapshot = {}
+            for uid, raw in snap["users"].items():
+                record = UserRecord.from_json(raw)
+                if record is not None:
+                    users[str(uid)] = record
+            taken = snap.get("takenAt")
+            self.snapshot = users
+            self.taken_at = float(taken) if isinstance(taken, int | float) else None
+            baseline = data.get("baselineAt")
+            self.status.baseline_at = (
+                float(baseline) if isinstance(baseline, int | float) else self.taken_at
+            )
+        pending = data.get("pending")
+        if isinstance(pending, list):
+            for row in pending:
+                if (
+                    isinstance(row, list)
+                    and len(row) == 3
+                    and row[0] in service_client.USER_EVENTS
+                    and isinstance(row[1], str)
+                    and (row[2] is None or isinstance(row[2], str))
+                ):
+                    self.pending.append((row[0], row[1], row[2]))
+        if self.pending:
+            log.info("user sync resumes with %d event(s) still to send", len(self.pending))
+
+    def _document(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "baselineAt": self.status.baseline_at,
+            "snapshot": None
+            if self.snapshot is None
+            else {
+                "takenAt": self.taken_at,
+                "users": {uid: rec.to_json() for uid, rec in sorted(self.snapshot.items())},
+            },
+            "pending": [list(e) for e in self.pending],
+        }
+
+    async def persist(self) -> None:
+        async with self._write_lock:
+            document = self._document()
+            try:
+                await asyncio.to_thread(storage.write_json_atomic, self.path, document)
+            except storage.StoreError as exc:
+                # Kept in memory; the next run writes again. Said once per run in the status.
+                self.status.last_error = str(exc)
+                log.error("%s: user sync state kept in memory only", exc)
+
+    # -- scheduling
+
+    def trigger(self) -> None:
+        """Ask for a run now (the loop coalesces triggers)."""
+        self._wake.set()
+
+    async def loop(self) -> None:
+        interval = self._app[keys.CONFIG].sync_interval_seconds
+        while True:
+            self.status.next_run_at = time.time() + interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            self._wake.clear()
+            await self.run()
+
+    async def run(self) -> None:
+        """Single-flight: a run in progress is joined."""
+        if self._run is None or self._run.done():
+            self._run = spawn(self._run_once(), name="usersync-run")
+        await asyncio.shield(self._run)
+
+    # -- one run
+
+    async def _run_once(self) -> None:
+        status = self.status
+        status.runs += 1
+        status.last_run_at = time.time()
+        status.events_sent = 0
+        status.events_skipped = 0
+        status.last_error = ""
+        status.state = "running"
+        try:
+            await self._reconcile()
+        except SyncAborted as exc:
+            status.state = exc.state
+            status.last_error = str(exc)
+            level = logging.INFO if exc.state == "waiting_for_tenant_key" else logging.WARNING
+            log.log(level, "user sync stopped: %s", exc)
+        except asyncio.CancelledError:
+            status.state = "idle"
+            raise
+        except Exception as exc:
+            status.state = "failed"
+            status.last_error = type(exc).__name__
+            log.exception("user sync crashed")
+
+    async def _reconcile(self) -> None:
+        app = self._app
+        status = self.status
+        if not app[keys.TENANT].key:
+            raise SyncAborted("no tenant key yet", state="waiting_for_tenant_key")
+        if self.pending:
+            await self._send()
+            if self.pending:
+                raise SyncAborted(
+                    f"{len(self.pending)} event(s) could not be delivered; retrying next run"
+                )
+        client = app[keys.NEXTCLOUD]
+        if client.budget.spent:
+            raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
+        started = time.time()
+        current = await self._list()
+        status.users_seen = len(current)
+        if self.snapshot is None:
+            self.snapshot, self.taken_at = current, started
+            status.baseline_at = started
+            await self.persist()
+            status.state = "baseline"
+            status.last_success_at = time.time()
+            log.info("user sync baseline recorded: %d user(s)", len(current))
+            return
+        events = diff(self.snapshot, current)
+        since = self.taken_at or 0.0
+        sink = app[service_client.USER_EVENTS_SINK]
+        fresh = [e for e in events if not sink.delivered_since((e[0], e[1], e[2] or ""), since)]
+        status.events_skipped = len(events) - len(fresh)
+        self.pending = (self.pending + fresh)[-PENDING_MAX:]
+        self.snapshot, self.taken_at = current, started
+        await self.persist()  # the new snapshot and its events, together
+        if self.pending:
+            await self._send()
+        if self.pending:
+            raise SyncAborted(
+                f"{len(self.pending)} event(s) could not be delivered; retrying next run"
+            )
+        status.state = "ok"
+        status.last_success_at = time.time()
+        if fresh or status.events_skipped:
+            log.info(
+                "user sync: %d user(s), %d event(s) sent, %d already delivered by the webhook",
+                len(current),
+                status.events_sent,
+                status.events_skipped,
+            )
+
+    async def _list(self) -> Snapshot:
+        client = self._app[keys.NEXTCLOUD]
+        try:
+            listing = await client.ocs(
+                "GET", "/ocs/v2.php/apps/app_api/api/v1/users", timeout=15.0, warmup=10.0
+            )
+        except NextcloudError as exc:
+            raise _aborted(exc) from None
+        if not listing.ok or not isinstance(listing.data, list):
+            state = "paused" if client.budget.spent else "failed"
+            raise SyncAborted(
+                f"AppAPI user list: HTTP {listing.http_status} OCS {listing.statuscode}",
+                state=state,
+            )
+        uids = sorted({str(u) for u in listing.data if isinstance(u, str | int) and str(u)})
+        admin = self._known_admin(set(uids))
+        users: Snapshot = {}
+        limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+        async def fetch(uid: str) -> None:
+            async with limit:
+                record = await self._lookup(uid, admin)
+            if record is not None:
+                users[uid] = record
+
+        async with asyncio.TaskGroup() as group:
+            for uid in uids:
+                group.create_task(fetch(uid))
+        return users
+
+    def _known_admin(self, listed: set[str]) -> str | None:
+        """An admin from the last snapshot who still exists: reading others' info as them means a
+        user deleted mid-run answers 404 instead of a refused (and counted) AppAPI login."""
+        if not self.snapshot:
+            return None
+        admins = sorted(u for u, r in self.snapshot.items() if "admin" in r.groups and u in listed)
+        return admins[0] if admins else None
+
+    async def _lookup(self, uid: str, admin: str | None) -> UserRecord | None:
+        client = self._app[keys.NEXTCLOUD]
+        if client.budget.spent:
+            raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
+        try:
+            result = await client.ocs(
+                "GET",
+                f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}",
+                user=admin or uid,
+                timeout=10.0,
+            )
+        except NextcloudError as exc:
+            raise _aborted(exc) from None
+        if result.ok and isinstance(result.data, dict):
+            user = user_from_ocs(uid, result.data)
+            return UserRecord(user.email, user.display_name, tuple(sorted(set(user.groups))))
+        if result.statuscode == 404 or result.http_status == 404:
+            return None  # deleted since the listing: absent from this snapshot
+        # Anything else leaves a hole that would read as a deletion: stop, diff nothing.
+        state = "paused" if client.budget.spent else "failed"
+        raise SyncAborted(
+            f"user info: HTTP {result.http_status} OCS {result.statuscode}", state=state
+        )
+
+    async def _send(self) -> None:
+        """Send the queue: one user's events in order, several users at once. Events that failed
+        for a retryable reason stay queued; rejected ones are dropped (and were logged)."""
+        sink = self._app[service_client.USER_EVENTS_SINK]
+        queue = list(self.pending)
+        by_user: dict[str, list[Event]] = {}
+        for event in queue:
+            by_user.setdefault(event[1], []).append(event)
+        done: set[int] = set()
+        index = {id(e): i for i, e in enumerate(queue)}
+        limit = asyncio.Semaphore(SEND_CONCURRENCY)
+        since_write = 0
+
+        async def send_user(events: Iterable[Event]) -> None:
+            nonlocal since_write
+            async with limit:
+                for event in events:
+                    outcome = await sink.forward(event[0], event[1], event[2], origin="sync")
+                    if outcome == "retry":
+                        return  # keep this user's order: the rest waits for the next run
+                    done.add(index[id(event)])
+                    if outcome == "sent":
+                        self.status.events_sent += 1
+                        self.status.events_sent_total += 1
+                    else:
+                        self.status.events_dropped_total += 1
+                    since_write += 1
+                    if since_write >= PERSIST_EVERY:
+                        since_write = 0
+                        self.pending = [e for i, e in enumerate(queue) if i not in done]
+                        await self.persist()
+
+        try:
+            await asyncio.gather(*(send_user(evs) for evs in by_user.values()))
+        finally:
+            self.pending = [e for i, e in enumerate(queue) if i not in done]
+            await self.persist()
+
+    # -- status
+
+    def snapshot_status(self, trusted: bool) -> dict[str, Any]:
+        s = self.status
+        out: dict[str, Any] = {"state": s.state, "lastRunAt": _iso(s.last_run_at)}
+        if not trusted:
+            return out
+        out.update(
+            {
+                "intervalSeconds": self._app[keys.CONFIG].sync_interval_seconds,
+                "lastSuccessAt": _iso(s.last_success_at),
+                "nextRunAt": _iso(s.next_run_at),
+                "baselineAt": _iso(s.baseline_at),
+                "usersSeen": s.users_seen,
+                "eventsSent": s.events_sent,
+                "eventsSentTotal": s.events_sent_total,
+                "eventsSkippedAsDelivered": s.events_skipped,
+                "eventsDroppedTotal": s.events_dropped_total,
+                "eventsPending": len(self.pending),
+                "runs": s.runs,
+            }
+        )
+        if s.last_error:
+            out["lastError"] = s.last_error
+        return out
+
+
+def _aborted(exc: NextcloudError) -> SyncAborted:
+    state = "paused" if exc.kind == "auth_budget_spent" else "failed"
+    return SyncAborted(f"Nextcloud: {exc}", state=state)
+
+
+# ------------------------------------------------------------------ wiring
+
+USER_SYNC: web.AppKey[UserSync] = web.AppKey("user_sync")
+
+
+async def trigger(request: web.Request) -> web.Response:
+    """POST /webhook/user-sync[?wait=1]: run the reconciliation now (admins and AppAPI)."""
+    sync = request.app[USER_SYNC]
+    if request.query.get("wait") in ("1", "true"):
+        await sync.run()
+        return json_response(sync.snapshot_status(True))
+    sync.trigger()
+    return json_response({"triggered": True, **sync.snapshot_status(True)}, status=202)
+
+
+async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
+    sync = app[USER_SYNC]
+    await asyncio.to_thread(sync.load)
+    loop = spawn(sync.loop(), name="usersync-loop")
+    yield
+    loop.cancel()
+    if sync._run is not None and not sync._run.done():
+        sync._run.cancel()
+    await asyncio.wait([t for t in (loop, sync._run) if t is not None], timeout=5.0)
+
+
+def _phase(app: web.Application) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        # The pipeline has the key and the registrations by now: start syncing without
+        # holding up the install.
+        app[USER_SYNC].trigger()
+
+    return run
 
 
 def setup(app: web.Application) -> None:
-    """Registers nothing yet."""
+    service_client.setup(app)
+    config = app[keys.CONFIG]
+    app[USER_SYNC] = UserSync(app, config.persistent_storage / STATE_FILE)
+    add_route(app, "POST", "/webhook/user-sync", trigger, Access.ADMIN, service_ok=True)
+    app.setdefault(keys.INIT_PHASES, []).append(InitPhase("user-sync", 100, _phase(app)))
+    app.setdefault(keys.HEALTH, {})["userSync"] = app[USER_SYNC].snapshot_status
+    app.cleanup_ctx.append(_sync_ctx)

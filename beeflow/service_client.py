@@ -1,0 +1,282 @@
+"""Machine-to-machine calls to the Bee Flow service: one pooled session, unsigned JSON posts (the
+bootstrap) and tenant-key-signed posts (reference 7.3), plus the one user/group event forwarder
+shared by the webhook and the periodic reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import attrs
+from aiohttp import web
+from yarl import URL
+
+from beeflow import keys, storage
+from beeflow.signing import SIG_HEADER, sign_outbound
+
+log = logging.getLogger(__name__)
+
+SOURCE: Final = "nextcloud-connector"
+USER_SYNC_PATH: Final = "/auth/webhook/nc-user-sync"
+FORWARD_TIMEOUT: Final = 10.0
+USER_EVENTS: Final = (
+    "user.created",
+    "user.deleted",
+    "user.updated",
+    "group.member_added",
+    "group.member_removed",
+)
+RECENT_FILE: Final = "user-events-recent.json"
+RECENT_MAX: Final = 5000
+
+
+class ServiceCallError(Exception):
+    """A call to the service did not produce an HTTP answer; `kind` says why (no secrets)."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        self.kind = kind  # network | timeout | no_key
+        super().__init__(message)
+
+
+@attrs.frozen
+class ServiceReply:
+    status: int
+    data: Any  # parsed JSON, or None
+    text: str  # the first 2000 characters of the body
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def dumps(body: Any) -> str:
+    """The exact JSON text sent and signed (compact, UTF-8, like the service's JSON.stringify)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+class ServiceClient:
+    """Calls to the service base URL in force (`app[keys.API_BASE]`, read at each call)."""
+
+    def __init__(self, app: web.Application, session: aiohttp.ClientSession) -> None:
+        self._app = app
+        self.session = session
+
+    def url(self, path: str) -> URL:
+        base = str(self._app[keys.API_BASE].url).rstrip("/")
+        return URL(base + path, encoded=True)
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        body: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float,
+    ) -> ServiceReply:
+        try:
+            async with self.session.request(
+                method,
+                url,
+                data=body.encode("utf-8") if body is not None else None,
+                headers=dict(headers or {}),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            raise ServiceCallError(f"{method} {url.path}: timed out", kind="timeout") from None
+        except aiohttp.ClientError as exc:
+            raise ServiceCallError(
+                f"{method} {url.path}: {type(exc).__name__}", kind="network"
+            ) from None
+        text = raw.decode("utf-8", "replace")
+        try:
+            data = json.loads(text) if text.strip() else None
+        except ValueError:
+            data = None
+        return ServiceReply(status, data, text[:2000])
+
+    async def post_json(
+        self,
+        path_or_url: str | URL,
+        body: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 15.0,
+    ) -> ServiceReply:
+        """An unsigned JSON POST (the bootstrap and its sub-flows)."""
+        url = path_or_url if isinstance(path_or_url, URL) else self.url(path_or_url)
+        hdrs = {"Content-Type": "application/json", "X-Beeflow-Source": SOURCE}
+        hdrs.update(headers or {})
+        return await self.request("POST", url, body=dumps(body), headers=hdrs, timeout=timeout)
+
+    async def post_signed(
+        self, path: str, body: Any, *, timeout: float = FORWARD_TIMEOUT
+    ) -> ServiceReply:
+        """Reference 7.3: `X-Beeflow-Sig: {ts}.{hex}` over "{ts}\\n{METHOD}\\n{path}\\n{body}",
+        where path is the URL path the service receives and body the exact bytes sent."""
+        tenant = self._app[keys.TENANT]
+        key = tenant.key
+        if not key:
+            raise ServiceCallError("no tenant key yet", kind="no_key")
+        url = self.url(path)
+        text = dumps(body)
+        ts = int(time.time())
+        headers = {
+            SIG_HEADER: sign_outbound(key, ts, "POST", url.raw_path, text),
+            "X-Beeflow-Source": SOURCE,
+            "X-Beeflow-NC-Instance-Id": tenant.instance_id or "",
+            "Content-Type": "application/json",
+        }
+        return await self.request("POST", url, body=text, headers=headers, timeout=timeout)
+
+
+# ------------------------------------------------------------------ user/group events
+
+
+EventKey = tuple[str, str, str]  # (event, uid, groupId or "")
+
+
+@attrs.define
+class ForwardStats:
+    forwarded: int = 0
+    failed: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_forwarded_at: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"forwarded": self.forwarded, "failed": self.failed}
+        if self.last_error:
+            out["lastError"] = self.last_error
+            out["lastErrorAt"] = _iso(self.last_error_at)
+        if self.last_forwarded_at:
+            out["lastForwardedAt"] = _iso(self.last_forwarded_at)
+        return out
+
+
+class UserEvents:
+    """Sends user/group events to `/auth/webhook/nc-user-sync`, signed, and remembers which the
+    webhook delivered so the reconciliation does not send them a second time."""
+
+    def __init__(self, app: web.Application, directory: Path) -> None:
+        self._app = app
+        self._path = directory / RECENT_FILE
+        self._recent: dict[EventKey, float] = {}
+        self._lock = asyncio.Lock()
+        self.stats: dict[str, ForwardStats] = {"webhook": ForwardStats(), "sync": ForwardStats()}
+
+    @staticmethod
+    def payload(event: str, uid: str, group_id: str | None) -> dict[str, Any]:
+        return {"event": event, "ncUid": uid, "groupId": group_id}
+
+    async def forward(self, event: str, uid: str, group_id: str | None, *, origin: str) -> str:
+        """Send one event. Returns "sent" (2xx), "rejected" (a 4xx that a retry cannot fix: the
+        event is dropped, logged) or "retry" (network, 5xx, 401/403/408/429, no key yet).
+        Every failure is logged here."""
+        stats = self.stats.setdefault(origin, ForwardStats())
+        client = self._app[SERVICE]
+        outcome = "retry"
+        try:
+            reply = await client.post_signed(USER_SYNC_PATH, self.payload(event, uid, group_id))
+        except ServiceCallError as exc:
+            problem = str(exc)
+        else:
+            if reply.ok:
+                stats.forwarded += 1
+                stats.last_forwarded_at = time.time()
+                if origin == "webhook":
+                    await self._remember((event, uid, group_id or ""))
+                return "sent"
+            problem = f"HTTP {reply.status}"
+            code = reply.data.get("code") if isinstance(reply.data, dict) else None
+            if isinstance(code, str) and code:
+                problem += f" ({code[:80]})"
+            if 400 <= reply.status < 500 and reply.status not in (401, 403, 408, 429):
+                outcome = "rejected"
+        stats.failed += 1
+        stats.last_error = f"{event}: {problem}"[:300]
+        stats.last_error_at = time.time()
+        log.warning(
+            "%s event %s not delivered to the service: %s%s",
+            origin,
+            event,
+            problem,
+            " (dropped)" if outcome == "rejected" or origin == "webhook" else " (kept for retry)",
+        )
+        return outcome
+
+    # -- deliveries seen through the webhook
+
+    def delivered_since(self, key: EventKey, since: float) -> bool:
+        at = self._recent.get(key)
+        return at is not None and at >= since
+
+    async def _remember(self, key: EventKey) -> None:
+        async with self._lock:
+            now = time.time()
+            self._recent[key] = now
+            horizon = now - 2 * self._app[keys.CONFIG].sync_interval_seconds - 3600
+            fresh = {k: t for k, t in self._recent.items() if t >= horizon}
+            if len(fresh) > RECENT_MAX:
+                fresh = dict(sorted(fresh.items(), key=lambda kv: kv[1])[-RECENT_MAX:])
+            self._recent = fresh
+            rows = [[e, u, g, t] for (e, u, g), t in fresh.items()]
+            try:
+                await asyncio.to_thread(storage.write_json_atomic, self._path, {"events": rows})
+            except storage.StoreError as exc:
+                log.warning("%s (webhook deliveries are kept in memory only)", exc)
+
+    def load(self) -> None:
+        data = storage.read_json(self._path)
+        if not isinstance(data, dict):
+            return
+        rows = data.get("events")
+        if not isinstance(rows, list):
+            return
+        for row in rows:
+            if (
+                isinstance(row, list)
+                and len(row) == 4
+                and all(isinstance(x, str) for x in row[:3])
+                and isinstance(row[3], int | float)
+            ):
+                self._recent[(row[0], row[1], row[2])] = float(row[3])
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+SERVICE: web.AppKey[ServiceClient] = web.AppKey("service_client")
+USER_EVENTS_SINK: web.AppKey[UserEvents] = web.AppKey("user_events")
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=30),
+        timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream_connect_timeout),
+        headers={"User-Agent": f"ExApp/{config.app_id}/{config.app_version} (beeflow)"},
+    ) as session:
+        app[SERVICE] = ServiceClient(app, session)
+        await asyncio.to_thread(app[USER_EVENTS_SINK].load)
+        yield
+
+
+def setup(app: web.Application) -> None:
+    """Install the client (opened and closed with the app) and the event forwarder."""
+    if USER_EVENTS_SINK in app:
+        return
+    app[USER_EVENTS_SINK] = UserEvents(app, app[keys.CONFIG].persistent_storage)
+    app.cleanup_ctx.append(_session_ctx)

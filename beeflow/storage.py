@@ -1,0 +1,145 @@
+"""Small JSON state files in APP_PERSISTENT_STORAGE: atomic 0600 writes, corrupt files moved aside.
+
+Pure file I/O (blocking); callers on the event loop run these through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+FILE_MODE: Final = 0o600
+DIR_MODE: Final = 0o700
+
+
+class StoreError(Exception):
+    """A state file could not be written; `reason` is short and safe to show an admin."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"could not write {path.name}: {reason}")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A plain reason for the usual storage failures (no paths beyond the file name)."""
+    if exc.errno == errno.EROFS:
+        return "the storage is mounted read-only"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the storage is full"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "the storage path is not a directory"
+    return exc.strerror or type(exc).__name__
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Temp file in the same directory, 0600 from the start, fsync, rename over, fsync the dir.
+    A reader sees the old file or the new one, never a torn one. Raises StoreError."""
+    text = json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    directory = path.parent
+    try:
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise StoreError(path, describe_os_error(exc)) from None
+    tmp = Path(tmp_name)
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                fd = -1
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreError(path, describe_os_error(exc)) from None
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is done regardless
+    finally:
+        os.close(dir_fd)
+
+
+class Unusable:
+    """read_json's answer for a file that exists but cannot be used (it was moved aside)."""
+
+    def __init__(self, reason: str, moved_to: Path | None) -> None:
+        self.reason = reason
+        self.moved_to = moved_to
+
+
+def read_json(path: Path) -> Any | Unusable | None:
+    """The parsed file; None if it does not exist; Unusable (after moving it aside, logged
+    once) if it cannot be read or is not JSON."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _set_aside(path, f"unreadable ({describe_os_error(exc)})")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return _set_aside(path, "not valid JSON")
+
+
+def set_aside(path: Path, reason: str) -> Unusable:
+    """Move a file whose content is unusable out of the way (never delete it), log once."""
+    return _set_aside(path, reason)
+
+
+def _set_aside(path: Path, reason: str) -> Unusable:
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        log.error(
+            "%s is %s and could not be moved aside (%s); ignoring it",
+            path.name,
+            reason,
+            describe_os_error(exc),
+        )
+        return Unusable(reason, None)
+    log.error("%s is %s; moved it to %s and ignoring it", path.name, reason, target.name)
+    return Unusable(reason, target)
+
+
+def remove(path: Path) -> None:
+    """Delete a state file if present; a failure is logged, not raised (stale files are read
+    back as stale state, which every reader tolerates)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path.name, describe_os_error(exc))
