@@ -84,13 +84,18 @@ def chat_pieces(
     ]
 
 
+def _pieces(value: Iterable[Piece]) -> tuple[Piece, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class StreamPlan:
-    pieces: tuple[Piece, ...] = attrs.field(factory=lambda: tuple(chat_pieces()), converter=tuple)
+    pieces: tuple[Piece, ...] = attrs.field(factory=lambda: tuple(chat_pieces()), converter=_pieces)
     gzip: bool = False
     # "end": finish the response after the last piece; "hold": keep it open, sending nothing,
-    # until the client goes away or the service closes.
-    then: Literal["end", "hold"] = "end"
+    # until the client goes away or the service closes; "abort": cut the connection (no clean
+    # end of the chunked body).
+    then: Literal["end", "hold", "abort"] = "end"
     content_type: str = "text/event-stream"
 
 
@@ -358,6 +363,9 @@ class FakeService:
                 tail = compressor.flush(zlib.Z_FINISH)
                 await resp.write(tail)
                 log.sent_bytes += tail
+            if plan.then == "abort":
+                _abort(request)
+                return resp
             if plan.then == "hold":
                 await self._closing.wait()
             await resp.write_eof()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -563,3 +564,20 @@ async def test_service_errors_pass_through(legacy: RunningConnector) -> None:
     async with await legacy.request("GET", "/api/status/500", user="alice") as resp:
         assert resp.status == 500
         assert await resp.json() == {"status": 500}
+
+
+async def test_headers_timeout_does_not_count_the_clients_upload_pace(
+    proxy_factory: ProxyFactory, service: FakeService
+) -> None:
+    conn = await proxy_factory(BEEFLOW_UPSTREAM_HEADERS_TIMEOUT_SECONDS="0.3")
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        for i in range(4):
+            await asyncio.sleep(0.2)  # the client's own pace: 0.8 s in all
+            yield f"part{i};".encode()
+
+    async with await conn.request(
+        "PUT", "/api/echo", user="alice", data=slow_body(), headers={"Content-Type": "text/plain"}
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == b"part0;part1;part2;part3;"
