@@ -1,0 +1,270 @@
+"""DEMO STAND-IN of Nextcloud + AppAPI (not Nextcloud): the few OCS answers the connector needs,
+and an AppAPI-style proxy front that forwards the browser to the connector as a logged-in demo
+admin, so the browser goes through the connector's real authentication path.
+
+Differences from a real Nextcloud, on purpose: every route is open to the demo admin; the front
+streams replies as HaRP would (the real PHP proxy buffers whole replies); no login.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+from importlib import resources
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+NC_VERSION: Final = "32.0.1"
+ADMIN_UID: Final = "admin"
+ADMIN: Final[dict[str, Any]] = {
+    "id": ADMIN_UID,
+    "displayname": "Demo Admin",
+    "email": "admin@demo.invalid",
+    "groups": ["admin"],
+}
+
+# Never forwarded in either direction (hop-by-hop, framing, and AppAPI's own headers).
+_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+_APPAPI_REQUEST: Final = frozenset(
+    {"authorization-app-api", "ex-app-id", "ex-app-version", "aa-version", "aa-request-id"}
+)
+# What AppAPI's createProxyResponse drops from the ExApp's answer (contract 4.3).
+_APPAPI_RESPONSE: Final = _APPAPI_REQUEST
+# Nextcloud overwrites an ExApp's CSP with its own on the legacy proxy (contract 4.3). This is a
+# strict policy in that spirit: the UI must work without inline scripts.
+NC_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
+)
+LEGACY_METHODS: Final = ("GET", "POST", "PUT", "DELETE")
+
+
+def _ocs(request: web.Request, data: Any, status: int = 200, message: str = "OK") -> web.Response:
+    v1 = request.path.startswith("/ocs/v1.php")
+    ok = 200 <= status < 300
+    code = (100 if ok else status) if v1 else status
+    body = {
+        "ocs": {
+            "meta": {"status": "ok" if ok else "failure", "statuscode": code, "message": message},
+            "data": data,
+        }
+    }
+    return web.json_response(body, status=200 if v1 else status)
+
+
+class DemoNextcloud:
+    """Runs on 127.0.0.1 (ephemeral port); forwards to the connector at `connector_url`."""
+
+    def __init__(self, *, app_id: str, secret: str, app_version: str, connector_url: URL) -> None:
+        self.app_id = app_id
+        self.secret = secret
+        self.app_version = app_version
+        self.connector_url = connector_url
+        self.admin = dict(ADMIN)
+        self.legacy_prefix = f"/index.php/apps/app_api/proxy/{app_id}/"
+        self.harp_prefix = f"/exapps/{app_id}/"
+        self.progress: list[int] = []
+        self.url = URL()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._embedded = resources.files(__package__).joinpath("embedded.html").read_text("utf-8")
+
+    # ------------------------------------------------------------ AppAPI headers
+
+    def appapi_headers(self, uid: str) -> dict[str, str]:
+        token = base64.b64encode(f"{uid}:{self.secret}".encode()).decode("ascii")
+        return {
+            "AUTHORIZATION-APP-API": token,
+            "EX-APP-ID": self.app_id,
+            "EX-APP-VERSION": self.app_version,
+            "AA-VERSION": "32.0.0",
+            "AA-REQUEST-ID": secrets.token_urlsafe(12),
+        }
+
+    def _caller(self, request: web.Request) -> str | None:
+        """The user an ExApp call claims, if its secret is right (validateExAppRequestToNC)."""
+        header = request.headers.get("AUTHORIZATION-APP-API", "")
+        try:
+            uid, _, secret = base64.b64decode(header).decode("utf-8").partition(":")
+        except ValueError:
+            return None
+        if request.headers.get("EX-APP-ID") != self.app_id:
+            return None
+        if not hmac.compare_digest(secret.encode(), self.secret.encode()):
+            return None
+        return uid
+
+    # ------------------------------------------------------------ OCS stand-ins
+
+    async def _status_php(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "installed": True,
+                "maintenance": False,
+                "version": NC_VERSION + ".0",
+                "versionstring": NC_VERSION,
+                "productname": "Nextcloud (demo stand-in)",
+            }
+        )
+
+    async def _capabilities(self, request: web.Request) -> web.Response:
+        major, minor, micro = (int(p) for p in NC_VERSION.split("."))
+        return _ocs(
+            request,
+            {
+                "version": {"major": major, "minor": minor, "micro": micro, "string": NC_VERSION},
+                "capabilities": {"theming": {"name": "Nextcloud demo", "url": str(self.url)}},
+            },
+        )
+
+    async def _ocs_authed(self, request: web.Request) -> web.Response:
+        if self._caller(request) is None:
+            return _ocs(request, None, 401, "Current user is not logged in")
+        tail = request.match_info["tail"]
+        uid = ADMIN_UID
+        if tail in (f"cloud/users/{uid}", "cloud/user"):
+            return _ocs(request, {**self.admin, "display-name": self.admin["displayname"]})
+        if tail.startswith("cloud/users/"):
+            return _ocs(request, None, 404, "User does not exist")
+        if tail in ("cloud/users", "cloud/groups/admin/users"):
+            return _ocs(request, {"users": [uid]})
+        if tail == "apps/app_api/api/v1/users":
+            return _ocs(request, [uid])
+        if tail == "cloud/groups":
+            return _ocs(request, {"groups": ["admin"]})
+        if tail == "apps/app_api/ex-app/status" and request.method == "PUT":
+            body = await request.json()
+            if isinstance(body, dict) and isinstance(body.get("progress"), int):
+                self.progress.append(body["progress"])
+        # Registrations (top menu, script, webhooks, logs...): accepted.
+        return _ocs(request, {})
+
+    # ------------------------------------------------------------ the proxy front
+
+    async def _front(self, request: web.Request) -> web.StreamResponse:
+        legacy = request.path.startswith("/index.php/")
+        if legacy and request.method not in LEGACY_METHODS:
+            # AppAPI's PHP proxy has no PATCH (or HEAD) route: Nextcloud answers 405.
+            return web.Response(status=405, text="Method Not Allowed")
+        assert self._session is not None
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower not in _HOP and lower not in _APPAPI_REQUEST:
+                headers.add(name, value)
+        headers["x-origin-ip"] = request.remote or "127.0.0.1"
+        headers.update(self.appapi_headers(ADMIN_UID))
+        # The path and query exactly as the browser sent them, minus the front's prefix.
+        raw = request.rel_url.raw_path
+        prefix = self.legacy_prefix if legacy else self.harp_prefix
+        if not raw.startswith(prefix):
+            return web.Response(status=404, text="Not Found")
+        query = request.rel_url.raw_query_string
+        target = URL(
+            str(self.connector_url.origin())
+            + "/"
+            + raw[len(prefix) :]
+            + ("?" + query if query else ""),
+            encoded=True,
+        )
+        body = request.content if request.body_exists else None
+        try:
+            upstream = await self._session.request(
+                request.method, target, headers=headers, data=body, allow_redirects=False
+            )
+        except aiohttp.ClientError:
+            return web.Response(status=500)  # what Nextcloud answers when the ExApp is down
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                lower = name.lower()
+                if lower in _HOP or lower in _APPAPI_RESPONSE:
+                    continue
+                response.headers.add(name, value)
+            if "Content-Length" in upstream.headers:
+                response.content_length = int(upstream.headers["Content-Length"])
+            if legacy:
+                response.headers["Content-Security-Policy"] = NC_CSP
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def _embedded_page(self, request: web.Request) -> web.Response:
+        html = self._embedded.replace("{{APP_ID}}", self.app_id)
+        return web.Response(
+            text=html, content_type="text/html", headers={"Cache-Control": "no-store"}
+        )
+
+    async def _landing(self, request: web.Request) -> web.Response:
+        base = "/index.php/apps/app_api"
+        html = (
+            "<!doctype html><meta charset='utf-8'><title>Bee Flow demo</title>"
+            "<body style='font:16px system-ui;margin:2rem'><h1>Bee Flow demo</h1><ul>"
+            f"<li><a href='{base}/embedded/{self.app_id}/main'>Inside Nextcloud (embedded)</a>"
+            f"<li><a href='{base}/proxy/{self.app_id}/'>The UI on its own</a>"
+            f"<li><a href='{base}/proxy/{self.app_id}/setup'>Setup picker (admin)</a>"
+            f"<li><a href='/exapps/{self.app_id}/'>The UI the HaRP way</a></ul>"
+            "<p>Everything here is a local stand-in: no Nextcloud, no account, no network.</p>"
+        )
+        return web.Response(text=html, content_type="text/html")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _routes(self) -> list[web.RouteDef]:
+        app = self.app_id
+        routes = [
+            web.get("/", self._landing),
+            web.get("/status.php", self._status_php),
+            web.get(f"/index.php/apps/app_api/embedded/{app}/main", self._embedded_page),
+            web.route("*", f"/index.php/apps/app_api/proxy/{app}/{{tail:.*}}", self._front),
+            web.route("*", f"/exapps/{app}/{{tail:.*}}", self._front),
+        ]
+        for v in ("v1", "v2"):
+            routes += [
+                web.get(f"/ocs/{v}.php/cloud/capabilities", self._capabilities),
+                web.route("*", f"/ocs/{v}.php/{{tail:.*}}", self._ocs_authed),
+            ]
+        return routes
+
+    async def start(self) -> URL:
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5),
+        )
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.add_routes(self._routes())
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = URL.build(scheme="http", host="127.0.0.1", port=self._runner.addresses[0][1])
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,196 @@
+"""DEMO STAND-IN of the Bee Flow service (not the real service): health, a streaming chat reply
+and conversation rename, enough for `serve --demo` and the browser tests. It checks the
+connector's per-user JWT (HS256 with the tenant key) so the demo exercises the real auth path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import attrs
+from aiohttp import web
+from yarl import URL
+
+from beeflow.signing import JWT_AUDIENCE, JWT_ISSUER
+
+VERSION: Final = "demo-1"
+MAX_MESSAGE: Final = 4000
+
+# Awaited before each streamed piece (index from 0); tests replace it to step the stream.
+Pace = Callable[[int], Awaitable[None]]
+
+
+def _b64decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def verify_jwt(token: str, key: str, *, now: float | None = None) -> dict[str, Any] | None:
+    """The claims of a valid HS256 token from the connector, else None."""
+    try:
+        header_b64, payload_b64, sig_b64 = token.split(".")
+        header = json.loads(_b64decode(header_b64))
+        claims = json.loads(_b64decode(payload_b64))
+        signature = _b64decode(sig_b64)
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(header, dict) or header.get("alg") != "HS256" or not isinstance(claims, dict):
+        return None
+    signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+    expected = hmac.new(key.encode("utf-8"), signing_input, hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, signature):
+        return None
+    moment = time.time() if now is None else now
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or exp < moment:
+        return None
+    if claims.get("aud") != JWT_AUDIENCE or claims.get("iss") != JWT_ISSUER:
+        return None
+    return claims
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def reply_pieces(name: str, message: str) -> list[str]:
+    """The demo's answer, cut into word-sized pieces like a model's tokens."""
+    quoted = message if len(message) <= 200 else message[:197] + "..."
+    text = (
+        f"Hello {name}! This answer comes from the demo stand-in of the Bee Flow service. "
+        "It travelled through the real connector: Nextcloud's AppAPI headers, your per-user "
+        f'token, and a streamed reply, piece by piece. You wrote: "{quoted}"'
+    )
+    words = text.split(" ")
+    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+
+@attrs.define
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    claims: dict[str, Any] | None
+
+
+class DemoService:
+    """Runs on 127.0.0.1 (ephemeral port). `pace` sets the streaming rhythm."""
+
+    def __init__(self, tenant_key: str, *, delay: float = 0.05) -> None:
+        self.tenant_key = tenant_key
+        self.delay = delay
+        self.pace: Pace = self._sleep
+        self.seen: list[Seen] = []
+        self.conversations: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.url = URL()
+
+    async def _sleep(self, index: int) -> None:
+        if index:
+            await asyncio.sleep(self.delay)
+
+    # ------------------------------------------------------------ handlers
+
+    def _record(self, request: web.Request, claims: dict[str, Any] | None) -> None:
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        self.seen.append(Seen(request.method, request.path, headers, claims))
+        del self.seen[:-200]
+
+    def _user(self, request: web.Request) -> dict[str, Any]:
+        auth = request.headers.get("Authorization", "")
+        claims = verify_jwt(auth[7:], self.tenant_key) if auth.startswith("Bearer ") else None
+        self._record(request, claims)
+        if claims is None:
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"code": "invalid_token", "error": "Invalid or missing token"}),
+                content_type="application/json",
+            )
+        return claims
+
+    async def health(self, request: web.Request) -> web.Response:
+        self._record(request, None)
+        return web.json_response({"status": "ok", "version": VERSION, "tier": "demo"})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        claims = self._user(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, str) or not message.strip() or len(message) > MAX_MESSAGE:
+            return web.json_response(
+                {"code": "invalid_message", "error": "Send {message: text}"}, status=400
+            )
+        conversation = body.get("conversationId") if isinstance(body, dict) else None
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        if not isinstance(conversation, str) or conversation not in self.conversations:
+            conversation = f"demo-{next(self._ids)}"
+            title = " ".join(message.split()[:6])[:60]
+            self.conversations[conversation] = title
+            await response.write(
+                sse("conversation_created", {"conversationId": conversation, "title": title})
+            )
+        name = str(claims.get("name") or claims.get("sub") or "there")
+        for index, piece in enumerate(reply_pieces(name, message.strip())):
+            await self.pace(index)
+            await response.write(sse("content", {"text": piece}))
+        await response.write(
+            sse("done", {"conversationId": conversation, "messageId": f"m-{next(self._ids)}"})
+        )
+        await response.write_eof()
+        return response
+
+    async def rename(self, request: web.Request) -> web.Response:
+        self._user(request)
+        conversation = request.match_info["id"]
+        if conversation not in self.conversations:
+            return web.json_response(
+                {"code": "not_found", "error": "No such conversation"}, status=404
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        title = body.get("title") if isinstance(body, dict) else None
+        if not isinstance(title, str) or not title.strip():
+            return web.json_response({"code": "invalid_title", "error": "Send {title}"}, status=400)
+        self.conversations[conversation] = title.strip()[:200]
+        return web.json_response({"id": conversation, "title": self.conversations[conversation]})
+
+    async def other(self, request: web.Request) -> web.Response:
+        self._record(request, None)
+        return web.json_response(
+            {"code": "not_found", "error": "The demo service only knows chat"}, status=404
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> URL:
+        app = web.Application()
+        app.router.add_get("/api/health", self.health)
+        app.router.add_post("/api/ai/chat/direct/stream", self.chat)
+        app.router.add_patch("/api/ai/direct/conversations/{id}", self.rename)
+        app.router.add_route("*", "/{tail:.*}", self.other)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = URL.build(scheme="http", host="127.0.0.1", port=self._runner.addresses[0][1])
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
