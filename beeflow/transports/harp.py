@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -11,12 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from beeflow.config import Config
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.frpc import FrpcSupervisor
 
 SOCKET_MODE = 0o600
+FLUSH_TIMEOUT_SECONDS = 1.0
+FLUSH_POLL_SECONDS = 0.01
+RELAY_SETTLE_SECONDS = 0.1
+
+
+def _unflushed(conn: RequestHandler) -> bool:
+    transport = conn.transport
+    return (
+        isinstance(transport, asyncio.WriteTransport)
+        and not transport.is_closing()
+        and transport.get_write_buffer_size() > 0
+    )
 
 
 def bind_unix(path: Path) -> socket.socket:
@@ -85,7 +99,23 @@ class HarpTransport(Transport):
 
     async def before_close(self) -> None:
         # In-flight requests have drained; frpc goes now, while the socket still listens.
+        await self._flush()
         await self.supervisor.stop()
+
+    async def _flush(self) -> None:
+        """aiohttp writes a response after its handler returned (and left the drain count):
+        wait until our write buffers are empty, then give frpc a moment to relay the last
+        bytes, because frpc dies on TERM without draining (frp-observed.md)."""
+        server = self._runner.server if self._runner is not None else None
+        if server is None:
+            return
+        await asyncio.sleep(0)  # let handlers that just returned write their responses
+        # No event tells when a transport's buffer empties: poll it, bounded.
+        for _ in range(int(FLUSH_TIMEOUT_SECONDS / FLUSH_POLL_SECONDS)):
+            if not any(_unflushed(conn) for conn in server.connections):
+                break
+            await asyncio.sleep(FLUSH_POLL_SECONDS)
+        await asyncio.sleep(RELAY_SETTLE_SECONDS)
 
     async def _stop(self) -> None:
         self._remove_socket()
