@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import aiohttp
 import attrs
@@ -43,13 +43,21 @@ from beeflow.proxy import streaming
 from beeflow.proxy.ncpath import (
     ALLOWED_PREFIXES,
     NC_PREFIX,
+    NcTarget,
     PathRejected,
     check_target,
     php_query_hazards,
 )
 from beeflow.proxy.spool import Spool, SpoolDir, SpoolTooLarge
 from beeflow.ratelimit import RateLimiter
-from beeflow.signing import SIG_HEADER, UID_HEADER, SigFormatError, parse_sig_header, verify_nc
+from beeflow.signing import (
+    SIG_HEADER,
+    UID_HEADER,
+    ParsedSig,
+    SigFormatError,
+    parse_sig_header,
+    verify_nc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +156,7 @@ def setup(app: web.Application) -> None:
     """Register /nc/{tail} for every manifest verb plus HEAD; any other verb gets 405 JSON."""
     state = _NcState()
     app[STATE] = state
-    app[keys.HEALTH]["ncCallbacks"] = state.stats.health
+    app.setdefault(keys.HEALTH, {})["ncCallbacks"] = state.stats.health
     for method in WIRE_METHODS:
         add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC)
     add_route(app, "*", ROUTE_PATH, _other_verb, Access.PUBLIC)
@@ -272,7 +280,7 @@ def effective_method(request: web.Request) -> str:
     return verb
 
 
-def _check_target(raw: str) -> Any:
+def _check_target(raw: str) -> NcTarget:
     try:
         return check_target(raw)
     except PathRejected as exc:
@@ -288,7 +296,7 @@ def _fail(
     message: str,
     *,
     extra: dict[str, Any] | None = None,
-) -> None:
+) -> NoReturn:
     """Count and bill one signature failure, then refuse: 401 naming the check, or 429 once
     the window's budget is spent. Never names the expected value."""
     stats = state.stats
@@ -312,16 +320,14 @@ def _fail(
     raise Unauthorized(message, code=reason, extra=extra)
 
 
-def _parse_signature(request: web.Request, state: _NcState, config: Config) -> Any:
+def _parse_signature(request: web.Request, state: _NcState, config: Config) -> ParsedSig:
     value = request.headers.get(SIG_HEADER)
     if value is None or not value.strip():
         _fail(request, state, "signature_missing", f"{SIG_HEADER} is missing")
-    assert value is not None
     try:
         sig = parse_sig_header(value)
     except SigFormatError as exc:
         _fail(request, state, exc.code, f"{SIG_HEADER} must be '<unixSeconds>.<64 hex>'")
-        raise  # unreachable: _fail raises
     if abs(time.time() - sig.ts) > config.sig_skew_seconds:
         _fail(
             request,
