@@ -581,3 +581,21 @@ async def test_headers_timeout_does_not_count_the_clients_upload_pace(
     ) as resp:
         assert resp.status == 200
         assert await resp.read() == b"part0;part1;part2;part3;"
+
+
+async def test_expect_100_continue_is_handled_here_not_forwarded(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    """The PHP proxy sends `Expect: 100-Continue` on large PUTs (issue 11 item 5)."""
+    data = pattern_bytes(256 * 1024)
+    async with await legacy.request(
+        "PUT",
+        "/api/echo",
+        user="alice",
+        data=data,
+        expect100=True,
+        headers={"Content-Type": "application/octet-stream"},
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == data
+    assert "Expect" not in service.last("/api/echo").headers
