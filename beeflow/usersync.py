@@ -26,7 +26,7 @@ from beeflow import keys, service_client, storage
 from beeflow.appapi import Access, add_route
 from beeflow.errors import NextcloudError
 from beeflow.middleware import json_response
-from beeflow.nextcloud import user_from_ocs
+from beeflow.nextcloud import AuthBudget, user_from_ocs
 from beeflow.state import InitPhase
 from beeflow.tasks import spawn
 
@@ -300,10 +300,9 @@ class UserSync:
         except NextcloudError as exc:
             raise _aborted(exc) from None
         if not listing.ok or not isinstance(listing.data, list):
-            state = "paused" if client.budget.spent else "failed"
             raise SyncAborted(
                 f"AppAPI user list: HTTP {listing.http_status} OCS {listing.statuscode}",
-                state=state,
+                state=_stop_state(client.budget),
             )
         uids = sorted({str(u) for u in listing.data if isinstance(u, str | int) and str(u)})
         admin = self._known_admin(set(uids))
@@ -348,9 +347,9 @@ class UserSync:
         if result.statuscode == 404 or result.http_status == 404:
             return None  # deleted since the listing: absent from this snapshot
         # Anything else leaves a hole that would read as a deletion: stop, diff nothing.
-        state = "paused" if client.budget.spent else "failed"
         raise SyncAborted(
-            f"user info: HTTP {result.http_status} OCS {result.statuscode}", state=state
+            f"user info: HTTP {result.http_status} OCS {result.statuscode}",
+            state=_stop_state(client.budget),
         )
 
     async def _send(self) -> None:
@@ -416,6 +415,10 @@ class UserSync:
         if s.last_error:
             out["lastError"] = s.last_error
         return out
+
+
+def _stop_state(budget: AuthBudget) -> str:
+    return "paused" if budget.spent else "failed"
 
 
 def _aborted(exc: NextcloudError) -> SyncAborted:

@@ -1,0 +1,219 @@
+"""The Bee Flow service's connector-control endpoints, as a fake: the tenant bootstrap (200, 202
+e-mail verification, 202 legacy approval polling, errors) and `/auth/webhook/nc-user-sync`,
+which verifies the connector's HMAC byte for byte (reference 7.3) and records the events.
+
+Mount the routes on the fake service: `FakeService(extra_routes=control.routes())`. The
+signature check is written out here with hashlib/hmac on purpose: it must not share code with
+the connector it checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import attrs
+from aiohttp import web
+from multidict import CIMultiDict
+
+PROVISIONED_KEY = "tk_provisioned_fedcba9876543210fedcba9876543210"
+EXPIRES_AT = "2099-01-01T00:00:00Z"
+
+
+@attrs.define
+class BootstrapCall:
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@attrs.define
+class SyncDelivery:
+    """One POST to /auth/webhook/nc-user-sync and what the fake made of it."""
+
+    headers: CIMultiDict[str]
+    body: bytes
+    path: str
+    verified: bool
+    reason: str  # why the signature was refused ("" when verified)
+    arrived_at: float
+    status: int  # what the fake answered
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def expected_signature(key: str, ts: str, method: str, path: str, body: bytes) -> str:
+    message = ts.encode() + b"\n" + method.encode() + b"\n" + path.encode() + b"\n" + body
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+class ServiceControl:
+    def __init__(self, *, verify_key: str = PROVISIONED_KEY) -> None:
+        # -- bootstrap
+        # ok | verification | poll | error | stall
+        self.bootstrap_mode = "ok"
+        self.tenant_key = PROVISIONED_KEY
+        self.organization_id = "org-42"
+        self.organization_name = "Acme"
+        self.error_status = 400
+        self.error_body: dict[str, Any] = {
+            "error": "Nextcloud capabilities unreachable from the service",
+            "code": "nc_capabilities_unreachable",
+        }
+        self.bootstrap_gate: asyncio.Event | None = None  # hold answers until set
+        self.bootstraps: list[BootstrapCall] = []
+        self.bootstrap_arrived = asyncio.Event()
+        # poll mode: the n-th poll (1-based) that approves; 0 = never (410 instead when denied)
+        self.approve_on_poll = 2
+        self.deny_polls = False
+        self.polls = 0
+        self.verify_code = "123456"
+        self.verifications: list[Any] = []
+        # -- user sync
+        self.verify_key = verify_key
+        self.skew = 300
+        self.sync_status = 200
+        self.sync_gate: asyncio.Event | None = None  # hold answers until set
+        self.deliveries: list[SyncDelivery] = []
+        self.sync_arrived = asyncio.Event()  # set when a sync request arrives (before the gate)
+        self._arrival = asyncio.Condition()
+
+    # ------------------------------------------------------------ helpers for tests
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events the fake accepted (verified, answered 200), in arrival order."""
+        return [d.json() for d in self.deliveries if d.verified and d.status == 200]
+
+    @property
+    def refused(self) -> list[SyncDelivery]:
+        return [d for d in self.deliveries if not d.verified]
+
+    async def wait_events(self, count: int, *, timeout: float = 5.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout), self._arrival:
+            while len(self.events) < count:
+                await self._arrival.wait()
+        return self.events
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/auth/connector/bootstrap", self._bootstrap),
+            web.get("/auth/connector/bootstrap/pending/{pid}/poll", self._poll),
+            web.post("/auth/connector/bootstrap/pending/{pid}/verify", self._verify),
+            web.post("/auth/webhook/nc-user-sync", self._user_sync),
+        ]
+
+    # ------------------------------------------------------------ bootstrap
+
+    def _key_body(self) -> dict[str, Any]:
+        return {
+            "tenantKey": self.tenant_key,
+            "organizationId": self.organization_id,
+            "organizationName": self.organization_name,
+        }
+
+    async def _bootstrap(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.bootstraps.append(BootstrapCall(CIMultiDict(request.headers), body))
+        self.bootstrap_arrived.set()
+        if self.bootstrap_gate is not None:
+            await self.bootstrap_gate.wait()
+        mode = self.bootstrap_mode
+        if mode == "stall":
+            await asyncio.sleep(3600)
+        if mode == "ok":
+            return web.json_response(self._key_body())
+        if mode == "verification":
+            return web.json_response(
+                {
+                    "code": "email_verification_required",
+                    "pendingId": "p-1",
+                    "verifyUrl": "/auth/connector/bootstrap/pending/p-1/verify",
+                    "resendUrl": "/auth/connector/bootstrap/pending/p-1/resend",
+                    "retargetUrl": "/auth/connector/bootstrap/pending/p-1/retarget",
+                    "expiresAt": EXPIRES_AT,
+                    "maskedEmail": "a***@example.com",
+                    "organizationName": self.organization_name,
+                },
+                status=202,
+            )
+        if mode == "poll":
+            return web.json_response(
+                {
+                    "pendingId": "p-2",
+                    "pollUrl": "/auth/connector/bootstrap/pending/p-2/poll",
+                    "expiresAt": EXPIRES_AT,
+                },
+                status=202,
+            )
+        return web.json_response(self.error_body, status=self.error_status)
+
+    async def _poll(self, request: web.Request) -> web.Response:
+        self.polls += 1
+        if self.deny_polls:
+            return web.json_response({"code": "denied"}, status=410)
+        if self.approve_on_poll and self.polls >= self.approve_on_poll:
+            return web.json_response(self._key_body())
+        return web.json_response({"status": "pending"}, status=202)
+
+    async def _verify(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.verifications.append(body)
+        if body.get("code") != self.verify_code:
+            return web.json_response(
+                {"error": "Wrong code", "code": "invalid_code", "attemptsLeft": 4}, status=400
+            )
+        return web.json_response(self._key_body())
+
+    # ------------------------------------------------------------ user sync
+
+    def _check(self, request: web.Request, body: bytes) -> str:
+        """'' when the request is signed exactly as reference 7.3 says, else the reason."""
+        header = request.headers.get("X-Beeflow-Sig", "")
+        ts, dot, sig = header.partition(".")
+        if not dot or not ts.isdigit() or len(sig) != 64:
+            return "malformed"
+        if abs(int(time.time()) - int(ts)) > self.skew:
+            return "skew"
+        want = expected_signature(self.verify_key, ts, request.method, request.raw_path, body)
+        if not hmac.compare_digest(want, sig):
+            return "mismatch"
+        if request.headers.get("X-Beeflow-Source") != "nextcloud-connector":
+            return "source"
+        if not request.headers.get("X-Beeflow-NC-Instance-Id"):
+            return "instance"
+        if request.headers.get("Content-Type", "").split(";")[0] != "application/json":
+            return "content-type"
+        return ""
+
+    async def _user_sync(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        reason = self._check(request, body)
+        status = 401 if reason else self.sync_status
+        self.sync_arrived.set()
+        if self.sync_gate is not None:
+            await self.sync_gate.wait()
+        delivery = SyncDelivery(
+            CIMultiDict(request.headers),
+            body,
+            request.raw_path,
+            reason == "",
+            reason,
+            time.monotonic(),
+            status,
+        )
+        async with self._arrival:
+            self.deliveries.append(delivery)
+            self._arrival.notify_all()
+        if reason:
+            return web.json_response({"error": "bad signature", "code": reason}, status=401)
+        if status != 200:
+            return web.json_response({"error": "failing", "code": "test"}, status=status)
+        return web.json_response({"ok": True})
