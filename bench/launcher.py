@@ -1,0 +1,81 @@
+"""The connector under test, alone in its own process so its CPU time and RSS can be read.
+
+Builds the real application with `beeflow.app.make_app(Config.from_env(os.environ))` and serves
+it like `python -m beeflow serve` does (AppRunner with handler cancellation, no access log), on
+TCP (legacy mode, no HP_SHARED_KEY) or on a Unix socket (set HP_SHARED_KEY for HaRP mode, as
+HaRP's frpc would reach it). frpc itself is not started: the benchmark client dials the socket.
+Prints `READY <where>` when it accepts connections; SIGTERM stops it.
+
+    python -m bench.launcher --transport tcp|unix [--loop asyncio|uvloop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from bench.upstream import raise_nofile
+
+
+async def serve(transport: str, port: int, unix: str | None) -> None:
+    # Imported here so `--help` works without beeflow importable.
+    from beeflow.app import make_app
+    from beeflow.config import Config
+    from beeflow.redact import REDACTOR
+
+    config = Config.from_env(os.environ)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(REDACTOR)
+    for secret in (config.app_secret, config.hp_shared_key, config.tenant_key_env):
+        REDACTOR.add(secret)
+    app = make_app(config, run_at_boot=False)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site: web.BaseSite
+    if transport == "unix":
+        assert unix is not None
+        site = web.UnixSite(runner, unix, backlog=4096)
+    else:
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True, backlog=4096)
+    await site.start()
+    where: Any = unix if transport == "unix" else runner.addresses[0][1]
+    print(f"READY {where}", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.launcher")
+    parser.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--unix", default=None)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    args = parser.parse_args()
+    raise_nofile()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.transport, args.port, args.unix))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
