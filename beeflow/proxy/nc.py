@@ -474,16 +474,12 @@ def rewrite_destination(value: str, config: Config, request_host: str | None = N
                 code="destination_invalid",
             )
         raw_path, query = url.raw_path, url.raw_query_string
-        candidates = [
-            p
-            for b in bases
-            if _origin_key(url) == _origin_key(b)
-            for p in [_strip_base(raw_path, b)]
-            if p is not None
-        ]
-        if request_host and _same_host(url, request_host) and raw_path.startswith(NC_PREFIX + "/"):
+        same_host = [b for b in bases if _origin_key(url) == _origin_key(b)]
+        candidates = [p for p in (_strip_base(raw_path, b) for b in same_host) if p is not None]
+        own = bool(request_host) and _same_host(url, request_host or "")
+        if own and raw_path.startswith(NC_PREFIX + "/"):
             candidates.append(raw_path)
-        if not candidates:
+        if not same_host and not own:
             raise BadRequest(
                 "Destination must point at this Nextcloud", code="destination_foreign_host"
             )

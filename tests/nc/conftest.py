@@ -59,3 +59,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def caller(session: aiohttp.ClientSession, nc_conn: RunningConnector) -> NcCaller:
     return NcCaller(session, nc_conn.url)
+
+
+@pytest.fixture
+def session_caller(session: aiohttp.ClientSession, dest_conn: RunningConnector) -> NcCaller:
+    return NcCaller(session, dest_conn.url)
