@@ -1,0 +1,99 @@
+"""Headless Debian Chromium driven by Playwright for Python (never `playwright install`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_asyncio
+
+from tests.demo.stack import DemoStack, start_demo_stack
+
+CHROMIUM = os.environ.get("BEEFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def _unavailable() -> str | None:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e .[test])"
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Missing browser: skip on a developer machine; in CI (where .ci/run installs it) the
+    tests run anyway and fail loudly."""
+    reason = None if os.environ.get("CI") else _unavailable()
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.browser)
+            if reason is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@attrs.define
+class Console:
+    """Everything the page said that a person would call an error."""
+
+    errors: list[str] = attrs.field(factory=list)
+
+    def attach(self, page: Any) -> None:
+        page.on(
+            "console",
+            lambda m: (
+                self.errors.append(f"console.{m.type}: {m.text}")
+                if m.type in ("error", "assert")
+                else None
+            ),
+        )
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        page.on(
+            "requestfailed",
+            lambda r: self.errors.append(f"requestfailed: {r.url} {r.failure}"),
+        )
+
+
+# One Chromium for the whole session (launching costs ~1.5 s); each test gets its own context.
+# Browser test modules therefore run in the session's event loop:
+#     pytestmark = pytest.mark.asyncio(loop_scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        instance = await pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack() -> AsyncIterator[DemoStack]:
+    running = await start_demo_stack()
+    yield running
+    await running.close()
+
+
+def shot_path(name: str) -> str:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return str(ARTIFACTS / name)
