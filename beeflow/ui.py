@@ -48,6 +48,8 @@ APP_SVG: Final = """<?xml version="1.0" encoding="UTF-8"?>
 </svg>
 """
 
+_SVG_BYTES: Final = APP_SVG.encode("utf-8")
+
 # The script Nextcloud injects into /apps/app_api/embedded/<appid>/main. It frames the UI in
 # #content: HaRP traffic goes to <webroot>/exapps/<appid>/ (served by the reverse proxy next to
 # Nextcloud, not by index.php, hence no OC.generateUrl); legacy traffic goes through AppAPI's PHP
@@ -130,7 +132,7 @@ async def embed_js(request: web.Request) -> web.Response:
 
 async def app_svg(request: web.Request) -> web.Response:
     return web.Response(
-        text=APP_SVG, content_type="image/svg+xml", headers={"Cache-Control": ICON_CACHE}
+        body=_SVG_BYTES, content_type="image/svg+xml", headers={"Cache-Control": ICON_CACHE}
     )
 
 

@@ -25,6 +25,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 async def run_init(conn: RunningConnector, nc: FakeNextcloud, *, timeout: float = 10.0) -> None:
     """POST /init as AppAPI does, then wait until the fake recorded progress 100 or an error."""
     before = len(nc.progress)
+    callbacks = len(nc.callbacks)
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
         assert await resp.json() == {"status": "ok"}
@@ -33,6 +34,9 @@ async def run_init(conn: RunningConnector, nc: FakeNextcloud, *, timeout: float 
         return any(p.get("progress") == 100 or p.get("error") for p in nc.progress[before:])
 
     await wait_for(finished, timeout)
+    if any(p.get("progress") == 100 for p in nc.progress[before:]) and nc.callback_on_progress_100:
+        # Nextcloud answers the progress-100 call only after /heartbeat and /enabled returned.
+        await wait_for(lambda: len(nc.callbacks) >= callbacks + 2, timeout)
 
 
 def progress_values(nc: FakeNextcloud) -> list[int]:
