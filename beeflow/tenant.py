@@ -843,7 +843,7 @@ class Bootstrapper:
             state.key = key
             state.organization_id = _str_or_none(record.get("organizationId"))
             state.organization_name = _str_or_none(record.get("organizationName"))
-            state.instance_id = _str_or_none(record.get("ncInstanceId"))
+            state.instance_id = _str_or_none(record.get("ncInstanceId")) or state.instance_id
             state.nc_version = _str_or_none(record.get("ncVersion"))
             state.bound_api_base_url = _str_or_none(record.get("boundApiBaseUrl"))
             state.provisioned_at = _str_or_none(record.get("provisionedAt"))
@@ -990,7 +990,9 @@ def _phase(app: web.Application) -> Callable[[], Awaitable[None]]:
 def setup(app: web.Application) -> None:
     """Install the tenant state, its store, the bootstrap phase (25), health and REBOOTSTRAP."""
     config = app[keys.CONFIG]
-    state = TenantState()
+    # The host-keyed id is known without any call; a cached binding or capabilities that
+    # expose the real id replace it.
+    state = TenantState(instance_id=host_instance_id(config.public_nextcloud_url))
     if config.tenant_key_env:
         state.key = config.tenant_key_env
         state.status = "ok"
