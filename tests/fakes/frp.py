@@ -61,6 +61,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+async def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Wait for a process that is not our child to terminate (pidfd: an event, no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    loop = asyncio.get_running_loop()
+    gone = asyncio.Event()
+    loop.add_reader(fd, gone.set)
+    try:
+        await asyncio.wait_for(gone.wait(), timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return True
+
+
 @attrs.define
 class FakeFrps:
     """A stand-in for HaRP's frps + login plugin: accepts a login line from the stand-in frpc,
