@@ -81,6 +81,8 @@ FAILURE_LIMIT: Final = 60
 FAILURE_WINDOW: Final = 60.0
 WARN_AT_CONSECUTIVE: Final = 5
 MAX_UID_LENGTH: Final = 255
+# A spooled body up to this size goes upstream as one bytes object (aiohttp warns above 1 MiB).
+INLINE_BODY_BYTES: Final = 1024 * 1024
 
 # Request headers that never reach Nextcloud (besides hop-by-hop, framing, empty values): the
 # caller's credentials and browser context, what AppAPI/HaRP/proxies add, our own X-Beeflow-*.
@@ -382,13 +384,13 @@ def upstream_headers(
 def _outbound(spool: Spool) -> streaming.OutboundBody:
     if spool.size == 0:
         return streaming.NO_BODY
-    if spool.in_memory:
+    if spool.in_memory and spool.size <= INLINE_BODY_BYTES:
         return streaming.OutboundBody(spool.memory_bytes(), spool.size)
     return streaming.OutboundBody(_Replay(spool), spool.size)
 
 
 class _Replay:
-    """The spooled file as an async byte stream (a class, not a generator: nothing to finalise
+    """A spooled body as an async byte stream (a class, not a generator: nothing to finalise
     when the upload is abandoned half way)."""
 
     def __init__(self, spool: Spool) -> None:

@@ -42,6 +42,8 @@ class SpoolDir:
         self.opened = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set when any spool of this directory moves to a file (for tests and diagnostics).
+        self.file_opened = asyncio.Event()
 
     @classmethod
     def create(cls, configured: Path | None) -> SpoolDir:
@@ -121,6 +123,7 @@ class Spool:
             if len(self._buffer) <= self._memory_limit:
                 return
             self._file = await self._run(self._open_file)
+            self._dir.file_opened.set()
         if len(self._buffer) >= FLUSH_BYTES:
             await self._flush()
 
@@ -139,11 +142,13 @@ class Spool:
         return bytes(self._buffer)
 
     async def read_at(self, offset: int, size: int = READ_BYTES) -> bytes:
-        """Up to `size` bytes of a finished file spool from `offset` (b"" at the end)."""
-        file = self._file
-        if file is None:
+        """Up to `size` bytes of the finished body from `offset` (b"" at the end)."""
+        if self.closed:
             # The request was abandoned while its body was being replayed upstream.
             raise ConnectionResetError("the spooled body was released")
+        file = self._file
+        if file is None:
+            return bytes(self._buffer[offset : offset + size])
         fd = file.fileno()
         return await self._run(lambda: os.pread(fd, size, offset))
 

@@ -15,7 +15,9 @@ an absolute URL on this fake's own origin, so tests prove the connector rewrote 
 
 App endpoints (any method) echo what arrived, as JSON: `/ocs/v1.php|v2.php/apps/echo/...`
 (OCS envelope; refuses with 412 without `OCS-APIRequest: true`, like Nextcloud's CSRF check) and
-`/index.php/apps/echo/...`. `/index.php/apps/echo/big?bytes=N` streams N bytes of a fixed pattern.
+`/index.php/apps/echo/...`. Special ones: `.../echo/big?bytes=N` streams N bytes of a fixed
+pattern; `.../echo/hold` sends a first chunk, then waits for `dav.release` before the rest;
+`.../echo/stall` waits for `dav.release` before any header (both set `dav.entered`).
 
 Every request that reaches these handlers is recorded in `dav.seen` (headers, raw path, body
 size and sha256), besides the fake's own `calls` list.
@@ -23,6 +25,7 @@ size and sha256), besides the fake's own `calls` list.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -69,6 +72,8 @@ class FakeDav:
         self.root = root
         self.seen: list[DavRequest] = []
         self.nc: FakeNextcloud | None = None
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
 
     def bind(self, nc: FakeNextcloud) -> None:
         self.nc = nc
@@ -79,6 +84,8 @@ class FakeDav:
             web.route("*", "/ocs/v1.php/apps/echo/{tail:.*}", self._ocs_echo),
             web.route("*", "/ocs/v2.php/apps/echo/{tail:.*}", self._ocs_echo),
             web.get("/index.php/apps/echo/big", self._big),
+            web.get("/index.php/apps/echo/hold", self._hold),
+            web.get("/index.php/apps/echo/stall", self._stall),
             web.route("*", "/index.php/apps/echo/{tail:.*}", self._echo),
         ]
 
@@ -426,6 +433,23 @@ class FakeDav:
             self._echo_data(request, body), headers={"Set-Cookie": "nc_session_id=abc; Path=/"}
         )
 
+    async def _hold(self, request: web.Request) -> web.StreamResponse:
+        self._record_buffered(request)
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        await resp.write(HOLD_FIRST)
+        self.entered.set()
+        await self.release.wait()
+        await resp.write(HOLD_REST)
+        await resp.write_eof()
+        return resp
+
+    async def _stall(self, request: web.Request) -> web.StreamResponse:
+        self._record_buffered(request)
+        self.entered.set()
+        await self.release.wait()
+        return web.json_response({"late": True})
+
     async def _big(self, request: web.Request) -> web.StreamResponse:
         self._record_buffered(request)
         verdict, _user = request[APPAPI]
@@ -443,6 +467,10 @@ class FakeDav:
             sent += len(chunk)
         await resp.write_eof()
         return resp
+
+
+HOLD_FIRST = b"first chunk\n"
+HOLD_REST = b"the rest, after the release\n"
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import time
 from collections.abc import AsyncIterable, Mapping
 from typing import Any
@@ -104,7 +105,10 @@ class NcCaller:
             hdrs["X-HTTP-Method-Override"] = method
         if headers:
             hdrs.update(headers)
-        payload: bytes | AsyncIterable[bytes] | None = data if data is not None else (body or None)
+        payload: bytes | io.BytesIO | AsyncIterable[bytes] | None = data
+        if payload is None and body:
+            # aiohttp warns (an error here) about raw bytes bodies over 1 MiB
+            payload = io.BytesIO(body) if len(body) > 1024 * 1024 else body
         return await self.session.request(
             "POST" if tunnel else method,
             self.url(target),
