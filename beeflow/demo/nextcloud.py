@@ -55,6 +55,10 @@ NC_CSP: Final = (
     "frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
 )
 LEGACY_METHODS: Final = ("GET", "POST", "PUT", "DELETE")
+FAVICON: Final = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<circle cx="16" cy="16" r="15" fill="#0082c9"/></svg>'
+)
 
 
 def _ocs(request: web.Request, data: Any, status: int = 200, message: str = "OK") -> web.Response:
@@ -215,6 +219,11 @@ class DemoNextcloud:
             text=html, content_type="text/html", headers={"Cache-Control": "no-store"}
         )
 
+    async def _favicon(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=3600"}
+        )
+
     async def _landing(self, request: web.Request) -> web.Response:
         base = "/index.php/apps/app_api"
         html = (
@@ -235,6 +244,7 @@ class DemoNextcloud:
         routes = [
             web.get("/", self._landing),
             web.get("/status.php", self._status_php),
+            web.get("/favicon.ico", self._favicon),
             web.get(f"/index.php/apps/app_api/embedded/{app}/main", self._embedded_page),
             web.route("*", f"/index.php/apps/app_api/proxy/{app}/{{tail:.*}}", self._front),
             web.route("*", f"/exapps/{app}/{{tail:.*}}", self._front),

@@ -176,6 +176,7 @@ def _transport(app: web.Application) -> dict[str, Any]:
     harp = config.harp
     out: dict[str, Any] = {"mode": "harp" if harp else "legacy", "streaming": harp}
     if config.demo:
+        out["demo"] = True
         out["note"] = DEMO_NOTE
     else:
         out["note"] = HARP_NOTE if harp else LEGACY_NOTE

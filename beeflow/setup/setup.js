@@ -96,8 +96,11 @@
     }
     $("fingerprint").textContent = tenant.fingerprint || "";
     var transport = s.transport || {};
-    $("transport").textContent =
-      transport.mode === "harp" ? "HaRP (streaming)" : "Legacy proxy (replies arrive whole)";
+    $("transport").textContent = transport.demo
+      ? "Demo stand-in proxy (streaming)"
+      : transport.mode === "harp"
+        ? "HaRP (streaming)"
+        : "Legacy proxy (replies arrive whole)";
     var note = $("transport-note");
     note.textContent = transport.note || "";
     note.hidden = !transport.note;

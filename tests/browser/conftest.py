@@ -70,6 +70,10 @@ class Console:
             "requestfailed",
             lambda r: self.errors.append(f"requestfailed: {r.url} {r.failure}"),
         )
+        page.on(
+            "response",
+            lambda r: self.errors.append(f"http {r.status}: {r.url}") if r.status >= 400 else None,
+        )
 
 
 # One Chromium for the whole session (launching costs ~1.5 s); each test gets its own context.

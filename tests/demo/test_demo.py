@@ -146,6 +146,7 @@ async def test_setup_works_against_the_stand_ins(stack: DemoStack) -> None:
         assert status["activeSource"] == "setup"
         assert status["tenant"]["status"] == "ok"
         assert "Demo mode" in status["transport"]["note"]
+        assert status["transport"]["demo"] is True
         async with session.post(
             demo.url + "setup/test", json={"apiBaseUrl": str(demo.service.url)}
         ) as resp:
