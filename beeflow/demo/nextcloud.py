@@ -86,6 +86,9 @@ class DemoNextcloud:
         self.legacy_prefix = f"/index.php/apps/app_api/proxy/{app_id}/"
         self.harp_prefix = f"/exapps/{app_id}/"
         self.progress: list[int] = []
+        # True: the legacy front buffers each reply whole, like AppAPI's PHP proxy on NC 32
+        # (nextcloud32-observed.md); False (default): it streams, as HaRP does.
+        self.buffer_legacy = False
         self.url = URL()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -207,6 +210,13 @@ class DemoNextcloud:
                 response.content_length = int(upstream.headers["Content-Length"])
             if legacy:
                 response.headers["Content-Security-Policy"] = NC_CSP
+            if legacy and self.buffer_legacy:
+                body = await upstream.read()
+                response.content_length = len(body)
+                await response.prepare(request)
+                await response.write(body)
+                await response.write_eof()
+                return response
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)

@@ -300,8 +300,9 @@ async def save(request: web.Request) -> web.Response:
     api_base = request.app[keys.API_BASE]
     if api_base.locked:
         raise Conflict(
-            "BEEFLOW_API_BASE_URL is set in the app's environment; change it there "
-            "(occ app_api:app:setenv) or remove it to use this picker",
+            "BEEFLOW_API_BASE_URL is set in the app's environment; to change it, re-register "
+            "the app with another --env BEEFLOW_API_BASE_URL=... (or without it, to use this "
+            "picker)",
             code="env_locked",
         )
     body = await _json_body(request)

@@ -163,3 +163,23 @@ async def test_failed_reply_is_shown_not_blank(browser: Any, stack: DemoStack) -
     await page.wait_for_selector('#conn[data-state="degraded"]')
     await page.screenshot(path=shot_path("chat-service-down.png"))
     await context.close()
+
+
+async def test_legacy_buffered_reply_arrives_whole_and_renders(
+    browser: Any, stack: DemoStack
+) -> None:
+    """NC 32's PHP proxy delivers a reply only when it ends (issue 10, fact 1): the UI still
+    shows the whole answer, marked done, never an empty one."""
+    assert stack.demo.nextcloud is not None
+    assert stack.demo.service is not None
+    stack.demo.nextcloud.buffer_legacy = True
+    stack.demo.service.delay = 0.02
+    context, page, console, _ = await open_ui(browser, stack, "legacy")
+    await page.wait_for_selector('#conn[data-state="connected"]')
+    await page.fill("#message", "all at once")
+    await page.press("#message", "Enter")
+    await page.wait_for_selector('.msg-assistant[data-state="done"]')
+    pieces = reply_pieces("Demo Admin", "all at once")
+    assert await page.locator(".msg-assistant .text").text_content() == "".join(pieces)
+    assert console.errors == []
+    await context.close()
