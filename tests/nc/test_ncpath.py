@@ -171,7 +171,7 @@ def _levels(path: str) -> list[bytes]:
     return out
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(prefix=_PREFIXES, tokens=st.lists(_TOKENS, max_size=12))
 @example(prefix="/nc/ocs/", tokens=["%252e", "%252e", "/", "x"])
 @example(prefix="/nc/remote.php/dav/", tokens=["..", "%5c", "a"])
@@ -200,7 +200,7 @@ def test_accepted_paths_cannot_escape(prefix: str, tokens: list[str]) -> None:
     assert checked.upstream == target[3:]
 
 
-@settings(max_examples=500)
+@settings(max_examples=150)
 @given(
     prefix=st.sampled_from(["/nc/ocs/", "/nc/remote.php/dav/files/bob/", "/nc/index.php/apps/"]),
     before=st.lists(st.sampled_from(["a", "b", "x.y", "%20"]), max_size=3),
@@ -225,7 +225,7 @@ _SAFE_TEXT = st.text(
 ).filter(lambda s: s not in (".", ".."))
 
 
-@settings(max_examples=500)
+@settings(max_examples=150)
 @given(
     prefix=st.sampled_from(["/nc/ocs/", "/nc/remote.php/dav/files/bob/", "/nc/index.php/apps/"]),
     names=st.lists(_SAFE_TEXT, min_size=1, max_size=4),

@@ -1,0 +1,92 @@
+"""Upstream failures on /nc: Nextcloud unreachable (502), no response headers in time (504), and
+no total timeout on a body that keeps coming."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.conftest import ConnectorFactory
+from tests.fakes.nextcloud_dav import HOLD_FIRST, HOLD_REST, FakeDav
+from tests.helpers import RunningConnector
+from tests.nc.caller import NcCaller
+from tests.nc.test_signature import outcome
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_nextcloud_unreachable_is_502(
+    connector_factory: ConnectorFactory, session: aiohttp.ClientSession
+) -> None:
+    conn = await connector_factory(NEXTCLOUD_URL=f"http://127.0.0.1:{_closed_port()}")
+    caller = NcCaller(session, conn.url)
+    resp = await caller.request("PUT", "/nc/remote.php/dav/files/alice/x", body=b"x" * 100_000)
+    async with resp:
+        assert resp.status == 502
+        body = await resp.json()
+    assert body["code"] == "nextcloud_unreachable"
+    assert "127.0.0.1" not in body["error"]
+
+
+@pytest.fixture
+async def impatient(
+    connector_factory: ConnectorFactory, dav: FakeDav
+) -> AsyncIterator[RunningConnector]:
+    conn = await connector_factory(BEEFLOW_NC_HEADERS_TIMEOUT_SECONDS="0.3")
+    yield conn
+    dav.release.set()  # let the fake's held handlers finish before teardown
+
+
+async def test_no_headers_in_time_is_504(
+    impatient: RunningConnector, session: aiohttp.ClientSession, dav: FakeDav
+) -> None:
+    caller = NcCaller(session, impatient.url)
+    resp = await caller.request("GET", "/nc/index.php/apps/echo/stall")
+    assert await outcome(resp) == (504, "nextcloud_timeout")
+    assert dav.entered.is_set()
+
+
+async def test_a_slow_body_is_not_cut(
+    impatient: RunningConnector, session: aiohttp.ClientSession, dav: FakeDav
+) -> None:
+    """The headers timeout ends with the headers: a body pausing longer still completes."""
+    caller = NcCaller(session, impatient.url)
+    resp = await caller.request("GET", "/nc/index.php/apps/echo/hold")
+    async with resp:
+        assert resp.status == 200
+        assert await resp.content.readexactly(len(HOLD_FIRST)) == HOLD_FIRST
+        await asyncio.sleep(0.8)  # the pause under test: longer than the 0.3 s timeout
+        dav.release.set()
+        assert await resp.content.read() == HOLD_REST
+
+
+async def test_upload_longer_than_the_headers_timeout(
+    impatient: RunningConnector, session: aiohttp.ClientSession, dav: FakeDav
+) -> None:
+    """The timer starts after the body was handed over, not at the start of a long upload."""
+    caller = NcCaller(session, impatient.url)
+    body = b"z" * (2 * 1024 * 1024)
+
+    async def slow() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 256 * 1024):
+            await asyncio.sleep(0.1)  # the caller's own pace: 0.8 s in all
+            yield body[i : i + 256 * 1024]
+
+    resp = await caller.request(
+        "PUT",
+        "/nc/remote.php/dav/files/alice/slow.bin",
+        data=slow(),
+        body_sha256=hashlib.sha256(body).hexdigest(),
+    )
+    assert (await outcome(resp))[0] == 201
+    assert dav.last("PUT").size == len(body)
