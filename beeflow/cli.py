@@ -267,43 +267,55 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="run with built-in stand-ins of Nextcloud and the Bee Flow service on loopback",
     )
-    for name, (module_name, help_text) in EXTERNAL_COMMANDS.items():
+    for name, (_, help_text) in EXTERNAL_COMMANDS.items():
         sub_p = sub.add_parser(name, help=help_text, description=help_text)
-        module = _import_optional(module_name) if command == name else None
-        adder = getattr(module, "add_arguments", None)
-        if callable(adder):
-            adder(sub_p)
-        else:
-            sub_p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        module = _external_module(name) if command == name else None
+        if module is not None:
+            module.add_arguments(sub_p)
     return parser
 
 
-def _run_external(name: str, args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    module_name = EXTERNAL_COMMANDS[name][0]
-    module = _import_optional(module_name)
-    run = getattr(module, "run", None)
-    if not callable(run):
-        print(
-            f"'{name}' is not available in this build ({module_name} is missing)",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+def _external_module(name: str) -> ModuleType | None:
+    """The module behind an external command, if it exists and has add_arguments and run."""
+    module = _import_optional(EXTERNAL_COMMANDS[name][0])
+    if module is None:
+        return None
+    if not (
+        callable(getattr(module, "add_arguments", None)) and callable(getattr(module, "run", None))
+    ):
+        return None
+    return module
+
+
+def _run_external(module: ModuleType, args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     level = environ.get("BEEFLOW_LOG_LEVEL", "warning").strip().lower()
     fmt = environ.get("BEEFLOW_LOG_FORMAT", "text").strip().lower()
     setup_logging(
         level if level in LOG_LEVELS else "warning", fmt if fmt in LOG_FORMATS else "text"
     )
-    return int(run(args, environ))
+    return int(module.run(args, environ))
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     environ: Mapping[str, str] = os.environ if env is None else env
     arglist = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(_command_of(arglist)).parse_args(arglist)
+    command = _command_of(arglist)
+    module: ModuleType | None = None
+    if command in EXTERNAL_COMMANDS:
+        module = _external_module(command)
+        if module is None:
+            print(
+                f"'{command}' is not available in this build "
+                f"({EXTERNAL_COMMANDS[command][0]} is missing)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+    args = build_parser(command).parse_args(arglist)
     try:
         if args.command == "serve":
             return _serve_command(args, environ)
-        return _run_external(args.command, args, environ)
+        assert module is not None
+        return _run_external(module, args, environ)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return EXIT_INTERRUPTED
 
