@@ -138,6 +138,7 @@ class UserSync:
         self._wake = asyncio.Event()
         self._run: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._as_admin: str | None = None  # whom the current run impersonates for lookups
 
     # -- persistence
 
@@ -294,9 +295,8 @@ class UserSync:
     async def _list(self) -> Snapshot:
         client = self._app[keys.NEXTCLOUD]
         try:
-            listing = await client.ocs(
-                "GET", "/ocs/v2.php/apps/app_api/api/v1/users", timeout=15.0, warmup=10.0
-            )
+            # No warm-up retries: the next interval is the retry, and each refusal costs budget.
+            listing = await client.ocs("GET", "/ocs/v2.php/apps/app_api/api/v1/users", timeout=15.0)
         except NextcloudError as exc:
             raise _aborted(exc) from None
         if not listing.ok or not isinstance(listing.data, list):
@@ -305,19 +305,23 @@ class UserSync:
                 state=_stop_state(client.budget),
             )
         uids = sorted({str(u) for u in listing.data if isinstance(u, str | int) and str(u)})
-        admin = self._known_admin(set(uids))
+        self._as_admin = self._known_admin(set(uids))
         users: Snapshot = {}
         limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
 
         async def fetch(uid: str) -> None:
             async with limit:
-                record = await self._lookup(uid, admin)
+                record = await self._lookup(uid)
             if record is not None:
                 users[uid] = record
 
-        async with asyncio.TaskGroup() as group:
-            for uid in uids:
-                group.create_task(fetch(uid))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for uid in uids:
+                    group.create_task(fetch(uid))
+        except* SyncAborted as aborted:
+            # The first reason is enough; the other lookups were cancelled with it.
+            raise _first(aborted) from None
         return users
 
     def _known_admin(self, listed: set[str]) -> str | None:
@@ -328,8 +332,9 @@ class UserSync:
         admins = sorted(u for u, r in self.snapshot.items() if "admin" in r.groups and u in listed)
         return admins[0] if admins else None
 
-    async def _lookup(self, uid: str, admin: str | None) -> UserRecord | None:
+    async def _lookup(self, uid: str) -> UserRecord | None:
         client = self._app[keys.NEXTCLOUD]
+        admin = self._as_admin
         if client.budget.spent:
             raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
         try:
@@ -341,6 +346,10 @@ class UserSync:
             )
         except NextcloudError as exc:
             raise _aborted(exc) from None
+        if admin and admin != uid and (result.statuscode == 403 or result.http_status == 403):
+            # The remembered admin lost the role: read users as themselves from now on.
+            self._as_admin = None
+            return await self._lookup(uid)
         if result.ok and isinstance(result.data, dict):
             user = user_from_ocs(uid, result.data)
             return UserRecord(user.email, user.display_name, tuple(sorted(set(user.groups))))
@@ -415,6 +424,14 @@ class UserSync:
         if s.last_error:
             out["lastError"] = s.last_error
         return out
+
+
+def _first(group: BaseExceptionGroup[SyncAborted]) -> SyncAborted:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        return exc
+    return SyncAborted("user lookups failed")
 
 
 def _stop_state(budget: AuthBudget) -> str:
