@@ -9,15 +9,19 @@ import gzip
 import hashlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from beeflow import signcli
 from beeflow.proxy.ncpath import signature_candidates
 from beeflow.signing import SIG_HEADER, UID_HEADER, parse_sig_header, verify_nc
 from tests.fakes.nextcloud import FakeNextcloud
-from tests.helpers import TENANT_KEY, RunningConnector
+from tests.fakes.php_proxy import PhpProxy
+from tests.helpers import SECRET, TENANT_KEY, RunningConnector
 from tests.ops.dockerfile import ROOT
 from tests.ops.procs import child_env
 
@@ -282,3 +286,59 @@ async def test_the_nc_proxy_accepts_the_signed_call(
     forged = dict(headers, **{UID_HEADER: "admin"})
     resp = await connector.request("GET", target, headers=forged)
     assert resp.status == 401
+
+
+@pytest.fixture
+async def php_proxy(connector: RunningConnector) -> AsyncIterator[PhpProxy]:
+    proxy = PhpProxy(connector.url, secret=SECRET)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def _via_php(
+    proxy: PhpProxy, method: str, target: str, headers: dict[str, str]
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(auto_decompress=True) as session,
+        session.request(method, proxy.proxy_url(target), headers=headers) as resp,
+    ):
+        body = await resp.read()
+        try:
+            return resp.status, json.loads(
+                gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+            )
+        except ValueError:
+            return resp.status, body
+
+
+async def test_signed_calls_through_nextclouds_php_proxy(
+    php_proxy: PhpProxy, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The way the service really calls: via /index.php/apps/app_api/proxy/bee_flow/nc/..."""
+    key_file = tmp_path / "key"
+    key_file.write_text(TENANT_KEY)
+    # a plain target verifies and reaches Nextcloud as alice
+    target = "/nc/ocs/v2.php/cloud/users/alice?format=json"
+    code, headers, err = run(capsys, "GET", target, "--uid", "alice", "--key-file", str(key_file))
+    assert code == 0
+    assert "warning" not in err
+    status, body = await _via_php(php_proxy, "GET", target, headers)
+    assert status == 200, body
+    assert body["ocs"]["data"]["id"] == "alice"
+    # %40 arrives as '@': the decoded form that `sign` signs still verifies (Nextcloud's own
+    # answer, not the connector's 401, comes back)
+    target = "/nc/ocs/v2.php/cloud/users/team%40example.com?format=json"
+    code, headers, err = run(capsys, "GET", target, "--key-file", str(key_file))
+    assert "%40" in err
+    status, body = await _via_php(php_proxy, "GET", target, headers)
+    assert php_proxy.forwarded[-1].target.startswith("/nc/ocs/v2.php/cloud/users/team@example.com")
+    assert status == 404, body  # Nextcloud: no such user
+    assert body["ocs"]["meta"]["statuscode"] == 404
+    # a repeated query key is rewritten by PHP: `sign` warned, the connector says why it failed
+    target = "/nc/ocs/v2.php/cloud/users/alice?format=json&format=xml"
+    code, headers, err = run(capsys, "GET", target, "--uid", "alice", "--key-file", str(key_file))
+    assert "repeated_key" in err
+    status, body = await _via_php(php_proxy, "GET", target, headers)
+    assert status == 401
+    assert body["code"] == "signature_mismatch_query"
