@@ -210,7 +210,7 @@ class UserEvents:
             origin,
             event,
             problem,
-            " (dropped)" if outcome == "rejected" or origin == "webhook" else " (kept for retry)",
+            _after_failure(origin, outcome),
         )
         return outcome
 
@@ -250,6 +250,12 @@ class UserEvents:
                 and isinstance(row[3], int | float)
             ):
                 self._recent[(row[0], row[1], row[2])] = float(row[3])
+
+
+def _after_failure(origin: str, outcome: str) -> str:
+    if origin == "webhook":
+        return "; the next reconciliation sends what the service missed"
+    return " (dropped)" if outcome == "rejected" else " (kept for the next run)"
 
 
 def _iso(ts: float | None) -> str | None:
