@@ -238,15 +238,15 @@ async def test_crash_loop_is_bounded_in_the_log(
         BEEFLOW_FRPC_BACKOFF_INITIAL_SECONDS="0.001", BEEFLOW_FRPC_BACKOFF_CAP_SECONDS="0.005"
     )
     caplog.set_level(logging.INFO)
-    budget = LogBudget(capacity=8, per_second=0.0)
+    budget = LogBudget(capacity=4, per_second=0.0)
     sup = await start(supervisors, config, unix_app, budget=budget)
-    await until(sup, lambda: sup.restarts >= 15, timeout=30)
+    await until(sup, lambda: sup.restarts >= 8, timeout=30)
     noisy = [
         r for r in caplog.records if r.name == "beeflow.frpc" or "restarting in" in r.getMessage()
     ]
-    # Each run prints 2 lines and a restart warning (~45 lines); the log got the budget.
-    assert len(noisy) <= 8
-    assert budget.suppressed > 20
+    # Each run prints 2 lines and a restart warning (~27 lines); the log got the budget.
+    assert len(noisy) <= 4
+    assert budget.suppressed >= 15
     assert "told to crash at start" in sup.last_error
 
 
