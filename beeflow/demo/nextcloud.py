@@ -211,10 +211,10 @@ class DemoNextcloud:
             if legacy:
                 response.headers["Content-Security-Policy"] = NC_CSP
             if legacy and self.buffer_legacy:
-                body = await upstream.read()
-                response.content_length = len(body)
+                whole = await upstream.read()
+                response.content_length = len(whole)
                 await response.prepare(request)
-                await response.write(body)
+                await response.write(whole)
                 await response.write_eof()
                 return response
             await response.prepare(request)
