@@ -123,6 +123,10 @@ class Recorded:
     arrived_at: float
     connection_request_no: int
     dropped: bool = False
+    # Set when the handler finished; `cancelled` if it ended because the client went away.
+    finished: asyncio.Event = attrs.field(factory=asyncio.Event)
+    cancelled: bool = False
+    finished_at: float | None = None
 
 
 class FakeService:
@@ -265,10 +269,17 @@ class FakeService:
         async with self._arrival:
             self.requests.append(rec)
             self._arrival.notify_all()
-        if drop:
-            return _abort(request)
-        response: web.StreamResponse = await handler(request)
-        return response
+        try:
+            if drop:
+                return _abort(request)
+            response: web.StreamResponse = await handler(request)
+            return response
+        except asyncio.CancelledError:
+            rec.cancelled = True
+            raise
+        finally:
+            rec.finished_at = time.monotonic()
+            rec.finished.set()
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -599,3 +599,29 @@ async def test_expect_100_continue_is_handled_here_not_forwarded(
         assert resp.status == 200
         assert await resp.read() == data
     assert "Expect" not in service.last("/api/echo").headers
+
+
+async def test_client_leaving_while_waiting_for_headers_cancels_the_upstream_call(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    assert legacy.url.port is not None
+    _reader, writer = await asyncio.open_connection("127.0.0.1", legacy.url.port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in appapi_headers("alice").items())
+    writer.write(f"GET /api/slow?delay=30 HTTP/1.1\r\nHost: nc\r\n{head}\r\n".encode())
+    rec = await service.wait_for(lambda r: r.path == "/api/slow")
+    left = time.monotonic()
+    writer.close()
+    async with asyncio.timeout(1.0):
+        await rec.finished.wait()
+    assert rec.cancelled
+    assert rec.finished_at is not None
+    assert rec.finished_at - left < 1.0
+
+
+async def test_service_base_url_with_a_path_prefix(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    legacy.app[keys.API_BASE].url = service.url / "tenant-a"
+    async with await legacy.request("GET", "/api/json?q=1", user="alice") as resp:
+        assert resp.status == 404  # the fake serves nothing under the prefix, and records it
+    assert service.last().raw_path == "/tenant-a/api/json?q=1"
