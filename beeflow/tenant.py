@@ -585,6 +585,9 @@ class Bootstrapper:
                 exc,
                 REMEDIATION["storage_failed"],
             )
+        # Files first, state last: whoever sees the key in memory sees the files settled.
+        await asyncio.to_thread(self.store.remove, ERROR_FILE)
+        await asyncio.to_thread(self.store.remove, PENDING_FILE)
         state.key = key
         state.organization_id = record["organizationId"]
         state.organization_name = record["organizationName"]
@@ -599,8 +602,6 @@ class Bootstrapper:
         state.store_error = store_error
         self.failures = 0
         self.pairing_code = None
-        await asyncio.to_thread(self.store.remove, ERROR_FILE)
-        await asyncio.to_thread(self.store.remove, PENDING_FILE)
         log.info(
             "tenant key provisioned (fingerprint %s, organisation %s)",
             state.fingerprint,

@@ -77,6 +77,7 @@ def auto_connector(connector_factory: ConnectorFactory, service: FakeService) ->
         *,
         customise: Callable[[web.Application], None] | None = None,
         slow_retries: bool = False,
+        run_at_boot: bool = False,
         **env: str,
     ) -> RunningConnector:
         def custom(app: web.Application) -> None:
@@ -90,6 +91,6 @@ def auto_connector(connector_factory: ConnectorFactory, service: FakeService) ->
             "BEEFLOW_API_BASE_URL": str(service.url),
         }
         settings.update(env)
-        return await connector_factory(customise=custom, **settings)
+        return await connector_factory(customise=custom, run_at_boot=run_at_boot, **settings)
 
     return start

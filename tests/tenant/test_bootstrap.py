@@ -15,6 +15,7 @@ import pytest
 
 from beeflow import keys, tenant
 from beeflow.errors import Conflict
+from beeflow.redact import REDACTOR
 from beeflow.tasks import spawn
 from beeflow.tenant import BootstrapFailed, fingerprint
 from tests.conftest import ConnectorFactory
@@ -171,8 +172,9 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
     caps = fake_nc.calls_to("/ocs/v2.php/cloud/capabilities")
     assert caps
     assert all("AUTHORIZATION-APP-API" not in c.headers for c in caps)
-    # The key never reached a log line.
+    # The key never reached a log line, and the redactor would mask it if it ever did.
     assert all(PROVISIONED_KEY not in r.getMessage() for r in caplog.records)
+    assert REDACTOR.scrub(f"key={PROVISIONED_KEY}") == "key=***"
 
 
 @pytest.mark.parametrize("nc_options", [{"expose_instance_id": "oc75yxc5pqcm"}])

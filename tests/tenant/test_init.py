@@ -14,7 +14,7 @@ from beeflow import events, keys, ui
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.tenant.conftest import AutoFactory
-from tests.tenant.helpers import heartbeat, progress_values, run_init
+from tests.tenant.helpers import heartbeat, progress_values, run_init, wait_for
 
 LISTENER = "/ocs/v1.php/apps/app_api/api/v1/events_listener"
 
@@ -142,3 +142,14 @@ async def test_a_refused_registration_reports_progress_0_with_the_error(
     body = await heartbeat(conn, trusted=True)
     assert body["ui"]["top-menu"] == "failed"
     assert body["init"]["state"] == "failed"
+
+
+async def test_boot_run_provisions_and_registers_without_reporting_progress(
+    auto_connector: AutoFactory, fake_nc: FakeNextcloud
+) -> None:
+    """The pipeline also runs once at boot (after one accepted probe), idempotently."""
+    conn = await auto_connector(run_at_boot=True)
+    await wait_for(lambda: bool(fake_nc.calls_to(LISTENER)))
+    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert list(fake_nc.top_menu) == ["main"]
+    assert fake_nc.progress == []  # AppAPI is not in an init phase: nothing to report
