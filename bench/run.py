@@ -255,7 +255,8 @@ def connector_env(
     env = _clean_env()
     env.update(
         {
-            "PYTHONPATH": str(pythonpath),
+            # the connector's source first (the cwd, too), then bench/ from this checkout
+            "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(pythonpath), str(ROOT)])),
             "APP_ID": APP_ID,
             "APP_SECRET": SECRET,
             "APP_VERSION": APP_VERSION,
@@ -424,7 +425,7 @@ class Bench:
             if "small" in plan.phases:
                 await self.phase(label, "small", self.small(loop, transport, conn, target))
             if "sse" in plan.phases:
-                await self.phase(label, "sse", self.sse(loop, transport, target))
+                await self.phase(label, "sse", self.sse(loop, transport, conn, target))
             if "bulk" in plan.phases:
                 await self.phase(label, "bulk", self.bulk(loop, transport, conn, target))
         finally:
@@ -439,6 +440,11 @@ class Bench:
         await coro
         b = self.account.mark()
         self.results.phase_noise.append((f"{label} {name}", CpuAccount.foreign_cores(a, b), load))
+
+    @property
+    def upstream_pid(self) -> int:
+        assert self.upstream is not None
+        return self.upstream.pid
 
     def direct(self, transport: str) -> Target:
         return self.up_unix if transport == "unix" else self.up_tcp
@@ -488,11 +494,14 @@ class Bench:
         while rep < reps:
             for kind, tgt in routes.items():
                 cpu0 = proc.cpu_seconds(conn.pid)
+                up0 = proc.cpu_seconds(self.upstream_pid)
                 rps, p50, p99, requests, errors = await self.small_once(
                     tgt, kind, use_wrk, seconds=plan.small_seconds
                 )
                 cpu = proc.cpu_seconds(conn.pid) - cpu0
+                up_cpu = proc.cpu_seconds(self.upstream_pid) - up0
                 key = (loop, transport, "small", kind)
+                res.add((*key, "upstream_cpu_us"), up_cpu / max(requests, 1) * 1e6)
                 res.add((*key, "rps"), rps)
                 res.add((*key, "p50"), p50)
                 res.add((*key, "p99"), p99)
@@ -542,7 +551,7 @@ class Bench:
 
     # -- SSE
 
-    async def sse(self, loop: str, transport: str, target: Target) -> None:
+    async def sse(self, loop: str, transport: str, conn: Child, target: Target) -> None:
         plan = self.plan
         res = self.results
         probe_raw = client.build_request("GET", "/api/sse?n=1&ms=1", user_headers())
@@ -562,7 +571,14 @@ class Bench:
             for _ in range(plan.reps if streams > 1 else max(2, plan.reps // 2)):
                 got: dict[str, tuple[float, float]] = {}
                 for kind, tgt in (("direct", self.direct(transport)), ("beeflow", target)):
+                    cpu0 = proc.cpu_seconds(conn.pid)
                     sse = await asyncio.wait_for(client.sse_run(tgt, raw, streams), timeout=300)
+                    if kind == "beeflow":
+                        cpu = proc.cpu_seconds(conn.pid) - cpu0
+                        res.add(
+                            (loop, transport, "sse", str(streams), "cpu_us"),
+                            cpu / max(sse.events, 1) * 1e6,
+                        )
                     count, failed = sse.events, sse.failed
                     if not sse.concurrent:
                         note = (
@@ -780,9 +796,9 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
     add("")
     add(
         "| loop | transport | route | load generator | req/s | ratio to direct | p50 ms | p99 ms "
-        "| connector CPU µs/req | errors |"
+        "| connector CPU µs/req | upstream CPU µs/req | errors |"
     )
-    add("|---|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
     for loop in plan.loops:
         for tr in plan.transports:
             for kind, label in (
@@ -807,7 +823,8 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
                     f"| {loop} | {tr} | {label} | {loadgen.get(tr, '?')} | {rps.fmt(0)} | "
                     f"{ratio.fmt(3) if ratio.ok else '1'} | "
                     f"{r.get((*key, 'p50')).fmt(2, 1e-3)} | {r.get((*key, 'p99')).fmt(2, 1e-3)} | "
-                    f"{cpu.fmt(0) if cpu.ok else '—'} | {int(sum(errs.values))} |"
+                    f"{cpu.fmt(0) if cpu.ok else '—'} | "
+                    f"{r.get((*key, 'upstream_cpu_us')).fmt(0)} | {int(sum(errs.values))} |"
                 )
     add("")
 
@@ -821,14 +838,15 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
     add("")
     add(
         "| loop | transport | streams | direct p50 / p99 ms | beeflow p50 / p99 ms | "
-        "added p50 ms | added p99 ms | events lost |"
+        "added p50 ms | added p99 ms | connector CPU µs/event | events lost |"
     )
-    add("|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|")
     for loop in plan.loops:
         for tr in plan.transports:
             if (loop, tr, "sse") in r.unavailable:
                 add(
-                    f"| {loop} | {tr} | | n/a: {_short(r.unavailable[(loop, tr, 'sse')])} | | | | |"
+                    f"| {loop} | {tr} | | n/a: {_short(r.unavailable[(loop, tr, 'sse')])} "
+                    "| | | | | |"
                 )
                 continue
             for streams in (1, plan.sse_many):
@@ -844,7 +862,8 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
                     f"| {loop} | {tr} | {streams} | {d50.fmt(3, 1e-3)} / {d99.fmt(3, 1e-3)} | "
                     f"{b50.fmt(3, 1e-3)} / {b99.fmt(3, 1e-3)} | "
                     f"{r.get((*key, 'added', 'p50')).fmt(3, 1e-3)} | "
-                    f"{r.get((*key, 'added', 'p99')).fmt(3, 1e-3)} | {int(lost)} |"
+                    f"{r.get((*key, 'added', 'p99')).fmt(3, 1e-3)} | "
+                    f"{r.get((*key, 'cpu_us')).fmt(0)} | {int(lost)} |"
                 )
     add("")
 
