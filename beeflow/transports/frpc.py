@@ -183,6 +183,7 @@ class FrpcSupervisor:
         self.config_file: Path | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
+        self._version_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -207,11 +208,24 @@ class FrpcSupervisor:
     # ------------------------------------------------------------------ start
 
     async def preflight(self) -> None:
-        """Fail fast, before anything binds: the binary must exist; warn on a version mismatch."""
+        """Fail fast, before anything binds: the binary must exist and be executable."""
         self._binary = resolve_binary(self.config.frpc_bin)
+
+    async def check_version(self) -> None:
+        """Warn when `frpc -v` differs from the pin. Runs beside the first start: a slow
+        `-v` must not delay the tunnel, and a binary that cannot run fails the start anyway."""
+        if self._binary is None:
+            await self.preflight()
+        assert self._binary is not None
         pin_file = self.config.frpc_pin_file or DEFAULT_PIN_FILE
         pinned = read_pin(pin_file)
-        self.version = await self._read_version(self._binary)
+        try:
+            self.version = await self._read_version(self._binary)
+        except FrpcError as exc:
+            log.warning("%s", exc)
+            return
+        finally:
+            await self._notify()
         if pinned is None:
             if self.config.frpc_pin_file is not None:
                 log.warning("frpc pin file %s is missing or unreadable", pin_file)
@@ -245,10 +259,12 @@ class FrpcSupervisor:
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), self.version_timeout)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
             return None
+        finally:
+            if proc.returncode is None:  # timed out, or we are stopping: reap it
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         match = _VERSION.search(_ANSI.sub("", out.decode(errors="replace")))
         return match.group(1) if match else None
 
@@ -264,6 +280,7 @@ class FrpcSupervisor:
         self.config_file = write_config(render(self.config, self.unix_path), self._config_dir)
         first = asyncio.get_running_loop().create_future()
         self._task = spawn(self._supervise(first), name="frpc-supervisor")
+        self._version_task = spawn(self.check_version(), name="frpc-version")
         # The first spawn's failure (e.g. the binary vanished or lost +x) is a start-up error.
         error = await first
         if error is not None:
@@ -463,6 +480,9 @@ class FrpcSupervisor:
             await self._terminate(proc)
         if self._task is not None:
             await asyncio.wait([self._task])
+        if self._version_task is not None and not self._version_task.done():
+            self._version_task.cancel()
+            await asyncio.wait([self._version_task])
         self._remove_config()
 
     def kill_now(self) -> None:

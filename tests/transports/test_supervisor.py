@@ -92,7 +92,7 @@ async def test_connects_tunnels_and_stops_by_term(
 ) -> None:
     config = make_harp_config()
     sup = await start(supervisors, config, unix_app)
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    await until(sup, lambda: sup.state == frpc.CONNECTED and sup.version is not None)
     status = sup.status()
     assert status["running"] is True
     assert status["pid"] == events(record, "start")[0]["pid"]
@@ -347,7 +347,7 @@ async def test_version_mismatch_warns(
 ) -> None:
     monkeypatch.setenv("FAKE_FRPC_VERSION", reported)
     sup = FrpcSupervisor(make_harp_config(), sockdir / "s.sock")
-    await sup.preflight()
+    await sup.check_version()
     assert sup.version == reported
     mismatch = [r for r in caplog.records if "pins 0.61.1" in r.getMessage()]
     assert bool(mismatch) is warns
@@ -364,11 +364,11 @@ async def test_version_from_an_explicit_pin_file(
     pin = sockdir / "pin.toml"
     pin.write_text('version = "0.60.0"\n')
     sup = FrpcSupervisor(make_harp_config(BEEFLOW_FRPC_PIN_FILE=str(pin)), sockdir / "s.sock")
-    await sup.preflight()
+    await sup.check_version()
     assert any("pins 0.60.0" in r.getMessage() for r in caplog.records)
     caplog.clear()
     pin.unlink()
-    await sup.preflight()
+    await sup.check_version()
     assert any("missing or unreadable" in r.getMessage() for r in caplog.records)
 
 
@@ -385,7 +385,7 @@ async def test_version_that_never_answers_is_a_warning_not_a_hang(
     monkeypatch.setenv("FAKE_FRPC_VERSION_HANG", "1")
     sup = FrpcSupervisor(make_harp_config(), sockdir / "s.sock", version_timeout=0.5)
     began = time.monotonic()
-    await sup.preflight()
+    await sup.check_version()
     assert time.monotonic() - began < 3
     assert sup.version is None
     assert any("could not read the frpc version" in r.getMessage() for r in caplog.records)
