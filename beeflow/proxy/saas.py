@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote
 
 import attrs
@@ -19,7 +19,13 @@ from yarl import URL
 from beeflow import keys
 from beeflow.appapi import Access, add_route
 from beeflow.config import Config
-from beeflow.errors import BadGateway, BadRequest, NextcloudError, ServiceUnavailable
+from beeflow.errors import (
+    BadGateway,
+    BadRequest,
+    BeeflowError,
+    NextcloudError,
+    ServiceUnavailable,
+)
 from beeflow.nextcloud import NcUser
 from beeflow.proxy import streaming
 from beeflow.signing import mint_jwt, user_claims
@@ -59,6 +65,49 @@ SHELL_FALLBACK: Final = (
 
 _CLIENT: web.AppKey[streaming.UpstreamClient] = web.AppKey("saas_client")
 _TOKENS: web.AppKey[TokenCache] = web.AppKey("saas_tokens")
+_STATS: web.AppKey[ProxyStats] = web.AppKey("saas_stats")
+
+STREAMING_LEGACY: Final = (
+    "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
+    "replies need HaRP (Nextcloud 32+)."
+)
+STREAMING_HARP: Final = "HaRP: replies stream to the browser as the service sends them."
+
+
+# ------------------------------------------------------------------ diagnostics
+
+
+@attrs.define
+class ProxyStats:
+    """Counters for the heartbeat / setup status / doctor advisory fields (no I/O)."""
+
+    harp: bool
+    requests: int = 0
+    in_flight: int = 0
+    upstream_errors: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def failed(self, code: str) -> None:
+        self.upstream_errors += 1
+        self.last_error = code
+        self.last_error_at = time.time()
+
+    def health(self, trusted: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "streaming": STREAMING_HARP if self.harp else STREAMING_LEGACY,
+            "upstreamErrors": self.upstream_errors,
+        }
+        if trusted:
+            out["requests"] = self.requests
+            out["inFlight"] = self.in_flight
+            out["lastError"] = self.last_error
+            out["lastErrorAt"] = (
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_error_at))
+                if self.last_error_at is not None
+                else None
+            )
+        return out
 
 
 # ------------------------------------------------------------------ identity
@@ -241,8 +290,18 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     url = target_url(app[keys.API_BASE].url, request)
     headers = upstream_headers(request, config, tenant, user, jwt)
     body = await streaming.outbound_body(request, buffer_when_unsized=_is_json)
-    upstream = await app[_CLIENT].send(effective_method(request), url, headers, body)
-    return await streaming.relay(request, upstream, relay_options(config))
+    stats = app[_STATS]
+    stats.requests += 1
+    stats.in_flight += 1
+    try:
+        try:
+            upstream = await app[_CLIENT].send(effective_method(request), url, headers, body)
+        except BeeflowError as exc:
+            stats.failed(exc.instance_code)
+            raise
+        return await streaming.relay(request, upstream, relay_options(config))
+    finally:
+        stats.in_flight -= 1
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -263,6 +322,8 @@ def setup(app: web.Application) -> None:
     """The pooled service client (cleanup_ctx), the token cache, and the USER routes."""
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
+    app[_STATS] = ProxyStats(harp=app[keys.CONFIG].harp)
+    app.setdefault(keys.HEALTH, {})["serviceProxy"] = app[_STATS].health
     for prefix in PREFIXES:
         for method in METHODS:
             add_route(app, method, prefix + "/{tail:.*}", _proxy, Access.USER)

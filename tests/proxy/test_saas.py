@@ -625,3 +625,26 @@ async def test_service_base_url_with_a_path_prefix(
     async with await legacy.request("GET", "/api/json?q=1", user="alice") as resp:
         assert resp.status == 404  # the fake serves nothing under the prefix, and records it
     assert service.last().raw_path == "/tenant-a/api/json?q=1"
+
+
+async def test_heartbeat_tells_how_replies_stream_and_counts_upstream_errors(
+    proxy_factory: ProxyFactory,
+) -> None:
+    conn = await proxy_factory(BEEFLOW_API_BASE_URL=f"http://127.0.0.1:{dead_port()}")
+    async with await conn.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 502
+    async with await conn.request("GET", "/heartbeat") as resp:
+        public = (await resp.json())["serviceProxy"]
+    assert "need HaRP" in public["streaming"]
+    assert public["upstreamErrors"] == 1
+    assert "lastError" not in public
+    async with await conn.request("GET", "/heartbeat", user="") as resp:
+        trusted = (await resp.json())["serviceProxy"]
+    assert trusted["lastError"] == "upstream_unreachable"
+    assert trusted["inFlight"] == 0
+    assert trusted["requests"] == 1
+
+
+async def test_heartbeat_in_harp_mode_says_replies_stream(harp: RunningConnector) -> None:
+    async with await harp.request("GET", "/heartbeat") as resp:
+        assert "stream to the browser" in (await resp.json())["serviceProxy"]["streaming"]
