@@ -85,7 +85,7 @@ async def test_each_event_reaches_the_client_before_the_next_is_sent(
 
 
 async def test_event_timing_is_preserved(conn: RunningConnector, service: FakeService) -> None:
-    interval = 0.3
+    interval, slack = 0.4, 0.25  # slack: scheduling noise on a loaded 2-core CI machine
     pieces = chat_pieces(["one", "two", "three"], interval=interval)
     service.sse = StreamPlan(pieces)
     async with await _chat(conn) as resp:
@@ -96,9 +96,9 @@ async def test_event_timing_is_preserved(conn: RunningConnector, service: FakeSe
     arrivals = [t for t, _ in reader.arrivals]
     assert len(log.sent_at) == len(arrivals) == len(pieces)
     for sent, arrived in zip(log.sent_at, arrivals, strict=True):
-        assert 0 <= arrived - sent < interval / 2, "an event was held back"
+        assert 0 <= arrived - sent < slack, "an event was held back"
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert all(gap > interval / 2 for gap in gaps), gaps
+    assert all(gap > interval - slack for gap in gaps), gaps
 
 
 async def test_client_disconnect_closes_the_upstream_within_a_second(

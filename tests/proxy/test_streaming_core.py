@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -79,6 +79,7 @@ _LINE = st.text(alphabet='abc: {}"', min_size=1, max_size=12).filter(lambda s: "
 _EVENT = st.lists(_LINE, min_size=1, max_size=3).map(lambda lines: "\n".join(lines) + "\n\n")
 
 
+@settings(max_examples=60, deadline=None)
 @given(
     events=st.lists(_EVENT, min_size=1, max_size=6),
     cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
