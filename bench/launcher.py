@@ -4,9 +4,10 @@ Builds the real application with `beeflow.app.make_app(Config.from_env(os.enviro
 it like `python -m beeflow serve` does (AppRunner with handler cancellation, no access log), on
 TCP (legacy mode, no HP_SHARED_KEY) or on a Unix socket (set HP_SHARED_KEY for HaRP mode, as
 HaRP's frpc would reach it). frpc itself is not started: the benchmark client dials the socket.
-Prints `READY <where>` when it accepts connections; SIGTERM stops it.
+Prints `READY <where>` when it accepts connections; SIGTERM stops it. `--app minimal` serves
+the reference instead: a bare aiohttp proxy, the floor any aiohttp-based connector stands on.
 
-    python -m bench.launcher --transport tcp|unix [--loop asyncio|uvloop]
+    python -m bench.launcher --transport tcp|unix [--loop asyncio|uvloop] [--app minimal]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -24,8 +26,34 @@ from aiohttp import web
 from bench.upstream import raise_nofile
 
 
-async def serve(transport: str, port: int, unix: str | None) -> None:
-    # Imported here so `--help` works without beeflow importable.
+def minimal_app(upstream: str) -> web.Application:
+    """The reference: the least an aiohttp proxy does (one pooled ClientSession, no checks,
+    small bodies read whole). What the connector costs beyond this is the connector's own."""
+    import aiohttp
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+        ) as session:
+            app[SESSION] = session
+            yield
+
+    async def forward(request: web.Request) -> web.Response:
+        async with request.app[SESSION].get(upstream + request.path_qs) as resp:
+            body = await resp.read()
+            return web.Response(body=body, status=resp.status, content_type=resp.content_type)
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_get("/api/{tail:.*}", forward)
+    return app
+
+
+SESSION: web.AppKey[Any] = web.AppKey("bench_session")
+
+
+def beeflow_app() -> web.Application:
+    # Imported here so `--help` and `--app minimal` work without beeflow importable.
     from beeflow.app import make_app
     from beeflow.config import Config
     from beeflow.redact import REDACTOR
@@ -35,7 +63,11 @@ async def serve(transport: str, port: int, unix: str | None) -> None:
         handler.addFilter(REDACTOR)
     for secret in (config.app_secret, config.hp_shared_key, config.tenant_key_env):
         REDACTOR.add(secret)
-    app = make_app(config, run_at_boot=False)
+    return make_app(config, run_at_boot=False)
+
+
+async def serve(transport: str, port: int, unix: str | None, which: str) -> None:
+    app = minimal_app(os.environ["BEEFLOW_API_BASE_URL"]) if which == "minimal" else beeflow_app()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site: web.BaseSite
@@ -61,6 +93,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--unix", default=None)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--app",
+        choices=("beeflow", "minimal"),
+        default="beeflow",
+        help="the connector, or a minimal aiohttp proxy as the reference",
+    )
     args = parser.parse_args()
     raise_nofile()
     logging.basicConfig(
@@ -73,7 +111,7 @@ def main() -> int:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(args.transport, args.port, args.unix))
+        runner.run(serve(args.transport, args.port, args.unix, args.app))
     return 0
 
 

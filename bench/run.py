@@ -375,13 +375,22 @@ class Bench:
         self.up_tcp = Target(port=int(self.upstream.ready))
         self.up_unix = Target(unix=str(sock))
 
-    async def start_connector(self, loop: str, transport: str) -> tuple[Child, Target]:
-        env = connector_env(transport, self.up_tcp.port, self.work, self.src)
+    async def start_connector(
+        self,
+        loop: str,
+        transport: str,
+        src: Path | None = None,
+        name: str = "c",
+        app: str = "beeflow",
+    ) -> tuple[Child, Target]:
+        src = src or self.src
+        env = connector_env(transport, self.up_tcp.port, self.work, src)
         argv = [sys.executable, "-m", "bench.launcher", "--transport", transport, "--loop", loop]
+        argv += ["--app", app]
         if transport == "unix":
-            argv += ["--unix", str(self.work / "c.sock")]
+            argv += ["--unix", str(self.work / f"{name}.sock")]
         child = await Child.start(
-            f"connector ({loop}, {transport})", argv, env, self.src, self.work / "connector.log"
+            f"connector ({loop}, {transport})", argv, env, src, self.work / f"{name}.log"
         )
         self.account.pids.add(child.pid)
         target = Target(unix=child.ready) if transport == "unix" else Target(port=int(child.ready))
@@ -423,7 +432,11 @@ class Bench:
             await self.warm(target)
             self.results.add((loop, transport, "rss_start"), proc.rss_bytes(conn.pid))
             if "small" in plan.phases:
-                await self.phase(label, "small", self.small(loop, transport, conn, target))
+                ref = await self.start_connector(loop, transport, name="ref", app="minimal")
+                try:
+                    await self.phase(label, "small", self.small(loop, transport, conn, target, ref))
+                finally:
+                    await self.stop(ref[0])
             if "sse" in plan.phases:
                 await self.phase(label, "sse", self.sse(loop, transport, conn, target))
             if "bulk" in plan.phases:
@@ -472,33 +485,43 @@ class Bench:
             return path, nc_headers("GET", path)
         return "/api/small", user_headers()
 
-    async def small(self, loop: str, transport: str, conn: Child, target: Target) -> None:
+    async def small(
+        self,
+        loop: str,
+        transport: str,
+        conn: Child,
+        target: Target,
+        ref: tuple[Child, Target],
+    ) -> None:
         plan = self.plan
         res = self.results
-        routes: dict[str, Target] = {"direct": self.direct(transport)}
+        routes: dict[str, tuple[Target, int]] = {
+            "direct": (self.direct(transport), conn.pid),
+            "ref": (ref[1], ref[0].pid),
+        }
         for kind in ("api", "nc"):
             path, headers = self.small_request(kind)
             status, body = await self.probe(target, client.build_request("GET", path, headers))
             if status != 200:
                 res.unavailable[(loop, transport, "small", kind)] = f"HTTP {status} {body}"
                 continue
-            routes[kind] = target
+            routes[kind] = (target, conn.pid)
         use_wrk = transport == "tcp" and plan.loadgen != "python" and wrk.available() is not None
         if plan.loadgen == "wrk" and transport == "tcp" and not use_wrk:
             raise SystemExit("--loadgen wrk: wrk is not installed (apt-get install -y wrk)")
         self.loadgen_used[transport] = "wrk" if use_wrk else "python"
-        for kind, tgt in routes.items():  # warm each route with the real load generator
+        for kind, (tgt, _pid) in routes.items():  # warm each route with the real load generator
             await self.small_once(tgt, kind, use_wrk, seconds=1)
         reps = plan.reps
         rep = 0
         while rep < reps:
-            for kind, tgt in routes.items():
-                cpu0 = proc.cpu_seconds(conn.pid)
+            for kind, (tgt, pid) in routes.items():
+                cpu0 = proc.cpu_seconds(pid)
                 up0 = proc.cpu_seconds(self.upstream_pid)
                 rps, p50, p99, requests, errors = await self.small_once(
                     tgt, kind, use_wrk, seconds=plan.small_seconds
                 )
-                cpu = proc.cpu_seconds(conn.pid) - cpu0
+                cpu = proc.cpu_seconds(pid) - cpu0
                 up_cpu = proc.cpu_seconds(self.upstream_pid) - up0
                 key = (loop, transport, "small", kind)
                 res.add((*key, "upstream_cpu_us"), up_cpu / max(requests, 1) * 1e6)
@@ -533,8 +556,6 @@ class Bench:
     ) -> tuple[float, float, float, int, int]:
         plan = self.plan
         path, headers = self.small_request("nc" if kind == "nc" else "api")
-        if kind == "direct":
-            path = "/api/small"
         if use_wrk:
             result = await wrk.run(
                 f"http://127.0.0.1:{target.port}{path}",
@@ -803,6 +824,7 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
         for tr in plan.transports:
             for kind, label in (
                 ("direct", "direct"),
+                ("ref", "/api via a minimal aiohttp proxy (reference)"),
                 ("api", "/api via beeflow"),
                 ("nc", "/nc via beeflow"),
             ):
