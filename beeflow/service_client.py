@@ -231,7 +231,7 @@ class UserEvents:
             self._recent = fresh
             rows = [[e, u, g, t] for (e, u, g), t in fresh.items()]
             try:
-                await asyncio.to_thread(storage.write_json_atomic, self._path, {"events": rows})
+                await storage.write_json(self._path, {"events": rows})
             except storage.StoreError as exc:
                 log.warning("%s (webhook deliveries are kept in memory only)", exc)
 
@@ -278,6 +278,8 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE] = ServiceClient(app, session)
         await asyncio.to_thread(app[USER_EVENTS_SINK].load)
         yield
+    # Opened first, closed last among the tenant/events/sync contexts: no write may outlive us.
+    await storage.settle()
 
 
 def setup(app: web.Application) -> None:

@@ -5,6 +5,7 @@ Pure file I/O (blocking); callers on the event loop run these through `asyncio.t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -15,7 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from beeflow.tasks import running, spawn
+
 log = logging.getLogger(__name__)
+
+WRITE_TASK_PREFIX: Final = "state-write:"
 
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
@@ -143,3 +148,30 @@ def remove(path: Path) -> None:
         return
     except OSError as exc:
         log.warning("could not remove %s: %s", path.name, describe_os_error(exc))
+
+
+# ------------------------------------------------------------------ from the event loop
+
+
+async def _write(path: Path, data: Any) -> StoreError | None:
+    try:
+        await asyncio.to_thread(write_json_atomic, path, data)
+    except StoreError as exc:
+        return exc
+    return None
+
+
+async def write_json(path: Path, data: Any) -> None:
+    """write_json_atomic in a worker thread, as a task of its own: cancelling the caller does not
+    abandon a half-done write (settle() waits for it at shutdown). Raises StoreError."""
+    task = spawn(_write(path, data), name=WRITE_TASK_PREFIX + path.name)
+    error = await asyncio.shield(task)
+    if error is not None:
+        raise error
+
+
+async def settle(timeout: float = 5.0) -> None:
+    """Wait for state writes still in flight (shutdown: the storage may be removed next)."""
+    pending = running(WRITE_TASK_PREFIX)
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)

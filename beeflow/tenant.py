@@ -164,18 +164,18 @@ class TenantStore:
         assert isinstance(data, dict)
         return data
 
-    def save_key(self, record: dict[str, Any]) -> None:
-        storage.write_json_atomic(self.path(KEY_FILE), record)
+    async def save_key(self, record: dict[str, Any]) -> None:
+        await storage.write_json(self.path(KEY_FILE), record)
 
     def load_pending(self) -> dict[str, Any] | None:
         data = storage.read_json(self.path(PENDING_FILE))
         return data if isinstance(data, dict) else None
 
-    def save_pending(self, record: dict[str, Any]) -> None:
-        storage.write_json_atomic(self.path(PENDING_FILE), record)
+    async def save_pending(self, record: dict[str, Any]) -> None:
+        await storage.write_json(self.path(PENDING_FILE), record)
 
-    def save_error(self, record: dict[str, Any]) -> None:
-        storage.write_json_atomic(self.path(ERROR_FILE), record)
+    async def save_error(self, record: dict[str, Any]) -> None:
+        await storage.write_json(self.path(ERROR_FILE), record)
 
     def load_error(self) -> dict[str, Any] | None:
         data = storage.read_json(self.path(ERROR_FILE))
@@ -190,13 +190,13 @@ class TenantStore:
         except OSError:
             return None
 
-    def write_raw(self, name: str, raw: bytes) -> None:
+    async def write_raw(self, name: str, raw: bytes) -> None:
         """Restore a file's content (same atomic 0600 write)."""
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return
-        storage.write_json_atomic(self.path(name), data)
+        await storage.write_json(self.path(name), data)
 
 
 # ------------------------------------------------------------------ metadata helpers
@@ -577,7 +577,7 @@ class Bootstrapper:
         }
         store_error: str | None = None
         try:
-            await asyncio.to_thread(self.store.save_key, record)
+            await self.store.save_key(record)
         except storage.StoreError as exc:
             store_error = str(exc)
             log.error(
@@ -637,7 +637,7 @@ class Bootstrapper:
 
     async def _persist_pending(self, record: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self.store.save_pending, record)
+            await self.store.save_pending(record)
         except storage.StoreError as exc:
             self.state.store_error = str(exc)
             log.error("%s: the pending bootstrap is kept in memory only", exc)
@@ -720,7 +720,7 @@ class Bootstrapper:
             int(delay),
         )
         try:
-            await asyncio.to_thread(self.store.save_error, record)
+            await self.store.save_error(record)
         except storage.StoreError as exc:
             log.warning("%s", exc)
         if self._retry_task is None or self._retry_task.done():
@@ -780,7 +780,7 @@ class Bootstrapper:
             raw_pending = await asyncio.to_thread(self.store.read_raw, PENDING_FILE)
             if raw_key is not None:
                 try:
-                    await asyncio.to_thread(self.store.write_raw, PREVIOUS_FILE, raw_key)
+                    await self.store.write_raw(PREVIOUS_FILE, raw_key)
                 except storage.StoreError as exc:
                     raise BootstrapFailed(
                         f"Cannot keep a copy of the current key: {exc.reason}",
@@ -816,7 +816,7 @@ class Bootstrapper:
             for name, raw in ((KEY_FILE, raw_key), (PENDING_FILE, raw_pending)):
                 if raw is not None:
                     try:
-                        await asyncio.to_thread(self.store.write_raw, name, raw)
+                        await self.store.write_raw(name, raw)
                     except storage.StoreError as exc:
                         log.error("%s while restoring the previous tenant state", exc)
             raise BootstrapFailed(

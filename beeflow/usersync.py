@@ -191,7 +191,7 @@ class UserSync:
         async with self._write_lock:
             document = self._document()
             try:
-                await asyncio.to_thread(storage.write_json_atomic, self.path, document)
+                await storage.write_json(self.path, document)
             except storage.StoreError as exc:
                 # Kept in memory; the next run writes again. Said once per run in the status.
                 self.status.last_error = str(exc)
