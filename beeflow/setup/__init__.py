@@ -326,7 +326,11 @@ async def save(request: web.Request) -> web.Response:
     api_base.url, api_base.source = url, "setup"
     if previous != str(url):
         log.info("Bee Flow service changed by an admin: %s -> %s", previous, url)
-    rebootstrap = _rebootstrap(request.app).request()
+    if request.app[keys.CONFIG].tenant_key_env:
+        # A key fixed by BEEFLOW_TENANT_KEY cannot be re-provisioned: nothing to run.
+        rebootstrap = "env_key"
+    else:
+        rebootstrap = _rebootstrap(request.app).request()
     result = await probe(_session(request), url)
     return json_response(
         {

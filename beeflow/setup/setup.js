@@ -192,6 +192,8 @@
       var text = "Saved. Now using " + res.data.active + ". " + describeProbe(res.data.probe);
       if (res.data.rebootstrap === "unavailable") {
         text += " (Re-connect the tenant by restarting the app.)";
+      } else if (res.data.rebootstrap === "env_key") {
+        text += " (The tenant key is fixed by BEEFLOW_TENANT_KEY: it must be valid for this service.)";
       }
       show(text, res.data.probe && res.data.probe.ok ? "ok" : "error");
       await refresh();

@@ -284,7 +284,7 @@ async def test_save_applies_live_and_rebootstraps(
     connector_factory: ConnectorFactory, health: HealthServer, storage: Path
 ) -> None:
     calls: list[str] = []
-    running = await connector_factory(customise=with_hook(calls))
+    running = await connector_factory(customise=with_hook(calls), BEEFLOW_TENANT_KEY="auto")
     http, body = await post(
         running, "/setup", {"mode": "self-hosted", "apiBaseUrl": str(health.url) + "/"}
     )
@@ -324,7 +324,7 @@ async def test_save_during_a_rebootstrap_queues_one_more(
 ) -> None:
     calls: list[str] = []
     gate = asyncio.Event()
-    running = await connector_factory(customise=with_hook(calls, gate))
+    running = await connector_factory(customise=with_hook(calls, gate), BEEFLOW_TENANT_KEY="auto")
     first = {"mode": "self-hosted", "apiBaseUrl": str(health.url)}
     _, body = await post(running, "/setup", first)
     assert body["rebootstrap"] == "started"
@@ -342,13 +342,41 @@ async def test_save_during_a_rebootstrap_queues_one_more(
 async def test_save_without_rebootstrap_hook(
     connector_factory: ConnectorFactory, health: HealthServer
 ) -> None:
-    running = await connector_factory(customise=without_hook)
+    running = await connector_factory(customise=without_hook, BEEFLOW_TENANT_KEY="auto")
     http, body = await post(
         running, "/setup", {"mode": "self-hosted", "apiBaseUrl": str(health.url)}
     )
     assert http == 200
     assert body["rebootstrap"] == "unavailable"
     assert (await get_status(running))["rebootstrap"]["state"] == "unavailable"
+
+
+async def test_env_tenant_key_is_not_rebootstrapped(
+    connector_factory: ConnectorFactory, health: HealthServer
+) -> None:
+    calls: list[str] = []
+    running = await connector_factory(customise=with_hook(calls))  # BEEFLOW_TENANT_KEY set
+    http, body = await post(
+        running, "/setup", {"mode": "self-hosted", "apiBaseUrl": str(health.url)}
+    )
+    assert http == 200
+    assert body["rebootstrap"] == "env_key"
+    assert str(running.app[keys.API_BASE].url) == str(health.url)
+    assert calls == []  # no task was started at all
+
+
+async def test_real_tenant_hook_is_wired(
+    connector_factory: ConnectorFactory, health: HealthServer
+) -> None:
+    """With the tenant module's own REBOOTSTRAP (no test hook), a save starts it."""
+    running = await connector_factory(BEEFLOW_TENANT_KEY="auto")
+    assert keys.REBOOTSTRAP in running.app
+    http, body = await post(
+        running, "/setup", {"mode": "self-hosted", "apiBaseUrl": str(health.url)}
+    )
+    assert http == 200
+    assert body["rebootstrap"] == "started"
+    await until(lambda: status_state(running) in ("done", "failed"))
 
 
 async def test_failing_rebootstrap_is_reported(
@@ -360,7 +388,7 @@ async def test_failing_rebootstrap_is_reported(
 
         app[keys.REBOOTSTRAP] = broken
 
-    running = await connector_factory(customise=customise)
+    running = await connector_factory(customise=customise, BEEFLOW_TENANT_KEY="auto")
     await post(running, "/setup", {"mode": "self-hosted", "apiBaseUrl": str(health.url)})
     await until(lambda: status_state(running) == "failed")
     rb = (await get_status(running))["rebootstrap"]
