@@ -23,6 +23,7 @@ from typing import Any, Final, NoReturn
 import aiohttp
 import attrs
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -222,8 +223,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         memory_limit=config.spool_memory_bytes, max_bytes=config.nc_max_body_bytes
     )
     try:
+        uid = _signed_uid(request)
         await _read_body(request, spool, config)
-        uid = request.headers.get(UID_HEADER, "")
         matched = verify_nc(key, sig, method, target.candidates, uid, spool.sha256)
         if matched is None:
             hazards = list(php_query_hazards(target.query))
@@ -315,11 +316,11 @@ def _fail(
     if stats.consecutive == WARN_AT_CONSECUTIVE or stats.consecutive % 10 == 0:
         log.warning(
             "/nc callback refused (%s), %d in a row: check the tenant key and clock of the Bee "
-            "Flow service (%s %s)",
+            "Flow service (%s %s...)",
             reason,
             stats.consecutive,
             request.method,
-            request.path,
+            _log_prefix(request.raw_path),
         )
     if not state.limiter.penalise():
         stats.rate_limited += 1
@@ -329,6 +330,15 @@ def _fail(
             retry_after=state.limiter.retry_after(),
         )
     raise Unauthorized(message, code=reason, extra=extra)
+
+
+def _log_prefix(raw_path: str) -> str:
+    """Only the allow-listed prefix of a path goes to the log (file names are users' data)."""
+    rest = raw_path[len(NC_PREFIX) :]
+    for prefix in ALLOWED_PREFIXES:
+        if rest.startswith(prefix):
+            return NC_PREFIX + prefix
+    return NC_PREFIX + "/"
 
 
 def _parse_signature(request: web.Request, state: _NcState, config: Config) -> ParsedSig:
@@ -366,7 +376,22 @@ async def _read_body(request: web.Request, spool: Spool, config: Config) -> None
                 await spool.feed(chunk)
         except SpoolTooLarge:
             raise _too_large(config) from None
+        except HttpProcessingError:
+            raise BadRequest(
+                "The request body is malformed or incomplete", code="body_incomplete"
+            ) from None
     await spool.finish()
+
+
+def _signed_uid(request: web.Request) -> str:
+    """X-Beeflow-NC-Uid exactly as received; bytes that are not UTF-8 cannot have been signed
+    (and could not be impersonated): 400 before any work."""
+    uid = request.headers.get(UID_HEADER, "")
+    try:
+        uid.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{UID_HEADER} is not UTF-8", code="uid_invalid") from None
+    return uid
 
 
 def _impersonated_user(uid: str) -> str:

@@ -90,3 +90,31 @@ async def test_upload_longer_than_the_headers_timeout(
     )
     assert (await outcome(resp))[0] == 201
     assert dav.last("PUT").size == len(body)
+
+
+async def _raw_exchange(conn: RunningConnector, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(conn.url.host, conn.url.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def _head(caller: NcCaller, method: str, target: str, extra: str = "") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [
+        f"{k}: {v}" for k, v in caller.headers(method, target).items() if k != "X-Beeflow-NC-Uid"
+    ]
+    return ("\r\n".join(lines) + "\r\n" + extra).encode()
+
+
+async def test_uid_that_is_not_utf8_is_400(
+    caller: NcCaller, nc_conn: RunningConnector, dav: FakeDav
+) -> None:
+    raw = _head(caller, "GET", "/nc/ocs/v2.php/apps/echo/u") + b"X-Beeflow-NC-Uid: jos\xe9\r\n\r\n"
+    answer = await _raw_exchange(nc_conn, raw)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"uid_invalid"' in answer
+    assert dav.seen == []

@@ -158,8 +158,15 @@ async def test_secrets_never_logged(
                 "PUT", "/nc/ocs/v2.php/apps/echo/l", body=b"x", sign_uid="bob", headers=HOSTILE
             )
         )
+    for _ in range(10):
+        await outcome(
+            await caller.request(
+                "GET", "/nc/remote.php/dav/files/alice/Private%20Diagnosis.pdf", sign_uid="bob"
+            )
+        )
     await outcome(await caller.request("GET", "/nc/ocs/v2.php/apps/echo/l", headers=HOSTILE))
     text = caplog.text
+    assert "Private" not in text  # file names are users' data: only the prefix is logged
     assert "signature_mismatch" in text  # the warning is there...
     for secret in (
         TENANT_KEY,
