@@ -46,9 +46,9 @@ def write_cache(storage: Path, key: str = CACHED_KEY, **extra: str) -> Path:
     return path
 
 
-def hidden_files(directory: Path) -> list[str]:
-    """Leftover temp files of an atomic write would start with a dot."""
-    return [name for name in os.listdir(directory) if name.startswith(".")]
+def key_temp_files(directory: Path) -> list[str]:
+    """Leftover temp files of the key file's atomic write (`.tenant-key.json.*.tmp`)."""
+    return [name for name in os.listdir(directory) if name.startswith(".tenant-key.json.")]
 
 
 # ------------------------------------------------------------------ precedence
@@ -161,7 +161,7 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
     assert record["boundApiBaseUrl"] == str(service.url)
     assert record["provisionedAt"].endswith("Z")
     assert not (storage / "bootstrap-last-error.json").exists()
-    assert hidden_files(storage) == []
+    assert key_temp_files(storage) == []
 
     # Admin discovery never asked the admin group as the service (401 + a counted failure on
     # NC 32) and no AppAPI login failed at all.
