@@ -34,6 +34,10 @@ What it does to a request, in order:
   whose Content-Type is not exactly `application/json` and has no Cache-Control gets
   `Cache-Control: private, max-age=3600`; Nextcloud's own `Set-Cookie`, `X-Request-Id`, CSP are
   added. Connector down -> HTTP 500 with an empty body.
+
+Not modelled: the route table and access levels (every path is forwarded; the connector's own
+AppAPI check still applies), multipart re-encoding of form posts, nonce injection into `.html`
+answers, HaRP mode (where this proxy forwards to `/exapps/<appid>/...`).
 """
 
 from __future__ import annotations
