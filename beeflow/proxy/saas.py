@@ -38,7 +38,10 @@ PREFIXES: Final = ("/api", "/auth")
 METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 SERVICE_NAME: Final = "The Bee Flow service"
 SOURCE: Final = "nextcloud-connector"
-POOL_SIZE: Final = 64
+# Concurrent connections to the service. Every open chat stream holds one for its lifetime, so
+# this is the cap on concurrent streams (the Node reference's 64 made stream 65 wait); idle
+# pooled connections are dropped after KEEPALIVE_SECONDS.
+POOL_SIZE: Final = 1024
 KEEPALIVE_SECONDS: Final = 10.0
 
 # Never to the service: the user's own credentials (their Nextcloud password in Basic auth, the

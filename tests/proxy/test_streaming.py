@@ -357,3 +357,24 @@ async def test_other_streamed_bodies_are_not_buffered_either(
             async with asyncio.timeout(5):
                 assert await resp.content.readline() == line
         assert await resp.read() == b""
+
+
+async def test_more_concurrent_streams_than_the_reference_pool_allowed(
+    harp: RunningConnector, service: FakeService
+) -> None:
+    """The Node reference capped the service pool at 64 sockets: stream 65 waited."""
+    service.sse = StreamPlan(chat_pieces(["x"]), then="hold")
+    count = 80
+    responses = await asyncio.wait_for(
+        asyncio.gather(*(_chat(harp) for _ in range(count))), timeout=20
+    )
+    try:
+        firsts = await asyncio.wait_for(
+            asyncio.gather(*(EventReader(r).next_event() for r in responses)), timeout=20
+        )
+        assert len(firsts) == count
+        assert all(f.startswith(b"event: conversation_created") for f in firsts)
+        assert sum(1 for s in service.streams if not s.ended.is_set()) == count
+    finally:
+        for resp in responses:
+            resp.close()
