@@ -42,7 +42,7 @@ async def test_nextcloud_unreachable_is_502(
 async def impatient(
     connector_factory: ConnectorFactory, dav: FakeDav
 ) -> AsyncIterator[RunningConnector]:
-    conn = await connector_factory(BEEFLOW_NC_HEADERS_TIMEOUT_SECONDS="0.3")
+    conn = await connector_factory(BEEFLOW_NC_HEADERS_TIMEOUT_SECONDS="0.5")
     yield conn
     dav.release.set()  # let the fake's held handlers finish before teardown
 
@@ -65,7 +65,7 @@ async def test_a_slow_body_is_not_cut(
     async with resp:
         assert resp.status == 200
         assert await resp.content.readexactly(len(HOLD_FIRST)) == HOLD_FIRST
-        await asyncio.sleep(0.8)  # the pause under test: longer than the 0.3 s timeout
+        await asyncio.sleep(1.0)  # the pause under test: longer than the 0.5 s timeout
         dav.release.set()
         assert await resp.content.read() == HOLD_REST
 
@@ -75,11 +75,11 @@ async def test_upload_longer_than_the_headers_timeout(
 ) -> None:
     """The timer starts after the body was handed over, not at the start of a long upload."""
     caller = NcCaller(session, impatient.url)
-    body = b"z" * (2 * 1024 * 1024)
+    body = b"z" * (10 * 256 * 1024)
 
     async def slow() -> AsyncIterator[bytes]:
         for i in range(0, len(body), 256 * 1024):
-            await asyncio.sleep(0.1)  # the caller's own pace: 0.8 s in all
+            await asyncio.sleep(0.1)  # the caller's own pace: 1 s in all
             yield body[i : i + 256 * 1024]
 
     resp = await caller.request(
