@@ -7,7 +7,8 @@ Order of work for one request, cheapest refusal first:
  3. signature header: present, well formed, within the clock skew, tenant key loaded (401);
  4. body: spooled and hashed at constant memory (413 over the limit, spool.py);
  5. signature: v2 (body hash) then v1, decoded path then raw, constant time (401);
- 6. X-Beeflow-NC-Uid and Destination checked; headers rebuilt for Nextcloud;
+ 6. X-Beeflow-NC-Uid and Destination checked; headers rebuilt for Nextcloud; a 503 instead
+    while Nextcloud refuses the connector's AppAPI logins (the shared AuthBudget is spent);
  7. the spool streamed upstream with a Content-Length; the answer streamed back.
 Signature failures are billed to one global failure-only limiter AFTER they are found, so a
 genuine call always gets through however many forged ones came before it.
@@ -36,10 +37,11 @@ from beeflow.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
 )
-from beeflow.nextcloud import appapi_headers
+from beeflow.nextcloud import BRUTEFORCE_REMEDY, appapi_headers
 from beeflow.proxy import streaming
 from beeflow.proxy.ncpath import (
     ALLOWED_PREFIXES,
@@ -248,6 +250,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             headers["Destination"] = rewrite_destination(
                 request.headers["Destination"], config, request.host
             )
+        _check_auth_budget(app)
         body = _outbound(spool)
         url = URL(str(config.nextcloud_url) + target.upstream, encoded=True)
         try:
@@ -413,6 +416,20 @@ def upstream_headers(
     if upstream_path.startswith("/ocs/"):
         headers["OCS-APIRequest"] = "true"
     return headers
+
+
+def _check_auth_budget(app: web.Application) -> None:
+    """When the control plane has seen Nextcloud refuse our AppAPI logins too often (issue 11.1),
+    /nc stops too: each forwarded call would be refused as well and count towards Nextcloud's
+    lock-out of this IP."""
+    client = app.get(keys.NEXTCLOUD)
+    if client is not None and client.budget.spent:
+        raise ServiceUnavailable(
+            "Nextcloud refused the connector's AppAPI logins; calls are paused. "
+            + BRUTEFORCE_REMEDY,
+            code="appapi_auth_paused",
+            headers={"Retry-After": "60"},
+        )
 
 
 def _outbound(spool: Spool) -> streaming.OutboundBody:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from beeflow import keys
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud_dav import HOLD_FIRST, HOLD_REST, FakeDav
 from tests.helpers import RunningConnector
@@ -118,3 +119,22 @@ async def test_uid_that_is_not_utf8_is_400(
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b'"uid_invalid"' in answer
     assert dav.seen == []
+
+
+async def test_paused_while_nextcloud_refuses_our_logins(
+    caller: NcCaller, nc_conn: RunningConnector, dav: FakeDav
+) -> None:
+    """Issue 11.1: once the shared AppAPI failure budget is spent, /nc forwards nothing (each
+    call would count towards Nextcloud's lock-out of this IP) until it recovers."""
+    budget = nc_conn.app[keys.NEXTCLOUD].budget
+    for _ in range(budget.limit):
+        budget.record_failure("test: refused")
+    resp = await caller.request("GET", "/nc/ocs/v2.php/apps/echo/p")
+    async with resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert body["code"] == "appapi_auth_paused"
+    assert "occ security:bruteforce:reset" in body["error"]
+    assert dav.seen == []
+    budget.reset()
+    assert (await outcome(await caller.request("GET", "/nc/ocs/v2.php/apps/echo/p")))[0] == 200
