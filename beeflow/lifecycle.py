@@ -153,7 +153,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 def _untrusted_allowed(request: web.Request, what: str) -> bool:
     if request[keys.IDENTITY].trusted:
-        request.app[keys.NEXTCLOUD].budget.reset()
+        request.app[keys.NEXTCLOUD].budget.lift()
         return True
     allowed = request.app[_UNTRUSTED].hit(what)
     if not allowed:
@@ -249,9 +249,9 @@ def _budget_health(app: web.Application) -> Any:
 
 def _on_trusted(app: web.Application) -> Any:
     def seen(request: web.Request) -> None:
-        # A request bearing the valid secret proves Nextcloud knows us: our failure budget is
-        # moot, and a pipeline held back at boot may run now.
-        app[keys.NEXTCLOUD].budget.reset()
+        # A request bearing the valid secret proves Nextcloud knows us: allow a trial call past
+        # a spent failure budget, and run a pipeline held back at boot.
+        app[keys.NEXTCLOUD].budget.lift()
         pipe = app[_PIPELINE]
         if pipe.boot_blocked and request.path not in ("/init", "/enabled"):
             pipe.boot_blocked = False

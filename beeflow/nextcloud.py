@@ -109,24 +109,45 @@ def parse_ocs(status: int, body: bytes) -> OcsResult:
 class AuthBudget:
     """Our own count of refused AppAPI logins, kept far under Nextcloud's lock-out threshold.
 
-    Nextcloud bans an IP after more than 10 failures in 30 minutes (measured on NC 32), and a
-    success resets its counter. We allow `limit` failures per window across every feature; when
-    they are spent, calls stop until the window passes or an inbound request proves the secret.
+    Nextcloud bans an IP after more than 10 failures in 30 minutes (measured on NC 32), and only
+    a successful login resets its counter. We allow `limit` failures per window across every
+    feature; when they are spent, calls stop until the window passes. An inbound request bearing
+    the secret (AppAPI knows us again) lifts the pause for ONE call, at most once a minute: its
+    success clears the count on both sides, its failure pauses us again. Clearing the count on
+    inbound trust alone would let refused calls pile up into Nextcloud's lock-out.
     """
 
     limit: int = 4
     window: float = BRUTEFORCE_WINDOW
+    lift_interval: float = 60.0
     _failures: list[float] = attrs.field(factory=list)
+    _allow_one: bool = False
+    _last_lift: float = -1e18
     last_refusal: str = ""
     last_refusal_at: float | None = None
 
     def _trim(self, now: float) -> None:
         self._failures = [t for t in self._failures if now - t < self.window]
 
-    @property
-    def spent(self) -> bool:
+    def _exhausted(self) -> bool:
         self._trim(time.monotonic())
         return len(self._failures) >= self.limit
+
+    @property
+    def spent(self) -> bool:
+        return self._exhausted() and not self._allow_one
+
+    def begin_call(self) -> None:
+        """An authenticated call is about to go out: it consumes a lifted pause."""
+        if self._allow_one and self._exhausted():
+            self._allow_one = False
+
+    def lift(self) -> None:
+        """Inbound proof that Nextcloud knows our secret: allow one trial call (rate-limited)."""
+        now = time.monotonic()
+        if self._exhausted() and now - self._last_lift >= self.lift_interval:
+            self._allow_one = True
+            self._last_lift = now
 
     @property
     def used(self) -> int:
@@ -148,10 +169,11 @@ class AuthBudget:
 
     def record_success(self) -> None:
         self._failures.clear()
+        self._allow_one = False
 
     def reset(self) -> None:
-        """Inbound proof that Nextcloud knows our secret (a trusted AppAPI call arrived)."""
-        self._failures.clear()
+        """Forget every failure (after `occ security:bruteforce:reset`, or in tests)."""
+        self.record_success()
 
     def snapshot(self) -> dict[str, Any]:
         spent = self.spent
@@ -229,6 +251,8 @@ class NextcloudClient:
                 "paused: AppAPI refused too many calls (" + BRUTEFORCE_REMEDY + ")",
                 kind="auth_budget_spent",
             )
+        if authed:
+            self.budget.begin_call()
         headers: dict[str, str] = {"Accept": "application/json"}
         if "/ocs/" in path:
             headers["OCS-APIRequest"] = "true"

@@ -119,3 +119,28 @@ async def test_anonymous_calls_carry_no_appapi_headers(
     assert "AUTHORIZATION-APP-API" not in call.headers
     assert call.headers["OCS-APIRequest"] == "true"
     assert call.query == "format=json"
+
+
+def test_inbound_trust_lifts_the_pause_for_one_call_a_minute() -> None:
+    budget = AuthBudget(limit=2, window=60, lift_interval=0.05)
+
+    def spent() -> bool:
+        return budget.spent
+
+    budget.record_failure("a")
+    budget.lift()  # not exhausted: nothing to lift
+    budget.record_failure("b")
+    assert spent()
+    budget.lift()
+    assert not spent()
+    budget.begin_call()  # the trial call goes out...
+    assert spent()  # ...and nothing else may follow it
+    budget.record_failure("c")  # refused again
+    budget.lift()  # too soon after the last lift
+    assert spent()
+    time.sleep(0.06)
+    budget.lift()
+    budget.begin_call()
+    budget.record_success()  # accepted: both counters are clear
+    assert not spent()
+    assert budget.used == 0
