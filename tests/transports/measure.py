@@ -58,6 +58,7 @@ async def main() -> None:
     frpc_bin = make_frpc(base)
     frps = await FakeFrps().start()
     try:
+        ready: dict[str, list[float]] = {"TCP": [], "HaRP": []}
         tcp_listen: list[float] = []
         harp_listen: list[float] = []
         harp_tunnel: list[float] = []
@@ -68,6 +69,7 @@ async def main() -> None:
             proc = await ServeProcess.start(env)
             at, _ = await proc.wait_line("listening on")
             tcp_listen.append((at - proc.spawned_at) * 1000)
+            ready["TCP"].append(ready_ms(await proc.wait_line("ready in")))
             if run == 0:
                 async with aiohttp.ClientSession() as session:
                     latencies["TCP direct"] = await heartbeat_latencies(
@@ -81,6 +83,7 @@ async def main() -> None:
             proc = await ServeProcess.start(env)
             at, _ = await proc.wait_line("listening on")
             harp_listen.append((at - proc.spawned_at) * 1000)
+            ready["HaRP"].append(ready_ms(await proc.wait_line("ready in")))
             at, _ = await proc.wait_line("start proxy success")
             harp_tunnel.append((at - proc.spawned_at) * 1000)
             if run == 0:
@@ -101,12 +104,19 @@ async def main() -> None:
         out(f"  HaRP  {statistics.median(harp_listen):7.0f} ms  (all: {fmt(harp_listen)})")
         tunnel_ms = statistics.median(harp_tunnel)
         out(f"  HaRP tunnel connected {tunnel_ms:7.0f} ms  ({fmt(harp_tunnel)})")
+        for name, values in ready.items():
+            median = statistics.median(values)
+            out(f"  in-process (serve() to listening, 'ready in'): {name} median {median:.0f} ms")
         out(f"/heartbeat over {CALLS} sequential keep-alive calls:")
         for name, took in latencies.items():
             summary(name, took)
     finally:
         await frps.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def ready_ms(hit: tuple[float, str]) -> float:
+    return float(hit[1].rsplit("ready in ", 1)[1].split()[0])
 
 
 def fmt(values: list[float]) -> str:
