@@ -29,9 +29,10 @@ Upstream client (one per upstream, opened in a cleanup_ctx)
         user never reach another), no redirects followed, no total timeout. The response
         headers must arrive within `headers_timeout` after the last request-body byte was
         accepted (and each body chunk must be accepted within it). A GET/HEAD without a body
-        that fails on a reused pooled connection before any response byte is retried once on a
-        new connection; nothing else is ever replayed (aiohttp's own replay of PUT/DELETE is
-        switched off). Failures raise, before anything was sent to the client:
+        whose connection closes or resets before any response byte (typically a stale pooled
+        keep-alive connection) is retried once; nothing else is ever replayed (aiohttp's own
+        replay of PUT/DELETE is switched off). Failures raise, before anything was sent to the
+        client:
             502 upstream_unreachable      refused, DNS, no route
             502 upstream_tls_error        TLS handshake / certificate failure
             502 upstream_disconnected     connection closed or reset before the headers
@@ -71,7 +72,6 @@ import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from types import SimpleNamespace
 from typing import Final
 
 import aiohttp
@@ -269,21 +269,6 @@ async def _no_builtin_replay(
         raise _Dropped(str(exc) or type(exc).__name__) from exc
 
 
-@attrs.define
-class _Attempt:
-    reused: bool = False
-
-
-async def _mark_reused(
-    _session: aiohttp.ClientSession,
-    ctx: SimpleNamespace,
-    _params: aiohttp.TraceConnectionReuseconnParams,
-) -> None:
-    attempt = getattr(ctx, "trace_request_ctx", None)
-    if isinstance(attempt, _Attempt):
-        attempt.reused = True
-
-
 class _Deadline:
     """The response-headers timer. While the body streams, each chunk must be accepted within
     `seconds` (waiting for the client's next chunk does not count); after the last chunk the
@@ -335,20 +320,17 @@ class UpstreamClient:
         body: OutboundBody = NO_BODY,
     ) -> aiohttp.ClientResponse:
         """Send one request; the caller owns the response (relay() closes it)."""
+        # Like the Node reference (3.3): whether the dropped connection came from the pool is
+        # not asked (telling would cost aiohttp's request tracing on every request); a GET/HEAD
+        # is safe to send twice, and only once more.
         retried = False
         while True:
-            attempt = _Attempt()
             try:
-                return await self._send_once(method, url, headers, body, attempt)
+                return await self._send_once(method, url, headers, body)
             except _Dropped:
-                if (
-                    not retried
-                    and attempt.reused
-                    and method in REPLAYABLE_METHODS
-                    and body.replayable
-                ):
+                if not retried and method in REPLAYABLE_METHODS and body.replayable:
                     retried = True
-                    log.info("%s: stale pooled connection, retrying %s once", self._tag, method)
+                    log.info("%s: connection dropped, retrying %s once", self._tag, method)
                     continue
                 raise BadGateway(
                     f"{self.settings.name} closed the connection before answering",
@@ -365,7 +347,6 @@ class UpstreamClient:
         url: URL,
         headers: CIMultiDict[str],
         body: OutboundBody,
-        attempt: _Attempt,
     ) -> aiohttp.ClientResponse:
         name = self.settings.name
         out = CIMultiDict(headers)
@@ -388,7 +369,6 @@ class UpstreamClient:
                         data=data,
                         allow_redirects=False,
                         skip_auto_headers=_SKIP_AUTO_HEADERS,
-                        trace_request_ctx=attempt,
                     )
                 finally:
                     deadline.unbind()
@@ -426,8 +406,6 @@ async def upstream_client(
 ) -> AsyncIterator[UpstreamClient]:
     """The one ClientSession of an upstream, for a cleanup_ctx: bounded keep-alive pool,
     encoded bytes untouched, no cookie jar, no redirects, no total timeout."""
-    trace = aiohttp.TraceConfig()
-    trace.on_connection_reuseconn.append(_mark_reused)
     if connector is None:
         connector = aiohttp.TCPConnector(
             limit=settings.pool_size,
@@ -445,7 +423,6 @@ async def upstream_client(
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
-        trace_configs=[trace],
         middlewares=(_no_builtin_replay,),
         max_field_size=settings.max_field_size,
         max_line_size=settings.max_field_size,

@@ -648,3 +648,14 @@ async def test_heartbeat_tells_how_replies_stream_and_counts_upstream_errors(
 async def test_heartbeat_in_harp_mode_says_replies_stream(harp: RunningConnector) -> None:
     async with await harp.request("GET", "/heartbeat") as resp:
         assert "stream to the browser" in (await resp.json())["serviceProxy"]["streaming"]
+
+
+@pytest.mark.parametrize(("method", "arrivals"), [("GET", 2), ("HEAD", 2), ("POST", 1)])
+async def test_dropped_connection_retry_happens_once_and_only_for_get_head(
+    legacy: RunningConnector, service: FakeService, method: str, arrivals: int
+) -> None:
+    async with await legacy.request(method, "/api/reset", user="alice") as resp:
+        assert resp.status == 502
+        if method != "HEAD":
+            assert (await resp.json())["code"] == "upstream_disconnected"
+    assert len(service.find("/api/reset")) == arrivals
