@@ -174,7 +174,9 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
     """The service URL for this request: base + the path and query exactly as received, then
     checked to still lie under base + /api/ or /auth/."""
     raw_path = request.rel_url.raw_path
-    if any(unquote(segment) in (".", "..") for segment in raw_path.split("/")):
+    if ("." in raw_path or "%" in raw_path) and any(
+        unquote(segment) in (".", "..") for segment in raw_path.split("/")
+    ):
         raise BadRequest("Dot segments are not allowed in the path", code="bad_path")
     base_path = base.raw_path.rstrip("/")
     url = URL.build(

@@ -68,6 +68,7 @@ idle stream to notice its client going away.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -155,11 +156,12 @@ def filter_headers(
     """A copy of `headers` without the named ones (sets of lower-case names), without names
     starting with one of `prefixes`, without those its own Connection header lists, and
     (drop_empty) without empty values. Order and repetitions are kept."""
-    names: set[str] = set()
-    for group in drop:
-        names.update(group)
-    for value in _getall(headers, "connection"):
-        names.update(token.strip().lower() for token in value.split(",") if token.strip())
+    names = _union(drop)
+    listed = _getall(headers, "connection")
+    if listed:
+        names = names | {
+            token.strip().lower() for value in listed for token in value.split(",") if token.strip()
+        }
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
         low = key.lower()
@@ -169,6 +171,18 @@ def filter_headers(
             continue
         out.add(key, value)
     return out
+
+
+def _union(groups: tuple[Iterable[str], ...]) -> frozenset[str]:
+    if all(isinstance(group, frozenset) for group in groups):
+        return _union_cached(groups)
+    return frozenset().union(*groups)
+
+
+@functools.lru_cache(maxsize=64)
+def _union_cached(groups: tuple[frozenset[str], ...]) -> frozenset[str]:
+    """The named sets are module constants: their union is computed once per combination."""
+    return frozenset().union(*groups)
 
 
 def _getall(headers: HeaderSource, name: str) -> list[str]:
