@@ -74,9 +74,10 @@ def add_route(
     service_ok: bool = False,
     lifecycle: bool = False,
     name: str | None = None,
+    expect_handler: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None,
 ) -> AbstractRoute:
     """Register a route together with the access level the middleware enforces on it."""
-    route = app.router.add_route(method, path, handler, name=name)
+    route = app.router.add_route(method, path, handler, name=name, expect_handler=expect_handler)
     app.setdefault(keys.ROUTE_POLICIES, {})[route] = RoutePolicy(access, service_ok, lifecycle)
     return route
 

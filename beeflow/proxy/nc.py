@@ -41,6 +41,7 @@ from beeflow.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from beeflow.middleware import error_response
 from beeflow.nextcloud import BRUTEFORCE_REMEDY, appapi_headers
 from beeflow.proxy import streaming
 from beeflow.proxy.ncpath import (
@@ -163,7 +164,7 @@ def setup(app: web.Application) -> None:
     app[STATE] = state
     app.setdefault(keys.HEALTH, {})["ncCallbacks"] = state.stats.health
     for method in WIRE_METHODS:
-        add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC)
+        add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC, expect_handler=_expect)
     add_route(app, "*", ROUTE_PATH, _other_verb, Access.PUBLIC)
     app.cleanup_ctx.append(_context)
 
@@ -203,7 +204,9 @@ async def _other_verb(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------ the handler
 
 
-async def _handle(request: web.Request) -> web.StreamResponse:
+def _precheck(request: web.Request) -> tuple[str, NcTarget, str, ParsedSig]:
+    """Every check that needs no body: verb, path, tenant key, signature header and clock,
+    declared size. Runs again in the handler; also before `100 Continue` (see _expect)."""
     app = request.app
     config = app[keys.CONFIG]
     state = app[STATE]
@@ -221,6 +224,31 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     declared = request.content_length
     if declared is not None and declared > config.nc_max_body_bytes:
         raise _too_large(config)
+    return method, target, key, sig
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` (Nextcloud's Guzzle sends it on PUTs over 1 MiB): refuse a forged,
+    stale or oversized upload before its body is sent, instead of spooling it first. Runs before
+    the middleware chain, so errors are rendered here."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
+    try:
+        _precheck(request)
+    except BeeflowError as exc:
+        response = error_response(exc)
+        response.force_close()  # the client may still send the body it announced
+        return response
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    config = app[keys.CONFIG]
+    state = app[STATE]
+    method, target, key, sig = _precheck(request)
     spool = app[SPOOLS].spool(
         memory_limit=config.spool_memory_bytes, max_bytes=config.nc_max_body_bytes
     )
