@@ -216,7 +216,9 @@ class FakeNextcloud:
 
     def check_appapi(self, request: web.Request) -> tuple[str, str | None]:
         """validateExAppRequestToNC: returns (verdict, user). verdict: ok | none | refused |
-        locked | disabled. Counts failures per IP like Nextcloud's throttler."""
+        locked | disabled. Like Nextcloud's throttler it registers a failed attempt for the IP
+        only for an unknown (unregistered) app or a wrong secret (contract 2.2, issue 11.1);
+        other refusals (no app id, empty version, unknown user, disabled app) are not counted."""
         header = request.headers.get("AUTHORIZATION-APP-API")
         if header is None:
             return "none", None
@@ -224,7 +226,9 @@ class FakeNextcloud:
         if self.is_locked(ip):
             return "locked", None
         ex_app_id = request.headers.get("EX-APP-ID", "")
-        if not ex_app_id or ex_app_id != self.app_id or not self.registered:
+        if not ex_app_id:
+            return "refused", None
+        if ex_app_id != self.app_id or not self.registered:
             self._fail(ip)
             return "refused", None
         try:
@@ -243,10 +247,8 @@ class FakeNextcloud:
         ):
             return "disabled", None  # refused, but a registered app's refusal is not counted
         if not request.headers.get("EX-APP-VERSION", ""):
-            self._fail(ip)
             return "refused", None
         if user and user not in self.users:
-            self._fail(ip)
             return "refused", None
         self.failures.pop(ip, None)  # a successful login resets the throttle
         return "ok", user
