@@ -33,7 +33,7 @@ from yarl import URL
 from beeflow import __version__, tenant
 from beeflow.config import Config
 from beeflow.errors import ConfigError, NextcloudError
-from beeflow.nextcloud import NextcloudClient, OcsResult
+from beeflow.nextcloud import NextcloudClient, OcsResult, appapi_headers
 from beeflow.transports.frpc import DEFAULT_PIN_FILE, PINNED_VERSION, FrpcError, read_pin
 from beeflow.transports.frpc import resolve_binary as resolve_frpc
 
@@ -214,6 +214,7 @@ class Doctor:
                 )
             )
         checks.append(self.check_tenant_key())
+        checks.append(await self.check_running())
         if self.config.harp:
             checks.append(await self.check_harp_socket())
             checks.append(await self.check_frpc())
@@ -582,6 +583,90 @@ class Doctor:
                 "Set HP_EXAPP_SOCK to a path in a writable directory.",
             )
         return Check(name, PASS, f"{path} is free and {parent} is writable (server not running)")
+
+    async def check_running(self) -> Check:
+        """Ask the connector running in this container (if any) how it is doing: its heartbeat
+        with the AppAPI secret carries the tunnel state, the AppAPI failure budget, the /init
+        run and the bootstrap. The heartbeat has no side effects."""
+        name = "connector"
+        c = self.config
+        if c.harp:
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(c.socket_path))
+            url = URL("http://localhost/heartbeat")
+            where = str(c.socket_path)
+        else:
+            connector = aiohttp.TCPConnector(force_close=True)
+            url = URL.build(scheme="http", host="127.0.0.1", port=c.app_port, path="/heartbeat")
+            where = f"127.0.0.1:{c.app_port}"
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
+                ) as session,
+                session.get(url, headers=appapi_headers(c, "")) as resp,
+            ):
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return Check(name, SKIP, f"no connector answers on {where} (not running here)")
+        if not isinstance(data, dict) or data.get("status") != "ok":
+            return Check(name, FAIL, f"the connector on {where} answered an unexpected heartbeat")
+        problems: list[tuple[str, str, str]] = []  # (status, what, remedy)
+        auth = data.get("appapiAuth") or {}
+        if auth.get("spent"):
+            problems.append(
+                (
+                    FAIL,
+                    "it paused its Nextcloud calls after refused AppAPI logins "
+                    f"({auth.get('lastRefusal', 'refused')})",
+                    _remedy_bruteforce(None),
+                )
+            )
+        tunnel = data.get("tunnel") or {}
+        state = tunnel.get("state")
+        if state == "exited":
+            problems.append(
+                (FAIL, f"frpc exited ({tunnel.get('last_error', '')})", "Read the frpc log lines.")
+            )
+        elif state in ("retrying", "starting") and c.harp:
+            problems.append(
+                (
+                    WARN,
+                    f"the HaRP tunnel is {state} ({tunnel.get('last_error', 'not connected yet')})",
+                    "frpc retries by itself; check that HaRP runs and HP_SHARED_KEY matches.",
+                )
+            )
+        init = data.get("init") or {}
+        if init.get("state") == "failed":
+            problems.append(
+                (
+                    WARN,
+                    f"the last /init failed: {init.get('error', '')}",
+                    "Fix the cause, then `occ app_api:app:update` (or disable and enable the app).",
+                )
+            )
+        bootstrap = data.get("bootstrap") or {}
+        if bootstrap.get("state") == "failed":
+            problems.append(
+                (
+                    WARN,
+                    f"the tenant bootstrap failed ({bootstrap.get('category', 'unknown')})",
+                    str(bootstrap.get("remediation", "")),
+                )
+            )
+        details = {
+            k: data[k]
+            for k in ("tunnel", "appapiAuth", "init", "bootstrap", "userSync")
+            if isinstance(data.get(k), dict)
+        }
+        if not problems:
+            summary = f"the connector on {where} is healthy"
+            if state:
+                summary += f" (tunnel {state})"
+            return Check(name, PASS, summary, details=details)
+        worst = FAIL if any(p[0] == FAIL for p in problems) else WARN
+        summary = "; ".join(p[1] for p in problems)
+        remedy = " ".join(p[2] for p in problems if p[2])
+        return Check(name, worst, summary, remedy, details)
 
     async def check_frpc(self) -> Check:
         name = "frpc"

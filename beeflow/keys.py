@@ -23,7 +23,7 @@ USERS: web.AppKey[UserDirectory] = web.AppKey("users")
 ROUTE_POLICIES: web.AppKey[dict[Any, RoutePolicy]] = web.AppKey("route_policies")
 DRAINING: web.AppKey[Draining] = web.AppKey("draining")
 # Filled by cli from the transport (HaRP: the frpc supervisor's snapshot); read by the heartbeat,
-# the setup status and doctor. Absent in TCP mode.
+# the setup status and doctor (TCP mode: the legacy-mode advisory).
 TUNNEL_STATUS: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("tunnel_status")
 
 # Features append their /init phases and health providers in their setup(); lifecycle runs them.
