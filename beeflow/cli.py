@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -96,6 +97,21 @@ def tunnel_health(status: Callable[[], dict[str, Any]]) -> HealthProvider:
     return provide
 
 
+def raise_fd_limit(wanted: int = 65536) -> int:
+    """Each open stream holds two descriptors (client and upstream); container defaults can be
+    1024. Raise the soft limit towards the hard one; returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("could not raise the open-file limit from %d", soft)
+            return soft
+        return target
+    return soft
+
+
 async def serve(
     config: Config,
     *,
@@ -107,6 +123,7 @@ async def serve(
     keep listening while new requests get 503 and in-flight ones drain, then stop frpc, then
     close the listeners and remove the socket. A second SIGINT exits at once."""
     started = time.monotonic()
+    raise_fd_limit()
     transport = select_transport(config)
     app = make_app(config)
     app[keys.TUNNEL_STATUS] = transport.status

@@ -296,3 +296,20 @@ async def test_demo_serves_prints_the_url_and_stops_the_stand_ins(run_cli: Start
     proc.send(signal.SIGTERM)
     assert await proc.wait_exit() == 0
     assert "Traceback" not in proc.text
+
+
+def test_fd_limit_is_raised_towards_the_hard_limit() -> None:
+    import resource
+
+    from beeflow.cli import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        got = raise_fd_limit(4096)
+        expected = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+        assert got == expected
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == expected
+        assert raise_fd_limit(128) == expected  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -178,7 +178,8 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         name="Nextcloud",
         connect_timeout=config.nc_connect_timeout,
         headers_timeout=config.nc_headers_timeout,
-        pool_size=32,
+        # Each streamed WebDAV download holds a connection for its whole length.
+        pool_size=256,
         keepalive_timeout=15.0,
     )
     try:
