@@ -110,7 +110,9 @@ def authenticate(request: web.Request, app_id: str, app_secret: str) -> Identity
     ex_app_version = headers.get("EX-APP-VERSION", "")
     if not auth or not ex_app_id or not ex_app_version:
         raise AuthFailure("AppAPI headers are missing", code="appapi_headers_missing")
-    if not hmac.compare_digest(ex_app_id.encode(), app_id.encode()):
+    # Header values are str with undecodable bytes kept as surrogates (aiohttp decodes them
+    # with surrogateescape): encode them back the same way, never raise on them.
+    if not hmac.compare_digest(ex_app_id.encode("utf-8", "surrogateescape"), app_id.encode()):
         raise AuthFailure("EX-APP-ID does not name this app", code="appapi_app_id_mismatch")
     user, secret = decode_auth_header(auth)
     if not hmac.compare_digest(secret.encode("utf-8"), app_secret.encode("utf-8")):
