@@ -157,7 +157,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise BadRequest("Request body too large", code="payload_too_large", status=413)
     try:
         data = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser's recursion limit ("[" * 15000).
         raise BadRequest("The body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object", code="invalid_json")
