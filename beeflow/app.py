@@ -40,7 +40,14 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             appapi.appapi_middleware,
         ],
         client_max_size=CLIENT_MAX_SIZE,
-        handler_args={"max_field_size": 16384, "max_line_size": 16384},
+        handler_args={
+            "max_field_size": 16384,
+            "max_line_size": 16384,
+            # aiohttp has no request-head timeout; its keep-alive timer also runs from the
+            # moment a connection opens or goes idle, so it bounds a slow or silent client
+            # (its default, 3630 s, bounds nothing in practice). See docs/bad-input.md.
+            "keepalive_timeout": config.client_header_timeout_seconds,
+        },
     )
     app[keys.CONFIG] = config
     app[keys.DRAINING] = Draining()

@@ -75,6 +75,9 @@ class Config:
     spool_dir: Path | None = None
     sync_interval_seconds: float = 900.0
     shutdown_grace_seconds: float = 20.0
+    # A client connection must deliver a complete request head within this time after it opened
+    # or after its previous response (slow clients, idle keep-alive). Not an environment variable.
+    client_header_timeout_seconds: float = 60.0
     auth_failure_budget: int = 4
     spa_dir: Path | None = None
     demo: bool = False
