@@ -47,6 +47,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             # moment a connection opens or goes idle, so it bounds a slow or silent client
             # (its default, 3630 s, bounds nothing in practice). See docs/bad-input.md.
             "keepalive_timeout": config.client_header_timeout_seconds,
+            # Parser refusals logged as one line, without the quoted request bytes.
+            "logger": middleware.http_logger(),
         },
     )
     app[keys.CONFIG] = config
