@@ -13,7 +13,7 @@ from aiohttp import web
 
 from beeflow import keys
 from beeflow.appapi import Access, Handler, add_route
-from beeflow.errors import NotFound
+from beeflow.errors import BeeflowError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,47 @@ def content_type(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix.lower(), FALLBACK_TYPE)
 
 
-def _file_response(path: Path, cache_control: str) -> web.FileResponse:
+_CONDITIONS: Final = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
+_SUFFIX_ZERO: Final = re.compile(r"^bytes=-0+$", re.ASCII | re.IGNORECASE)
+
+
+def _unsatisfiable(size: int) -> BeeflowError:
+    return BeeflowError(
+        "The requested range is not satisfiable",
+        status=416,
+        code="range_not_satisfiable",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+def check_range(request: web.Request, path: Path) -> None:
+    """Refuse, as a JSON error, a Range that aiohttp's FileResponse would answer with a bare
+    416 (unparseable, more than one range, start past the end) or would wrongly serve whole
+    (`bytes=-0`, an empty suffix). Preconditions are left to FileResponse (they come first,
+    RFC 9110 13.2.2), and so is a Range that a stale If-Range makes it ignore."""
+    value = request.headers.get("Range")
+    if value is None or any(name in request.headers for name in _CONDITIONS):
+        return
+    try:
+        stat = path.stat()
+    except OSError:
+        return
+    if_range = request.if_range
+    if if_range is not None and stat.st_mtime > if_range.timestamp():
+        return
+    if _SUFFIX_ZERO.match(value.strip()):
+        raise _unsatisfiable(stat.st_size)
+    try:
+        start = request.http_range.start
+    except ValueError:
+        raise _unsatisfiable(stat.st_size) from None
+    if start is not None and start >= stat.st_size:
+        raise _unsatisfiable(stat.st_size)
+
+
+def _file_response(request: web.Request, path: Path, cache_control: str) -> web.FileResponse:
     """aiohttp's FileResponse gives us ETag, Last-Modified, 304, 412, Range, HEAD and sendfile."""
+    check_range(request, path)
     return web.FileResponse(
         path, headers={"Content-Type": content_type(path), "Cache-Control": cache_control}
     )
@@ -128,22 +167,22 @@ def _root(request: web.Request) -> SpaRoot:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    return _file_response(_root(request).file("index.html"), NO_STORE)
+    return _file_response(request, _root(request).file("index.html"), NO_STORE)
 
 
 async def favicon(request: web.Request) -> web.StreamResponse:
-    return _file_response(_root(request).file("favicon.ico"), REVALIDATE)
+    return _file_response(request, _root(request).file("favicon.ico"), REVALIDATE)
 
 
 async def logo(request: web.Request) -> web.StreamResponse:
-    return _file_response(_root(request).file(request.match_info["name"]), REVALIDATE)
+    return _file_response(request, _root(request).file(request.match_info["name"]), REVALIDATE)
 
 
 def _under(prefix: str, cache_control: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         relative = f"{prefix}/{request.match_info['path']}"
         path = _root(request).file(relative)
-        return _file_response(path, NO_STORE if path.suffix == ".html" else cache_control)
+        return _file_response(request, path, NO_STORE if path.suffix == ".html" else cache_control)
 
     return handler
 
