@@ -124,26 +124,36 @@ async def running_stack(
     *,
     customise: Callable[[web.Application], None] | None = None,
     config_edit: Callable[[Config], Config] | None = None,
+    service_routes: list[web.RouteDef] | None = None,
+    nc_class: type[FakeNextcloud] = FakeNextcloud,
+    prepare: Callable[[FakeService], None] | None = None,
+    extra_env: dict[str, str] | None = None,
     **env: str,
 ) -> AsyncIterator[Stack]:
+    """`prepare(service)` runs once the fakes listen, before the connector starts (to seed
+    files that name the service's URL)."""
     """Everything started on loopback; everything stopped (and the temp dir removed) after."""
     root = Path(tempfile.mkdtemp(prefix="bfrel", dir="/tmp"))
     make_spa(root)
     (root / "dav").mkdir()
     dav = FakeDav(root / "dav")
-    nc = FakeNextcloud(secret=SECRET, extra_routes=dav.routes())
+    nc = nc_class(secret=SECRET, extra_routes=dav.routes())
     dav.bind(nc)
     nc.add_user("admin", email="admin@example.com", display_name="Ada Admin", groups=["admin"])
     nc.add_user("alice", email="alice@example.com", display_name="Alice", groups=["staff"])
     for uid in ("alice", "admin"):
         (dav.root / uid).mkdir()
     control = ServiceControl(verify_key=env.get("BEEFLOW_TENANT_KEY", TENANT_KEY))
-    service = FakeService(extra_routes=control.routes())
+    service = FakeService(extra_routes=[*(service_routes or []), *control.routes()])
     await nc.start()
     await service.start()
     conn: RunningConnector | None = None
     try:
-        config = Config.from_env(stack_env(nc.url, service.url, root, **env))
+        config = Config.from_env(
+            stack_env(nc.url, service.url, root, **{**(extra_env or {}), **env})
+        )
+        if prepare is not None:
+            prepare(service)
         if config_edit is not None:
             config = config_edit(config)
         conn = await start_connector(config, customise=customise)
