@@ -47,13 +47,14 @@ async def measure(
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    plan = Plan.make(parse_args(["--loops", args.loop, "--bulk-mib", str(args.bulk_mib)]))
+    loops = ",".join(dict.fromkeys(x for x in (args.loop, args.a_loop, args.b_loop) if x))
+    plan = Plan.make(parse_args(["--loops", loops, "--bulk-mib", str(args.bulk_mib)]))
     bench = Bench(plan)
     if args.scenario == "nc-up":
         await asyncio.to_thread(body_sha256, plan.bulk_bytes)
     await bench.start_upstream()
-    a, ta = await bench.start_connector(args.loop, args.transport, args.a, "a")
-    b, tb = await bench.start_connector(args.loop, args.transport, args.b, "b")
+    a, ta = await bench.start_connector(args.a_loop or args.loop, args.transport, args.a, "a")
+    b, tb = await bench.start_connector(args.b_loop or args.loop, args.transport, args.b, "b")
     sides = {"A": (a, ta), "B": (b, tb)}
     got: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
     try:
@@ -79,7 +80,9 @@ async def main_async(args: argparse.Namespace) -> int:
         f"{args.scenario} over {args.transport} ({args.loop}), {args.rounds} rounds, "
         f"load {proc.loadavg()}"
     )
-    print(f"  A = {args.a}\n  B = {args.b}")
+    print(
+        f"  A = {args.a} ({args.a_loop or args.loop})\n  B = {args.b} ({args.b_loop or args.loop})"
+    )
     for name in ("A", "B"):
         x = Summary.of([v[0] for v in got[name]])
         y = Summary.of([v[1] for v in got[name]])
@@ -97,6 +100,8 @@ def main() -> int:
     p.add_argument("--b", type=Path, required=True, help="source tree B")
     p.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument("--a-loop", choices=("asyncio", "uvloop"), default=None, help="A's loop")
+    p.add_argument("--b-loop", choices=("asyncio", "uvloop"), default=None, help="B's loop")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--bulk-mib", type=int, default=256)

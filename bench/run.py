@@ -86,6 +86,7 @@ class Plan:
     harness_loop: str
     src: Path | None
     phases: tuple[str, ...]
+    src_label: str = ""
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Plan:
@@ -115,6 +116,7 @@ class Plan:
             harness_loop="uvloop" if have_uvloop and args.harness_loop != "asyncio" else "asyncio",
             src=args.src,
             phases=tuple(args.phases.split(",")),
+            src_label="git archive HEAD" if getattr(args, "committed", False) else "",
         )
 
 
@@ -332,6 +334,10 @@ class Results:
     def add(self, key: tuple[str, ...], value: float) -> None:
         self.figures.setdefault(key, []).append(value)
 
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
     def get(self, key: tuple[str, ...]) -> Summary:
         return Summary.of(self.figures.get(key, []))
 
@@ -408,8 +414,10 @@ class Bench:
         check_signing_matches_beeflow()
         await self.start_upstream()
         try:
-            for loop in self.plan.loops:
-                for transport in self.plan.transports:
+            # loops innermost: asyncio and uvloop of one transport run minutes apart, not
+            # half a run apart, so a change in the machine's load hits both alike
+            for transport in self.plan.transports:
+                for loop in self.plan.loops:
                     await self.run_pair(loop, transport)
         finally:
             await self.stop(self.upstream)
@@ -602,13 +610,14 @@ class Bench:
                         )
                     count, failed = sse.events, sse.failed
                     if not sse.concurrent:
-                        note = (
+                        res.note(
                             f"{loop}/{transport} SSE {kind}: the {streams} streams did not all "
-                            "run at the same time (a concurrency cap?)"
+                            "run at the same time (some waited for others to end: a "
+                            "concurrency cap); their latencies do not show the load of "
+                            f"{streams} streams"
                         )
-                        if note not in res.notes:
-                            res.notes.append(note)
                     key = (loop, transport, "sse", str(streams), kind)
+                    res.add((*key, "concurrent"), 1.0 if sse.concurrent else 0.0)
                     lat = sorted(sse.latencies_us)
                     p50, p99 = percentile(lat, 50), percentile(lat, 99)
                     got[kind] = (p50, p99)
@@ -715,20 +724,23 @@ class Bench:
                 await asyncio.wait_for(streams.open(target, raw, n), timeout=300)
                 await asyncio.sleep(1.0)
                 held = proc.rss_bytes(conn.pid)
-                if streams.failed:
-                    res.notes.append(
-                        f"{loop}/{transport} idle: only {streams.opened} of {n} streams opened "
-                        "(no first event within 10 s: a concurrency cap?); KiB per stream is "
-                        "over those"
-                    )
                 ok = streams.opened
                 key = (loop, transport, "idle")
+                res.add((*key, "opened"), ok)
+                if streams.failed:
+                    res.note(
+                        f"{loop}/{transport} idle: only {ok} of {n} streams opened (the next "
+                        "got no first event within 10 s: a concurrency cap); KiB per stream "
+                        "is over those, so fixed costs weigh more"
+                    )
                 res.add((*key, "base"), base)
                 res.add((*key, "held"), held)
                 res.add((*key, "per_stream"), (held - base) / max(ok, 1))
                 streams.close()
                 await asyncio.sleep(1.5)
                 res.add((*key, "after"), proc.rss_bytes(conn.pid))
+                if streams.failed:
+                    return  # a cap does not change between repetitions
             finally:
                 streams.close()
                 await self.stop(conn)
@@ -791,7 +803,7 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
         f"- versions: Python {v['python']}, aiohttp {v['aiohttp']}, multidict {v['multidict']}, "
         f"yarl {v['yarl']}, uvloop {v['uvloop']}, wrk {v['wrk']}"
     )
-    src = str(plan.src) if plan.src else "working tree"
+    src = plan.src_label or (str(plan.src) if plan.src else "working tree")
     add(f"- beeflow: {_git_head()} (source: {src})")
     add(
         f"- command: `python -m bench{' --quick' if plan.quick else ''}` "
@@ -860,15 +872,16 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
     add("")
     add(
         "| loop | transport | streams | direct p50 / p99 ms | beeflow p50 / p99 ms | "
-        "added p50 ms | added p99 ms | connector CPU µs/event | events lost |"
+        "added p50 ms | added p99 ms | connector CPU µs/event | events lost | "
+        "streams concurrent |"
     )
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|")
     for loop in plan.loops:
         for tr in plan.transports:
             if (loop, tr, "sse") in r.unavailable:
                 add(
                     f"| {loop} | {tr} | | n/a: {_short(r.unavailable[(loop, tr, 'sse')])} "
-                    "| | | | | |"
+                    "| | | | | | |"
                 )
                 continue
             for streams in (1, plan.sse_many):
@@ -885,7 +898,8 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
                     f"{b50.fmt(3, 1e-3)} / {b99.fmt(3, 1e-3)} | "
                     f"{r.get((*key, 'added', 'p50')).fmt(3, 1e-3)} | "
                     f"{r.get((*key, 'added', 'p99')).fmt(3, 1e-3)} | "
-                    f"{r.get((*key, 'cpu_us')).fmt(0)} | {int(lost)} |"
+                    f"{r.get((*key, 'cpu_us')).fmt(0)} | {int(lost)} | "
+                    f"{_all_concurrent(r.get((*key, 'beeflow', 'concurrent')))} |"
                 )
     add("")
 
@@ -932,20 +946,21 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
     )
     add("")
     add(
-        "| loop | transport | RSS before MiB | RSS with streams MiB | KiB per stream | "
-        "RSS after closing MiB |"
+        "| loop | transport | streams open | RSS before MiB | RSS with streams MiB | "
+        "KiB per stream | RSS after closing MiB |"
     )
-    add("|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|")
     for loop in plan.loops:
         for tr in plan.transports:
             key = (loop, tr, "idle")
             if key in r.unavailable:
-                add(f"| {loop} | {tr} | n/a: {_short(r.unavailable[key])} | | | |")
+                add(f"| {loop} | {tr} | n/a: {_short(r.unavailable[key])} | | | | |")
                 continue
             if not r.get((*key, "per_stream")).ok:
                 continue
             add(
-                f"| {loop} | {tr} | {r.get((*key, 'base')).fmt(1, 1 / MIB)} | "
+                f"| {loop} | {tr} | {r.get((*key, 'opened')).fmt(0)} | "
+                f"{r.get((*key, 'base')).fmt(1, 1 / MIB)} | "
                 f"{r.get((*key, 'held')).fmt(1, 1 / MIB)} | "
                 f"{r.get((*key, 'per_stream')).fmt(1, 1 / 1024)} | "
                 f"{r.get((*key, 'after')).fmt(1, 1 / MIB)} |"
@@ -1015,6 +1030,12 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
     return "\n".join(lines)
 
 
+def _all_concurrent(s: Summary) -> str:
+    if not s.ok:
+        return "n/a"
+    return "yes" if s.low == 1.0 else f"**no** ({s.values.count(0.0)} of {len(s.values)} runs)"
+
+
 def _short(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")[:90]
 
@@ -1047,12 +1068,17 @@ def _targets(plan: Plan, r: Results, loop: str, tr: str) -> list[str]:
     out: list[str] = []
 
     def row(
-        name: str, s: Summary, fmt: Callable[[float], str], ok: Callable[[float], bool]
+        name: str,
+        s: Summary,
+        fmt: Callable[[float], str],
+        ok: Callable[[float], bool],
+        invalid: str = "",
     ) -> None:
         if not s.ok:
             out.append(f"| {name} | {tr} | n/a | n/a |")
             return
-        out.append(f"| {name} | {tr} | {fmt(s.median)} | {_verdict(ok(s.median))} |")
+        verdict = f"**not measurable**: {invalid}" if invalid else _verdict(ok(s.median))
+        out.append(f"| {name} | {tr} | {fmt(s.median)} | {verdict} |")
 
     for kind in ("api", "nc"):
         row(
@@ -1067,11 +1093,15 @@ def _targets(plan: Plan, r: Results, loop: str, tr: str) -> list[str]:
             lambda x: f"{x:.3f}x",
             lambda x: x >= 0.1,
         )
+    concurrent = r.get((loop, tr, "sse", str(plan.sse_many), "beeflow", "concurrent"))
     row(
         f"SSE added p99 <= 1 ms at {plan.sse_many} streams",
         r.get((loop, tr, "sse", str(plan.sse_many), "added", "p99")),
         lambda x: f"{x / 1000:.3f} ms",
         lambda x: x <= 1000,
+        invalid="the streams were queued, not concurrent"
+        if concurrent.ok and concurrent.low < 1.0
+        else "",
     )
     for scenario in BULK:
         row(
@@ -1095,11 +1125,15 @@ def _targets(plan: Plan, r: Results, loop: str, tr: str) -> list[str]:
         lambda x: f"{x / MIB:.1f} MiB",
         lambda x: x < 20 * MIB,
     )
+    opened = r.get((loop, tr, "idle", "opened"))
     row(
         f"idle SSE stream < 50 KiB each ({plan.idle_streams} streams)",
         r.get((loop, tr, "idle", "per_stream")),
         lambda x: f"{x / 1024:.1f} KiB",
         lambda x: x < 50 * 1024,
+        invalid=f"only {opened.low:.0f} of {plan.idle_streams} streams opened"
+        if opened.ok and opened.low < plan.idle_streams
+        else "",
     )
     return out
 
