@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 import attrs
 import pytest
 
 from beeflow.config import Config
+from beeflow.middleware import http_logger
 from tests.helpers import SECRET, TENANT_KEY
 from tests.reliability import catalogue
 from tests.reliability.catalogue import CASES, CLOSED, HEADER_TIMEOUT, PARSER, Case
@@ -144,3 +146,25 @@ def test_default_client_header_timeout_is_a_real_bound() -> None:
     default = attrs.fields(Config).client_header_timeout_seconds.default
     assert isinstance(default, float)
     assert 5 <= default <= 120
+
+
+def test_other_server_errors_keep_their_level_and_traceback() -> None:
+    """Only parser refusals are rewritten; a real failure inside the server keeps its ERROR
+    record and traceback (the redaction filter still applies to it downstream)."""
+    logger = http_logger()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logger.makeRecord(
+            logger.name,
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request from %s",
+            ("127.0.0.1",),
+            sys.exc_info(),
+        )
+    assert all(f.filter(record) for f in logger.filters)  # type: ignore[union-attr]
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
+    assert record.getMessage() == "Error handling request from 127.0.0.1"
