@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -21,7 +21,7 @@ from beeflow.errors import NextcloudError
 from beeflow.middleware import json_response
 from beeflow.nextcloud import OcsResult
 from beeflow.state import InitPhase
-from beeflow.tasks import spawn
+from beeflow.tasks import cancel_all, running, spawn
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ async def nc_events(request: web.Request) -> web.Response:
     raw = b"".join(parts)
     try:
         data = json.loads(raw.decode("utf-8")) if raw.strip() else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return _ignored("bad_json", "bad_json")
     if not isinstance(data, dict):
         return _ignored("bad_json", "bad_json")
@@ -259,14 +259,36 @@ _LISTENERS: web.AppKey[ListenerState] = web.AppKey("events_listeners")
 
 async def _forward(app: web.Application, event: UserEvent) -> None:
     queue = app[_QUEUE]
+    sink = app[service_client.USER_EVENTS_SINK]
     try:
         async with queue.semaphore:
             assert event.uid is not None
-            await app[service_client.USER_EVENTS_SINK].forward(
-                event.event, event.uid, event.group_id, origin="webhook"
-            )
+            await sink.forward(event.event, event.uid, event.group_id, origin="webhook")
+    except asyncio.CancelledError:
+        # Stopped before the service answered: say so, never drop an event silently.
+        sink.stats["webhook"].failed += 1
+        log.warning(
+            "webhook event %s for %s not delivered to the service: the connector stopped; "
+            "the next reconciliation sends what the service missed",
+            event.event,
+            event.uid,
+        )
+        raise
     finally:
         queue.waiting -= 1
+
+
+FORWARD_SETTLE_SECONDS: Final = 2.0
+
+
+async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    """At shutdown give queued forwards a moment, then stop the rest (each logs itself). Closed
+    before the service session, which the forwards use."""
+    yield
+    pending = running("events-forward-")
+    if pending:
+        await asyncio.wait(pending, timeout=FORWARD_SETTLE_SECONDS)
+    await cancel_all("events-forward-")
 
 
 # ------------------------------------------------------------------ wiring
@@ -289,6 +311,7 @@ def setup(app: web.Application) -> None:
     service_client.setup(app)
     app[_LISTENERS] = ListenerState()
     app[_QUEUE] = _Queue()
+    app.cleanup_ctx.append(_queue_ctx)
     add_route(app, "POST", "/webhook/nc-events", nc_events, Access.ADMIN, service_ok=True)
     app.setdefault(keys.INIT_PHASES, []).append(
         InitPhase("event-listeners", 100, _register_phase(app))

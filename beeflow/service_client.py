@@ -5,6 +5,7 @@ shared by the webhook and the periodic reconciliation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from yarl import URL
 
 from beeflow import keys, storage
 from beeflow.signing import SIG_HEADER, sign_outbound
+from beeflow.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ USER_EVENTS: Final = (
 )
 RECENT_FILE: Final = "user-events-recent.json"
 RECENT_MAX: Final = 5000
+# Deliveries are written to RECENT_FILE at most this long after they happen.
+FLUSH_DELAY: Final = 0.5
 
 
 class ServiceCallError(Exception):
@@ -80,6 +84,11 @@ class ServiceClient:
         headers: Mapping[str, str] | None = None,
         timeout: float,
     ) -> ServiceReply:
+        if self.session.closed:
+            # Shutting down: a caller still waiting for its turn gets a normal failure.
+            raise ServiceCallError(
+                f"{method} {url.path}: the connector is stopping", kind="network"
+            )
         try:
             async with self.session.request(
                 method,
@@ -97,6 +106,12 @@ class ServiceClient:
             raise ServiceCallError(
                 f"{method} {url.path}: {type(exc).__name__}", kind="network"
             ) from None
+        except RuntimeError as exc:  # "Session is closed": the session closed mid-call
+            if not self.session.closed:
+                raise
+            raise ServiceCallError(
+                f"{method} {url.path}: the connector is stopping", kind="network"
+            ) from exc
         text = raw.decode("utf-8", "replace")
         try:
             data = json.loads(text) if text.strip() else None
@@ -172,6 +187,8 @@ class UserEvents:
         self._path = directory / RECENT_FILE
         self._recent: dict[EventKey, float] = {}
         self._lock = asyncio.Lock()
+        self._dirty = False
+        self._flusher: asyncio.Task[None] | None = None
         self.stats: dict[str, ForwardStats] = {"webhook": ForwardStats(), "sync": ForwardStats()}
 
     @staticmethod
@@ -206,9 +223,10 @@ class UserEvents:
         stats.last_error = f"{event}: {problem}"[:300]
         stats.last_error_at = time.time()
         log.warning(
-            "%s event %s not delivered to the service: %s%s",
+            "%s event %s for %s not delivered to the service: %s%s",
             origin,
             event,
+            uid,
             problem,
             _after_failure(origin, outcome),
         )
@@ -221,19 +239,43 @@ class UserEvents:
         return at is not None and at >= since
 
     async def _remember(self, key: EventKey) -> None:
-        async with self._lock:
-            now = time.time()
-            self._recent[key] = now
-            horizon = now - 2 * self._app[keys.CONFIG].sync_interval_seconds - 3600
+        """Record a delivery now; the file follows within FLUSH_DELAY (one write for a burst,
+        not an fsync per webhook)."""
+        now = time.time()
+        self._recent.pop(key, None)
+        self._recent[key] = now  # insertion order is time order: the oldest comes first
+        horizon = now - 2 * self._app[keys.CONFIG].sync_interval_seconds - 3600
+        if len(self._recent) > RECENT_MAX or next(iter(self._recent.values())) < horizon:
             fresh = {k: t for k, t in self._recent.items() if t >= horizon}
             if len(fresh) > RECENT_MAX:
                 fresh = dict(sorted(fresh.items(), key=lambda kv: kv[1])[-RECENT_MAX:])
             self._recent = fresh
-            rows = [[e, u, g, t] for (e, u, g), t in fresh.items()]
+        self._dirty = True
+        if self._flusher is None or self._flusher.done():
+            self._flusher = spawn(self._flush_later(), name="user-events-flush")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_DELAY)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the remembered deliveries if they changed (also at shutdown)."""
+        async with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            rows = [[e, u, g, t] for (e, u, g), t in self._recent.items()]
             try:
                 await storage.write_json(self._path, {"events": rows})
             except storage.StoreError as exc:
                 log.warning("%s (webhook deliveries are kept in memory only)", exc)
+
+    async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
 
     def load(self) -> None:
         data = storage.read_json(self._path)
@@ -278,6 +320,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE] = ServiceClient(app, session)
         await asyncio.to_thread(app[USER_EVENTS_SINK].load)
         yield
+        await app[USER_EVENTS_SINK].close()
     # Opened first, closed last among the tenant/events/sync contexts: no write may outlive us.
     await storage.settle()
 

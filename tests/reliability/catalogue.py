@@ -734,8 +734,6 @@ CASES: Final[list[Case]] = [
         "bad_json",
         webhook(b"[" * 100_000),
         check=no_service_request,
-        defect="answers 500 `internal_error`: `beeflow/events.py: nc_events` lets "
-        "`RecursionError` out of `json.loads`",
     ),
     Case(
         "json-webhook-no-class",

@@ -229,13 +229,6 @@ async def test_corrupt_tenant_key_file_at_start(w: World) -> None:
 WEBHOOKS = 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="webhooks queued behind the forwarder's semaphore at shutdown die with "
-    "RuntimeError('Session is closed') as an ERROR traceback from beeflow.tasks instead of a "
-    "'not delivered' line (beeflow/service_client.py ServiceClient.request does not map a "
-    "closed session; beeflow/events.py has no shutdown settle for its forward queue)",
-)
 async def test_webhooks_accepted_before_a_shutdown_are_forwarded_or_logged(w: World) -> None:
     """Nothing is lost silently: each accepted webhook is delivered, or named in a
     'not delivered' log line, even when the process stops while the service is stalled."""

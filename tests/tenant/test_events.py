@@ -222,7 +222,7 @@ async def test_a_failed_forward_is_logged_not_dropped_silently(
     await wait_for(lambda: stats.failed == 1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     expected = "HTTP 500" if failure == "http_500" else "HTTP 401"
-    assert any("user.deleted not delivered" in w and expected in w for w in warnings)
+    assert any("user.deleted for alice not delivered" in w and expected in w for w in warnings)
     body = await heartbeat(conn, trusted=True)
     assert body["events"]["webhook"]["failed"] == 1
     assert expected in body["events"]["webhook"]["lastError"]
