@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, TypeVar
 
 import cattrs
@@ -35,6 +36,13 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, (TypeError, ValueError)):
         return "wrong type or value"
     return type(exc).__name__
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """A Unix time as the ISO 8601 UTC string our JSON answers and files use."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def structure(data: Any, cls: type[T]) -> T:

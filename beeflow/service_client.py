@@ -19,6 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from beeflow import keys, storage
+from beeflow.serde import iso_utc
 from beeflow.signing import SIG_HEADER, sign_outbound
 from beeflow.tasks import spawn
 
@@ -172,9 +173,9 @@ class ForwardStats:
         out: dict[str, Any] = {"forwarded": self.forwarded, "failed": self.failed}
         if self.last_error:
             out["lastError"] = self.last_error
-            out["lastErrorAt"] = _iso(self.last_error_at)
+            out["lastErrorAt"] = iso_utc(self.last_error_at)
         if self.last_forwarded_at:
-            out["lastForwardedAt"] = _iso(self.last_forwarded_at)
+            out["lastForwardedAt"] = iso_utc(self.last_forwarded_at)
         return out
 
 
@@ -298,12 +299,6 @@ def _after_failure(origin: str, outcome: str) -> str:
     if origin == "webhook":
         return "; the next reconciliation sends what the service missed"
     return " (dropped)" if outcome == "rejected" else " (kept for the next run)"
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 SERVICE: web.AppKey[ServiceClient] = web.AppKey("service_client")

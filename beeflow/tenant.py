@@ -29,6 +29,7 @@ from beeflow import keys, service_client, storage
 from beeflow.errors import BeeflowError, Conflict, NextcloudError
 from beeflow.nextcloud import NcUser, user_from_ocs
 from beeflow.redact import REDACTOR
+from beeflow.serde import iso_utc
 from beeflow.state import InitPhase
 from beeflow.tasks import spawn
 
@@ -260,13 +261,7 @@ def _header_safe(value: str) -> str:
     return _CTRL.sub(" ", value).strip()[:255]
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _parse_iso(value: Any) -> float | None:
+def _parseiso_utc(value: Any) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -383,7 +378,7 @@ class Bootstrapper:
         await asyncio.shield(self._task)
 
     def _pending_expired(self) -> bool:
-        expires = _parse_iso((self.state.pending or {}).get("expiresAt"))
+        expires = _parseiso_utc((self.state.pending or {}).get("expiresAt"))
         return expires is not None and time.time() > expires + PENDING_GRACE
 
     # -- one provisioning run
@@ -573,7 +568,7 @@ class Bootstrapper:
             "ncInstanceId": meta.instance_id if meta else state.instance_id,
             "ncVersion": meta.version if meta else state.nc_version,
             "boundApiBaseUrl": str(api_base.url),
-            "provisionedAt": _iso(time.time()),
+            "provisionedAt": iso_utc(time.time()),
         }
         store_error: str | None = None
         try:
@@ -664,7 +659,7 @@ class Bootstrapper:
 
     async def _poll(self, record: dict[str, Any]) -> None:
         """Legacy approval: poll until approved, denied/expired (410) or expiry + 5 min."""
-        expires = _parse_iso(record.get("expiresAt"))
+        expires = _parseiso_utc(record.get("expiresAt"))
         deadline = (expires + PENDING_GRACE) if expires else time.time() + 24 * 3600
         client = self._app[service_client.SERVICE]
         url = client.url(str(record["pollUrl"]))
@@ -706,8 +701,8 @@ class Bootstrapper:
             "phase": failure.phase,
             "error": failure.message,
             "remediation": failure.remediation or REMEDIATION.get(category, REMEDIATION["unknown"]),
-            "lastAttemptAt": _iso(attempt),
-            "nextRetryAt": _iso(time.time() + delay),
+            "lastAttemptAt": iso_utc(attempt),
+            "nextRetryAt": iso_utc(time.time() + delay),
         }
         state.last_error = record
         if not state.key:
@@ -855,7 +850,7 @@ class Bootstrapper:
             return
         pending = await asyncio.to_thread(self.store.load_pending)
         if pending is not None:
-            expires = _parse_iso(pending.get("expiresAt"))
+            expires = _parseiso_utc(pending.get("expiresAt"))
             kind = pending.get("kind")
             usable = kind in ("poll", "verification") and (
                 kind == "verification" or isinstance(pending.get("pollUrl"), str)

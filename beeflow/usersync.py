@@ -27,6 +27,7 @@ from beeflow.appapi import Access, add_route
 from beeflow.errors import NextcloudError
 from beeflow.middleware import json_response
 from beeflow.nextcloud import AuthBudget, user_from_ocs
+from beeflow.serde import iso_utc
 from beeflow.state import InitPhase
 from beeflow.tasks import spawn
 
@@ -100,12 +101,6 @@ class SyncAborted(Exception):
     def __init__(self, message: str, *, state: str = "failed") -> None:
         self.state = state
         super().__init__(message)
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 @attrs.define
@@ -403,15 +398,15 @@ class UserSync:
 
     def snapshot_status(self, trusted: bool) -> dict[str, Any]:
         s = self.status
-        out: dict[str, Any] = {"state": s.state, "lastRunAt": _iso(s.last_run_at)}
+        out: dict[str, Any] = {"state": s.state, "lastRunAt": iso_utc(s.last_run_at)}
         if not trusted:
             return out
         out.update(
             {
                 "intervalSeconds": self._app[keys.CONFIG].sync_interval_seconds,
-                "lastSuccessAt": _iso(s.last_success_at),
-                "nextRunAt": _iso(s.next_run_at),
-                "baselineAt": _iso(s.baseline_at),
+                "lastSuccessAt": iso_utc(s.last_success_at),
+                "nextRunAt": iso_utc(s.next_run_at),
+                "baselineAt": iso_utc(s.baseline_at),
                 "usersSeen": s.users_seen,
                 "eventsSent": s.events_sent,
                 "eventsSentTotal": s.events_sent_total,

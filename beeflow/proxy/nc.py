@@ -54,6 +54,7 @@ from beeflow.proxy.ncpath import (
 )
 from beeflow.proxy.spool import Spool, SpoolDir, SpoolTooLarge
 from beeflow.ratelimit import RateLimiter
+from beeflow.serde import iso_utc
 from beeflow.signing import (
     SIG_HEADER,
     UID_HEADER,
@@ -136,11 +137,7 @@ class CallbackStats:
             out["verified"] = self.verified
             out["rateLimited"] = self.rate_limited
             out["lastReason"] = self.last_reason
-            out["lastAt"] = (
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_at))
-                if self.last_at is not None
-                else None
-            )
+            out["lastAt"] = iso_utc(self.last_at)
         return out
 
 

@@ -28,6 +28,7 @@ from beeflow.errors import (
 )
 from beeflow.nextcloud import NcUser
 from beeflow.proxy import streaming
+from beeflow.serde import iso_utc
 from beeflow.signing import mint_jwt, user_claims
 from beeflow.tenant import TenantState
 
@@ -105,11 +106,7 @@ class ProxyStats:
             out["requests"] = self.requests
             out["inFlight"] = self.in_flight
             out["lastError"] = self.last_error
-            out["lastErrorAt"] = (
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_error_at))
-                if self.last_error_at is not None
-                else None
-            )
+            out["lastErrorAt"] = iso_utc(self.last_error_at)
         return out
 
 
