@@ -35,6 +35,7 @@ from beeflow.config import Config
 from beeflow.errors import ConfigError, NextcloudError
 from beeflow.nextcloud import NextcloudClient, OcsResult, appapi_headers
 from beeflow.transports.frpc import DEFAULT_PIN_FILE, PINNED_VERSION, FrpcError, read_pin
+from beeflow.transports.frpc import read_version as read_frpc_version
 from beeflow.transports.frpc import resolve_binary as resolve_frpc
 
 PASS: Final = "pass"  # noqa: S105 - a status, not a password
@@ -48,8 +49,6 @@ NC_MIN: Final = 31
 NC_MAX: Final = 34
 CERT_FILES: Final = ("ca.crt", "client.crt", "client.key")
 SETUP_FILE: Final = "setup-config.json"  # the setup picker's saved choice (beeflow.setup.store)
-_ANSI: Final = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-_VERSION: Final = re.compile(r"\b(\d+\.\d+\.\d+)\b")
 _MASK: Final = "***"
 
 Clock = Callable[[], float]
@@ -768,25 +767,9 @@ async def _socket_listens(path: Path, timeout: float) -> bool:
 
 async def _frpc_version(binary: str, timeout: float) -> str | None:
     try:
-        proc = await asyncio.create_subprocess_exec(
-            binary,
-            "-v",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError:
+        return await read_frpc_version(binary, timeout)
+    except FrpcError:
         return None
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return None
-    match = _VERSION.search(_ANSI.sub("", out.decode(errors="replace")))
-    return match.group(1) if match else None
 
 
 # ------------------------------------------------------------------ output

@@ -245,28 +245,7 @@ class FrpcSupervisor:
             )
 
     async def _read_version(self, binary: str) -> str | None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                binary,
-                "-v",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise FrpcError(f"cannot run frpc binary {binary}: {exc.strerror or exc}") from None
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.version_timeout)
-        except TimeoutError:
-            return None
-        finally:
-            if proc.returncode is None:  # timed out, or we are stopping: reap it
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        match = _VERSION.search(_ANSI.sub("", out.decode(errors="replace")))
-        return match.group(1) if match else None
+        return await read_version(binary, self.version_timeout)
 
     async def start(self) -> None:
         """Write the config and start frpc. Call only once the Unix socket listens."""
@@ -563,3 +542,30 @@ def _describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"{name} (code {code})"
     return f"code {code}"
+
+
+async def read_version(binary: str, timeout: float) -> str | None:
+    """What `frpc -v` says (ANSI stripped), or None if it said nothing usable in time.
+    Raises FrpcError if the binary cannot run."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            "-v",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise FrpcError(f"cannot run frpc binary {binary}: {exc.strerror or exc}") from None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        return None
+    finally:
+        if proc.returncode is None:  # timed out, or we are stopping: reap it
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    match = _VERSION.search(_ANSI.sub("", out.decode(errors="replace")))
+    return match.group(1) if match else None
