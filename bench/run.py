@@ -116,7 +116,7 @@ class Plan:
             harness_loop="uvloop" if have_uvloop and args.harness_loop != "asyncio" else "asyncio",
             src=args.src,
             phases=tuple(args.phases.split(",")),
-            src_label="git archive HEAD" if getattr(args, "committed", False) else "",
+            src_label=getattr(args, "src_label", ""),
         )
 
 
@@ -409,6 +409,7 @@ class Bench:
 
     async def run(self) -> str:
         started = dt.datetime.now().astimezone()
+        head = _git_head()
         load_before = proc.loadavg()
         t0 = self.account.mark()
         check_signing_matches_beeflow()
@@ -424,6 +425,7 @@ class Bench:
         t1 = self.account.mark()
         meta = {
             "started": started,
+            "head": head,
             "seconds": t1[0] - t0[0],
             "load_before": load_before,
             "load_after": proc.loadavg(),
@@ -759,7 +761,7 @@ def _versions() -> dict[str, str]:
     wrk_path = wrk.available()
     if wrk_path:
         ver = subprocess.run([wrk_path, "--version"], capture_output=True, text=True, check=False)
-        out["wrk"] = (ver.stdout or ver.stderr).split("\n")[0].split(" [")[0]
+        out["wrk"] = (ver.stdout or ver.stderr).split("\n")[0].split(" [")[0].removeprefix("wrk ")
     else:
         out["wrk"] = "not installed"
     return out
@@ -803,8 +805,12 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
         f"- versions: Python {v['python']}, aiohttp {v['aiohttp']}, multidict {v['multidict']}, "
         f"yarl {v['yarl']}, uvloop {v['uvloop']}, wrk {v['wrk']}"
     )
-    src = plan.src_label or (str(plan.src) if plan.src else "working tree")
-    add(f"- beeflow: {_git_head()} (source: {src})")
+    if plan.src_label:
+        add(f"- beeflow: {plan.src_label}")
+    elif plan.src:
+        add(f"- beeflow: the tree in {plan.src} (this checkout was at {meta['head']})")
+    else:
+        add(f"- beeflow: the working tree at {meta['head']}")
     add(
         f"- command: `python -m bench{' --quick' if plan.quick else ''}` "
         f"({meta['seconds'] / 60:.1f} min); harness (upstream, Python clients) on "
@@ -1211,6 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp_src: Path | None = None
     if args.committed:
         tmp_src = Path(tempfile.mkdtemp(prefix="bfb-src-", dir="/tmp"))
+        args.src_label = f"git archive {_git_head().split()[0]} (committed code only)"
         args.src = export_committed(tmp_src)
     plan = Plan.make(args)
     bench = Bench(plan)
