@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.upstream import raise_nofile
+from bench.upstream import die_with_parent, raise_nofile
 
 
 def minimal_app(upstream: str) -> web.Application:
@@ -100,6 +100,7 @@ def main() -> int:
         help="the connector, or a minimal aiohttp proxy as the reference",
     )
     args = parser.parse_args()
+    die_with_parent()
     raise_nofile()
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

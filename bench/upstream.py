@@ -327,6 +327,16 @@ class UpstreamProtocol(asyncio.Protocol):
         await self.gone
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (PR_SET_PDEATHSIG), so a bench
+    that crashes or is killed leaves no upstream or connector behind. Best effort."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 65536
@@ -369,6 +379,7 @@ def main() -> int:
     parser.add_argument("--unix", type=Path, default=None)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
+    die_with_parent()
     raise_nofile()
     factory = None
     if args.loop == "uvloop":
