@@ -176,7 +176,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         connect_timeout=config.nc_connect_timeout,
         headers_timeout=config.nc_headers_timeout,
         # Each streamed WebDAV download holds a connection for its whole length.
-        pool_size=256,
+        pool_size=0,
         keepalive_timeout=15.0,
     )
     try:

@@ -42,7 +42,7 @@ SOURCE: Final = "nextcloud-connector"
 # Concurrent connections to the service. Every open chat stream holds one for its lifetime, so
 # this is the cap on concurrent streams (the Node reference's 64 made stream 65 wait); idle
 # pooled connections are dropped after KEEPALIVE_SECONDS.
-POOL_SIZE: Final = 1024
+POOL_SIZE: Final = 0  # no cap: aiohttp limit=0; idle connections still expire
 KEEPALIVE_SECONDS: Final = 10.0
 
 # Never to the service: the user's own credentials (their Nextcloud password in Basic auth, the
