@@ -143,6 +143,7 @@ APPAPI_PREFIXES: Final = ("aa-", "ex-app-", "harp-")
 _SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 REPLAYABLE_METHODS: Final = frozenset({"GET", "HEAD"})
 SSE_KEEPALIVE: Final = b": keep-alive\n\n"
+SMALL_BODY_BYTES: Final = 64 * 1024
 
 HeaderSource = Mapping[str, str] | CIMultiDictProxy[str] | MultiDictProxy[str] | CIMultiDict[str]
 
@@ -465,7 +466,7 @@ class _Boundary:
         self.tail = b"\n\n"  # the start of a stream is a boundary
 
     def feed(self, chunk: bytes) -> None:
-        self.tail = (self.tail + chunk)[-4:]
+        self.tail = (self.tail + chunk[-4:])[-4:]  # never copy the whole chunk
 
     @property
     def at_boundary(self) -> bool:
@@ -519,8 +520,22 @@ async def relay(
         headers, sse = _response_headers(upstream, options)
         if edit_headers is not None:
             edit_headers(upstream, headers)
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         length = _content_length(upstream)
+        if (
+            length is not None
+            and length <= SMALL_BODY_BYTES
+            and not sse
+            and request.method != "HEAD"
+            and upstream.status not in (204, 304)
+        ):
+            # A small body with a known length: read it (it usually came with the headers)
+            # and answer with web.Response, which writes headers and body in ONE send.
+            body = await upstream.read()
+            complete = True
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None:
             resp.content_length = length
         elif sse and options.close_delimited_sse:
