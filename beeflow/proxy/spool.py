@@ -25,7 +25,7 @@ T = TypeVar("T")
 # Bytes gathered before one write+hash job is handed to a worker thread.
 FLUSH_BYTES: Final = 1024 * 1024
 # Bytes read back per job when replaying the file upstream.
-READ_BYTES: Final = 256 * 1024
+READ_BYTES: Final = 1024 * 1024
 
 
 class SpoolTooLarge(Exception):
@@ -132,6 +132,7 @@ class Spool:
             self._hash.update(self._buffer)
         else:
             await self._flush()
+            await self._drain()
             await self._run(self._file.flush)
         self._digest = self._hash.hexdigest()
 
@@ -160,12 +161,21 @@ class Spool:
         self.closed = True
         self._buffer = bytearray()
         file, self._file = self._file, None
+        pending = self._pending
+        if pending is not None and not pending.done():
+            # A hash+write job may still be running (it is not awaited while the next MiB
+            # arrives): the file is closed, and the spool counts as released, when it ends.
+            def release(done: asyncio.Future[object]) -> None:
+                if not done.cancelled():
+                    done.exception()  # retrieved: nobody awaits an abandoned job
+                if file is not None:
+                    _close_quietly(file)
+                self._dir._leave()
+
+            pending.add_done_callback(release)
+            return
         if file is not None:
-            pending = self._pending
-            if pending is not None and not pending.done():
-                pending.add_done_callback(lambda _f: _close_quietly(file))
-            else:
-                _close_quietly(file)
+            _close_quietly(file)
         self._dir._leave()
 
     # -------------------------------------------------------------- internals
@@ -174,8 +184,11 @@ class Spool:
         return tempfile.TemporaryFile(dir=self._dir.path, prefix="body-")
 
     async def _flush(self) -> None:
+        """Hand the buffer to a worker (hash + write) WITHOUT waiting for it: the next MiB is
+        received while this one is hashed. At most one job in flight (order kept)."""
         if not self._buffer or self._file is None:
             return
+        await self._drain()
         data, self._buffer = self._buffer, bytearray()  # handed over whole: no copy
         file, digest = self._file, self._hash
 
@@ -183,9 +196,20 @@ class Spool:
             digest.update(data)
             file.write(data)
 
-        await self._run(job)
+        self._pending = asyncio.get_running_loop().run_in_executor(None, job)
+
+    async def _drain(self) -> None:
+        """Wait for the job in flight, if any (its error surfaces here)."""
+        pending = self._pending
+        if pending is not None:
+            try:
+                await pending
+            finally:
+                if self._pending is pending:
+                    self._pending = None
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        await self._drain()
         future = asyncio.get_running_loop().run_in_executor(None, fn)
         self._pending = future  # type: ignore[assignment]
         try:
