@@ -19,6 +19,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from beeflow.demo.loopback import serve_loopback
+
 NC_VERSION: Final = "32.0.1"
 ADMIN_UID: Final = "admin"
 ADMIN: Final[dict[str, Any]] = {
@@ -274,11 +276,7 @@ class DemoNextcloud:
         )
         app = web.Application(client_max_size=64 * 1024**2)
         app.add_routes(self._routes())
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = URL.build(scheme="http", host="127.0.0.1", port=self._runner.addresses[0][1])
+        self._runner, self.url = await serve_loopback(app)
         return self.url
 
     async def stop(self) -> None:

@@ -19,6 +19,7 @@ import attrs
 from aiohttp import web
 from yarl import URL
 
+from beeflow.demo.loopback import serve_loopback
 from beeflow.signing import JWT_AUDIENCE, JWT_ISSUER
 
 VERSION: Final = "demo-1"
@@ -183,11 +184,7 @@ class DemoService:
         app.router.add_post("/api/ai/chat/direct/stream", self.chat)
         app.router.add_patch("/api/ai/direct/conversations/{id}", self.rename)
         app.router.add_route("*", "/{tail:.*}", self.other)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = URL.build(scheme="http", host="127.0.0.1", port=self._runner.addresses[0][1])
+        self._runner, self.url = await serve_loopback(app)
         return self.url
 
     async def stop(self) -> None:
