@@ -16,7 +16,7 @@ from beeflow.errors import NextcloudError
 from beeflow.state import InitPhase
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
-from tests.helpers import RunningConnector, appapi_headers
+from tests.helpers import RunningConnector, appapi_headers, wait_for
 
 
 class Phases:
@@ -44,14 +44,6 @@ class Phases:
                 raise RuntimeError(f"{name} broke")
 
         return run  # type: ignore[return-value]
-
-
-async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -91,7 +83,7 @@ async def test_init_answers_at_once_and_reports_progress(
         assert await resp.json() == {"status": "ok"}
     assert time.monotonic() - started < 0.5
     phases.gate.set()
-    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
     assert [p["progress"] for p in fake_nc.progress] == [25, 60, 100]
     assert sorted(phases.runs[1:3]) == ["script", "top-menu"]
     calls = fake_nc.calls_to("/ocs/v1.php/apps/app_api/ex-app/status", "PUT")
@@ -105,7 +97,7 @@ async def test_progress_100_callbacks_are_served_while_the_status_call_is_open(
     fake_nc.hold_progress_100 = 0.2
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
-    await _wait_for(lambda: len(fake_nc.callbacks) == 2)
+    await wait_for(lambda: len(fake_nc.callbacks) == 2)
     heartbeat, enabled = fake_nc.callbacks
     assert (heartbeat.path, heartbeat.status) == ("/heartbeat", 200)
     assert (enabled.path, enabled.status) == ("/enabled?enabled=1", 200)
@@ -122,7 +114,7 @@ async def test_concurrent_inits_join_one_run(
         assert resp.status == 200
         resp.release()
     phases.gate.set()
-    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
     assert phases.runs.count("bootstrap") == 1
     assert [p["progress"] for p in fake_nc.progress].count(100) == 1
 
@@ -133,13 +125,13 @@ async def test_failure_reports_progress_zero_with_the_error(
     phases.fail_at = 60
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
-    await _wait_for(lambda: any(p.get("error") for p in fake_nc.progress))
+    await wait_for(lambda: any(p.get("error") for p in fake_nc.progress))
     assert fake_nc.progress[-1]["progress"] == 0
     assert "broke" in fake_nc.progress[-1]["error"]
     phases.fail_at = None
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
-    await _wait_for(lambda: fake_nc.progress[-1].get("progress") == 100)
+    await wait_for(lambda: fake_nc.progress[-1].get("progress") == 100)
 
 
 async def test_997_warm_up_is_retried(
@@ -152,7 +144,7 @@ async def test_997_warm_up_is_retried(
         assert resp.status == 200
     await asyncio.sleep(0.7)
     fake_nc.enabled = True
-    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress), 10)
+    await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress), 10)
     refused = [
         c for c in fake_nc.calls_to("/ocs/v1.php/apps/app_api/ex-app/status") if c.auth != "ok"
     ]
@@ -181,7 +173,7 @@ async def test_untrusted_lifecycle_calls_are_budgeted(
     before = phases.runs.count("bootstrap")
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
-    await _wait_for(lambda: phases.runs.count("bootstrap") == before + 1)
+    await wait_for(lambda: phases.runs.count("bootstrap") == before + 1)
 
 
 async def test_boot_before_registration_probes_once_and_waits(
@@ -190,7 +182,7 @@ async def test_boot_before_registration_probes_once_and_waits(
     """Issue 11.1: manual-install order (connector first, `occ app_api:app:register` later)."""
     fake_nc.registered = False
     conn = await connector_factory(customise=phases.install, run_at_boot=True)
-    await _wait_for(lambda: len(fake_nc.calls) >= 1)
+    await wait_for(lambda: len(fake_nc.calls) >= 1)
     await asyncio.sleep(0.3)
     assert fake_nc.failures_for() == 1
     assert phases.runs == []
@@ -201,7 +193,7 @@ async def test_boot_before_registration_probes_once_and_waits(
     fake_nc.register()
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
-    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
     assert fake_nc.failures_for() == 0
     assert not fake_nc.is_locked()
 
@@ -212,7 +204,7 @@ async def test_failure_budget_stops_calls_far_below_the_lockout(
     """However many features want Nextcloud, refused logins stay under the budget."""
     fake_nc.registered = False
     conn = await connector_factory(customise=phases.install, run_at_boot=True)
-    await _wait_for(lambda: len(fake_nc.calls) >= 1)
+    await wait_for(lambda: len(fake_nc.calls) >= 1)
     nc = conn.app[keys.NEXTCLOUD]
     users = conn.app[keys.USERS]
     for uid in ("admin", "alice", "bob", "carol", "dave", "erin", "frank"):
@@ -233,5 +225,5 @@ async def test_failure_budget_stops_calls_far_below_the_lockout(
     fake_nc.register()
     async with await conn.request("POST", "/init", headers=appapi_headers("")) as resp:
         assert resp.status == 200
-    await _wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
     assert not nc.budget.spent

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.fakes.nextcloud import FakeNextcloud
-from tests.helpers import RunningConnector, appapi_headers
+from tests.helpers import RunningConnector, appapi_headers, wait_for
 
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition that no event announces (a fake's record list, a state field)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+__all__ = ["heartbeat", "progress_values", "read_json", "run_init", "wait_for"]
 
 
 async def run_init(conn: RunningConnector, nc: FakeNextcloud, *, timeout: float = 10.0) -> None:
