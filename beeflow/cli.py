@@ -76,6 +76,7 @@ def register_secrets(config: Config) -> None:
     REDACTOR.add(config.app_secret)
     REDACTOR.add(config.hp_shared_key)
     REDACTOR.add(config.tenant_key_env)
+    REDACTOR.add(config.pairing_code)
 
 
 def select_transport(config: Config) -> Transport:

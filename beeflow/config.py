@@ -43,6 +43,8 @@ class Config:
     aa_version: str = "32.0.0"
     # -- admin configurable
     tenant_key_env: str | None = attrs.field(default=None, repr=_repr_secret)
+    # One-shot `XXXX-XXXX` code binding the first bootstrap to an existing organisation.
+    pairing_code: str | None = attrs.field(default=None, repr=_repr_secret)
     api_base_url: URL = URL(DEFAULT_API_BASE_URL)  # noqa: RUF009 - URL is immutable
     api_base_url_from_env: bool = False
     jwt_ttl_seconds: int = 300
@@ -76,7 +78,7 @@ class Config:
     sync_interval_seconds: float = 900.0
     shutdown_grace_seconds: float = 20.0
     # A client connection must deliver a complete request head within this time after it opened
-    # or after its previous response (slow clients, idle keep-alive). Not an environment variable.
+    # or after its previous response (slow clients, idle keep-alive).
     client_header_timeout_seconds: float = 60.0
     auth_failure_budget: int = 4
     spa_dir: Path | None = None
@@ -112,6 +114,9 @@ class Config:
             "nextcloud_url": p.required("NEXTCLOUD_URL", _nextcloud_url),
             "aa_version": p.get("AA_VERSION", "32.0.0", _non_blank),
             "tenant_key_env": p.get("BEEFLOW_TENANT_KEY", "auto", _tenant_key, secret=True),
+            "pairing_code": p.get(
+                "BEEFLOW_PAIRING_CODE", "", _optional(_pairing_code), secret=True
+            ),
             "api_base_url": p.get("BEEFLOW_API_BASE_URL", DEFAULT_API_BASE_URL, _http_url),
             "api_base_url_from_env": bool(env.get("BEEFLOW_API_BASE_URL", "").strip()),
             "jwt_ttl_seconds": p.get("BEEFLOW_JWT_TTL_SECONDS", "300", _int_range(10, 86400)),
@@ -167,6 +172,9 @@ class Config:
             ),
             "shutdown_grace_seconds": p.get(
                 "BEEFLOW_SHUTDOWN_GRACE_SECONDS", "20", _float_range(0, 600)
+            ),
+            "client_header_timeout_seconds": p.get(
+                "BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "60", _float_range(1, 3600)
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", _int_range(1, 9)),
             "spa_dir": p.get("BEEFLOW_SPA_DIR", "", _optional(_path)),
@@ -322,6 +330,16 @@ def _tenant_key(raw: str) -> str | None:
         return None
     if len(value) < 16:
         raise _Invalid("must be 'auto' or a tenant key of at least 16 characters")
+    return value
+
+
+PAIRING_CODE_RE: Final = re.compile(r"^[A-Z0-9]{4}-[A-Z0-9]{4}$")
+
+
+def _pairing_code(raw: str) -> str:
+    value = raw.strip().upper()
+    if not PAIRING_CODE_RE.fullmatch(value):
+        raise _Invalid("must be a pairing code like ABCD-EFGH (4 letters or digits, -, 4 more)")
     return value
 
 

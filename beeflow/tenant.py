@@ -26,6 +26,7 @@ from aiohttp import web
 from yarl import URL
 
 from beeflow import keys, service_client, storage
+from beeflow.config import PAIRING_CODE_RE
 from beeflow.errors import BeeflowError, Conflict, NextcloudError
 from beeflow.nextcloud import NcUser, user_from_ocs
 from beeflow.redact import REDACTOR
@@ -85,8 +86,9 @@ REMEDIATION: Final = {
     ),
     "admin_email_invalid": "Give a Nextcloud administrator a valid e-mail address.",
     "admin_email_conflict": (
-        "The administrator's e-mail address already belongs to another Bee Flow organisation; "
-        "use a pairing code from that organisation, or another admin address."
+        "The administrator's e-mail address already belongs to another Bee Flow organisation: "
+        "enter a pairing code from that organisation on the setup page (Bind to an existing "
+        "organisation), or give the admin another address."
     ),
     "too_many_pending": "Too many pending bindings: finish or cancel one on the service first.",
     "awaiting_admin_approval": "An administrator of the Bee Flow organisation must approve it.",
@@ -95,9 +97,17 @@ REMEDIATION: Final = {
     ),
     "tenant_already_provisioned": (
         "This Nextcloud already has a Bee Flow tenant. Restore tenant-key.json, set "
-        "BEEFLOW_TENANT_KEY, or use a pairing code from the service."
+        "BEEFLOW_TENANT_KEY, or enter a pairing code from the service on the setup page (Bind "
+        "to an existing organisation)."
     ),
-    "pairing_required": "Enter a pairing code from the Bee Flow service on the setup page.",
+    "pairing_required": (
+        "The Bee Flow service asks for a pairing code: create one in the organisation's settings "
+        "on the service and enter it on the setup page (Bind to an existing organisation)."
+    ),
+    "verification_expired": (
+        "The e-mail verification expired or was ended by the service; the connector starts "
+        "again and the service e-mails a new code."
+    ),
     "appstore_signature_invalid": "Reinstall the app from the app store.",
     "nextcloud_auth_paused": (
         "Nextcloud refused the connector's AppAPI logins; calls are paused to avoid a brute-force "
@@ -109,6 +119,37 @@ REMEDIATION: Final = {
     ),
     "unknown": "Retry from the setup page; if it persists, read the connector's log.",
 }
+
+
+# Categories an admin resolves by entering a pairing code on the setup page.
+PAIRING_CATEGORIES: Final = frozenset(
+    {"pairing_required", "admin_email_conflict", "tenant_already_provisioned"}
+)
+# Categories where the service answered and said no (as opposed to not answering at all).
+REFUSED_CATEGORIES: Final = frozenset(
+    {
+        *PAIRING_CATEGORIES,
+        "saas_auth_rejected",
+        "admin_email_invalid",
+        "too_many_pending",
+        "nc_not_publicly_reachable",
+        "nc_capabilities_mismatch",
+        "connector_outdated",
+    }
+)
+
+
+def normalise_pairing_code(raw: object) -> str | None:
+    """`XXXX-XXXX` (letters and digits) after trimming and upper-casing, else None."""
+    if not isinstance(raw, str):
+        return None
+    code = raw.strip().upper()
+    return code if PAIRING_CODE_RE.fullmatch(code) else None
+
+
+def mask_pairing_code(code: str) -> str:
+    """What may be logged or shown of a pairing code: its first 4 characters (reference 11)."""
+    return code[:4] + "***"
 
 
 def fingerprint(key: str) -> str:
@@ -363,6 +404,11 @@ class Bootstrapper:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def busy(self) -> bool:
+        """A provisioning run or a re-bootstrap is in progress (the setup page's actions wait)."""
+        return self.running or self._rebootstrap_lock.locked()
+
     # -- triggers
 
     async def ensure(self) -> None:
@@ -519,7 +565,7 @@ class Bootstrapper:
         }
         if self.pairing_code:
             headers["X-Beeflow-Pairing-Code"] = _header_safe(self.pairing_code)
-            log.info("bootstrap with pairing code %s***", self.pairing_code[:4])
+            log.info("bootstrap with pairing code %s", mask_pairing_code(self.pairing_code))
         body = {
             "themingName": meta.theming_name,
             "version": meta.version,
@@ -544,6 +590,9 @@ class Bootstrapper:
         remediation = data.get("remediation") if isinstance(data.get("remediation"), str) else None
         if reply.ok:
             message = message or "the service answered without a tenant key"
+        if self.pairing_code and self.pairing_code in message:
+            # A service that quotes the code back must not put it into the error file or a log.
+            message = message.replace(self.pairing_code, mask_pairing_code(self.pairing_code))
         raise BootstrapFailure(
             "saas_response",
             f"Bee Flow service: HTTP {reply.status}" + (f": {message}" if message else ""),
@@ -597,6 +646,7 @@ class Bootstrapper:
         state.store_error = store_error
         self.failures = 0
         self.pairing_code = None
+        self._pending_record = None
         log.info(
             "tenant key provisioned (fingerprint %s, organisation %s)",
             state.fingerprint,
@@ -683,11 +733,12 @@ class Bootstrapper:
                 return
         await self._abandon_pending("the pending bootstrap expired")
 
-    async def _abandon_pending(self, message: str) -> None:
+    async def _abandon_pending(self, message: str, category: str = "unknown") -> None:
         self.state.pending = None
+        self._pending_record = None
         await asyncio.to_thread(self.store.remove, PENDING_FILE)
         await self._record_failure(
-            BootstrapFailure("saas_response", message, category="unknown"), time.time()
+            BootstrapFailure("saas_response", message, category=category), time.time()
         )
 
     async def _record_failure(self, failure: BootstrapFailure, attempt: float) -> None:
@@ -729,26 +780,102 @@ class Bootstrapper:
 
     # -- e-mail verification sub-flow (called by the setup page)
 
-    async def verify_code(self, code: str) -> dict[str, Any]:
-        """POST {verifyUrl} {"code"}: 200 with a key applies it; anything else is returned."""
+    def _verification(self) -> dict[str, Any]:
+        """The pending 202 e-mail verification record, or 409 no_pending_verification."""
         record = self._pending_record
-        if not record or not record.get("verifyUrl"):
+        if (
+            self.state.status != "awaiting_email_verification"
+            or not record
+            or record.get("kind") != "verification"
+        ):
             raise Conflict("No e-mail verification is pending", code="no_pending_verification")
-        client = self._app[service_client.SERVICE]
-        try:
-            reply = await client.post_json(str(record["verifyUrl"]), {"code": code.strip()})
-        except service_client.ServiceCallError as exc:
-            return {"ok": False, "code": "saas_unreachable", "error": str(exc)}
+        return record
+
+    def _sub_flow_url(self, record: dict[str, Any], name: str) -> str | None:
+        """`{name}Url` of the 202 answer (a path under the service URL), else the reference's
+        default `/auth/connector/bootstrap/pending/{pendingId}/{name}`."""
+        url = record.get(f"{name}Url")
+        if isinstance(url, str) and url.startswith("/"):
+            return url
+        pending_id = record.get("pendingId")
+        if isinstance(pending_id, str | int) and str(pending_id):
+            return f"{BOOTSTRAP_PATH}/pending/{quote(str(pending_id), safe='')}/{name}"
+        return None
+
+    async def _sub_flow_failed(self, reply: service_client.ServiceReply) -> dict[str, Any]:
+        """A verify or resend answer that is not a success; 404/410 end the pending state (the
+        service no longer knows it), which schedules a fresh bootstrap."""
         data = reply.data if isinstance(reply.data, dict) else {}
-        if reply.status == 200 and isinstance(data.get("tenantKey"), str):
-            await self._apply_key(data, None)
-            return {"ok": True, "fingerprint": self.state.fingerprint}
-        return {
+        if reply.status in (404, 410):
+            await self._abandon_pending(
+                f"the e-mail verification ended: HTTP {reply.status}"
+                + (f" {data['code']}" if isinstance(data.get("code"), str) else ""),
+                category="verification_expired",
+            )
+        out: dict[str, Any] = {
             "ok": False,
+            "status": reply.status,
             "code": data.get("code") or f"http_{reply.status}",
             "error": data.get("error") or f"HTTP {reply.status}",
-            "attemptsLeft": data.get("attemptsLeft"),
         }
+        for name in ("attemptsLeft", "retryAfter"):
+            if isinstance(data.get(name), int) and not isinstance(data.get(name), bool):
+                out[name] = data[name]
+        return out
+
+    async def verify_code(self, code: str) -> dict[str, Any]:
+        """POST {verifyUrl} {"code"}: 200 with a key applies it; anything else is returned
+        (with the service's HTTP `status`, and `attemptsLeft` when it said)."""
+        async with self._rebootstrap_lock:
+            record = self._verification()
+            url = self._sub_flow_url(record, "verify")
+            if url is None:
+                raise Conflict("No e-mail verification is pending", code="no_pending_verification")
+            client = self._app[service_client.SERVICE]
+            try:
+                reply = await client.post_json(url, {"code": code.strip()}, timeout=15.0)
+            except service_client.ServiceCallError as exc:
+                return {"ok": False, "status": None, "code": "saas_unreachable", "error": str(exc)}
+            data = reply.data if isinstance(reply.data, dict) else {}
+            if reply.status == 200 and isinstance(data.get("tenantKey"), str) and data["tenantKey"]:
+                await self._apply_key(data, None)
+                return {"ok": True, "fingerprint": self.state.fingerprint}
+            out = await self._sub_flow_failed(reply)
+            if "attemptsLeft" in out and self.state.pending is not None:
+                self.state.pending["attemptsLeft"] = out["attemptsLeft"]
+            return out
+
+    async def resend(self) -> dict[str, Any]:
+        """POST {resendUrl} (reference 6.4 step 5): the service e-mails a new code. Returns
+        {ok, expiresAt, maskedEmail, emailSent}, or {ok: False, status, code, error}."""
+        async with self._rebootstrap_lock:
+            record = self._verification()
+            url = self._sub_flow_url(record, "resend")
+            if url is None:
+                raise Conflict("No e-mail verification is pending", code="no_pending_verification")
+            client = self._app[service_client.SERVICE]
+            try:
+                reply = await client.post_json(url, {}, timeout=15.0)
+            except service_client.ServiceCallError as exc:
+                return {"ok": False, "status": None, "code": "saas_unreachable", "error": str(exc)}
+            data = reply.data if isinstance(reply.data, dict) else {}
+            if not reply.ok or data.get("ok") is False:
+                return await self._sub_flow_failed(reply)
+            fresh = {
+                k: data[k] for k in ("expiresAt", "maskedEmail") if isinstance(data.get(k), str)
+            }
+            record.update(fresh)
+            await self._persist_pending(record)
+            if self.state.pending is not None:
+                self.state.pending.update(fresh)
+                self.state.pending.pop("attemptsLeft", None)  # a new code, new attempts
+            log.info("verification code sent again (to %s)", record.get("maskedEmail", "the admin"))
+            return {
+                "ok": True,
+                "expiresAt": record.get("expiresAt"),
+                "maskedEmail": record.get("maskedEmail"),
+                "emailSent": data.get("emailSent") is not False,
+            }
 
     # -- re-bootstrap (reference 6.7)
 
@@ -844,6 +971,7 @@ class Bootstrapper:
             state.bound_api_base_url = _str_or_none(record.get("boundApiBaseUrl"))
             state.provisioned_at = _str_or_none(record.get("provisionedAt"))
             state.source, state.status = "cache", "ok"
+            self.pairing_code = None  # BEEFLOW_PAIRING_CODE is for the first bootstrap only
             self._pin_api_base()
             await asyncio.to_thread(self.store.remove, ERROR_FILE)
             log.info("tenant key loaded from %s (fingerprint %s)", KEY_FILE, state.fingerprint)
@@ -996,6 +1124,9 @@ def setup(app: web.Application) -> None:
     app[keys.TENANT] = state
     service_client.setup(app)
     boot = Bootstrapper(app, TenantStore(config.persistent_storage))
+    if config.pairing_code and not config.tenant_key_env:
+        # Used by the first bootstrap; load() drops it when a cached key already exists.
+        boot.pairing_code = config.pairing_code
     app[BOOTSTRAPPER] = boot
     app[keys.REBOOTSTRAP] = boot.rebootstrap
     app.setdefault(keys.INIT_PHASES, []).append(InitPhase("bootstrap", 25, _phase(app)))
