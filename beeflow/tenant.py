@@ -590,7 +590,7 @@ class Bootstrapper:
         remediation = data.get("remediation") if isinstance(data.get("remediation"), str) else None
         if reply.ok:
             message = message or "the service answered without a tenant key"
-        if self.pairing_code and self.pairing_code in message:
+        if self.pairing_code and isinstance(message, str) and self.pairing_code in message:
             # A service that quotes the code back must not put it into the error file or a log.
             message = message.replace(self.pairing_code, mask_pairing_code(self.pairing_code))
         raise BootstrapFailure(

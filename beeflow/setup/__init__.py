@@ -1,8 +1,12 @@
-"""The admin setup picker: which Bee Flow service this connector talks to (reference 9).
+"""The admin setup page: which Bee Flow service this connector talks to, and the tenant states an
+admin must act on (reference 9).
 
 GET /setup (page), POST /setup (save + apply live + re-bootstrap), GET /setup/status,
-POST /setup/test (probe). All ADMIN, rate-limited per Nextcloud user. The saved choice lives in
-${APP_PERSISTENT_STORAGE}/setup-config.json; BEEFLOW_API_BASE_URL in the environment locks it.
+POST /setup/test (probe); the tenant actions POST /setup/verify-email-code,
+/setup/resend-email-code, /setup/apply-pairing-code and /setup/rotate-tenant-key. All ADMIN,
+rate-limited per Nextcloud user. The saved choice lives in
+${APP_PERSISTENT_STORAGE}/setup-config.json; BEEFLOW_API_BASE_URL in the environment locks it,
+BEEFLOW_TENANT_KEY locks the tenant actions.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from importlib import resources
 from typing import Any, Final
 
@@ -20,12 +26,13 @@ import aiohttp
 import attrs
 from aiohttp import web
 
-from beeflow import keys
+from beeflow import keys, tenant
 from beeflow.appapi import Access, add_route
 from beeflow.config import DEFAULT_API_BASE_URL
 from beeflow.errors import BadRequest, BeeflowError, Conflict, TooManyRequests
 from beeflow.middleware import frame_ancestors, json_response
 from beeflow.ratelimit import RateLimiter
+from beeflow.redact import REDACTOR
 from beeflow.setup import store
 from beeflow.setup.probe import probe, probe_session
 from beeflow.setup.urlcheck import UrlRejected, assert_allowed_url, parse_allowed_url
@@ -48,8 +55,16 @@ LEGACY_NOTE: Final = (
 HARP_NOTE: Final = "HaRP mode: replies stream to the browser as they are written."
 DEMO_NOTE: Final = "Demo mode: the built-in stand-in proxy streams replies as HaRP would."
 
-# Per Nextcloud user (reference 9: probe 20/min, rebind 10/10 min); status is cheap but bounded.
-LIMITS: Final = {"status": (120, 60.0), "probe": (20, 60.0), "save": (10, 600.0)}
+# Per Nextcloud user (reference 9: probe 20/min, rebind 10/10 min, verify 10/10 min, sendCode
+# 5/15 min); status is cheap but bounded. Rotating the key counts as a rebind ("save").
+LIMITS: Final = {
+    "status": (120, 60.0),
+    "probe": (20, 60.0),
+    "save": (10, 600.0),
+    "verify": (10, 600.0),
+    "send": (5, 900.0),
+}
+VERIFY_CODE_RE: Final = re.compile(r"^[0-9]{6}$")
 
 
 @attrs.define
@@ -200,21 +215,60 @@ _TENANT_ERROR_FIELDS: Final = (
 )
 
 
+_PENDING_FIELDS: Final = ("kind", "maskedEmail", "organizationName", "expiresAt", "attemptsLeft")
+
+
 def _tenant(app: web.Application) -> dict[str, Any]:
-    tenant = app.get(keys.TENANT)
-    if tenant is None:
+    """The tenant as the page needs it: never the key, the pending id or its URLs."""
+    state = app.get(keys.TENANT)
+    if state is None:
         return {"status": "unknown", "fingerprint": None}
+    boot = app.get(tenant.BOOTSTRAPPER)
     out: dict[str, Any] = {
-        "status": tenant.status,
-        "fingerprint": tenant.fingerprint,  # never the key itself
-        "organizationName": tenant.organization_name,
-        "organizationId": tenant.organization_id,
+        "status": state.status,
+        "fingerprint": state.fingerprint,  # never the key itself
+        "organizationName": state.organization_name,
+        "organizationId": state.organization_id,
+        "source": state.source,
+        # BEEFLOW_TENANT_KEY fixes the key: no verification, pairing or rotation applies.
+        "keyLocked": bool(app[keys.CONFIG].tenant_key_env),
+        "busy": _busy(app),
     }
-    if isinstance(tenant.last_error, dict):
-        out["lastError"] = {
-            k: tenant.last_error[k] for k in _TENANT_ERROR_FIELDS if k in tenant.last_error
+    if state.pending and state.status in tenant.PENDING_STATES:
+        pending: dict[str, Any] = {
+            k: state.pending[k] for k in _PENDING_FIELDS if k in state.pending
         }
+        expires = _parse_time(pending.get("expiresAt"))
+        pending["expired"] = expires is not None and time.time() > expires
+        out["pending"] = pending
+    if isinstance(state.last_error, dict):
+        out["lastError"] = {
+            k: state.last_error[k] for k in _TENANT_ERROR_FIELDS if k in state.last_error
+        }
+    category = (state.last_error or {}).get("category")
+    out["pairingSuggested"] = bool(
+        boot is not None and not out["keyLocked"] and category in tenant.PAIRING_CATEGORIES
+    )
+    if state.store_error:
+        out["storageError"] = state.store_error
     return out
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _busy(app: web.Application) -> bool:
+    """A provisioning run, a re-bootstrap or the picker's background re-bootstrap is running."""
+    boot = app.get(tenant.BOOTSTRAPPER)
+    if boot is not None and boot.busy:
+        return True
+    return _rebootstrap(app).state == "running"
 
 
 def _health(app: web.Application) -> dict[str, Any]:
@@ -345,6 +399,214 @@ async def save(request: web.Request) -> web.Response:
     )
 
 
+# ------------------------------------------------------------------ tenant actions
+
+
+def _bootstrapper(request: web.Request) -> tenant.Bootstrapper:
+    boot = request.app.get(tenant.BOOTSTRAPPER)
+    if boot is None:  # only without the tenant module
+        raise BeeflowError(
+            "Tenant provisioning is not available", code="tenant_unavailable", status=503
+        )
+    return boot
+
+
+def _refuse_env_key(app: web.Application) -> None:
+    if app[keys.CONFIG].tenant_key_env:
+        raise Conflict(
+            "The tenant key is set by BEEFLOW_TENANT_KEY and cannot be re-provisioned here; "
+            "change it by re-registering the app with another --env BEEFLOW_TENANT_KEY=... "
+            "(or auto)",
+            code="tenant_key_env_locked",
+        )
+
+
+def _refuse_busy(app: web.Application) -> None:
+    """One provisioning at a time: a second click (or an /init, or a picker save) is refused
+    instead of queued, so no action ever mints a second key behind the admin's back."""
+    if _busy(app):
+        raise Conflict(
+            "Provisioning is running; try again when it has finished",
+            code="bootstrap_running",
+            headers={"Retry-After": "5"},
+        )
+
+
+def _user(request: web.Request) -> str:
+    return request[keys.IDENTITY].user_id or "?"
+
+
+def _outcome(app: web.Application) -> tuple[dict[str, Any], int]:
+    """After a re-bootstrap: 200 with the new key's fingerprint, or 202 when the service asks for
+    an e-mail verification first (the page then shows the code field)."""
+    state = app[keys.TENANT]
+    body: dict[str, Any] = {
+        "ok": True,
+        "status": state.status,
+        "fingerprint": state.fingerprint,
+        "organizationId": state.organization_id,
+        "organizationName": state.organization_name,
+    }
+    if state.status in tenant.PENDING_STATES and state.pending:
+        body["pending"] = {k: state.pending[k] for k in _PENDING_FIELDS if k in state.pending}
+        return body, 202
+    return body, 200
+
+
+def _bootstrap_error(exc: tenant.BootstrapFailed, *, pairing_code: str = "") -> BeeflowError:
+    """A failed re-bootstrap (everything restored). 409 when the service answered and refused,
+    502 when it could not be reached or failed, 500 when the key could not be stored."""
+    category = str(exc.extra.get("category", "unknown"))
+    message = exc.message
+    if pairing_code:
+        message = message.replace(pairing_code, tenant.mask_pairing_code(pairing_code))
+    extra = {"category": category, "remediation": exc.extra.get("remediation", "")}
+    if exc.instance_code == "tenant_store_failed" or category == "storage_failed":
+        return BeeflowError(message, code="tenant_store_failed", status=500, extra=extra)
+    if pairing_code and category == "saas_auth_rejected":
+        return Conflict(
+            "The Bee Flow service did not accept this pairing code: " + message,
+            code="pairing_code_rejected",
+            extra=extra,
+        )
+    if category in tenant.REFUSED_CATEGORIES:
+        return Conflict(message, code="bootstrap_refused", extra=extra)
+    return BeeflowError(message, code="bootstrap_failed", status=502, extra=extra)
+
+
+def _sub_flow_error(result: dict[str, Any], *, verifying: bool) -> BeeflowError:
+    """A verify or resend the service did not accept, as our own stable code and status."""
+    status = result.get("status")
+    extra: dict[str, Any] = {"serviceCode": str(result.get("code", ""))[:64]}
+    if isinstance(result.get("attemptsLeft"), int):
+        extra["attemptsLeft"] = result["attemptsLeft"]
+    if status is None:
+        return BeeflowError(
+            "The Bee Flow service could not be reached; try again in a moment",
+            code="saas_unreachable",
+            status=502,
+            extra=extra,
+        )
+    if status in (404, 410):
+        return BeeflowError(
+            "The verification has expired or was ended by the Bee Flow service. The connector "
+            "starts over; a new code will be e-mailed.",
+            code="verification_expired",
+            status=410,
+            extra=extra,
+        )
+    if status == 429:
+        retry = result.get("retryAfter")
+        headers = {"Retry-After": str(retry)} if isinstance(retry, int) and retry > 0 else None
+        return BeeflowError(
+            "The Bee Flow service asks to wait before trying again",
+            code="service_rate_limited",
+            status=429,
+            headers=headers,
+            extra=extra,
+        )
+    if verifying and 400 <= status < 500:
+        left = extra.get("attemptsLeft")
+        suffix = f" ({left} attempt{'s' if left != 1 else ''} left)" if left is not None else ""
+        return BadRequest("That code is not right" + suffix, code="wrong_code", extra=extra)
+    return BeeflowError(
+        f"The Bee Flow service answered HTTP {status}",
+        code="service_error",
+        status=502,
+        extra=extra,
+    )
+
+
+async def verify_email_code(request: web.Request) -> web.Response:
+    """POST {"code": "123456"}: finish a 202 e-mail verification; 200 shows the new key's
+    fingerprint (never the key)."""
+    _limit(request, "verify")
+    body = await _json_body(request)
+    raw = body.get("code")
+    code = raw.strip() if isinstance(raw, str) else ""
+    if not VERIFY_CODE_RE.fullmatch(code):
+        raise BadRequest("Enter the 6-digit code from the e-mail", code="invalid_code_format")
+    boot = _bootstrapper(request)
+    _refuse_busy(request.app)
+    result = await boot.verify_code(code)
+    if not result.get("ok"):
+        raise _sub_flow_error(result, verifying=True)
+    log.info(
+        "e-mail verification completed by %s (fingerprint %s)",
+        _user(request),
+        result.get("fingerprint"),
+    )
+    answer, status = _outcome(request.app)
+    return json_response(answer, status=status)
+
+
+async def resend_email_code(request: web.Request) -> web.Response:
+    """POST {}: the service e-mails a new code -> {ok, expiresAt, maskedEmail, emailSent}."""
+    _limit(request, "send")
+    await _json_body(request)
+    boot = _bootstrapper(request)
+    _refuse_busy(request.app)
+    result = await boot.resend()
+    if not result.get("ok"):
+        raise _sub_flow_error(result, verifying=False)
+    return json_response(
+        {k: result.get(k) for k in ("ok", "expiresAt", "maskedEmail", "emailSent")}
+    )
+
+
+async def apply_pairing_code(request: web.Request) -> web.Response:
+    """POST {"code": "ABCD-EFGH"}: provision again, sending the code to bind this Nextcloud to an
+    existing organisation. The code is never echoed and never logged beyond 4 characters."""
+    _limit(request, "verify")
+    body = await _json_body(request)
+    code = tenant.normalise_pairing_code(body.get("code"))
+    if code is None:
+        raise BadRequest(
+            "A pairing code looks like ABCD-EFGH: 4 letters or digits, a dash, 4 more",
+            code="invalid_pairing_code",
+        )
+    _refuse_env_key(request.app)
+    boot = _bootstrapper(request)
+    _refuse_busy(request.app)
+    REDACTOR.add(code)
+    log.info("pairing code %s entered by %s", tenant.mask_pairing_code(code), _user(request))
+    try:
+        await boot.rebootstrap(pairing_code=code)
+    except tenant.BootstrapFailed as exc:
+        raise _bootstrap_error(exc, pairing_code=code) from None
+    answer, status = _outcome(request.app)
+    return json_response(answer, status=status)
+
+
+async def rotate_tenant_key(request: web.Request) -> web.Response:
+    """POST {}: provision a new key (the old file is kept as tenant-key.previous.json); on
+    failure the old key stays in use."""
+    _limit(request, "save")
+    await _json_body(request)
+    _refuse_env_key(request.app)
+    boot = _bootstrapper(request)
+    _refuse_busy(request.app)
+    previous = request.app[keys.TENANT].fingerprint
+    log.info(
+        "tenant key rotation requested by %s (current fingerprint %s)", _user(request), previous
+    )
+    try:
+        await boot.rebootstrap()
+    except tenant.BootstrapFailed as exc:
+        raise _bootstrap_error(exc) from None
+    answer, status = _outcome(request.app)
+    answer["previousFingerprint"] = previous
+    return json_response(answer, status=status)
+
+
+TENANT_ROUTES: Final = {
+    "/setup/verify-email-code": verify_email_code,
+    "/setup/resend-email-code": resend_email_code,
+    "/setup/apply-pairing-code": apply_pairing_code,
+    "/setup/rotate-tenant-key": rotate_tenant_key,
+}
+
+
 # ------------------------------------------------------------------ start-up
 
 
@@ -399,5 +661,7 @@ def setup(app: web.Application) -> None:
         add_route(app, "POST", path, save, Access.ADMIN)
     add_route(app, "GET", "/setup/status", status, Access.ADMIN)
     add_route(app, "POST", "/setup/test", test, Access.ADMIN)
+    for path, handler in TENANT_ROUTES.items():
+        add_route(app, "POST", path, handler, Access.ADMIN)
     for method in ("GET", "HEAD"):
         add_route(app, method, SCRIPT_PATH, script, Access.PUBLIC)

@@ -1,6 +1,18 @@
 """The Bee Flow service's connector-control endpoints, as a fake: the tenant bootstrap (200, 202
-e-mail verification, 202 legacy approval polling, errors) and `/auth/webhook/nc-user-sync`,
-which verifies the connector's HMAC byte for byte (reference 7.3) and records the events.
+e-mail verification with its verify and resend sub-flows, 202 legacy approval polling, pairing
+codes, errors) and `/auth/webhook/nc-user-sync`, which verifies the connector's HMAC byte for byte
+(reference 7.3) and records the events.
+
+E-mail verification (reference 6.4 step 5): `POST .../pending/{id}/verify {"code"}` answers the
+key, or 400 `{error, code: "invalid_code", attemptsLeft}`; the last wrong attempt and any call
+after `expires_at` answer 410 (`too_many_attempts` / `verification_expired`); an unknown pending id
+is 404. `POST .../pending/{id}/resend` answers `{ok, expiresAt, maskedEmail, emailSent}` with a
+new expiry and fresh attempts, 410 once expired, or `resend_status` when a test sets it.
+
+Pairing codes: a bootstrap carrying `X-Beeflow-Pairing-Code` equal to `pairing_code` binds to the
+existing organisation (200, `pairing_organization_name`) whatever `bootstrap_mode` says; any other
+code is 403 `invalid_pairing_code`, with the code quoted back in the message (as a careless
+service might: the connector must not pass it on).
 
 Mount the routes on the fake service: `FakeService(extra_routes=control.routes())`. The
 signature check is written out here with hashlib/hmac on purpose: it must not share code with
@@ -14,6 +26,7 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -21,7 +34,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 PROVISIONED_KEY = "tk_provisioned_fedcba9876543210fedcba9876543210"
+PAIRED_KEY = "tk_paired_0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 EXPIRES_AT = "2099-01-01T00:00:00Z"
+PENDING_ID = "p-1"
+VERIFY_ATTEMPTS = 5
+
+
+def _expired(iso: str) -> bool:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")) < datetime.now(UTC)
 
 
 @attrs.define
@@ -76,6 +96,17 @@ class ServiceControl:
         self.polls = 0
         self.verify_code = "123456"
         self.verifications: list[Any] = []
+        # e-mail verification: expiry (ISO, the 202's expiresAt), attempts, resends
+        self.expires_at = EXPIRES_AT
+        self.masked_email = "a***@example.com"
+        self.attempts_left = VERIFY_ATTEMPTS
+        self.resends: list[CIMultiDict[str]] = []
+        self.resend_status = 200  # another value: answered with an error body
+        self.resend_expires_at = "2099-06-01T00:00:00Z"
+        # pairing
+        self.pairing_code: str | None = None
+        self.pairing_key = PAIRED_KEY
+        self.pairing_organization_name = "Existing Org"
         # -- user sync
         self.verify_key = verify_key
         self.skew = 300
@@ -107,6 +138,7 @@ class ServiceControl:
             web.post("/auth/connector/bootstrap", self._bootstrap),
             web.get("/auth/connector/bootstrap/pending/{pid}/poll", self._poll),
             web.post("/auth/connector/bootstrap/pending/{pid}/verify", self._verify),
+            web.post("/auth/connector/bootstrap/pending/{pid}/resend", self._resend),
             web.post("/auth/webhook/nc-user-sync", self._user_sync),
         ]
 
@@ -128,18 +160,37 @@ class ServiceControl:
         mode = self.bootstrap_mode
         if mode == "stall":
             await asyncio.sleep(3600)
+        offered = request.headers.get("X-Beeflow-Pairing-Code")
+        if offered is not None:
+            if self.pairing_code is None or offered != self.pairing_code:
+                return web.json_response(
+                    {
+                        "error": f"Pairing code {offered} is not valid",
+                        "code": "invalid_pairing_code",
+                    },
+                    status=403,
+                )
+            return web.json_response(
+                {
+                    "tenantKey": self.pairing_key,
+                    "organizationId": "org-existing",
+                    "organizationName": self.pairing_organization_name,
+                }
+            )
         if mode == "ok":
             return web.json_response(self._key_body())
         if mode == "verification":
+            self.attempts_left = VERIFY_ATTEMPTS
+            base = f"/auth/connector/bootstrap/pending/{PENDING_ID}"
             return web.json_response(
                 {
                     "code": "email_verification_required",
-                    "pendingId": "p-1",
-                    "verifyUrl": "/auth/connector/bootstrap/pending/p-1/verify",
-                    "resendUrl": "/auth/connector/bootstrap/pending/p-1/resend",
-                    "retargetUrl": "/auth/connector/bootstrap/pending/p-1/retarget",
-                    "expiresAt": EXPIRES_AT,
-                    "maskedEmail": "a***@example.com",
+                    "pendingId": PENDING_ID,
+                    "verifyUrl": f"{base}/verify",
+                    "resendUrl": f"{base}/resend",
+                    "retargetUrl": f"{base}/retarget",
+                    "expiresAt": self.expires_at,
+                    "maskedEmail": self.masked_email,
                     "organizationName": self.organization_name,
                 },
                 status=202,
@@ -163,14 +214,62 @@ class ServiceControl:
             return web.json_response(self._key_body())
         return web.json_response({"status": "pending"}, status=202)
 
+    def _pending_gone(self, request: web.Request) -> web.Response | None:
+        if request.match_info["pid"] != PENDING_ID:
+            return web.json_response({"error": "Unknown pending binding", "code": "not_found"}, 404)
+        if _expired(self.expires_at):
+            return web.json_response(
+                {"error": "The verification has expired", "code": "verification_expired"}, 410
+            )
+        if self.attempts_left <= 0:
+            return web.json_response(
+                {"error": "Too many wrong codes", "code": "too_many_attempts"}, status=410
+            )
+        return None
+
     async def _verify(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.verifications.append(body)
+        gone = self._pending_gone(request)
+        if gone is not None:
+            return gone
         if body.get("code") != self.verify_code:
+            self.attempts_left -= 1
+            if self.attempts_left <= 0:
+                return web.json_response(
+                    {"error": "Too many wrong codes", "code": "too_many_attempts"}, status=410
+                )
             return web.json_response(
-                {"error": "Wrong code", "code": "invalid_code", "attemptsLeft": 4}, status=400
+                {"error": "Wrong code", "code": "invalid_code", "attemptsLeft": self.attempts_left},
+                status=400,
             )
         return web.json_response(self._key_body())
+
+    async def _resend(self, request: web.Request) -> web.Response:
+        self.resends.append(CIMultiDict(request.headers))
+        gone = self._pending_gone(request)
+        if gone is not None:
+            return gone
+        if self.resend_status != 200:
+            return web.json_response(
+                {"error": "Resend refused", "code": "resend_refused", "retryAfter": 60},
+                status=self.resend_status,
+            )
+        self.expires_at = self.resend_expires_at
+        self.attempts_left = VERIFY_ATTEMPTS
+        return web.json_response(
+            {
+                "ok": True,
+                "expiresAt": self.expires_at,
+                "maskedEmail": self.masked_email,
+                "emailSent": True,
+            }
+        )
+
+    def expire_now(self) -> None:
+        """Make the pending verification expired on the service's side."""
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        self.expires_at = past.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     # ------------------------------------------------------------ user sync
 
