@@ -17,17 +17,18 @@ import sys
 from pathlib import Path
 
 from bench import client, proc
-from bench.run import Bench, Plan, body_sha256, parse_args
-from bench.stats import Summary
+from bench.run import Bench, Plan, body_sha256, parse_args, user_headers
+from bench.stats import Summary, percentile
 from bench.upstream import raise_nofile
 
-SCENARIOS = ("small-api", "small-nc", "api-down", "api-up", "nc-down", "nc-up")
+SCENARIOS = ("small-api", "small-nc", "sse", "api-down", "api-up", "nc-down", "nc-up")
 
 
 async def measure(
     bench: Bench, scenario: str, conn: int, target: client.Target, seconds: float
 ) -> tuple[float, float]:
-    """(connector CPU µs per request, req/s) or (peak RSS growth MiB, MiB/s) for bulk."""
+    """(connector CPU µs per request, req/s), (CPU µs per event, p99 event latency µs) for
+    sse (the many-stream case of the full run), or (peak RSS growth MiB, MiB/s) for bulk."""
     if scenario.startswith("small"):
         path, headers = bench.small_request(scenario.split("-")[1])
         raw = client.build_request("GET", path, headers)
@@ -39,6 +40,16 @@ async def measure(
         if result.errors:
             raise RuntimeError(f"{result.errors} errors: {result.statuses}")
         return cpu / max(result.requests, 1) * 1e6, result.rps
+    if scenario == "sse":
+        plan = bench.plan
+        path = f"/api/sse?n={plan.sse_many_events}&ms={plan.sse_many_ms:g}&wait=500"
+        raw = client.build_request("GET", path, {**user_headers(), "Accept": "text/event-stream"})
+        cpu0 = proc.cpu_seconds(conn)
+        sse = await client.sse_run(target, raw, plan.sse_many)
+        cpu = proc.cpu_seconds(conn) - cpu0
+        if sse.failed or not sse.concurrent:
+            raise RuntimeError(f"{sse.failed} streams failed (concurrent: {sse.concurrent})")
+        return cpu / max(sse.events, 1) * 1e6, percentile(sorted(sse.latencies_us), 99)
     async with proc.RssSampler(conn) as rss:
         rate, problem = await bench.bulk_once(target, scenario, True)
     if problem:
@@ -74,8 +85,12 @@ async def main_async(args: argparse.Namespace) -> int:
         await bench.stop(b)
         await bench.stop(bench.upstream)
         shutil.rmtree(bench.work, ignore_errors=True)
-    bulk = not args.scenario.startswith("small")
-    first, second = ("RSS growth MiB", "MiB/s") if bulk else ("CPU µs/req", "req/s")
+    if args.scenario == "sse":
+        first, second = "CPU µs/event", "p99 µs"
+    elif args.scenario.startswith("small"):
+        first, second = "CPU µs/req", "req/s"
+    else:
+        first, second = "RSS growth MiB", "MiB/s"
     print(
         f"{args.scenario} over {args.transport} ({args.loop}), {args.rounds} rounds, "
         f"load {proc.loadavg()}"

@@ -339,6 +339,56 @@ async def test_harp_idle_stream_stays_open_with_keepalives(
         assert not service.streams[0].ended.is_set()
 
 
+async def test_a_steady_stream_longer_than_the_idle_cap_is_not_cut(
+    proxy_factory: ProxyFactory, service: FakeService
+) -> None:
+    # One timer per stream: its first deadline falls while bytes still flow, and must be
+    # re-armed from the last byte, not end the stream.
+    conn = await proxy_factory(BEEFLOW_LEGACY_STREAM_IDLE_SECONDS="0.3")
+    pieces = chat_pieces([f"part {i}" for i in range(12)], interval=0.08)
+    service.sse = StreamPlan(pieces)
+    started = time.monotonic()
+    async with await _chat(conn) as resp:
+        body = await resp.read()
+    assert time.monotonic() - started > 0.6  # twice the cap
+    assert body == b"".join(p.data for p in pieces)
+    assert not service.streams[0].client_gone
+
+
+async def test_no_keepalive_while_events_flow_faster_than_the_interval(
+    proxy_factory: ProxyFactory, service: FakeService
+) -> None:
+    conn = await proxy_factory(harp=True, BEEFLOW_SSE_KEEPALIVE_SECONDS="0.2")
+    busy = chat_pieces([f"part {i}" for i in range(10)], interval=0.06)
+    service.sse = StreamPlan((*busy[:-1], Piece(busy[-1].data, delay=0.6)))
+    async with await _chat(conn) as resp:
+        body = await resp.read()
+    flowing = b"".join(p.data for p in busy[:-1])
+    # While events came every 60 ms: none (the early deadline is re-checked, not obeyed).
+    assert body.startswith(flowing)
+    # The 0.6 s pause after them: comments every 0.2 s, then the last event.
+    assert body.endswith(busy[-1].data)
+    pause = body[len(flowing) : -len(busy[-1].data)]
+    assert 2 <= pause.count(COMMENT) <= 3
+    assert set(pause.split(COMMENT)) == {b""}
+
+
+async def test_a_client_that_reads_slowly_is_not_mistaken_for_an_idle_upstream(
+    proxy_factory: ProxyFactory, service: FakeService
+) -> None:
+    # The idle deadline may fall while a write waits for the client to drain: the bytes are
+    # handed over, so the upstream was not idle and the body must arrive whole.
+    conn = await proxy_factory(BEEFLOW_LEGACY_STREAM_IDLE_SECONDS="0.3")
+    blob = bytes(range(256)) * (32 * 4096)  # 32 MiB: more than the sockets buffer
+    service.sse = StreamPlan((Piece(blob),), content_type="application/octet-stream")
+    async with await conn.request("GET", "/api/stream", user="alice") as resp:
+        assert resp.status == 200
+        await asyncio.sleep(1.0)  # not reading: the connector's writes wait
+        body = await resp.read()
+    assert len(body) == len(blob)
+    assert body == blob
+
+
 async def test_other_streamed_bodies_are_not_buffered_either(
     proxy_factory: ProxyFactory, service: FakeService
 ) -> None:
