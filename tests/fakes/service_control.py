@@ -216,10 +216,12 @@ class ServiceControl:
 
     def _pending_gone(self, request: web.Request) -> web.Response | None:
         if request.match_info["pid"] != PENDING_ID:
-            return web.json_response({"error": "Unknown pending binding", "code": "not_found"}, 404)
+            unknown = {"error": "Unknown pending binding", "code": "not_found"}
+            return web.json_response(unknown, status=404)
         if _expired(self.expires_at):
             return web.json_response(
-                {"error": "The verification has expired", "code": "verification_expired"}, 410
+                {"error": "The verification has expired", "code": "verification_expired"},
+                status=410,
             )
         if self.attempts_left <= 0:
             return web.json_response(

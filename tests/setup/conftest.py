@@ -1,14 +1,20 @@
-"""Fixtures of the setup picker tests: a tiny health endpoint the probe can reach on loopback."""
+"""Fixtures of the setup page tests: a tiny health endpoint the probe can reach on loopback, and
+the fake service with its connector-control endpoints for the tenant actions."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
+
+from tests.conftest import ConnectorFactory
+from tests.fakes.service import FakeService
+from tests.fakes.service_control import ServiceControl
+from tests.helpers import RunningConnector
 
 
 @attrs.define
@@ -55,3 +61,32 @@ async def health() -> AsyncIterator[HealthServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+# ------------------------------------------------------------------ tenant actions
+
+AutoFactory = Callable[..., Awaitable[RunningConnector]]
+
+
+@pytest.fixture
+def control() -> ServiceControl:
+    return ServiceControl()
+
+
+@pytest.fixture
+async def service(control: ServiceControl) -> AsyncIterator[FakeService]:
+    async with FakeService(extra_routes=control.routes()) as svc:
+        yield svc
+
+
+@pytest.fixture
+def auto_connector(connector_factory: ConnectorFactory, service: FakeService) -> AutoFactory:
+    """A connector with BEEFLOW_TENANT_KEY=auto pointed at the fake service. Failed bootstraps
+    retry only after a minute, so a test decides when the next attempt happens."""
+
+    async def start(**env: str) -> RunningConnector:
+        settings = {"BEEFLOW_TENANT_KEY": "auto", "BEEFLOW_API_BASE_URL": str(service.url)}
+        settings.update(env)
+        return await connector_factory(**settings)
+
+    return start

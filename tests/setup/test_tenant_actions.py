@@ -1,0 +1,661 @@
+"""The setup page's tenant actions over real sockets, against the fake Nextcloud and the fake
+Bee Flow service: e-mail verification (verify, resend, expiry), pairing codes, key rotation,
+the env lock, concurrency, access, bad input, and the secrets that must never come back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from multidict import CIMultiDictProxy
+
+from beeflow import keys, tenant
+from beeflow.tasks import spawn
+from beeflow.tenant import fingerprint
+from tests.conftest import ConnectorFactory
+from tests.fakes.service_control import (
+    EXPIRES_AT,
+    PAIRED_KEY,
+    PROVISIONED_KEY,
+    ServiceControl,
+)
+from tests.helpers import SECRET, TENANT_KEY, RunningConnector, wait_for
+from tests.setup.conftest import AutoFactory
+
+JSON = {"Content-Type": "application/json"}
+VERIFY = "/setup/verify-email-code"
+RESEND = "/setup/resend-email-code"
+PAIR = "/setup/apply-pairing-code"
+ROTATE = "/setup/rotate-tenant-key"
+ACTIONS = (VERIFY, RESEND, PAIR, ROTATE)
+CACHED_KEY = "tk_cached_00112233445566778899aabbccddeeff"
+ROTATED_KEY = "tk_rotated_aabbccddeeff00112233445566778899"
+PAIRING = "ABCD-EFGH"
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    text: str
+
+    @property
+    def body(self) -> dict[str, Any]:
+        data = json.loads(self.text)
+        assert isinstance(data, dict)
+        return data
+
+    @property
+    def code(self) -> str:
+        return str(self.body.get("code"))
+
+
+async def call(
+    conn: RunningConnector,
+    path: str,
+    body: Any = None,
+    *,
+    user: str | None = "admin",
+    raw: bytes | None = None,
+    ctype: str = "application/json",
+) -> Answer:
+    data = raw if raw is not None else json.dumps({} if body is None else body).encode()
+    async with await conn.request(
+        "POST", path, user=user, data=data, headers={"Content-Type": ctype}
+    ) as resp:
+        text = await resp.text()
+        if resp.status != 204:
+            assert resp.headers["Content-Type"] == "application/json", text
+        return Answer(resp.status, resp.headers, text)
+
+
+async def status_of(conn: RunningConnector) -> dict[str, Any]:
+    async with await conn.request("GET", "/setup/status", user="admin") as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+    return body
+
+
+def write_cache(storage: Path, key: str = CACHED_KEY) -> None:
+    record = {
+        "tenantKey": key,
+        "organizationId": "org-cached",
+        "organizationName": "Cached Org",
+        "ncInstanceId": "nc-host:cached",
+        "boundApiBaseUrl": "http://127.0.0.1:9",
+        "provisionedAt": "2026-01-01T00:00:00Z",
+    }
+    (storage / "tenant-key.json").write_text(json.dumps(record))
+    os.chmod(storage / "tenant-key.json", 0o600)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def everything_stored(storage: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(storage.iterdir()) if p.is_file())
+
+
+async def pending_verification(auto_connector: AutoFactory, control: ServiceControl) -> Any:
+    control.bootstrap_mode = "verification"
+    conn = await auto_connector()
+    await tenant.bootstrapper(conn.app).ensure()
+    assert conn.app[keys.TENANT].status == "awaiting_email_verification"
+    return conn
+
+
+# ------------------------------------------------------------------ e-mail verification
+
+
+async def test_email_verification_happy_path(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    status = await status_of(conn)
+    tenant_ = status["tenant"]
+    assert tenant_["status"] == "awaiting_email_verification"
+    assert tenant_["fingerprint"] is None
+    assert tenant_["pending"] == {
+        "kind": "verification",
+        "maskedEmail": "a***@example.com",
+        "organizationName": "Acme",
+        "expiresAt": EXPIRES_AT,
+        "expired": False,
+    }
+    assert tenant_["pairingSuggested"] is False
+    assert tenant_["keyLocked"] is False
+    raw = json.dumps(status)
+    for hidden in ("p-1", "/verify", "/resend"):
+        assert hidden not in raw
+
+    # A wrong code: 400 wrong_code with the service's attemptsLeft, shown in the status too.
+    wrong = await call(conn, VERIFY, {"code": "000000"})
+    assert wrong.status == 400
+    assert wrong.body["code"] == "wrong_code"
+    assert wrong.body["attemptsLeft"] == 4
+    assert wrong.body["serviceCode"] == "invalid_code"
+    assert "4 attempts left" in wrong.body["error"]
+    assert (await status_of(conn))["tenant"]["pending"]["attemptsLeft"] == 4
+
+    # The right one (spaces trimmed): the key is applied, only its fingerprint comes back.
+    right = await call(conn, VERIFY, {"code": " 123456 "})
+    assert right.status == 200, right.text
+    assert right.body == {
+        "ok": True,
+        "status": "ok",
+        "fingerprint": fingerprint(PROVISIONED_KEY),
+        "organizationId": "org-42",
+        "organizationName": "Acme",
+    }
+    assert PROVISIONED_KEY not in right.text
+    assert control.verifications == [{"code": "000000"}, {"code": "123456"}]
+    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
+    assert not (storage / "pending-bootstrap.json").exists()
+    after = (await status_of(conn))["tenant"]
+    assert after["status"] == "ok"
+    assert after["fingerprint"] == fingerprint(PROVISIONED_KEY)
+    assert "pending" not in after
+    assert PROVISIONED_KEY not in json.dumps(after)
+
+    # Nothing is pending any more: a second verification is a conflict and reaches nobody.
+    again = await call(conn, VERIFY, {"code": "123456"})
+    assert (again.status, again.code) == (409, "no_pending_verification")
+    assert len(control.verifications) == 2
+
+
+async def test_double_click_verifies_once(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    answers = await asyncio.gather(*(call(conn, VERIFY, {"code": "123456"}) for _ in range(3)))
+    statuses = sorted(a.status for a in answers)
+    assert statuses[0] == 200
+    assert statuses[1:] == [409, 409]
+    assert {a.code for a in answers if a.status == 409} <= {
+        "bootstrap_running",
+        "no_pending_verification",
+    }
+    assert len(control.verifications) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": "12345"},
+        {"code": "1234567"},
+        {"code": "abcdef"},
+        {"code": "12 345"},
+        {"code": "\uff11\uff12\uff13\uff14\uff15\uff16"},  # full-width digits
+        {"code": "123456\n"},
+        {"code": 123456},
+        {"code": None},
+        {},
+    ],
+    ids=repr,
+)
+async def test_verify_refuses_malformed_codes_before_calling_anyone(
+    auto_connector: AutoFactory, control: ServiceControl, body: dict[str, Any]
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    answer = await call(conn, VERIFY, body)
+    if body.get("code") == "123456\n":  # trimmed like the page does: a valid code
+        assert answer.status == 200
+        return
+    assert (answer.status, answer.code) == (400, "invalid_code_format")
+    assert control.verifications == []
+
+
+async def test_verify_and_resend_without_a_pending_verification(
+    connector: RunningConnector,
+) -> None:
+    for path in (VERIFY, RESEND):
+        answer = await call(connector, path, {"code": "123456"})
+        assert (answer.status, answer.code) == (409, "no_pending_verification"), path
+
+
+async def test_expired_verification_starts_over(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    control.expire_now()
+    answer = await call(conn, VERIFY, {"code": "123456"})
+    assert (answer.status, answer.code) == (410, "verification_expired")
+    assert answer.body["serviceCode"] == "verification_expired"
+    state = (await status_of(conn))["tenant"]
+    assert state["status"] == "failed"
+    assert state["lastError"]["category"] == "verification_expired"
+    assert "new code" in state["lastError"]["remediation"]
+    assert "pending" not in state
+    assert not (storage / "pending-bootstrap.json").exists()
+    # The next attempt (the backoff's, here triggered at once) asks for a new verification.
+    control.expires_at = EXPIRES_AT
+    await tenant.bootstrapper(conn.app).ensure()
+    assert len(control.bootstraps) == 2
+    assert (await status_of(conn))["tenant"]["status"] == "awaiting_email_verification"
+    assert (await call(conn, VERIFY, {"code": "123456"})).status == 200
+
+
+async def test_too_many_wrong_codes_end_the_verification(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    lefts = []
+    for _ in range(4):
+        answer = await call(conn, VERIFY, {"code": "999999"})
+        assert answer.code == "wrong_code"
+        lefts.append(answer.body["attemptsLeft"])
+    assert lefts == [4, 3, 2, 1]
+    assert "1 attempt left" in answer.body["error"]
+    last = await call(conn, VERIFY, {"code": "999999"})
+    assert (last.status, last.code) == (410, "verification_expired")
+    assert last.body["serviceCode"] == "too_many_attempts"
+
+
+async def test_pending_shows_expired_before_the_service_says_so(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    control.expire_now()
+    conn = await pending_verification(auto_connector, control)
+    assert (await status_of(conn))["tenant"]["pending"]["expired"] is True
+
+
+async def test_verify_with_the_service_unreachable(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    conn.app[keys.API_BASE].url = conn.app[keys.API_BASE].url.with_port(9)
+    answer = await call(conn, VERIFY, {"code": "123456"})
+    assert (answer.status, answer.code) == (502, "saas_unreachable")
+    assert (await status_of(conn))["tenant"]["status"] == "awaiting_email_verification"
+
+
+async def test_resend(auto_connector: AutoFactory, control: ServiceControl, storage: Path) -> None:
+    conn = await pending_verification(auto_connector, control)
+    await call(conn, VERIFY, {"code": "000000"})
+    answer = await call(conn, RESEND)
+    assert answer.status == 200, answer.text
+    assert answer.body == {
+        "ok": True,
+        "expiresAt": control.resend_expires_at,
+        "maskedEmail": "a***@example.com",
+        "emailSent": True,
+    }
+    (sent,) = control.resends
+    assert sent["X-Beeflow-Source"] == "nextcloud-connector"
+    assert sent["Content-Type"] == "application/json"
+    pending = (await status_of(conn))["tenant"]["pending"]
+    assert pending["expiresAt"] == control.resend_expires_at
+    assert "attemptsLeft" not in pending  # a new code, new attempts
+    assert read_json(storage / "pending-bootstrap.json")["expiresAt"] == control.resend_expires_at
+
+
+@pytest.mark.parametrize(
+    ("service_status", "status", "code"),
+    [(429, 429, "service_rate_limited"), (500, 502, "service_error"), (400, 502, "service_error")],
+)
+async def test_resend_refused_by_the_service(
+    auto_connector: AutoFactory,
+    control: ServiceControl,
+    service_status: int,
+    status: int,
+    code: str,
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    control.resend_status = service_status
+    answer = await call(conn, RESEND)
+    assert (answer.status, answer.code) == (status, code)
+    assert answer.body["serviceCode"] == "resend_refused"
+    if status == 429:
+        assert answer.headers["Retry-After"] == "60"
+    assert (await status_of(conn))["tenant"]["status"] == "awaiting_email_verification"
+
+
+async def test_resend_after_expiry(auto_connector: AutoFactory, control: ServiceControl) -> None:
+    conn = await pending_verification(auto_connector, control)
+    control.expire_now()
+    answer = await call(conn, RESEND)
+    assert (answer.status, answer.code) == (410, "verification_expired")
+    assert (await status_of(conn))["tenant"]["status"] == "failed"
+
+
+# ------------------------------------------------------------------ pairing codes
+
+
+async def test_pairing_code_binds_to_the_existing_organisation(
+    auto_connector: AutoFactory,
+    control: ServiceControl,
+    storage: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    control.bootstrap_mode = "error"
+    control.error_body = {"error": "This instance needs a pairing code", "code": "pairing_required"}
+    conn = await auto_connector()
+    await tenant.bootstrapper(conn.app).ensure()
+    before = (await status_of(conn))["tenant"]
+    assert before["status"] == "failed"
+    assert before["lastError"]["category"] == "pairing_required"
+    assert "setup page" in before["lastError"]["remediation"]
+    assert before["pairingSuggested"] is True
+
+    control.pairing_code = PAIRING
+    answer = await call(conn, PAIR, {"code": "  abcd-efgh "})
+    assert answer.status == 200, answer.text
+    assert answer.body == {
+        "ok": True,
+        "status": "ok",
+        "fingerprint": fingerprint(PAIRED_KEY),
+        "organizationId": "org-existing",
+        "organizationName": "Existing Org",
+    }
+    first, second = control.bootstraps
+    assert "X-Beeflow-Pairing-Code" not in first.headers
+    assert second.headers["X-Beeflow-Pairing-Code"] == PAIRING
+    assert read_json(storage / "tenant-key.json")["tenantKey"] == PAIRED_KEY
+    assert tenant.bootstrapper(conn.app).pairing_code is None  # one shot
+    after = (await status_of(conn))["tenant"]
+    assert after["status"] == "ok"
+    assert after["pairingSuggested"] is False
+    # Never echoed, never logged beyond its first 4 characters, never stored.
+    assert "EFGH" not in answer.text
+    assert "EFGH" not in json.dumps(after)
+    assert "EFGH" not in caplog.text
+    assert "ABCD***" in caplog.text
+    assert "EFGH" not in everything_stored(storage)
+
+
+async def test_rejected_pairing_code_restores_everything_and_is_not_quoted_back(
+    auto_connector: AutoFactory,
+    control: ServiceControl,
+    storage: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    write_cache(storage)
+    conn = await auto_connector()
+    control.pairing_code = "ZZZZ-9999"
+    answer = await call(conn, PAIR, {"code": PAIRING})
+    assert (answer.status, answer.code) == (409, "pairing_code_rejected")
+    assert answer.body["category"] == "saas_auth_rejected"
+    assert answer.body["remediation"]
+    # The fake service quoted the code in its refusal; none of it comes through.
+    assert control.bootstraps[0].headers["X-Beeflow-Pairing-Code"] == PAIRING
+    assert "EFGH" not in answer.text
+    assert "ABCD***" in answer.text
+    assert "EFGH" not in caplog.text
+    assert "EFGH" not in everything_stored(storage)
+    assert "EFGH" not in json.dumps(await status_of(conn))
+    state = conn.app[keys.TENANT]
+    assert (state.key, state.status) == (CACHED_KEY, "ok")
+    assert tenant.bootstrapper(conn.app).pairing_code is None
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "ABCDEFGH",
+        "ABC-DEFGH",
+        "ABCD-EFG!",
+        "ABCD EFGH",
+        "",
+        "ABCD-EFGH-IJKL",
+        "\u00c0BCD-EFGH",
+        1234,
+    ],
+    ids=repr,
+)
+async def test_pairing_code_format(
+    auto_connector: AutoFactory, control: ServiceControl, code: object
+) -> None:
+    conn = await auto_connector()
+    answer = await call(conn, PAIR, {"code": code})
+    assert (answer.status, answer.code) == (400, "invalid_pairing_code")
+    assert control.bootstraps == []
+    if isinstance(code, str) and code:
+        assert code not in answer.text
+
+
+async def test_pairing_code_from_the_environment_is_used_once(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    control.pairing_code = PAIRING
+    conn = await auto_connector(BEEFLOW_PAIRING_CODE=" abcd-efgh ")
+    assert "EFGH" not in repr(conn.config)
+    await tenant.bootstrapper(conn.app).ensure()
+    (call_,) = control.bootstraps
+    assert call_.headers["X-Beeflow-Pairing-Code"] == PAIRING
+    assert conn.app[keys.TENANT].key == PAIRED_KEY
+    # A rotation later is a plain bootstrap: the code was for the first one only.
+    control.tenant_key = ROTATED_KEY
+    answer = await call(conn, ROTATE)
+    assert answer.status == 200
+    assert "X-Beeflow-Pairing-Code" not in control.bootstraps[1].headers
+    assert conn.app[keys.TENANT].key == ROTATED_KEY
+
+
+async def test_pairing_code_from_the_environment_ignored_when_a_key_is_cached(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    write_cache(storage)
+    conn = await auto_connector(BEEFLOW_PAIRING_CODE=PAIRING)
+    assert tenant.bootstrapper(conn.app).pairing_code is None
+    answer = await call(conn, ROTATE)
+    assert answer.status == 200
+    assert "X-Beeflow-Pairing-Code" not in control.bootstraps[0].headers
+
+
+# ------------------------------------------------------------------ rotation
+
+
+async def test_rotate_provisions_a_new_key_and_keeps_the_previous_file(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    write_cache(storage)
+    conn = await auto_connector()
+    control.tenant_key = ROTATED_KEY
+    answer = await call(conn, ROTATE)
+    assert answer.status == 200, answer.text
+    assert answer.body["fingerprint"] == fingerprint(ROTATED_KEY)
+    assert answer.body["previousFingerprint"] == fingerprint(CACHED_KEY)
+    assert answer.body["status"] == "ok"
+    assert ROTATED_KEY not in answer.text
+    assert CACHED_KEY not in answer.text
+    assert conn.app[keys.TENANT].key == ROTATED_KEY
+    assert read_json(storage / "tenant-key.json")["tenantKey"] == ROTATED_KEY
+    assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
+    assert (await status_of(conn))["tenant"]["fingerprint"] == fingerprint(ROTATED_KEY)
+
+
+@pytest.mark.parametrize(
+    ("service_status", "service_body", "status", "code", "category"),
+    [
+        (503, {"error": "down"}, 502, "bootstrap_failed", "saas_transient"),
+        (409, {"error": "already"}, 409, "bootstrap_refused", "tenant_already_provisioned"),
+        (400, {"code": "admin_email_conflict"}, 409, "bootstrap_refused", "admin_email_conflict"),
+    ],
+)
+async def test_failed_rotation_keeps_the_old_key(
+    auto_connector: AutoFactory,
+    control: ServiceControl,
+    storage: Path,
+    service_status: int,
+    service_body: dict[str, Any],
+    status: int,
+    code: str,
+    category: str,
+) -> None:
+    write_cache(storage)
+    conn = await auto_connector()
+    control.bootstrap_mode = "error"
+    control.error_status = service_status
+    control.error_body = service_body
+    answer = await call(conn, ROTATE)
+    assert (answer.status, answer.code) == (status, code)
+    assert answer.body["category"] == category
+    assert answer.body["remediation"] == tenant.REMEDIATION[category]
+    assert conn.app[keys.TENANT].key == CACHED_KEY
+    assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
+    assert (await status_of(conn))["tenant"]["status"] == "ok"
+
+
+async def test_rotation_with_the_service_unreachable(
+    auto_connector: AutoFactory, storage: Path
+) -> None:
+    write_cache(storage)
+    conn = await auto_connector(BEEFLOW_API_BASE_URL="http://127.0.0.1:9")
+    answer = await call(conn, ROTATE)
+    assert (answer.status, answer.code) == (502, "bootstrap_failed")
+    assert answer.body["category"] == "saas_unreachable"
+    assert conn.app[keys.TENANT].key == CACHED_KEY
+
+
+async def test_rotation_that_ends_in_an_email_verification(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    write_cache(storage)
+    conn = await auto_connector()
+    control.bootstrap_mode = "verification"
+    answer = await call(conn, ROTATE)
+    assert answer.status == 202, answer.text
+    assert answer.body["status"] == "awaiting_email_verification"
+    assert answer.body["fingerprint"] is None
+    assert answer.body["pending"]["maskedEmail"] == "a***@example.com"
+    assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
+    assert (await call(conn, VERIFY, {"code": "123456"})).status == 200
+    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+
+
+async def test_actions_are_locked_by_the_env_key(connector: RunningConnector) -> None:
+    for path, body in ((ROTATE, {}), (PAIR, {"code": PAIRING})):
+        answer = await call(connector, path, body)
+        assert (answer.status, answer.code) == (409, "tenant_key_env_locked"), path
+        assert "BEEFLOW_TENANT_KEY" in answer.body["error"]
+        assert TENANT_KEY not in answer.text
+    state = (await status_of(connector))["tenant"]
+    assert state["keyLocked"] is True
+    assert state["source"] == "env"
+    assert state["fingerprint"] == fingerprint(TENANT_KEY)
+    assert connector.app[keys.TENANT].key == TENANT_KEY
+
+
+async def test_one_provisioning_at_a_time(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    """While a rotation (or /init's bootstrap) waits for the service, every other action is
+    refused with 409 bootstrap_running instead of queueing a second key."""
+    write_cache(storage)
+    conn = await auto_connector()
+    control.bootstrap_gate = asyncio.Event()
+    control.tenant_key = ROTATED_KEY
+    first = spawn(call(conn, ROTATE), name="test-rotate")
+    await asyncio.wait_for(control.bootstrap_arrived.wait(), 5)
+    assert (await status_of(conn))["tenant"]["busy"] is True
+    for path, body in ((ROTATE, {}), (PAIR, {"code": PAIRING}), (VERIFY, {"code": "123456"})):
+        answer = await call(conn, path, body)
+        assert (answer.status, answer.code) == (409, "bootstrap_running"), path
+        assert answer.headers["Retry-After"] == "5"
+    control.bootstrap_gate.set()
+    done = await asyncio.wait_for(first, 5)
+    assert done.status == 200
+    assert len(control.bootstraps) == 1
+    assert (await status_of(conn))["tenant"]["busy"] is False
+
+
+async def test_rotation_refused_while_init_provisions(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    conn = await auto_connector()
+    control.bootstrap_gate = asyncio.Event()
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await asyncio.wait_for(control.bootstrap_arrived.wait(), 5)
+    answer = await call(conn, ROTATE)
+    assert (answer.status, answer.code) == (409, "bootstrap_running")
+    control.bootstrap_gate.set()
+    await wait_for(lambda: conn.app[keys.TENANT].key == PROVISIONED_KEY)
+    assert len(control.bootstraps) == 1
+
+
+# ------------------------------------------------------------------ access and bad input
+
+
+@pytest.mark.parametrize("path", ACTIONS)
+async def test_admin_only(connector: RunningConnector, path: str) -> None:
+    answer = await call(connector, path, {"code": "123456"}, user="alice")
+    assert (answer.status, answer.code) == (403, "admin_required")
+    answer = await call(connector, path, {"code": "123456"}, user=None)
+    assert answer.status == 401
+    answer = await call(connector, path, {"code": "123456"}, user="")
+    assert (answer.status, answer.code) == (401, "appapi_user_required")
+    async with await connector.request("GET", path, user="admin") as resp:
+        assert resp.status == 405
+        assert (await resp.json())["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path", ACTIONS)
+@pytest.mark.parametrize(
+    ("raw", "ctype", "status", "code"),
+    [
+        (b"{nope", "application/json", 400, "invalid_json"),
+        (b"[]", "application/json", 400, "invalid_json"),
+        (b'"123456"', "application/json", 400, "invalid_json"),
+        (b'{"code": "123456"}', "text/plain", 415, "json_required"),
+        (b"code=123456", "application/x-www-form-urlencoded", 415, "json_required"),
+        (b'{"pad": "' + b"x" * 17_000 + b'"}', "application/json", 413, "payload_too_large"),
+    ],
+    ids=["invalid", "array", "string", "text-plain", "form", "too-large"],
+)
+async def test_bad_bodies(
+    connector_factory: ConnectorFactory,
+    path: str,
+    raw: bytes,
+    ctype: str,
+    status: int,
+    code: str,
+) -> None:
+    conn = await connector_factory(
+        BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL="http://127.0.0.1:9"
+    )
+    answer = await call(conn, path, raw=raw, ctype=ctype)
+    assert (answer.status, answer.code) == (status, code)
+
+
+@pytest.mark.parametrize(("path", "limit"), [(PAIR, 10), (VERIFY, 10), (RESEND, 5), (ROTATE, 10)])
+async def test_rate_limited_per_user(
+    connector: RunningConnector, fake_nc: Any, path: str, limit: int
+) -> None:
+    fake_nc.add_user("root2", email="r2@example.com", display_name="Root 2", groups=["admin"])
+    for _ in range(limit):
+        answer = await call(connector, path, {"code": "x"})
+        assert answer.status in (400, 409), answer.text
+    answer = await call(connector, path, {"code": "x"})
+    assert (answer.status, answer.code) == (429, "rate_limited")
+    assert int(answer.headers["Retry-After"]) > 0
+    # Another admin has a bucket of their own.
+    other = await call(connector, path, {"code": "x"}, user="root2")
+    assert other.status != 429
+
+
+async def test_pairing_and_verification_share_one_budget(connector: RunningConnector) -> None:
+    for _ in range(5):
+        assert (await call(connector, PAIR, {"code": "x"})).status == 400
+    for _ in range(5):
+        assert (await call(connector, VERIFY, {"code": "x"})).status == 400
+    assert (await call(connector, PAIR, {"code": "x"})).status == 429
+
+
+async def test_status_has_no_secret(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    raw = json.dumps(await status_of(conn))
+    for secret in (SECRET, "p-1", "/auth/connector", PROVISIONED_KEY):
+        assert secret not in raw
