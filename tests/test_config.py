@@ -123,6 +123,9 @@ BAD = [
     ("BEEFLOW_FRPC_BACKOFF_RESET_SECONDS", "nan", "0.01 to 3600"),
     ("BEEFLOW_FRPC_STOP_GRACE_SECONDS", "inf", "0.01 to 60"),
     ("BEEFLOW_SHUTDOWN_GRACE_SECONDS", "-3", "0 to 600"),
+    ("BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "0.5", "1 to 3600"),
+    ("BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "sixty", "1 to 3600"),
+    ("BEEFLOW_PAIRING_CODE", "ABCDEFGH", "ABCD-EFGH"),
 ]
 
 
@@ -161,6 +164,7 @@ def test_every_problem_at_once_in_one_message() -> None:
         ("BEEFLOW_TENANT_KEY", "tk-secret-but-short"[:12]),
         ("HP_SHARED_KEY", "very secret key"),
         ("HP_SHARED_KEY", "s3cr3t\x7fkey"),
+        ("BEEFLOW_PAIRING_CODE", "WXYZ-98765"),
     ],
 )
 def test_secret_values_are_never_echoed(name: str, value: str) -> None:
@@ -177,7 +181,24 @@ def test_non_secret_values_are_echoed_to_help() -> None:
 
 
 def test_repr_hides_secrets() -> None:
-    config = Config.from_env({**HARP, "BEEFLOW_TENANT_KEY": "tk_0123456789abcdef"})
+    config = Config.from_env(
+        {**HARP, "BEEFLOW_TENANT_KEY": "tk_0123456789abcdef", "BEEFLOW_PAIRING_CODE": "WXYZ-9876"}
+    )
     text = repr(config)
-    for secret in ("s3cr3t-value-0123", "shared-key-0123", "tk_0123456789abcdef"):
+    for secret in ("s3cr3t-value-0123", "shared-key-0123", "tk_0123456789abcdef", "WXYZ-9876"):
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [("", None), ("  ", None), ("wxyz-9876", "WXYZ-9876"), (" AB12-CD34\n", "AB12-CD34")],
+)
+def test_pairing_code_is_optional_trimmed_and_upper_cased(raw: str, want: str | None) -> None:
+    assert Config.from_env({**MINIMAL, "BEEFLOW_PAIRING_CODE": raw}).pairing_code == want
+    assert Config.from_env(MINIMAL).pairing_code is None
+
+
+def test_client_header_timeout() -> None:
+    assert Config.from_env(MINIMAL).client_header_timeout_seconds == 60.0
+    env = {**MINIMAL, "BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS": " 15.5 "}
+    assert Config.from_env(env).client_header_timeout_seconds == 15.5
