@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -175,7 +176,7 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
         unquote(segment) in (".", "..") for segment in raw_path.split("/")
     ):
         raise BadRequest("Dot segments are not allowed in the path", code="bad_path")
-    base_path = base.raw_path.rstrip("/")
+    base_path, allowed = _base_parts(base)
     url = URL.build(
         scheme=base.scheme,
         host=base.raw_host or "",
@@ -184,10 +185,21 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
         query_string=request.rel_url.raw_query_string,
         encoded=True,
     )
-    allowed = tuple(base_path + prefix + "/" for prefix in PREFIXES)
-    if url.origin() != base.origin() or not url.raw_path.startswith(allowed):
+    if (
+        url.raw_host != base.raw_host
+        or url.port != base.port
+        or url.scheme != base.scheme
+        or not url.raw_path.startswith(allowed)
+    ):
         raise BadRequest("This path is not proxied", code="bad_path")
     return url
+
+
+@functools.lru_cache(maxsize=8)
+def _base_parts(base: URL) -> tuple[str, tuple[str, ...]]:
+    """The base path without its trailing slash, and the proxied prefixes under it."""
+    base_path = base.raw_path.rstrip("/")
+    return base_path, tuple(base_path + prefix + "/" for prefix in PREFIXES)
 
 
 def upstream_headers(
@@ -203,10 +215,15 @@ def upstream_headers(
     headers["X-Beeflow-NC-Uid"] = user.uid
     if tenant.instance_id:
         headers["X-Beeflow-NC-Instance-Id"] = tenant.instance_id
-    headers["X-Beeflow-NC-Base-Url"] = str(config.nextcloud_url)
+    headers["X-Beeflow-NC-Base-Url"] = _url_text(config.nextcloud_url)
     # Compressed SSE was corrupted on the way once (reference 12, 1.0.2): ask for plain bytes.
     headers["Accept-Encoding"] = "identity"
     return headers
+
+
+@functools.lru_cache(maxsize=4)
+def _url_text(url: URL) -> str:
+    return str(url)
 
 
 def _is_json(content_type: str) -> bool:

@@ -334,7 +334,9 @@ class UpstreamClient:
         headers: CIMultiDict[str],
         body: OutboundBody = NO_BODY,
     ) -> aiohttp.ClientResponse:
-        """Send one request; the caller owns the response (relay() closes it)."""
+        """Send one request; the caller owns the response (relay() closes it). `headers`
+        become the request's (a Content-Length is added for a streamed body of known length):
+        pass a fresh multidict, as filter_headers() returns."""
         # Like the Node reference (3.3): whether the dropped connection came from the pool is
         # not asked (telling would cost aiohttp's request tracing on every request); a GET/HEAD
         # is safe to send twice, and only once more.
@@ -364,26 +366,25 @@ class UpstreamClient:
         body: OutboundBody,
     ) -> aiohttp.ClientResponse:
         name = self.settings.name
-        out = CIMultiDict(headers)
-        if body.length is not None and not isinstance(body.data, bytes):
-            out["Content-Length"] = str(body.length)
-        deadline = _Deadline(self.settings.headers_timeout)
-        data: bytes | AsyncIterable[bytes] | None = body.data
+        data = body.data
         try:
+            if data is None or isinstance(data, bytes):
+                async with asyncio.timeout(self.settings.headers_timeout):
+                    return await self.session.request(
+                        method, url, headers=headers, data=data, allow_redirects=False
+                    )
+            if body.length is not None:
+                headers["Content-Length"] = str(body.length)
+            deadline = _Deadline(self.settings.headers_timeout)
             async with asyncio.timeout(None) as timer:
                 deadline.bind(timer)
-                if data is None or isinstance(data, bytes):
-                    deadline.arm()
-                else:
-                    data = deadline.pace(data)
                 try:
                     return await self.session.request(
                         method,
                         url,
-                        headers=out,
-                        data=data,
+                        headers=headers,
+                        data=deadline.pace(data),
                         allow_redirects=False,
-                        skip_auto_headers=_SKIP_AUTO_HEADERS,
                     )
                 finally:
                     deadline.unbind()
@@ -436,6 +437,7 @@ async def upstream_client(
             sock_read=None,
         ),
         auto_decompress=False,
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         middlewares=(_no_builtin_replay,),
@@ -656,20 +658,23 @@ class _ReadDeadline:
 
     async def read(self, reader: aiohttp.StreamReader) -> bytes | None:
         """The next chunk (b"" at the end), or None when the deadline passed first."""
-        if self._fired:
-            self._fired = False
+        if self._take():
             return None
         cancelling = self._task.cancelling()
         self._reading = True
         try:
             return await reader.readany()
         except asyncio.CancelledError:
-            if self._fired and self._task.uncancel() <= cancelling:
-                self._fired = False
+            # Ours (the deadline fired) and no other cancel pending: a deadline, not an end.
+            if self._take() and self._task.uncancel() <= cancelling:
                 return None
             raise
         finally:
             self._reading = False
+
+    def _take(self) -> bool:
+        fired, self._fired = self._fired, False
+        return fired
 
     def close(self) -> None:
         if self._handle is not None:
