@@ -30,6 +30,11 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md docker/constraints.txt ./
 COPY beeflow ./beeflow
+# pyproject's [tool.setuptools.data-files] installs the repo's UI into the venv
+# (<prefix>/share/beeflow/spa, static.py's fallback): the wheel cannot build without it. The
+# runtime serves /app/spa (BEEFLOW_SPA_DIR) whatever SPA_SOURCE chose. tests/ops/test_image_build.py
+# builds the wheel from exactly these COPY lines.
+COPY spa ./spa
 RUN /opt/venv/bin/pip install --no-cache-dir -c constraints.txt .
 
 # ------------------------------------------------------------------ web UI: the repo's spa/
