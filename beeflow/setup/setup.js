@@ -1,4 +1,5 @@
-/* Bee Flow setup picker. Every request is relative to the page's own URL: under Nextcloud the
+/* Bee Flow setup page: the service picker and the tenant actions (e-mail verification, pairing
+ * code, key rotation). Every request is relative to the page's own URL: under Nextcloud the
  * page lives at .../proxy/bee_flow/setup, so an absolute /setup/test URL would hit Nextcloud itself
  * (the reference connector's 0.1.10 bug). Text only ever goes in via textContent. */
 (function () {
@@ -17,12 +18,13 @@
     return document.getElementById(id);
   }
 
-  var state = { cloudUrl: "", locked: false, loaded: false };
+  var state = { cloudUrl: "", locked: false, loaded: false, tenant: {}, acting: false, timer: 0 };
 
-  function show(text, kind) {
-    var el = $("result");
+  function show(text, kind, id) {
+    var el = $(id || "result");
     el.textContent = text;
     el.dataset.kind = kind || "info";
+    el.hidden = false;
   }
 
   async function call(method, path, body) {
@@ -70,11 +72,122 @@
     var labels = {
       ok: "Connected",
       initialising: "Connecting\u2026",
+      provisioning: "Connecting\u2026",
       awaiting_email_verification: "Waiting for e-mail verification",
       awaiting_admin_approval: "Waiting for approval",
       failed: "Failed",
     };
     return labels[tenant.status] || tenant.status || "unknown";
+  }
+
+  // What the page says for each error code of the tenant actions (the code is appended too).
+  var MESSAGES = {
+    invalid_code_format: "Enter the 6 digits from the e-mail.",
+    verification_expired:
+      "The code has expired or the Bee Flow service ended the verification. The connector starts " +
+      "over and the service e-mails a new code; this page shows it when it is pending.",
+    no_pending_verification: "No e-mail verification is pending any more.",
+    bootstrap_running: "The connector is provisioning right now; try again in a moment.",
+    saas_unreachable: "The Bee Flow service could not be reached; check the service above and try again.",
+    service_rate_limited: "The Bee Flow service asks to wait before trying again.",
+    service_error: "The Bee Flow service had a problem; try again later.",
+    rate_limited: "Too many attempts from this account; wait a few minutes and try again.",
+    invalid_pairing_code: "A pairing code looks like ABCD-EFGH: 4 letters or digits, a dash, 4 more.",
+    pairing_code_rejected:
+      "The Bee Flow service did not accept this pairing code. Check it, or create a new one (codes work once).",
+    bootstrap_refused: "The Bee Flow service refused to provision a key; nothing was changed.",
+    bootstrap_failed: "Provisioning a new key failed; the previous state is kept.",
+    tenant_store_failed:
+      "The new key could not be saved to the app's storage; the previous key stays in use.",
+    tenant_key_env_locked:
+      "The tenant key is set by BEEFLOW_TENANT_KEY in this app's environment and cannot be changed here.",
+    tenant_unavailable: "Tenant provisioning is not available in this connector.",
+    admin_required: "Only Nextcloud administrators can do this.",
+    json_required: "The request was refused by the connector.",
+    invalid_json: "The request was refused by the connector.",
+    payload_too_large: "The request was too large.",
+    cross_site_request_blocked: "The request was blocked: open this page from Nextcloud itself.",
+  };
+
+  var PAIRING_WHY = {
+    pairing_required: "The Bee Flow service asks for a pairing code before it connects this Nextcloud.",
+    admin_email_conflict:
+      "The administrator's e-mail address already belongs to another Bee Flow organisation. A " +
+      "pairing code from that organisation binds this Nextcloud to it (or give the admin another address).",
+    tenant_already_provisioned:
+      "The Bee Flow service already has an organisation for this Nextcloud. A pairing code from " +
+      "it binds this connector to it again (or restore tenant-key.json).",
+  };
+
+  function actionFailure(res) {
+    var d = res.data || {};
+    var text;
+    if (d.code === "wrong_code") {
+      text = d.error || "That code is not right.";
+    } else {
+      text = MESSAGES[d.code] || d.error || "HTTP " + res.status;
+    }
+    if (d.remediation && d.code !== "tenant_key_env_locked") {
+      text += " " + d.remediation;
+    }
+    if (d.code) {
+      text += " [" + d.code + "]";
+    }
+    return text;
+  }
+
+  function when(iso) {
+    var date = new Date(iso);
+    return isNaN(date.getTime()) ? iso : date.toLocaleString();
+  }
+
+  function renderTenant(tenant) {
+    state.tenant = tenant;
+    var locked = !!tenant.keyLocked;
+    var busy = !!tenant.busy || tenant.status === "provisioning";
+    var problem = $("tenant-problem");
+    var err = tenant.lastError || {};
+    if (tenant.status === "failed" && (err.remediation || err.error)) {
+      // With the pairing card on screen its own text explains the fix; elsewhere the remediation.
+      var fix = tenant.pairingSuggested ? "Enter a pairing code below." : err.remediation || "";
+      problem.textContent =
+        (err.error ? err.error + ". " : "") + fix + (err.category ? " [" + err.category + "]" : "");
+      problem.hidden = false;
+    } else {
+      problem.hidden = true;
+    }
+
+    var pending = tenant.pending || {};
+    var verifying = tenant.status === "awaiting_email_verification" && pending.kind === "verification";
+    $("verify-card").hidden = !verifying;
+    if (verifying) {
+      $("verify-email").textContent = pending.maskedEmail || "the administrator";
+      $("verify-org").textContent = pending.organizationName || tenant.organizationName || "\u2013";
+      var expiry = "";
+      if (pending.expired) {
+        expiry = "The code has expired: send a new one.";
+      } else if (pending.expiresAt) {
+        expiry = "It is valid until " + when(pending.expiresAt) + ".";
+      }
+      if (typeof pending.attemptsLeft === "number") {
+        expiry += " " + pending.attemptsLeft + " attempt" + (pending.attemptsLeft === 1 ? "" : "s") + " left.";
+      }
+      $("verify-expiry").textContent = expiry;
+    }
+    $("verify-form").disabled = locked || busy || state.acting;
+
+    $("pair-card").hidden = !tenant.pairingSuggested;
+    $("pair-why").textContent = PAIRING_WHY[err.category] || err.remediation || "";
+    $("pair-form").disabled = locked || busy || state.acting;
+
+    $("key-lock").hidden = !locked;
+    $("rotate").disabled = locked || busy || state.acting;
+
+    // Follow a running provisioning until it settles.
+    window.clearTimeout(state.timer);
+    if (busy || tenant.status === "initialising" || tenant.status === "awaiting_admin_approval") {
+      state.timer = window.setTimeout(refresh, tenant.status === "awaiting_admin_approval" ? 10000 : 1500);
+    }
   }
 
   function render(s) {
@@ -95,6 +208,7 @@
       ts.title = tenant.lastError.error;
     }
     $("fingerprint").textContent = tenant.fingerprint || "";
+    renderTenant(tenant);
     var transport = s.transport || {};
     $("transport").textContent = transport.demo
       ? "Demo stand-in proxy (streaming)"
@@ -200,6 +314,123 @@
     });
   }
 
+  // Tenant actions: one at a time; each shows its outcome next to its own button.
+  async function act(resultId, pending, work) {
+    if (state.acting) {
+      return;
+    }
+    state.acting = true;
+    renderTenant(state.tenant);
+    show(pending, "info", resultId);
+    try {
+      await work();
+    } catch (err) {
+      show("Request failed: " + err.message, "error", resultId);
+    } finally {
+      state.acting = false;
+      await refresh();
+    }
+  }
+
+  function verifyCode() {
+    var input = $("verify-code");
+    var code = input.value.replace(/\s+/g, "");
+    return act("verify-result", "Verifying\u2026", async function () {
+      var res = await call("POST", "setup/verify-email-code", { code: code });
+      if (!res.ok || !res.data) {
+        input.setAttribute("aria-invalid", "true");
+        show(actionFailure(res), "error", "verify-result");
+        input.focus();
+        return;
+      }
+      input.removeAttribute("aria-invalid");
+      input.value = "";
+      show(
+        "E-mail address confirmed. Connected" +
+          (res.data.organizationName ? " to " + res.data.organizationName : "") +
+          " (key fingerprint " + res.data.fingerprint + ").",
+        "ok",
+        "tenant-result"
+      );
+      show("", "info", "verify-result");
+    });
+  }
+
+  function resendCode() {
+    return act("verify-result", "Sending a new code\u2026", async function () {
+      var res = await call("POST", "setup/resend-email-code", {});
+      if (!res.ok || !res.data) {
+        show(actionFailure(res), "error", "verify-result");
+        return;
+      }
+      var text = res.data.emailSent
+        ? "A new code was sent to " + (res.data.maskedEmail || "the administrator") + "."
+        : "The service did not send an e-mail; try again later.";
+      if (res.data.expiresAt) {
+        text += " It is valid until " + when(res.data.expiresAt) + ".";
+      }
+      show(text, res.data.emailSent ? "ok" : "error", "verify-result");
+    });
+  }
+
+  function applyPairing() {
+    var input = $("pairing-code");
+    var code = input.value.trim().toUpperCase();
+    return act("pair-result", "Connecting with the pairing code\u2026", async function () {
+      var res = await call("POST", "setup/apply-pairing-code", { code: code });
+      if (!res.ok || !res.data) {
+        input.setAttribute("aria-invalid", "true");
+        show(actionFailure(res), "error", "pair-result");
+        input.focus();
+        return;
+      }
+      input.removeAttribute("aria-invalid");
+      input.value = "";
+      if (res.data.status === "awaiting_email_verification") {
+        show("The service asks to confirm an e-mail address first: see the code field above.", "info", "pair-result");
+        return;
+      }
+      show("", "info", "pair-result");
+      show(
+        "Pairing code accepted. Connected to " + (res.data.organizationName || "the organisation") +
+          " (key fingerprint " + res.data.fingerprint + ").",
+        "ok",
+        "tenant-result"
+      );
+    });
+  }
+
+  function rotateKey() {
+    var ok = window.confirm(
+      "Rotate the tenant key?\n\nThe connector asks the Bee Flow service for a new key and uses it at once. " +
+        "Requests in flight may fail once. The current key file is kept as tenant-key.previous.json."
+    );
+    if (!ok) {
+      show("Not rotated.", "info", "rotate-result");
+      return Promise.resolve();
+    }
+    return act("rotate-result", "Rotating\u2026", async function () {
+      var res = await call("POST", "setup/rotate-tenant-key", {});
+      if (!res.ok || !res.data) {
+        show(actionFailure(res), "error", "rotate-result");
+        return;
+      }
+      if (res.data.status === "awaiting_email_verification") {
+        show(
+          "The service asks to confirm an e-mail address before it issues the new key: enter the code above.",
+          "info",
+          "rotate-result"
+        );
+        return;
+      }
+      show(
+        "New key in use (fingerprint " + res.data.fingerprint + "; was " + (res.data.previousFingerprint || "none") + ").",
+        "ok",
+        "rotate-result"
+      );
+    });
+  }
+
   function start() {
     $("mode-cloud").addEventListener("change", syncInputs);
     $("mode-self").addEventListener("change", function () {
@@ -208,6 +439,29 @@
     });
     $("test").addEventListener("click", testConnection);
     $("save").addEventListener("click", saveChoice);
+    $("verify").addEventListener("click", verifyCode);
+    $("resend").addEventListener("click", resendCode);
+    $("pair").addEventListener("click", applyPairing);
+    $("rotate").addEventListener("click", rotateKey);
+    $("verify-code").addEventListener("keydown", function (event) {
+      if (event.key === "Enter") {
+        verifyCode();
+      }
+    });
+    $("pairing-code").addEventListener("input", function (event) {
+      var el = event.target;
+      var upper = el.value.toUpperCase();
+      if (upper !== el.value) {
+        var at = el.selectionStart;
+        el.value = upper;
+        el.setSelectionRange(at, at);
+      }
+    });
+    $("pairing-code").addEventListener("keydown", function (event) {
+      if (event.key === "Enter") {
+        applyPairing();
+      }
+    });
     refresh();
   }
 

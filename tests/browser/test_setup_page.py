@@ -1,19 +1,29 @@
-"""The setup picker in a real Chromium: test ok / failing, save, blocked URL, env-locked."""
+"""The setup page in a real Chromium: test ok / failing, save, blocked URL, env-locked; the tenant
+actions: e-mail verification, pairing code, key rotation, the key env lock."""
 
 from __future__ import annotations
 
 import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
-from beeflow import keys
-from beeflow.setup import CLOUD_URL
+from beeflow import keys, tenant
+from beeflow.app import make_app
+from beeflow.config import Config
+from beeflow.demo import Demo
+from beeflow.setup import CLOUD_URL, store
+from beeflow.tenant import fingerprint
 from tests.browser.conftest import Console, shot_path
 from tests.demo.stack import DemoStack, start_demo_stack
+from tests.fakes.service import FakeService
+from tests.fakes.service_control import PAIRED_KEY, PROVISIONED_KEY, ServiceControl
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,9 +45,9 @@ async def open_setup(browser: Any, url: str) -> tuple[Any, Any, Console]:
     return context, page, console
 
 
-async def result(page: Any, kind: str) -> str:
-    await page.wait_for_selector(f"#result[data-kind='{kind}']")
-    return str(await page.text_content("#result"))
+async def result(page: Any, kind: str, selector: str = "#result") -> str:
+    await page.wait_for_selector(f"{selector}[data-kind='{kind}']")
+    return str(await page.text_content(selector))
 
 
 async def test_setup_flow(browser: Any, stack: DemoStack) -> None:
@@ -138,4 +148,246 @@ async def test_setup_env_locked(browser: Any, locked_stack: DemoStack) -> None:
     assert answer[0] == 409
     assert answer[1]["code"] == "env_locked"
     assert str(locked_stack.app[keys.API_BASE].url) == env_url
+    await context.close()
+
+
+# ------------------------------------------------------------------ tenant actions
+
+
+@attrs.define
+class TenantStack:
+    """The demo's Nextcloud stand-in and proxy front, the fake service with its control
+    endpoints, and a connector in BEEFLOW_TENANT_KEY=auto mode pointed at that service."""
+
+    demo: Demo
+    service: FakeService
+    control: ServiceControl
+    app: web.Application
+    runner: web.AppRunner
+    storage: Path
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        await self.demo.stop()
+        await self.service.stop()
+
+
+async def start_tenant_stack(control: ServiceControl) -> TenantStack:
+    service = FakeService(extra_routes=control.routes())
+    await service.start()
+    demo = Demo(delay=0.0)
+    env = await demo.start()
+    storage = Path(env["APP_PERSISTENT_STORAGE"])
+    # The picker's saved choice: the fake service instead of the demo's stand-in.
+    store.save(storage, "self-hosted", str(service.url))
+    config = attrs.evolve(Config.from_env({**env, "BEEFLOW_TENANT_KEY": "auto"}), demo=True)
+    app = make_app(config, run_at_boot=False)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, config.app_host, config.app_port).start()
+    running = TenantStack(demo, service, control, app, runner, storage)
+    await tenant.bootstrapper(app).ensure()
+    return running
+
+
+def unexpected(console: Console) -> list[str]:
+    """Errors other than the HTTP error answers of setup actions the tests provoke on purpose
+    (Chromium also logs those as "Failed to load resource"): no page error, no failed request."""
+    return [
+        e
+        for e in console.errors
+        if not (e.startswith(("http 4", "http 502")) and "/setup/" in e)
+        and "Failed to load resource: the server responded with a status of" not in e
+    ]
+
+
+async def test_email_verification(browser: Any) -> None:
+    control = ServiceControl()
+    control.bootstrap_mode = "verification"
+    stack = await start_tenant_stack(control)
+    try:
+        context, page, console = await open_setup(browser, stack.demo.setup_url)
+        assert await page.text_content("#tenant-status") == "Waiting for e-mail verification"
+        assert await page.is_visible("#verify-card")
+        assert await page.is_hidden("#pair-card")
+        assert await page.text_content("#verify-email") == "a***@example.com"
+        assert await page.text_content("#verify-org") == "Acme"
+        assert "valid until" in (await page.text_content("#verify-expiry") or "")
+        # Accessible names: the inputs are found by their labels, the buttons by their text.
+        code = page.get_by_label("Verification code")
+        assert await code.get_attribute("id") == "verify-code"
+        assert await code.get_attribute("autocomplete") == "one-time-code"
+        await page.screenshot(path=shot_path("setup-verify-pending.png"))
+
+        await code.fill("12345")
+        await page.get_by_role("button", name="Verify").click()
+        text = await result(page, "error", "#verify-result")
+        assert text == "Enter the 6 digits from the e-mail. [invalid_code_format]"
+        assert await code.get_attribute("aria-invalid") == "true"
+        assert control.verifications == []
+
+        await code.fill("000000")
+        await page.get_by_role("button", name="Verify").click()
+        text = await result(page, "error", "#verify-result")
+        assert text == "That code is not right (4 attempts left) [wrong_code]"
+        await page.wait_for_function(
+            "() => document.getElementById('verify-expiry').textContent.includes('4 attempts left')"
+        )
+        await page.screenshot(path=shot_path("setup-verify-wrong.png"))
+
+        await page.get_by_role("button", name="Resend code").click()
+        text = await result(page, "ok", "#verify-result")
+        assert text.startswith("A new code was sent to a***@example.com. It is valid until")
+        assert len(control.resends) == 1
+
+        await code.fill("123 456")  # pasted with a space
+        await page.keyboard.press("Enter")
+        text = await result(page, "ok", "#tenant-result")
+        fp = fingerprint(PROVISIONED_KEY)
+        assert text == f"E-mail address confirmed. Connected to Acme (key fingerprint {fp})."
+        await page.wait_for_selector("#verify-card", state="hidden")
+        assert await page.text_content("#tenant-status") == "Connected"
+        assert await page.text_content("#fingerprint") == fp
+        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
+        assert PROVISIONED_KEY not in await page.content()
+        await page.screenshot(path=shot_path("setup-verified.png"))
+        assert unexpected(console) == []
+        await context.close()
+    finally:
+        await stack.close()
+
+
+async def test_pairing_code(browser: Any) -> None:
+    control = ServiceControl()
+    control.bootstrap_mode = "error"
+    control.error_body = {"error": "This instance needs a pairing code", "code": "pairing_required"}
+    stack = await start_tenant_stack(control)
+    try:
+        context, page, console = await open_setup(browser, stack.demo.setup_url)
+        assert await page.text_content("#tenant-status") == "Failed"
+        problem = await page.text_content("#tenant-problem") or ""
+        assert problem == (
+            "Bee Flow service: HTTP 400: This instance needs a pairing code. "
+            "Enter a pairing code below. [pairing_required]"
+        )
+        assert await page.is_visible("#pair-card")
+        assert await page.is_hidden("#verify-card")
+        why = await page.text_content("#pair-why")
+        assert (
+            why == "The Bee Flow service asks for a pairing code before it connects this Nextcloud."
+        )
+        code = page.get_by_label("Pairing code")
+        await page.screenshot(path=shot_path("setup-pairing.png"))
+
+        await code.fill("abcd")
+        await page.get_by_role("button", name="Apply pairing code").click()
+        text = await result(page, "error", "#pair-result")
+        assert text.endswith("[invalid_pairing_code]")
+        assert text.startswith("A pairing code looks like ABCD-EFGH")
+
+        control.pairing_code = "QRST-2345"
+        await code.fill("")
+        await code.press_sequentially("wxyz-6789")
+        assert await code.input_value() == "WXYZ-6789"  # upper-cased as typed
+        await page.get_by_role("button", name="Apply pairing code").click()
+        text = await result(page, "error", "#pair-result")
+        assert text.startswith("The Bee Flow service did not accept this pairing code.")
+        assert text.endswith("[pairing_code_rejected]")
+        assert "6789" not in text
+        await page.screenshot(path=shot_path("setup-pairing-rejected.png"))
+
+        await code.fill("qrst-2345")
+        await page.get_by_role("button", name="Apply pairing code").click()
+        text = await result(page, "ok", "#tenant-result")
+        fp = fingerprint(PAIRED_KEY)
+        assert text == f"Pairing code accepted. Connected to Existing Org (key fingerprint {fp})."
+        assert control.bootstraps[-1].headers["X-Beeflow-Pairing-Code"] == "QRST-2345"
+        await page.wait_for_function(
+            "() => document.getElementById('tenant-status').textContent === 'Connected'"
+        )
+        assert await page.is_hidden("#pair-card")
+        assert await page.is_hidden("#tenant-problem")
+        assert "QRST" not in await page.content()
+        await page.screenshot(path=shot_path("setup-paired.png"), full_page=True)
+        assert unexpected(console) == []
+        await context.close()
+    finally:
+        await stack.close()
+
+
+async def test_rotate_tenant_key(browser: Any) -> None:
+    control = ServiceControl()
+    stack = await start_tenant_stack(control)
+    try:
+        before = fingerprint(PROVISIONED_KEY)
+        context, page, console = await open_setup(browser, stack.demo.setup_url)
+        assert await page.text_content("#fingerprint") == before
+        assert await page.is_hidden("#rotate")  # inside the closed Advanced section
+        await page.get_by_text("Advanced").click()
+        rotate = page.get_by_role("button", name="Rotate tenant key")
+        assert await rotate.is_enabled()
+        assert await page.is_hidden("#key-lock")
+        control.tenant_key = "tk_rotated_aabbccddeeff00112233445566778899"
+        messages: list[str] = []
+
+        def answer(accept: bool) -> Any:
+            def handle(dialog: Any) -> Any:
+                messages.append(dialog.message)
+                return dialog.accept() if accept else dialog.dismiss()
+
+            return handle
+
+        page.once("dialog", answer(False))
+        await rotate.click()
+        assert await result(page, "info", "#rotate-result") == "Not rotated."
+        assert messages[0].startswith("Rotate the tenant key?")
+        assert len(control.bootstraps) == 1
+
+        page.once("dialog", answer(True))
+        await rotate.click()
+        text = await result(page, "ok", "#rotate-result")
+        after = fingerprint(control.tenant_key)
+        assert text == f"New key in use (fingerprint {after}; was {before})."
+        assert len(control.bootstraps) == 2
+        await page.wait_for_function(
+            "fp => document.getElementById('fingerprint').textContent === fp", arg=after
+        )
+        previous = json.loads((stack.storage / "tenant-key.previous.json").read_text())
+        assert previous["tenantKey"] == PROVISIONED_KEY
+        await page.screenshot(path=shot_path("setup-rotated.png"), full_page=True)
+
+        # The service refuses the next rotation: the message and remediation are shown.
+        control.bootstrap_mode = "error"
+        control.error_status = 503
+        control.error_body = {"error": "maintenance"}
+        page.once("dialog", answer(True))
+        await rotate.click()
+        text = await result(page, "error", "#rotate-result")
+        assert text.startswith("Provisioning a new key failed; the previous state is kept.")
+        assert text.endswith("[bootstrap_failed]")
+        assert stack.app[keys.TENANT].key == control.tenant_key
+        assert unexpected(console) == []
+        await context.close()
+    finally:
+        await stack.close()
+
+
+async def test_tenant_actions_env_locked(browser: Any, stack: DemoStack) -> None:
+    context, page, console = await open_setup(browser, stack.demo.setup_url)
+    await page.get_by_text("Advanced").click()
+    assert await page.is_visible("#key-lock")
+    assert await page.get_by_role("button", name="Rotate tenant key").is_disabled()
+    assert await page.is_hidden("#verify-card")
+    assert await page.is_hidden("#pair-card")
+    await page.screenshot(path=shot_path("setup-key-locked.png"), full_page=True)
+    answer = await page.evaluate(
+        """async () => {
+            const r = await fetch("setup/rotate-tenant-key", {method: "POST",
+                headers: {"Content-Type": "application/json"}, body: "{}"});
+            return [r.status, await r.json()];
+        }"""
+    )
+    assert answer[0] == 409
+    assert answer[1]["code"] == "tenant_key_env_locked"
+    assert unexpected(console) == []
     await context.close()
