@@ -263,8 +263,11 @@ class FrpcSupervisor:
         # The first spawn's failure (e.g. the binary vanished or lost +x) is a start-up error.
         error = await first
         if error is not None:
+            # Nothing runs: leave nothing behind either (the config holds the shared key).
             self._stopping = True
             await self._task
+            await self._cancel_version_check()
+            self._remove_config()
             raise FrpcError(error)
 
     # ------------------------------------------------------------------ run loop
@@ -459,10 +462,13 @@ class FrpcSupervisor:
             await self._terminate(proc)
         if self._task is not None:
             await asyncio.wait([self._task])
+        await self._cancel_version_check()
+        self._remove_config()
+
+    async def _cancel_version_check(self) -> None:
         if self._version_task is not None and not self._version_task.done():
             self._version_task.cancel()
             await asyncio.wait([self._version_task])
-        self._remove_config()
 
     def kill_now(self) -> None:
         """Emergency exit (second Ctrl-C): no waiting, just do not leave frpc behind."""

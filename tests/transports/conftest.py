@@ -26,6 +26,22 @@ def sockdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def private_tmp(
+    sockdir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """This test's temporary files (the supervisor's rendered frpc.toml above all: it holds the
+    shared key) go to a directory of its own, in-process and in the servers it starts
+    (harp_env sets TMPDIR); whatever is left there at the end fails the test."""
+    tmp_path_factory.getbasetemp()  # pytest's own base stays where it is
+    path = sockdir / "tmp"
+    path.mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    left = sorted(p.name for p in path.glob("beeflow-frpc-*"))
+    assert not left, f"rendered frpc configs left behind: {left}"
+
+
 @pytest.fixture
 def frpc_bin(sockdir: Path) -> Path:
     return make_frpc(sockdir)
@@ -66,6 +82,10 @@ def harp_env(
         BEEFLOW_SHUTDOWN_GRACE_SECONDS="5",
         FAKE_FRPC_RETRY_SCALE="0.02",
     )
+    # Servers started with it keep their temporary files (frpc.toml) in the test's own place.
+    tmp = sockdir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env.setdefault("TMPDIR", str(tmp))
     env.update(overrides)
     return env
 

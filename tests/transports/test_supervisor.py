@@ -331,7 +331,11 @@ async def test_binary_lost_after_preflight_fails_start_without_loop(
     with pytest.raises(FrpcError, match="cannot start"):
         await sup.start()
     assert sup.restarts == 0
-    assert sup.config_file is not None
+    # The rendered config holds the shared key: a failed start removes it and its directory.
+    config_file = sup.config_file
+    assert config_file is not None
+    assert not config_file.exists()
+    assert not config_file.parent.exists()
 
 
 @pytest.mark.parametrize(
