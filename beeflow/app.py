@@ -47,6 +47,11 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             # moment a connection opens or goes idle, so it bounds a slow or silent client
             # (its default, 3630 s, bounds nothing in practice). See docs/bad-input.md.
             "keepalive_timeout": config.client_header_timeout_seconds,
+            # Request bodies arrive as sent: nobody we serve compresses them, and decoding on
+            # the way in would hash, spool and forward different bytes than the ones labelled
+            # by Content-Encoding (a small gzip body can inflate to GiBs). The proxies refuse
+            # an encoded body with 415 content_encoding_unsupported.
+            "auto_decompress": False,
             # Parser refusals logged as one line, without the quoted request bytes.
             "logger": middleware.http_logger(),
         },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import logging
 import time
@@ -404,6 +405,34 @@ async def test_sized_body_keeps_its_length(legacy: RunningConnector, service: Fa
     rec = service.last("/api/echo")
     assert rec.headers["Content-Length"] == "10"
     assert "Transfer-Encoding" not in rec.headers
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+async def test_compressed_request_body_is_refused_not_relabelled(
+    legacy: RunningConnector, service: FakeService, encoding: str
+) -> None:
+    body = gzip.compress(b'{"message": "hi"}')
+    async with await legacy.request(
+        "POST",
+        "/api/echo",
+        user="alice",
+        data=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    ) as resp:
+        assert resp.status == 415
+        assert resp.content_type == "application/json"
+        assert (await resp.json())["code"] == "content_encoding_unsupported"
+    assert not service.find("/api/echo")
+    # identity is no encoding at all
+    async with await legacy.request(
+        "POST",
+        "/api/echo",
+        user="alice",
+        data=b"plain",
+        headers={"Content-Type": "text/plain", "Content-Encoding": "identity"},
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == b"plain"
 
 
 # ------------------------------------------------------------------ upstream failures
