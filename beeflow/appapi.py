@@ -17,6 +17,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from beeflow import keys
 from beeflow.errors import BadGateway, Forbidden, NextcloudError, Unauthorized
+from beeflow.redact import loggable_path
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,10 @@ def _warn(request: web.Request, exc: AuthFailure) -> None:
             )
         else:
             log.warning(
-                "AppAPI auth failed (%s) on %s %s", exc.instance_code, request.method, request.path
+                "AppAPI auth failed (%s) on %s %s",
+                exc.instance_code,
+                request.method,
+                loggable_path(request.path),
             )
 
 

@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from beeflow import keys
 from beeflow.errors import BeeflowError, Forbidden, ServiceUnavailable
+from beeflow.redact import loggable_path
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         request_id = uuid.uuid4().hex[:12]
         log.exception(
-            "unhandled error on %s %s (request %s)", request.method, request.path, request_id
+            "unhandled error on %s %s (request %s)",
+            request.method,
+            loggable_path(request.path),
+            request_id,
         )
         return json_response(
             {"code": "internal_error", "error": "Internal error", "requestId": request_id},

@@ -51,3 +51,19 @@ class Redactor(logging.Filter):
 
 # The process-wide instance: cli installs it on the root handler; the tenant store adds the key.
 REDACTOR = Redactor()
+
+
+# Paths under /nc/ name users and their files and calendars ("users' data"): a log line keeps
+# only the route family, e.g. /nc/remote.php/dav/files/… or /nc/ocs/v2.php/cloud/….
+_NC_PREFIX = "/nc/"
+_NC_KEPT = 3  # segments after /nc/
+
+
+def loggable_path(path: str) -> str:
+    """`path` as a log line may show it: /nc/ paths cut after their route family."""
+    if not path.startswith(_NC_PREFIX):
+        return path
+    segments = path[len(_NC_PREFIX) :].split("/")
+    if len(segments) <= _NC_KEPT:
+        return path
+    return _NC_PREFIX + "/".join(segments[:_NC_KEPT]) + "/…"

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from beeflow.redact import Redactor
+from beeflow.redact import Redactor, loggable_path
 
 
 def test_masks_messages_args_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -29,3 +29,18 @@ def test_masks_messages_args_and_tracebacks(caplog: pytest.LogCaptureFixture) ->
     assert "s3cr3t" not in text
     assert "token=*** and ***" in text
     assert "short" not in [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("/api/conversations/42", "/api/conversations/42"),
+        ("/nc/remote.php/dav/files/alice/My Report.pdf", "/nc/remote.php/dav/files/…"),
+        ("/nc/remote.php/dav/calendars/bob/personal/x.ics", "/nc/remote.php/dav/calendars/…"),
+        ("/nc/ocs/v2.php/cloud/users/carol", "/nc/ocs/v2.php/cloud/…"),
+        ("/nc/remote.php/dav/files", "/nc/remote.php/dav/files"),
+        ("/nc/", "/nc/"),
+    ],
+)
+def test_nc_paths_in_logs_stop_at_the_route_family(path: str, shown: str) -> None:
+    assert loggable_path(path) == shown

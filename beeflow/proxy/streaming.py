@@ -82,6 +82,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 from beeflow.errors import BadGateway, GatewayTimeout
+from beeflow.redact import loggable_path
 
 log = logging.getLogger(__name__)
 
@@ -550,7 +551,7 @@ async def relay(
             complete = await _pump(request, upstream, resp, options, sse=sse)
         except ConnectionResetError:
             # The client went away mid-write: nothing to answer; the upstream closes below.
-            log.debug("client left %s %s", request.method, request.path)
+            log.debug("client left %s %s", request.method, loggable_path(request.path))
         return resp
     finally:
         if complete:
@@ -596,7 +597,7 @@ async def _pump(
         log.warning(
             "upstream body of %s %s broke after %d bytes (%s); closing the client connection",
             request.method,
-            request.path,
+            loggable_path(request.path),
             count.relayed,
             type(exc).__name__,
         )
@@ -740,7 +741,7 @@ def _end_idle(
     log.info(
         "%s %s: no upstream byte for %gs after %d bytes; ending the response",
         request.method,
-        request.path,
+        loggable_path(request.path),
         limit,
         relayed,
     )
