@@ -6,8 +6,15 @@ brute-force throttler (nextcloud32-observed.md), answers OCS v1/v2 envelopes wit
 mappings, gzips when the client offers it, records every call, and on `progress: 100` calls the
 connector's /heartbeat and PUT /enabled while holding its own answer open, like AppAPI.
 
-Personalities (events_listener): "31" works, "32" answers OCS 996 (measured), "34" answers OCS
-404 (endpoint removed), "33.0.0" answers HTTP 500 naming EventsListenerController.
+Personalities (events_listener): "31" stores any registration like AppAPI 31 did, but (as there)
+nothing is ever delivered for it: AppAPI's listener only fired for `eventType: "node_event"`
+(contract 6.6); "32" answers OCS 996 (measured), "34" answers OCS 404 (endpoint removed),
+"33.0.0" answers HTTP 500 naming EventsListenerController.
+
+Users follow Nextcloud's provisioning API: a disabled user can be impersonated (AppAPI's check
+passes) but is not logged in, so login-required OCS routes answer 997 without counting a failed
+login; reading another user's info without being their admin or subadmin answers OCS 998 (HTTP
+404 on v2); `cloud/users/details` pages through users for admins and subadmins.
 
 Extension: pass `extra_routes=[web.RouteDef...]` (or call `add_routes` before `start`) to add
 endpoints; handlers can call `fake.check_appapi(request)` to authenticate exactly like this fake.
@@ -50,6 +57,7 @@ class FakeUser:
     display_name: str | None = None
     groups: list[str] = attrs.field(factory=list)
     enabled: bool = True
+    subadmin_of: list[str] = attrs.field(factory=list)  # groups this user is a subadmin of
 
     def ocs(self) -> dict[str, Any]:
         return {
@@ -157,8 +165,10 @@ class FakeNextcloud:
         email: str | None = None,
         display_name: str | None = None,
         groups: Iterable[str] = (),
+        enabled: bool = True,
+        subadmin_of: Iterable[str] = (),
     ) -> FakeUser:
-        user = FakeUser(uid, email, display_name, list(groups))
+        user = FakeUser(uid, email, display_name, list(groups), enabled, list(subadmin_of))
         self.users[uid] = user
         return user
 
@@ -313,7 +323,8 @@ class FakeNextcloud:
         request: web.Request, data: Any, statuscode: int = 200, message: str = "OK"
     ) -> web.Response:
         """OCS envelope with Nextcloud's HTTP mapping: v1 answers 200 except 997 -> 401; v2 maps
-        the statuscode to HTTP (100/200 -> 200, 996 -> 500)."""
+        the statuscode to HTTP like V2Response (997 -> 401, 998 -> 404, 996/999 -> 500, other
+        codes outside 200..600 -> 400)."""
         v1 = "/ocs/v1.php/" in request.path
         ok = statuscode in (100, 200)
         if v1 and statuscode == 200:
@@ -325,25 +336,40 @@ class FakeNextcloud:
             "totalitems": "",
             "itemsperpage": "",
         }
-        if v1:
-            http = 401 if statuscode == 997 else 200
-        else:
-            http = {100: 200, 200: 200, 997: 401, 996: 500}.get(statuscode, statuscode)
+        http = (401 if statuscode == 997 else 200) if v1 else _v2_http(statuscode)
         body = {"ocs": {"meta": meta, "data": data if data is not None else []}}
         return web.json_response(body, status=http)
 
-    def _require(self, request: web.Request, *, admin: bool = False) -> web.Response | None:
+    def _require(
+        self, request: web.Request, *, admin: bool = False, login: bool = True
+    ) -> web.Response | None:
+        """The AppAPI login must have succeeded. `login`: the route needs a logged-in user
+        (provisioning API); AppAPI's own ExApp routes are public pages and do not. A disabled
+        user passes AppAPI's check (it only asks that the user exists) but Session::isLoggedIn()
+        is false for them, and the empty user is no one: both get 997 on login routes, and
+        neither counts as a failed login (the AppAPI login itself succeeded)."""
         verdict, user = request[APPAPI]
         if verdict != "ok":
             return self._ocs(request, None, 997, "Current user is not logged in")
-        if admin and (not user or "admin" not in self.users[user].groups):
-            if not user:
-                # Measured on NC 32: admin endpoints called as the service answer 401 and
-                # count as a failed login for the IP.
-                self._fail(request.remote or "?")
-                return self._ocs(request, None, 997, "Current user is not logged in")
+        if login and (not user or not self.users[user].enabled):
+            return self._ocs(request, None, 997, "Current user is not logged in")
+        if admin and not self.is_admin(user):
             return self._ocs(request, None, 403, "Logged in user must be an admin")
         return None
+
+    def is_admin(self, uid: str | None) -> bool:
+        user = self.users.get(uid or "")
+        return user is not None and "admin" in user.groups
+
+    def can_manage(self, caller: str | None, target: FakeUser) -> bool:
+        """Admin, or subadmin of one of the target's groups (SubAdmin::isUserAccessible)."""
+        if not caller or caller not in self.users:
+            return False
+        if self.is_admin(caller):
+            return True
+        if "admin" in target.groups:
+            return False
+        return bool(set(self.users[caller].subadmin_of) & set(target.groups))
 
     # ------------------------------------------------------------ routes
 
@@ -354,6 +380,7 @@ class FakeNextcloud:
             r += [
                 web.get(f"{base}/cloud/capabilities", self._capabilities),
                 web.get(f"{base}/cloud/users", self._users_list),
+                web.get(f"{base}/cloud/users/details", self._users_details),
                 web.get(f"{base}/cloud/users/{{uid}}", self._user),
                 web.get(f"{base}/cloud/users/{{uid}}/groups", self._user_groups),
                 web.get(f"{base}/cloud/groups", self._groups),
@@ -412,6 +439,9 @@ class FakeNextcloud:
         return self._ocs(request, {"users": sorted(self.users)})
 
     async def _user(self, request: web.Request) -> web.Response:
+        """UsersController::getUser: an unknown user is OCS 404 "User does not exist"; a user the
+        caller may not see (not self, not their admin or subadmin) makes getUserData return null,
+        which is OCSException('', 998): HTTP 404 on v2, in-band on v1."""
         if (denied := self._require(request)) is not None:
             return denied
         _, caller = request[APPAPI]
@@ -419,9 +449,38 @@ class FakeNextcloud:
         user = self.users.get(uid)
         if user is None:
             return self._ocs(request, None, 404, "User does not exist")
-        if caller != uid and (not caller or "admin" not in self.users[caller].groups):
-            return self._ocs(request, None, 403, "Not allowed")
+        if caller != uid and not self.can_manage(caller, user):
+            return self._ocs(request, None, 998, "")
         return self._ocs(request, user.ocs())
+
+    async def _users_details(self, request: web.Request) -> web.Response:
+        """UsersController::getUsersDetails: admins page through every account (disabled ones
+        included) ordered by uid; subadmins through their groups' members; anyone else gets an
+        empty list. `users` maps uid -> details, and PHP encodes an empty map as `[]`."""
+        if (denied := self._require(request)) is not None:
+            return denied
+        _, caller = request[APPAPI]
+        assert caller is not None
+        search = request.query.get("search", "").lower()
+        try:
+            limit = int(request.query["limit"]) if "limit" in request.query else None
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            return self._ocs(request, None, 400, "Invalid limit or offset")
+        if self.is_admin(caller):
+            uids = sorted(self.users, key=str.lower)
+        else:
+            groups = set(self.users[caller].subadmin_of)
+            uids = sorted(
+                (u.uid for u in self.users.values() if groups & set(u.groups)), key=str.lower
+            )
+        uids = [u for u in uids if search in u.lower()]
+        page = uids[offset:] if limit is None else uids[offset : offset + max(limit, 0)]
+        details: dict[str, Any] = {}
+        for uid in page:
+            user = self.users[uid]
+            details[uid] = user.ocs() if self.can_manage(caller, user) else {"id": uid}
+        return self._ocs(request, {"users": details or []})
 
     async def _user_groups(self, request: web.Request) -> web.Response:
         if (denied := self._require(request)) is not None:
@@ -445,24 +504,24 @@ class FakeNextcloud:
         return self._ocs(request, {"users": members})
 
     async def _appapi_users(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         return self._ocs(request, sorted(self.users))
 
     async def _state(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         return self._ocs(request, 1 if self.enabled else 0)
 
     async def _log(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         self.logs.append(_json(request))
         return self._ocs(request, [])
 
     async def _status(self, request: web.Request) -> web.Response:
         """setAppInitProgress: 0..100, error stored, 100 runs enableExApp synchronously."""
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         body = _json(request)
         progress = body.get("progress")
@@ -526,7 +585,7 @@ class FakeNextcloud:
         return cb
 
     async def _top_menu_add(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         body = _json(request)
         name = str(body.get("name", ""))
@@ -538,7 +597,7 @@ class FakeNextcloud:
         return self._ocs(request, body)
 
     async def _top_menu_del(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         name = request.query.get("name") or str(_json(request).get("name", ""))
         if self.top_menu.pop(name, None) is None:
@@ -546,7 +605,7 @@ class FakeNextcloud:
         return self._ocs(request, [])
 
     async def _script_add(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         body = _json(request)
         key = (str(body.get("type", "")), str(body.get("name", "")), str(body.get("path", "")))
@@ -558,7 +617,7 @@ class FakeNextcloud:
         return self._ocs(request, body)
 
     async def _script_del(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         body = _json(request)
         key = (str(body.get("type", "")), str(body.get("name", "")), str(body.get("path", "")))
@@ -567,7 +626,7 @@ class FakeNextcloud:
         return self._ocs(request, [])
 
     async def _events_listener(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         if self.personality == "33.0.0":
             return web.Response(
@@ -589,7 +648,7 @@ class FakeNextcloud:
         return self._ocs(request, body)
 
     async def _webhook_add(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         body = _json(request)
         event = str(body.get("event", ""))
@@ -600,9 +659,19 @@ class FakeNextcloud:
         return self._ocs(request, row)
 
     async def _webhook_list(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request)) is not None:
+        if (denied := self._require(request, login=False)) is not None:
             return denied
         return self._ocs(request, self.webhooks)
+
+
+def _v2_http(statuscode: int) -> int:
+    """OC\\AppFramework\\OCS\\V2Response::getStatus."""
+    if statuscode in (100, 200):
+        return 200
+    mapped = {997: 401, 998: 404, 996: 500, 999: 500}.get(statuscode)
+    if mapped is not None:
+        return mapped
+    return 400 if statuscode < 200 or statuscode > 600 else statuscode
 
 
 def _streamed(request: web.Request) -> bool:
