@@ -270,6 +270,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
                 )
             _fail(request, state, "signature_mismatch", "Signature mismatch")
         state.stats.success()
+        _check_path_form(request, target, matched)
         user = _impersonated_user(uid)
         headers = upstream_headers(request, config, user, target.upstream)
         if method in ("MOVE", "COPY") and "Destination" in request.headers:
@@ -291,6 +292,24 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         )
     finally:
         spool.close()
+
+
+def _check_path_form(request: web.Request, target: NcTarget, matched: str) -> None:
+    """Through AppAPI's PHP proxy the path was decoded once before it reached us and Nextcloud
+    decodes it again: a raw-form match on a path with escapes may name another file (the
+    service's `My%2520Report.pdf`, meaning the literal name `My%20Report.pdf`, arrives as
+    `My%20Report.pdf`, whose raw form verifies and which Nextcloud reads as `My Report.pdf`).
+    Only a match on the decoded path form is unambiguous there. HaRP and direct callers get the
+    target byte for byte (one decode, by Nextcloud): both forms are fine."""
+    index = int(matched.partition(":")[2])
+    if target.decoded_path[index] or not target.has_escapes or not _via_php_proxy(request):
+        return
+    raise BadRequest(
+        "The path has percent escapes and came through AppAPI's PHP proxy, which decodes it "
+        "once more: only a signature over the decoded path is accepted there. A name that "
+        "itself contains '%XX' text needs HaRP (/exapps/) or a direct callback URL",
+        code="path_ambiguous_via_php_proxy",
+    )
 
 
 def _via_php_proxy(request: web.Request) -> bool:

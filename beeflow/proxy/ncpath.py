@@ -48,13 +48,21 @@ def _traversal(why: str) -> PathRejected:
 @attrs.frozen
 class NcTarget:
     """A checked /nc request target. `upstream` is what follows `/nc` (raw, query included);
-    `candidates` are the signed-path forms to try, decoded first, raw second."""
+    `candidates` are the signed forms to try: path (decoded, raw) x query (decoded, raw),
+    fully decoded first, fully raw last. `decoded_path[i]` says whether candidate i holds the
+    decoded form of the path (True as well when the path has no escapes to decode)."""
 
     raw: str
     path: str
     query: str
     upstream: str
     candidates: tuple[str, ...]
+    decoded_path: tuple[bool, ...]
+
+    @property
+    def has_escapes(self) -> bool:
+        """The path (not the query) holds percent escapes."""
+        return "%" in self.path
 
 
 def js_decode_uri_component(text: str) -> str | None:
@@ -72,13 +80,37 @@ def js_decode_uri_component(text: str) -> str | None:
         return None
 
 
+def _forms(text: str) -> tuple[str, ...]:
+    """Decoded first, raw second; one form when decoding changes nothing or fails."""
+    decoded = js_decode_uri_component(text)
+    if decoded is None or decoded == text:
+        return (text,)
+    return (decoded, text)
+
+
+def _candidates(raw_target: str) -> tuple[tuple[str, bool], ...]:
+    """(signed form, path part is the decoded form) for path forms x query forms. Path and
+    query are decoded separately: through AppAPI's PHP proxy only the decoded PATH is
+    unambiguous (see nc.py), while a raw QUERY is fine (PHP re-serialises the query, so it is
+    decoded exactly once by Nextcloud, like any other)."""
+    path, sep, query = raw_target.partition("?")
+    paths = _forms(path)
+    decodable = js_decode_uri_component(path) is not None
+    queries = _forms(query) if sep else ("",)
+    out: list[tuple[str, bool]] = []
+    for i, p in enumerate(paths):
+        for q in queries:
+            form = p + sep + q
+            if all(form != seen for seen, _ in out):
+                out.append((form, i == 0 and decodable))
+    return tuple(out)
+
+
 def signature_candidates(raw_target: str) -> tuple[str, ...]:
-    """The path+query forms a signature may cover: percent-decoded first (the only form that
-    survives AppAPI's PHP proxy, issue 11.5), then the raw form; one if they are equal."""
-    decoded = js_decode_uri_component(raw_target)
-    if decoded is None or decoded == raw_target:
-        return (raw_target,)
-    return (decoded, raw_target)
+    """The path+query forms a signature may cover: fully percent-decoded first (the only form
+    that survives AppAPI's PHP proxy, issue 11.5), fully raw last, the mixed forms between;
+    one if decoding changes nothing."""
+    return tuple(form for form, _ in _candidates(raw_target))
 
 
 _PREFIXES_B: Final = tuple(p.encode() for p in ALLOWED_PREFIXES)
@@ -134,12 +166,14 @@ def check_target(raw_target: str) -> NcTarget:
                 raise PathRejected("path_invalid", "The path is not UTF-8", 400) from None
         level = decoded
     upstream = raw_target[len(NC_PREFIX) :]
+    candidates = _candidates(raw_target)
     return NcTarget(
         raw=raw_target,
         path=path,
         query=query,
         upstream=upstream,
-        candidates=signature_candidates(raw_target),
+        candidates=tuple(form for form, _ in candidates),
+        decoded_path=tuple(decoded for _, decoded in candidates),
     )
 
 

@@ -94,6 +94,9 @@ def test_accepted_targets(target: str) -> None:
     assert checked.raw == target
     assert checked.candidates[0] == unquote(target)
     assert checked.candidates[-1] == target
+    assert checked.decoded_path[0]
+    assert checked.decoded_path[-1] == ("%" not in checked.path)
+    assert len(checked.decoded_path) == len(checked.candidates)
 
 
 @pytest.mark.parametrize("target", NOT_PROXIED)
@@ -268,7 +271,19 @@ def test_js_decode_uri_component(text: str, expected: str | None) -> None:
 
 
 def test_signature_candidates_decoded_first_then_raw() -> None:
-    assert signature_candidates("/nc/a%40b%20c?x=%2F") == ("/nc/a@b c?x=/", "/nc/a%40b%20c?x=%2F")
+    """Path forms x query forms: fully decoded first, fully raw last, the mixed ones between."""
+    assert signature_candidates("/nc/a%40b%20c?x=%2F") == (
+        "/nc/a@b c?x=/",
+        "/nc/a@b c?x=%2F",
+        "/nc/a%40b%20c?x=/",
+        "/nc/a%40b%20c?x=%2F",
+    )
+    assert signature_candidates("/nc/a%40?x=1") == ("/nc/a@?x=1", "/nc/a%40?x=1")
+    assert signature_candidates("/nc/a?x=%41") == ("/nc/a?x=A", "/nc/a?x=%41")
+    assert signature_candidates("/nc/bad%zz?x=%41") == ("/nc/bad%zz?x=A", "/nc/bad%zz?x=%41")
+    # A path that cannot be decoded has no decoded form to accept through the PHP proxy.
+    assert check_target("/nc/ocs/bad%zz?x=%41").decoded_path == (False, False)
+    assert check_target("/nc/ocs/a%40?x=%41").decoded_path == (True, True, False, False)
     assert signature_candidates("/nc/plain?x=1") == ("/nc/plain?x=1",)
     assert signature_candidates("/nc/bad%zz") == ("/nc/bad%zz",)
 
