@@ -43,7 +43,7 @@ Upstream client (one per upstream, opened in a cleanup_ctx)
 Response relay
     RelayOptions(keepalive_seconds, idle_limit_seconds, close_delimited_sse,
                  default_cache_control, keepalive_comment)
-    await relay(request, upstream, options, edit_headers=None) -> web.StreamResponse
+    await relay(request, upstream, options, edit_headers=None, method=None) -> web.StreamResponse
         prepare() then chunk iteration: each chunk goes to the client as it arrives. Status and
         headers are copied as a multidict minus hop-by-hop/framing headers; Content-Length is
         kept when the upstream gave one. text/event-stream gets `X-Accel-Buffering: no` and
@@ -515,9 +515,12 @@ async def relay(
     options: RelayOptions,
     *,
     edit_headers: Callable[[aiohttp.ClientResponse, CIMultiDict[str]], None] | None = None,
+    method: str | None = None,
 ) -> web.StreamResponse:
     """Stream `upstream` back to the client (see the module docstring). Always closes or
-    releases `upstream`."""
+    releases `upstream`. `method` is the one sent upstream when it differs from the
+    request's (a HEAD tunnelled in a POST gets a body-less answer)."""
+    head = (method or request.method) == "HEAD"
     complete = False
     try:
         headers, sse = _response_headers(upstream, options)
@@ -528,7 +531,7 @@ async def relay(
             length is not None
             and length <= SMALL_BODY_BYTES
             and not sse
-            and request.method != "HEAD"
+            and not head
             and upstream.status not in (204, 304)
         ):
             # A small body with a known length: read it (it usually came with the headers)
@@ -545,7 +548,7 @@ async def relay(
             _close_delimited(resp)
         try:
             await resp.prepare(request)
-            if request.method == "HEAD" or upstream.status in (204, 304):
+            if head or upstream.status in (204, 304):
                 complete = True
                 return resp
             complete = await _pump(request, upstream, resp, options, sse=sse)

@@ -7,10 +7,14 @@ import gzip
 import itertools
 import logging
 import time
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
+from beeflow.proxy import streaming
 from tests.fakes.service import FakeService, Piece, StreamPlan, chat_pieces, sse_event
 from tests.helpers import RunningConnector, appapi_headers
 from tests.proxy.conftest import ProxyFactory, raw_exchange
@@ -428,3 +432,38 @@ async def test_more_concurrent_streams_than_the_reference_pool_allowed(
     finally:
         for resp in responses:
             resp.close()
+
+
+# ------------------------------------------------------------------ relay(method=...)
+
+
+async def test_a_head_sent_for_another_verb_is_relayed_without_a_body(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    """The /nc proxy tunnels HEAD in a POST: the answer keeps the upstream's length and has
+    no body (relaying it by the inbound POST would wait for a million bytes)."""
+
+    async def upstream_head(_request: web.Request) -> web.Response:
+        return web.Response(headers={"Content-Length": "1000000", "ETag": '"e1"'})
+
+    upstream_app = web.Application()
+    upstream_app.router.add_route("HEAD", "/file", upstream_head)
+    upstream = await aiohttp_server(upstream_app)
+
+    async def tunnel(request: web.Request) -> web.StreamResponse:
+        async with streaming.upstream_client(streaming.PoolSettings()) as client:
+            answer = await client.send("HEAD", upstream.make_url("/file"), CIMultiDict())
+            return await streaming.relay(request, answer, streaming.RelayOptions(), method="HEAD")
+
+    front = web.Application()
+    front.router.add_post("/tunnel", tunnel)
+    client = await aiohttp_client(front)
+    async with asyncio.timeout(5):
+        resp = await client.post("/tunnel")
+        assert resp.status == 200
+        assert resp.headers["ETag"] == '"e1"'
+        assert resp.headers["Content-Length"] == "1000000"
+        # The connection carries no body: the next request on it is answered at once.
+        resp.release()
+        again = await client.post("/tunnel")
+        assert again.status == 200
