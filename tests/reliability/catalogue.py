@@ -485,6 +485,23 @@ CASES: Final[list[Case]] = [
         "malformed_url",
         as_json("POST", "/setup/test", js({"apiBaseUrl": "http://x.example/\r\nHost: evil"})),
     ),
+    Case(
+        "ctrl-pairing-code-crlf",
+        G_CTRL,
+        "`POST /setup/apply-pairing-code` with CR LF inside the code",
+        400,
+        "invalid_pairing_code",
+        as_json("POST", "/setup/apply-pairing-code", js({"code": "ABCD\r\nX-Evil: 1"})),
+        note="checked before anything else: never reaches a header or a log line",
+    ),
+    Case(
+        "ctrl-verify-code-nul",
+        G_CTRL,
+        "`POST /setup/verify-email-code` with a NUL after 5 digits",
+        400,
+        "invalid_code_format",
+        as_json("POST", "/setup/verify-email-code", js({"code": "12345\u0000"})),
+    ),
     # -------------------------------------------------------------- sizes
     Case(
         "size-request-line",
