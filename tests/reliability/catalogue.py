@@ -492,7 +492,7 @@ CASES: Final[list[Case]] = [
         400,
         "invalid_pairing_code",
         as_json("POST", "/setup/apply-pairing-code", js({"code": "ABCD\r\nX-Evil: 1"})),
-        note="checked before anything else: never reaches a header or a log line",
+        note="refused before any call: never reaches a header or a log line",
     ),
     Case(
         "ctrl-verify-code-nul",
