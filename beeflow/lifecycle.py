@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 UNTRUSTED_RUNS: Final = 3
 UNTRUSTED_WINDOW: Final = 15 * 60.0
+RERUN: Final = frozenset({"failed", "skipped"})  # last run states PUT /enabled?enabled=1 retries
 
 
 @attrs.define
@@ -49,6 +50,7 @@ class Pipeline:
         self._report_joined = False
         self.run_info = InitRun()
         self.boot_blocked = False  # the boot probe was refused: wait for AppAPI to call us
+        self.blocked_by = ""  # refused | unreachable | disabled (why boot_blocked is set)
         self._counter = itertools.count(1)
 
     @property
@@ -164,8 +166,10 @@ def _untrusted_allowed(request: web.Request, what: str) -> bool:
 async def init(request: web.Request) -> web.Response:
     """Answer at once; the work runs in the background and reports progress (contract 3.2)."""
     if _untrusted_allowed(request, "init"):
+        # AppAPI marks the app enabled before it calls /init (contract 3.2).
+        request.app[keys.NEXTCLOUD].app_enabled = True
         pipe = pipeline(request.app)
-        pipe.boot_blocked = False
+        pipe.boot_blocked, pipe.blocked_by = False, ""
         pipe.trigger("init", report=True)
     return json_response({"status": "ok"})
 
@@ -179,9 +183,12 @@ async def enabled(request: web.Request) -> web.Response:
     state = value in ("1", "true")
     if _untrusted_allowed(request, "enabled"):
         log.info("AppAPI set enabled=%s", int(state))
+        request.app[keys.NEXTCLOUD].app_enabled = state
         pipe = pipeline(request.app)
-        if state and pipe.boot_blocked:
-            pipe.boot_blocked = False
+        # Enabling from the UI or `occ app_api:app:enable` sends heartbeat + this call, no /init:
+        # re-run what boot held back or what failed (a run in flight is the /init's own).
+        if state and not pipe.running and (pipe.boot_blocked or pipe.run_info.state in RERUN):
+            pipe.boot_blocked, pipe.blocked_by = False, ""
             pipe.trigger("enabled", report=False)
     return json_response({"error": ""})
 
@@ -191,15 +198,16 @@ async def enabled(request: web.Request) -> web.Response:
 
 async def boot(app: web.Application) -> None:
     """At most ONE authenticated probe at boot. If Nextcloud refuses it (not registered yet, wrong
-    secret, locked out), do not run the pipeline: wait for /init, /enabled or a trusted request."""
+    secret, locked out), do not run the pipeline: wait for /init, /enabled or a trusted request.
+    If it answers that the app is disabled (ex-app/state is the one call AppAPI allows a disabled
+    app), every other call would be refused: wait for PUT /enabled?enabled=1 or /init."""
     pipe = pipeline(app)
     client = app[keys.NEXTCLOUD]
     try:
         result = await client.probe()
     except NextcloudError as exc:
         log.warning("Nextcloud not reachable at boot (%s); waiting for AppAPI to call /init", exc)
-        pipe.boot_blocked = True
-        pipe.run_info.state = "skipped"
+        _block(pipe, "unreachable")
         return
     if result.auth_refused:
         log.warning(
@@ -208,10 +216,21 @@ async def boot(app: web.Application) -> None:
             result.http_status,
             result.statuscode,
         )
-        pipe.boot_blocked = True
-        pipe.run_info.state = "skipped"
+        _block(pipe, "refused")
+        return
+    if client.enabled_flag(result) is False:
+        log.info(
+            "The app is registered but disabled in Nextcloud: no registrations until it is "
+            "enabled (AppAPI then calls PUT /enabled?enabled=1, or /init on an update)."
+        )
+        _block(pipe, "disabled")
         return
     pipe.trigger("boot", report=False)
+
+
+def _block(pipe: Pipeline, why: str) -> None:
+    pipe.boot_blocked, pipe.blocked_by = True, why
+    pipe.run_info.state = "skipped"
 
 
 async def _boot_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -225,8 +244,13 @@ def _health(app: web.Application) -> Any:
     def provide(trusted: bool) -> dict[str, Any]:
         info = app[_PIPELINE].run_info
         out: dict[str, Any] = {"state": info.state}
-        if app[_PIPELINE].boot_blocked:
-            out["waitingFor"] = "AppAPI /init (boot probe was refused)"
+        pipe = app[_PIPELINE]
+        if pipe.boot_blocked:
+            out["waitingFor"] = (
+                "the app to be enabled in Nextcloud"
+                if pipe.blocked_by == "disabled"
+                else "AppAPI /init (boot probe was refused)"
+            )
         if trusted:
             out["progress"] = info.progress
             if info.error:
@@ -255,8 +279,12 @@ def _on_trusted(app: web.Application) -> Any:
         # a spent failure budget, and run a pipeline held back at boot.
         app[keys.NEXTCLOUD].budget.lift()
         pipe = app[_PIPELINE]
-        if pipe.boot_blocked and request.path not in ("/init", "/enabled"):
-            pipe.boot_blocked = False
+        if (
+            pipe.boot_blocked
+            and pipe.blocked_by != "disabled"  # a disabled app's calls would all be refused
+            and request.path not in ("/init", "/enabled")
+        ):
+            pipe.boot_blocked, pipe.blocked_by = False, ""
             pipe.trigger("trusted-request", report=False)
 
     return seen

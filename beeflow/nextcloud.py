@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 OCS_OK: Final = frozenset({100, 200})
 OCS_EXISTS: Final = 409
 BRUTEFORCE_WINDOW: Final = 30 * 60.0
+NC_LOCKOUT_AFTER: Final = 10  # Nextcloud bans the IP after MORE than this many failures
+USER_REFUSAL_SLACK_MAX: Final = 3
+STATE_PATH: Final = "/ocs/v1.php/apps/app_api/ex-app/state"
 BRUTEFORCE_REMEDY: Final = (
     "Nextcloud counts failed AppAPI logins per IP; after more than 10 in 30 minutes it refuses "
     "every AppAPI call from this IP for 30 minutes. Register the app "
@@ -55,6 +58,10 @@ class OcsResult:
     data: Any
     message: str = ""
     text: str = ""
+    # An impersonated call refused although our app id and secret are proven good (the user is
+    # disabled, so not logged in, or the app is disabled): Nextcloud did not count it as a failed
+    # login and neither did the budget. Read it as "this user cannot be read", not "bad secret".
+    user_refused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -115,6 +122,13 @@ class AuthBudget:
     the secret (AppAPI knows us again) lifts the pause for ONE call, at most once a minute: its
     success clears the count on both sides, its failure pauses us again. Clearing the count on
     inbound trust alone would let refused calls pile up into Nextcloud's lock-out.
+
+    Only refusals that can mean a wrong app id or secret are counted: Nextcloud's throttler counts
+    exactly those (contract 2.2) and they do not depend on the user part. An impersonated refusal
+    while the credentials are `verified` (an authenticated call succeeded since the last counted
+    refusal) is the user's (disabled: not logged in) or the disabled app's, uncounted by
+    Nextcloud; at most `user_slack` of them are taken on trust before the client re-proves the
+    credentials with one empty-user call (docs/lifecycle.md, "What the budget counts").
     """
 
     limit: int = 4
@@ -125,6 +139,9 @@ class AuthBudget:
     _last_lift: float = -1e18
     last_refusal: str = ""
     last_refusal_at: float | None = None
+    verified: bool = False  # an authenticated call succeeded since the last counted refusal
+    _trusted_user_refusals: int = 0  # user refusals taken on trust since that success
+    user_refusals: int = 0  # impersonated refusals not counted (lifetime, for the heartbeat)
 
     def _trim(self, now: float) -> None:
         self._failures = [t for t in self._failures if now - t < self.window]
@@ -136,6 +153,25 @@ class AuthBudget:
     @property
     def spent(self) -> bool:
         return self._exhausted() and not self._allow_one
+
+    @property
+    def user_slack(self) -> int:
+        """User refusals taken on trust per verified success: if the secret went bad right after
+        that success, Nextcloud counts these plus our `limit`, which stays <= NC_LOCKOUT_AFTER."""
+        return max(0, min(USER_REFUSAL_SLACK_MAX, NC_LOCKOUT_AFTER - self.limit - 1))
+
+    def take_user_refusal(self) -> bool:
+        """An impersonated refusal arrived: True if it may be taken as the user's without a new
+        proof of the credentials."""
+        if not self.verified or self._trusted_user_refusals >= self.user_slack:
+            return False
+        self._trusted_user_refusals += 1
+        self.user_refusals += 1
+        return True
+
+    def may_probe(self) -> bool:
+        """Whether re-proving the credentials is worth a call (not after a counted refusal)."""
+        return self.verified and not self.spent
 
     def begin_call(self) -> None:
         """An authenticated call is about to go out: it consumes a lifted pause."""
@@ -158,6 +194,7 @@ class AuthBudget:
         now = time.monotonic()
         self._trim(now)
         self._failures.append(now)
+        self.verified = False
         self.last_refusal = reason
         self.last_refusal_at = time.time()
         if len(self._failures) == self.limit:
@@ -170,14 +207,23 @@ class AuthBudget:
     def record_success(self) -> None:
         self._failures.clear()
         self._allow_one = False
+        self.verified = True
+        self._trusted_user_refusals = 0
+
+    def record_user_refusal(self) -> None:
+        """Counted separately after a fresh proof of the credentials (nothing taken on trust)."""
+        self.user_refusals += 1
 
     def reset(self) -> None:
         """Forget every failure (after `occ security:bruteforce:reset`, or in tests)."""
         self.record_success()
+        self.verified = False
 
     def snapshot(self) -> dict[str, Any]:
         spent = self.spent
         out: dict[str, Any] = {"failures": self.used, "limit": self.limit, "spent": spent}
+        if self.user_refusals:
+            out["userRefusals"] = self.user_refusals  # disabled users / app: not counted
         if self.last_refusal:
             out["lastRefusal"] = self.last_refusal
         if spent:
@@ -193,6 +239,10 @@ class NextcloudClient:
         self.session = session
         self.base = config.nextcloud_url
         self.budget = AuthBudget(limit=config.auth_failure_budget)
+        # Nextcloud's enabled flag for this app as last seen (ex-app/state, PUT /enabled, /init);
+        # None until known.
+        self.app_enabled: bool | None = None
+        self._verify_lock = asyncio.Lock()
 
     def url(self, path: str) -> URL:
         return URL(str(self.base) + path, encoded=True)
@@ -225,6 +275,7 @@ class NextcloudClient:
             if (
                 user is not None
                 and result.auth_refused
+                and not result.user_refused
                 and result.statuscode != 429
                 and result.http_status != 429
                 and time.monotonic() + delay < deadline
@@ -281,10 +332,46 @@ class NextcloudClient:
                 reason = f"{method} {path.split('?')[0]} -> HTTP {result.http_status}"
                 if result.statuscode is not None:
                     reason += f" (OCS {result.statuscode})"
+                locked = 429 in (result.http_status, result.statuscode)
+                if user and not locked and await self._credentials_good():
+                    return attrs.evolve(result, user_refused=True)
                 self.budget.record_failure(reason)
             elif result.http_status < 500:
                 self.budget.record_success()
+                if path.split("?")[0] == STATE_PATH:
+                    self._note_state(result)
         return result
+
+    async def _credentials_good(self) -> bool:
+        """After an impersonated refusal: are our app id and secret proven good? Nextcloud's
+        throttler counts only unknown-app and wrong-secret refusals, both independent of the user
+        part, so with good credentials the refusal was the user's (disabled) or the disabled
+        app's, and Nextcloud did not count it. Trusted from the last success for a few refusals
+        (budget.user_slack), else re-proved with one empty-user ex-app/state call, which AppAPI
+        answers even for a disabled app."""
+        budget = self.budget
+        if budget.take_user_refusal():
+            return True
+        if not budget.verified:
+            return False  # the last counted refusal stands: do not add a probe to it
+        async with self._verify_lock:
+            if budget.take_user_refusal():
+                return True
+            if not budget.may_probe():
+                return False
+            try:
+                probe = await self._once("GET", STATE_PATH, "", None, {"format": "json"}, 5.0, None)
+            except NextcloudError:
+                return False
+            if probe.ok:
+                budget.record_user_refusal()
+                return True
+            return False
+
+    def _note_state(self, result: OcsResult) -> None:
+        flag = self.enabled_flag(result)
+        if flag is not None:
+            self.app_enabled = flag
 
     async def ocs(self, method: str, path: str, **kw: Any) -> OcsResult:
         """Like request(), with `format=json` added to OCS paths (nc_py_api does the same)."""
@@ -308,8 +395,16 @@ class NextcloudClient:
         )
 
     async def probe(self) -> OcsResult:
-        """One authenticated call that works whether or not the app is enabled."""
-        return await self.ocs("GET", "/ocs/v1.php/apps/app_api/ex-app/state", timeout=5.0)
+        """One authenticated call that works whether or not the app is enabled; its data is
+        Nextcloud's enabled flag for the app (1/0), also kept in `app_enabled`."""
+        return await self.ocs("GET", STATE_PATH, timeout=5.0)
+
+    @staticmethod
+    def enabled_flag(result: OcsResult) -> bool | None:
+        """The ex-app/state answer's enabled flag (None when the answer has none)."""
+        if not result.ok or not isinstance(result.data, int | bool | str):
+            return None
+        return str(result.data).strip().lower() in ("1", "true")
 
 
 @attrs.frozen
@@ -367,9 +462,13 @@ class UserDirectory:
             "GET", f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}", user=uid, timeout=10.0
         )
         if not result.ok or not isinstance(result.data, dict):
+            if result.user_refused:
+                kind = "user_refused"  # disabled account (not logged in), not our credentials
+            else:
+                kind = "auth" if result.auth_refused else "lookup"
             raise NextcloudError(
                 f"user lookup: HTTP {result.http_status} OCS {result.statuscode}",
-                kind="auth" if result.auth_refused else "lookup",
+                kind=kind,
                 status=result.http_status,
             )
         return user_from_ocs(uid, result.data)

@@ -1,11 +1,15 @@
 """Periodic user/group reconciliation with Nextcloud: the only user/group sync that works on
 Nextcloud 32+ (issue 5 item 7, issue 10 fact 7), and a safety net on 31.
 
-Every `sync_interval_seconds` (or when triggered) it lists the users through AppAPI, reads each
-user's mail, display name and groups through OCS, diffs that against the last snapshot kept in
-APP_PERSISTENT_STORAGE and sends the same five event kinds as the webhook, through the same
-signed path. The first run records a baseline and sends nothing. The new snapshot and the events
-still to send are written together before sending, so a crash resumes where it stopped.
+Every `sync_interval_seconds` (or when triggered) it lists the users through AppAPI (the only
+source that decides who exists), finds an enabled administrator (the remembered one, checked by
+reading their own account), reads everyone's mail, display name and groups as that administrator
+through `cloud/users/details` (500 a call, so the impersonation log gets one line per page, not
+per user), diffs that against the last snapshot kept in APP_PERSISTENT_STORAGE and sends the same
+five event kinds as the webhook, through the same signed path. A listed user that cannot be read
+(disabled, or gone since the listing) keeps their last known record. The first run records a
+baseline and sends nothing. The new snapshot and the events still to send are written together
+before sending, so a crash resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -26,7 +30,7 @@ from beeflow import keys, service_client, storage
 from beeflow.appapi import Access, add_route
 from beeflow.errors import NextcloudError
 from beeflow.middleware import json_response
-from beeflow.nextcloud import AuthBudget, user_from_ocs
+from beeflow.nextcloud import AuthBudget, OcsResult, user_from_ocs
 from beeflow.serde import iso_utc
 from beeflow.state import InitPhase
 from beeflow.tasks import spawn
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 STATE_FILE: Final = "user-sync.json"
 STATE_VERSION: Final = 1
 LOOKUP_CONCURRENCY: Final = 5
+DETAILS_PAGE: Final = 500  # users per cloud/users/details call
+SINGLE_LOOKUPS_MAX: Final = 50  # listed users missing from the details, read one by one
 SEND_CONCURRENCY: Final = 4
 PERSIST_EVERY: Final = 25  # sent events between two writes of the remaining queue
 PENDING_MAX: Final = 50_000
@@ -48,9 +54,17 @@ class UserRecord:
     email: str | None
     display_name: str
     groups: tuple[str, ...]
+    enabled: bool | None = None  # None: not known (snapshots written before it was kept)
 
     def to_json(self) -> dict[str, Any]:
-        return {"email": self.email, "displayName": self.display_name, "groups": list(self.groups)}
+        out: dict[str, Any] = {
+            "email": self.email,
+            "displayName": self.display_name,
+            "groups": list(self.groups),
+        }
+        if self.enabled is not None:
+            out["enabled"] = self.enabled
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> UserRecord | None:
@@ -59,13 +73,34 @@ class UserRecord:
         email = data.get("email")
         name = data.get("displayName")
         groups = data.get("groups")
+        enabled = data.get("enabled")
         if not isinstance(name, str) or not isinstance(groups, list):
             return None
         return cls(
             email if isinstance(email, str) and email else None,
             name,
             tuple(sorted(str(g) for g in groups)),
+            enabled if isinstance(enabled, bool) else None,
         )
+
+    @classmethod
+    def from_ocs(cls, uid: str, data: Any) -> UserRecord | None:
+        """None for the `{"id": uid}` placeholder Nextcloud puts where the caller may not see a
+        user (or the account vanished from its backend)."""
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+            return None
+        user = user_from_ocs(uid, data)
+        enabled = data.get("enabled")
+        return cls(
+            user.email,
+            user.display_name,
+            tuple(sorted(set(user.groups))),
+            enabled if isinstance(enabled, bool) else None,
+        )
+
+    @property
+    def usable_admin(self) -> bool:
+        return "admin" in self.groups and self.enabled is not False
 
 
 Snapshot = dict[str, UserRecord]
@@ -105,7 +140,7 @@ class SyncAborted(Exception):
 
 @attrs.define
 class SyncStatus:
-    # idle | running | baseline | ok | failed | paused | waiting_for_tenant_key
+    # idle | running | baseline | ok | failed | paused | waiting_for_tenant_key | app_disabled
     state: str = "idle"
     last_run_at: float | None = None
     last_success_at: float | None = None
@@ -116,6 +151,8 @@ class SyncStatus:
     events_sent_total: int = 0
     events_dropped_total: int = 0
     events_skipped: int = 0  # in the last run: already delivered by the webhook
+    users_unreadable: int = 0  # in the last run: listed but not readable, last record kept
+    read_as: str | None = None  # the administrator the last run read users as
     runs: int = 0
     last_error: str = ""
 
@@ -133,7 +170,6 @@ class UserSync:
         self._wake = asyncio.Event()
         self._run: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
-        self._as_admin: str | None = None  # whom the current run impersonates for lookups
 
     # -- persistence
 
@@ -252,6 +288,14 @@ class UserSync:
         client = app[keys.NEXTCLOUD]
         if client.budget.spent:
             raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
+        if client.app_enabled is False:
+            # Every call but ex-app/state would be refused: look again with that one call.
+            try:
+                client.app_enabled = client.enabled_flag(await client.probe())
+            except NextcloudError as exc:
+                raise _aborted(exc) from None
+            if client.app_enabled is False:
+                raise SyncAborted("the app is disabled in Nextcloud", state="app_disabled")
         started = time.time()
         current = await self._list()
         status.users_seen = len(current)
@@ -300,61 +344,140 @@ class UserSync:
                 state=_stop_state(client.budget),
             )
         uids = sorted({str(u) for u in listing.data if isinstance(u, str | int) and str(u)})
-        self._as_admin = self._known_admin(set(uids))
         users: Snapshot = {}
-        limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-
-        async def fetch(uid: str) -> None:
-            async with limit:
-                record = await self._lookup(uid)
-            if record is not None:
-                users[uid] = record
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for uid in uids:
-                    group.create_task(fetch(uid))
-        except* SyncAborted as aborted:
-            # The first reason is enough; the other lookups were cancelled with it.
-            raise _first(aborted) from None
+        admin = await self._find_admin(uids, users)
+        self.status.read_as = admin
+        if admin is not None:
+            await self._read_as_admin(admin, uids, users)
+        # Only the listing decides who exists: a listed user we could not read (disabled, or
+        # deleted since the listing) keeps their last record; the next listing settles it.
+        previous = self.snapshot or {}
+        unreadable = [uid for uid in uids if uid not in users]
+        for uid in unreadable:
+            if uid in previous:
+                users[uid] = previous[uid]
+        self.status.users_unreadable = len(unreadable)
+        if unreadable:
+            log.info(
+                "user sync: %d listed user(s) could not be read (disabled accounts?); their last "
+                "known details are kept",
+                len(unreadable),
+            )
         return users
 
-    def _known_admin(self, listed: set[str]) -> str | None:
-        """An admin from the last snapshot who still exists: reading others' info as them means a
-        user deleted mid-run answers 404 instead of a refused (and counted) AppAPI login."""
-        if not self.snapshot:
-            return None
-        admins = sorted(u for u, r in self.snapshot.items() if "admin" in r.groups and u in listed)
-        return admins[0] if admins else None
+    async def _find_admin(self, uids: list[str], users: Snapshot) -> str | None:
+        """An enabled administrator, proven by reading their own account as them: the remembered
+        ones first (one call in the usual case), then everyone in batches. Every account read on
+        the way goes into `users`. None when no listed user is an enabled administrator (then
+        everyone readable has been read as themselves)."""
+        listed = set(uids)
+        previous = self.snapshot or {}
+        remembered = sorted(u for u, r in previous.items() if u in listed and r.usable_admin)
+        for uid in remembered:
+            record = await self._read_self(uid)
+            if record is not None:
+                users[uid] = record
+                if record.usable_admin:
+                    return uid
+        rest = [u for u in uids if u not in users and u not in remembered]
+        limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
 
-    async def _lookup(self, uid: str) -> UserRecord | None:
+        async def read(uid: str) -> tuple[str, UserRecord | None]:
+            async with limit:
+                return uid, await self._read_self(uid)
+
+        for start in range(0, len(rest), LOOKUP_CONCURRENCY):
+            batch = rest[start : start + LOOKUP_CONCURRENCY]
+            found = await self._gather([read(uid) for uid in batch])
+            for uid, record in found:
+                if record is not None:
+                    users[uid] = record
+            admins = [uid for uid, record in found if record is not None and record.usable_admin]
+            if admins:
+                return admins[0]
+        return None
+
+    async def _read_self(self, uid: str) -> UserRecord | None:
+        """A user's own account, read as them. None when Nextcloud will not let them read it:
+        a disabled account is not logged in (997, proven not to be our secret), a user deleted
+        since the listing is 404."""
+        result = await self._get(f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}", uid)
+        if result.ok:
+            return UserRecord.from_ocs(uid, result.data)
+        if result.user_refused or result.http_status == 404 or result.statuscode in (404, 998):
+            return None
+        raise self._stop("user info", result)
+
+    async def _read_as_admin(self, admin: str, uids: list[str], users: Snapshot) -> None:
+        """Everyone's details as `admin`, a page of DETAILS_PAGE per call; listed users missing
+        from the pages are read one by one (at most SINGLE_LOOKUPS_MAX a run)."""
+        listed = set(uids)
+        got: set[str] = set()
+        offset = 0
+        while offset <= len(uids) + DETAILS_PAGE:
+            result = await self._get(
+                "/ocs/v2.php/cloud/users/details",
+                admin,
+                params={"limit": str(DETAILS_PAGE), "offset": str(offset)},
+                timeout=60.0,
+            )
+            if not result.ok:
+                raise self._stop(f"user details as {admin}", result)
+            page = _details(result.data)
+            if page is None:
+                raise SyncAborted(f"user details as {admin}: unexpected answer")
+            new = set(page) - got
+            for uid, data in page.items():
+                record = UserRecord.from_ocs(uid, data)
+                if record is not None and uid in listed:
+                    users[uid] = record
+            got |= set(page)
+            if len(page) < DETAILS_PAGE or not new:
+                break
+            offset += DETAILS_PAGE
+        if uids and not got:
+            raise SyncAborted(f"administrator {admin} was shown no users; retrying next run")
+        missing = [uid for uid in uids if uid not in users][:SINGLE_LOOKUPS_MAX]
+        for uid in missing:
+            result = await self._get(f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}", admin)
+            if result.ok:
+                record = UserRecord.from_ocs(uid, result.data)
+                if record is not None:
+                    users[uid] = record
+            elif not (
+                result.user_refused or result.http_status == 404 or result.statuscode in (404, 998)
+            ):
+                raise self._stop("user info", result)
+
+    async def _get(
+        self, path: str, user: str, *, params: dict[str, str] | None = None, timeout: float = 10.0
+    ) -> OcsResult:
         client = self._app[keys.NEXTCLOUD]
-        admin = self._as_admin
         if client.budget.spent:
             raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
         try:
-            result = await client.ocs(
-                "GET",
-                f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}",
-                user=admin or uid,
-                timeout=10.0,
-            )
+            return await client.ocs("GET", path, user=user, params=params, timeout=timeout)
         except NextcloudError as exc:
             raise _aborted(exc) from None
-        if admin and admin != uid and (result.statuscode == 403 or result.http_status == 403):
-            # The remembered admin lost the role: read users as themselves from now on.
-            self._as_admin = None
-            return await self._lookup(uid)
-        if result.ok and isinstance(result.data, dict):
-            user = user_from_ocs(uid, result.data)
-            return UserRecord(user.email, user.display_name, tuple(sorted(set(user.groups))))
-        if result.statuscode == 404 or result.http_status == 404:
-            return None  # deleted since the listing: absent from this snapshot
-        # Anything else leaves a hole that would read as a deletion: stop, diff nothing.
-        raise SyncAborted(
-            f"user info: HTTP {result.http_status} OCS {result.statuscode}",
-            state=_stop_state(client.budget),
+
+    def _stop(self, what: str, result: OcsResult) -> SyncAborted:
+        """Anything unexpected leaves a hole that would read as a deletion: stop, diff nothing."""
+        state = _stop_state(self._app[keys.NEXTCLOUD].budget)
+        return SyncAborted(
+            f"{what}: HTTP {result.http_status} OCS {result.statuscode}", state=state
         )
+
+    @staticmethod
+    async def _gather(
+        calls: list[Coroutine[Any, Any, tuple[str, UserRecord | None]]],
+    ) -> list[tuple[str, UserRecord | None]]:
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(call) for call in calls]
+        except* SyncAborted as aborted:
+            # The first reason is enough; the other reads were cancelled with it.
+            raise _first(aborted) from None
+        return [t.result() for t in tasks]
 
     async def _send(self) -> None:
         """Send the queue: one user's events in order, several users at once. Events that failed
@@ -413,6 +536,8 @@ class UserSync:
                 "eventsSkippedAsDelivered": s.events_skipped,
                 "eventsDroppedTotal": s.events_dropped_total,
                 "eventsPending": len(self.pending),
+                "usersUnreadable": s.users_unreadable,
+                "readAs": s.read_as,
                 "runs": s.runs,
             }
         )
@@ -427,6 +552,17 @@ def _first(group: BaseExceptionGroup[SyncAborted]) -> SyncAborted:
             return _first(exc)
         return exc
     return SyncAborted("user lookups failed")
+
+
+def _details(data: Any) -> dict[str, Any] | None:
+    """`users` of a cloud/users/details answer: a map uid -> details; PHP sends an empty map,
+    or one keyed 0..n-1 (numeric uids), as a list, whose entries carry their `id`."""
+    users = data.get("users") if isinstance(data, dict) else None
+    if isinstance(users, dict):
+        return {str(uid): details for uid, details in users.items()}
+    if isinstance(users, list):
+        return {str(d.get("id", i)): d for i, d in enumerate(users) if isinstance(d, dict)}
+    return None
 
 
 def _stop_state(budget: AuthBudget) -> str:

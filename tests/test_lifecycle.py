@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from beeflow import keys
 from beeflow.errors import NextcloudError
+from beeflow.lifecycle import pipeline
 from beeflow.state import InitPhase
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
@@ -227,3 +229,54 @@ async def test_failure_budget_stops_calls_far_below_the_lockout(
         assert resp.status == 200
     await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
     assert not nc.budget.spent
+
+
+async def test_boot_while_disabled_waits_for_enable_then_runs(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    """Review P2-4: ex-app/state answers a disabled app (data 0); every other call would be
+    refused. Enabling from the UI sends heartbeat + PUT /enabled?enabled=1 and no /init."""
+    fake_nc.enabled = False
+    fake_nc.init_in_progress = False
+    conn = await connector_factory(customise=phases.install, run_at_boot=True)
+    await wait_for(lambda: len(fake_nc.calls) >= 1)
+
+    async def heartbeat() -> dict[str, Any]:
+        async with await conn.request("GET", "/heartbeat", user="") as resp:
+            data: dict[str, Any] = await resp.json()
+        return data
+
+    await wait_for(lambda: conn.app[keys.NEXTCLOUD].app_enabled is False)
+    body = await heartbeat()
+    assert body["init"]["state"] == "skipped"
+    assert body["init"]["waitingFor"] == "the app to be enabled in Nextcloud"
+    assert [c.path for c in fake_nc.calls] == ["/ocs/v1.php/apps/app_api/ex-app/state"]
+    assert phases.runs == []
+    assert conn.app[keys.NEXTCLOUD].budget.used == 0
+    fake_nc.enabled = True
+    async with await conn.request("PUT", "/enabled?enabled=1", user="") as resp:
+        assert await resp.json() == {"error": ""}
+    await wait_for(lambda: pipeline(conn.app).run_info.state == "done")
+    assert phases.runs.count("bootstrap") == 1
+    assert conn.app[keys.NEXTCLOUD].app_enabled is True
+    assert "waitingFor" not in (await heartbeat())["init"]
+
+
+async def test_enabling_reruns_a_failed_run_but_not_a_finished_one(
+    conn: RunningConnector, phases: Phases
+) -> None:
+    phases.fail_at = 60
+    pipe = pipeline(conn.app)
+    pipe.trigger("boot", report=False)
+    await wait_for(lambda: pipe.run_info.state == "failed")
+    phases.fail_at = None
+    async with await conn.request("PUT", "/enabled?enabled=1", user="") as resp:
+        assert resp.status == 200
+    await wait_for(lambda: pipe.run_info.state == "done")
+    assert pipe.run_info.runs == 2
+    async with await conn.request("PUT", "/enabled?enabled=1", user="") as resp:
+        assert resp.status == 200
+    async with await conn.request("PUT", "/enabled?enabled=0", user="") as resp:
+        assert resp.status == 200
+    assert pipe.run_info.runs == 2  # done stays done; disabling runs nothing
+    assert conn.app[keys.NEXTCLOUD].app_enabled is False

@@ -144,3 +144,79 @@ def test_inbound_trust_lifts_the_pause_for_one_call_a_minute() -> None:
     budget.record_success()  # accepted: both counters are clear
     assert not spent()
     assert budget.used == 0
+
+
+USER_INFO = "/ocs/v2.php/cloud/users/{}"
+STATE = "/ocs/v1.php/apps/app_api/ex-app/state"
+
+
+async def test_a_disabled_users_refusal_is_theirs_not_a_spent_budget(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
+) -> None:
+    """Review P2-3: impersonating a disabled user is 997 that Nextcloud does not count; with our
+    credentials proven good the budget does not count it either, and says whose it is."""
+    for n in range(8):
+        fake_nc.add_user(f"off{n}", enabled=False)
+    conn = await connector_factory()
+    client = conn.app[keys.NEXTCLOUD]
+    assert (await client.probe()).ok  # a success: the credentials are proven
+    slack = client.budget.user_slack
+    assert slack > 0
+    for n in range(8):
+        result = await client.ocs("GET", USER_INFO.format(f"off{n}"), user=f"off{n}", warmup=5)
+        assert (result.http_status, result.auth_refused, result.user_refused) == (401, True, True)
+    assert client.budget.used == 0
+    assert not client.budget.spent
+    assert client.budget.snapshot()["userRefusals"] == 8
+    # Past the slack each refusal is re-proved with one empty-user ex-app/state call.
+    assert len(fake_nc.calls_to(STATE)) == 1 + 8 // (slack + 1)
+    assert fake_nc.failure_count_total == 0
+    with pytest.raises(NextcloudError) as err:
+        await conn.app[keys.USERS].lookup("off0")
+    assert err.value.kind == "user_refused"
+
+
+async def test_impersonated_refusals_before_any_success_count(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
+) -> None:
+    fake_nc.add_user("off", enabled=False)
+    conn = await connector_factory()
+    client = conn.app[keys.NEXTCLOUD]
+    result = await client.ocs("GET", USER_INFO.format("off"), user="off")
+    assert (result.auth_refused, result.user_refused) == (True, False)
+    assert client.budget.used == 1  # nothing proved the secret yet: it may be the secret
+
+
+async def test_a_secret_gone_bad_after_a_success_stays_under_the_lockout(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
+) -> None:
+    """The trust in the last success is bounded: Nextcloud counts the refusals taken on trust
+    plus the ones we count, and that stays within its threshold."""
+    conn = await connector_factory()
+    client = conn.app[keys.NEXTCLOUD]
+    assert (await client.probe()).ok
+    fake_nc.secret = "re-registered with another secret"
+    kinds: list[str] = []
+    for _ in range(20):
+        try:
+            await client.ocs("GET", USER_INFO.format("alice"), user="alice")
+        except NextcloudError as exc:
+            kinds.append(exc.kind)
+    assert client.budget.spent
+    assert kinds
+    assert set(kinds) == {"auth_budget_spent"}
+    assert fake_nc.failures_for() <= fake_nc.lockout_threshold
+    assert not fake_nc.is_locked()
+
+
+@pytest.mark.parametrize("limit", [1, 4, 7, 9])
+def test_user_slack_keeps_the_worst_case_under_nextclouds_threshold(limit: int) -> None:
+    budget = AuthBudget(limit=limit)
+    assert budget.limit + budget.user_slack <= 10 - 1
+    budget.record_success()
+    taken = 0
+    while budget.take_user_refusal():
+        taken += 1
+    assert taken == budget.user_slack
+    budget.record_failure("x")
+    assert not budget.take_user_refusal()  # after a counted refusal nothing is taken on trust

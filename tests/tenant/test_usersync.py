@@ -5,6 +5,7 @@ resumable after a crash; a failed listing never reads as deletions; the budget i
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -189,7 +190,7 @@ async def test_service_down_keeps_events_queued_until_it_answers(
 
 
 class Breaker:
-    """An OCS user-info route that fails on demand (and otherwise answers like the fake)."""
+    """The user-details route failing on demand (and otherwise the fake's own answer)."""
 
     def __init__(self) -> None:
         self.nc: FakeNextcloud | None = None
@@ -197,29 +198,21 @@ class Breaker:
 
     async def handle(self, request: web.Request) -> web.Response:
         assert self.nc is not None
-        uid = request.match_info["uid"]
-        if self.broken and uid == "alice":
+        if self.broken:
             return web.json_response(
                 {"ocs": {"meta": {"status": "failure", "statuscode": 996, "message": "boom"}}},
                 status=500,
             )
-        user = self.nc.users.get(uid)
-        if user is None:
-            return web.json_response(
-                {"ocs": {"meta": {"status": "failure", "statuscode": 404}, "data": []}},
-                status=404,
-            )
-        meta = {"status": "ok", "statuscode": 200, "message": "OK"}
-        return web.json_response({"ocs": {"meta": meta, "data": user.ocs()}})
+        return await self.nc._users_details(request)
 
 
 BREAKER = Breaker()
 
 
 @pytest.mark.parametrize(
-    "nc_options", [{"extra_routes": [web.get("/ocs/v2.php/cloud/users/{uid}", BREAKER.handle)]}]
+    "nc_options", [{"extra_routes": [web.get("/ocs/v2.php/cloud/users/details", BREAKER.handle)]}]
 )
-async def test_a_failed_lookup_never_reads_as_a_deletion(
+async def test_a_failed_read_never_reads_as_a_deletion(
     start: Callable[..., Any], fake_nc: FakeNextcloud, control: ServiceControl
 ) -> None:
     BREAKER.nc, BREAKER.broken = fake_nc, False
@@ -229,7 +222,7 @@ async def test_a_failed_lookup_never_reads_as_a_deletion(
     fake_nc.add_user("fay", email="fay@example.com", display_name="Fay", groups=[])
     body = await sync(conn)
     assert body["state"] == "failed"
-    assert "user info" in body["lastError"]
+    assert "user details" in body["lastError"]
     assert control.deliveries == []  # neither alice's "deletion" nor a half-diff
     assert "fay" not in (conn.app[usersync.USER_SYNC].snapshot or {})
     BREAKER.broken = False
@@ -272,6 +265,107 @@ async def test_a_demoted_admin_does_not_block_the_sync(
     body = await sync(conn)
     assert body["state"] == "ok"
     assert received(control) == [("group.member_removed", "admin", "admin")]
+
+
+def impersonated(nc: FakeNextcloud, since: int = 0) -> list[str]:
+    """Calls with a user part: each one is a line in Nextcloud's exapp_impersonation.log."""
+    return [f"{c.user} {c.path}" for c in nc.calls[since:] if c.user]
+
+
+async def test_demoting_the_remembered_admin_deletes_nobody(
+    start: Callable[..., Any], fake_nc: FakeNextcloud, control: ServiceControl
+) -> None:
+    """Review P1-1: as a non-admin, Nextcloud answers another user's info with 998/404; that
+    must never read as "deleted": only AppAPI's listing decides who exists."""
+    fake_nc.add_user("zoe", email="zoe@example.com", display_name="Zoe", groups=["admin"])
+    fake_nc.add_user("bob", email="bob@example.com", display_name="Bob", groups=["sales"])
+    conn = await start()
+    assert (await sync(conn))["state"] == "baseline"
+    fake_nc.users["admin"].groups = []  # the remembered admin is demoted; zoe still is one
+    body = await sync(conn)
+    assert (body["state"], body["readAs"]) == ("ok", "zoe")
+    assert received(control) == [("group.member_removed", "admin", "admin")]
+    again = await sync(conn)
+    assert (again["state"], again["eventsSent"], again["readAs"]) == ("ok", 0, "zoe")
+    assert len(control.deliveries) == 1
+    assert fake_nc.failure_count_total == 0
+
+
+async def test_disabled_users_keep_their_record_and_spend_no_budget(
+    start: Callable[..., Any], fake_nc: FakeNextcloud, control: ServiceControl
+) -> None:
+    """Review P1-2/P2-3: AppAPI lists disabled users; impersonating one is 997 that Nextcloud
+    does not count. The sync reads them as the admin, and a disabled admin is skipped."""
+    for n in ("aa1", "aa2", "aa3", "aa4", "aa5"):  # sort before everyone: read first
+        fake_nc.add_user(n, email=f"{n}@example.com", enabled=False)
+    fake_nc.add_user("zoe", email="zoe@example.com", display_name="Zoe", groups=["admin"])
+    conn = await start()
+    budget = conn.app[keys.NEXTCLOUD].budget
+    first = await sync(conn)
+    assert (first["state"], first["usersSeen"], first["usersUnreadable"]) == ("baseline", 8, 0)
+    snapshot = conn.app[usersync.USER_SYNC].snapshot
+    assert snapshot is not None
+    assert snapshot["aa1"].enabled is False
+    fake_nc.users["admin"].enabled = False  # the remembered admin's account is disabled
+    fake_nc.add_user("newbie", email="n@example.com", display_name="Newbie", groups=["staff"])
+    second = await sync(conn)
+    assert (second["state"], second["readAs"]) == ("ok", "zoe")
+    assert received(control) == [
+        ("user.created", "newbie", None),
+        ("group.member_added", "newbie", "staff"),
+    ]
+    assert budget.used == 0
+    assert not budget.spent
+    assert fake_nc.failure_count_total == 0
+
+
+async def test_a_disabled_user_nobody_can_read_keeps_the_last_record(
+    start: Callable[..., Any], fake_nc: FakeNextcloud, control: ServiceControl
+) -> None:
+    conn = await start()
+    await sync(conn)
+    fake_nc.users["admin"].groups = []  # no administrator left: everyone reads themselves
+    fake_nc.users["alice"].enabled = False  # and alice cannot even do that
+    body = await sync(conn)
+    assert (body["state"], body["readAs"], body["usersUnreadable"]) == ("ok", None, 1)
+    assert received(control) == [("group.member_removed", "admin", "admin")]  # alice stays
+    assert conn.app[keys.NEXTCLOUD].budget.used == 0
+
+
+async def test_one_impersonated_call_per_500_users_and_old_snapshots_still_load(
+    start: Callable[..., Any], fake_nc: FakeNextcloud, control: ServiceControl, storage: Path
+) -> None:
+    """Review P3-5: AppAPI writes a line to exapp_impersonation.log per impersonated call."""
+    for i in range(1100):
+        fake_nc.add_user(f"u{i:04d}", email=None, display_name=f"U{i}", groups=["staff"])
+    # A snapshot from before `enabled` was kept: its admin is still the one remembered.
+    old = {"email": "admin@example.com", "displayName": "Ada Admin", "groups": ["admin"]}
+    state = {"version": 1, "snapshot": {"takenAt": 1.0, "users": {"admin": old}}, "pending": []}
+    (storage / usersync.STATE_FILE).write_text(json.dumps(state))
+    conn = await start()
+    mark = len(fake_nc.calls)
+    body = await sync(conn)
+    assert (body["state"], body["usersSeen"], body["readAs"]) == ("ok", 1102, "admin")
+    calls = impersonated(fake_nc, mark)
+    assert calls[0] == "admin /ocs/v2.php/cloud/users/admin"  # the remembered admin, checked
+    assert calls[1:] == ["admin /ocs/v2.php/cloud/users/details"] * 3  # 1,102 users: 3 pages
+    assert len(control.events) == 2 * 1101  # alice and the u* users are new to this snapshot
+
+
+async def test_a_disabled_app_skips_the_run_until_enabled(
+    start: Callable[..., Any], fake_nc: FakeNextcloud, control: ServiceControl
+) -> None:
+    conn = await start()
+    client = conn.app[keys.NEXTCLOUD]
+    fake_nc.enabled = False
+    client.app_enabled = False  # as PUT /enabled?enabled=0 or the boot probe leave it
+    mark = len(fake_nc.calls)
+    body = await sync(conn)
+    assert body["state"] == "app_disabled"
+    assert [c.path for c in fake_nc.calls[mark:]] == ["/ocs/v1.php/apps/app_api/ex-app/state"]
+    assert client.budget.used == 0
+    fake_nc.enabled = True
+    assert (await sync(conn))["state"] == "baseline"
 
 
 async def test_runs_on_its_interval_after_init_and_shows_its_status(
