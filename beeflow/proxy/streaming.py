@@ -145,6 +145,8 @@ _SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent"
 REPLAYABLE_METHODS: Final = frozenset({"GET", "HEAD"})
 SSE_KEEPALIVE: Final = b": keep-alive\n\n"
 SMALL_BODY_BYTES: Final = 64 * 1024
+# Where relay(method="HEAD") of another verb puts the upstream's Content-Length.
+TUNNELLED_HEAD_LENGTH: Final = "X-Beeflow-Content-Length"
 
 HeaderSource = Mapping[str, str] | CIMultiDictProxy[str] | MultiDictProxy[str] | CIMultiDict[str]
 
@@ -519,7 +521,8 @@ async def relay(
 ) -> web.StreamResponse:
     """Stream `upstream` back to the client (see the module docstring). Always closes or
     releases `upstream`. `method` is the one sent upstream when it differs from the
-    request's (a HEAD tunnelled in a POST gets a body-less answer)."""
+    request's: a HEAD tunnelled in a POST is answered with no body, `Content-Length: 0`, and
+    the upstream's length in TUNNELLED_HEAD_LENGTH."""
     head = (method or request.method) == "HEAD"
     complete = False
     try:
@@ -527,6 +530,13 @@ async def relay(
         if edit_headers is not None:
             edit_headers(upstream, headers)
         length = _content_length(upstream)
+        if head and request.method != "HEAD":
+            # A HEAD tunnelled in another verb: the client expects a body for ITS verb, so the
+            # answer carries none (Content-Length: 0) and the length moves to its own header.
+            if length is not None:
+                headers[TUNNELLED_HEAD_LENGTH] = str(length)
+            complete = True
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
         if (
             length is not None
             and length <= SMALL_BODY_BYTES
