@@ -219,6 +219,7 @@ def _precheck(request: web.Request) -> tuple[str, NcTarget, str, ParsedSig]:
             code="tenant_key_missing",
         )
     sig = _parse_signature(request, state, config)
+    _check_content_encoding(request)
     declared = request.content_length
     if declared is not None and declared > config.nc_max_body_bytes:
         raise _too_large(config)
@@ -407,6 +408,21 @@ def _parse_signature(request: web.Request, state: _NcState, config: Config) -> P
     return sig
 
 
+def _check_content_encoding(request: web.Request) -> None:
+    """A request body goes to Nextcloud exactly as sent and the v2 hash covers those bytes;
+    WebDAV does not decode request bodies, and a small gzip body may inflate to GiBs. So any
+    Content-Encoding but identity is refused before the body is read (and before 100 Continue)."""
+    for value in request.headers.getall("Content-Encoding", ()):
+        for token in value.split(","):
+            if token.strip().lower() not in ("", "identity"):
+                raise BadRequest(
+                    "Compressed request bodies (Content-Encoding) are not accepted on /nc: "
+                    "send the bytes as they should be stored",
+                    code="content_encoding_unsupported",
+                    status=415,
+                )
+
+
 def _too_large(config: Config) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The body exceeds {config.nc_max_body_bytes} bytes",
@@ -424,7 +440,7 @@ async def _read_body(request: web.Request, spool: Spool, config: Config) -> None
                 await spool.feed(chunk)
         except SpoolTooLarge:
             raise _too_large(config) from None
-        except HttpProcessingError:
+        except (HttpProcessingError, web.RequestPayloadError):
             raise BadRequest(
                 "The request body is malformed or incomplete", code="body_incomplete"
             ) from None
