@@ -1,15 +1,18 @@
-"""User/group events from Nextcloud: AppAPI events_listener registration (/init progress 100)
-and the `POST /webhook/nc-events` forwarder (seeds, reference 7.4, contract 6.6).
+"""User/group events from Nextcloud: the `POST /webhook/nc-events` forwarder (seeds, reference
+7.4, contract 6.6), and why nothing is registered to feed it.
 
-On Nextcloud 32+ the events_listener API is gone (OCS 996 / 404) and webhook_listeners refuses
-user/group classes: there the periodic reconciliation (beeflow.usersync) is the sync."""
+No Nextcloud version delivers user/group events to an ExApp: AppAPI's events_listener (up to
+NC 31) stored any `eventType` but only ever fired for `node_event` (file events), it is gone on
+32+ (OCS 996 / 404), and webhook_listeners refuses user/group classes. So nothing is registered;
+the periodic reconciliation (beeflow.usersync) is the sync on every version. The endpoint stays
+for whatever an operator points at it (a flow, a script), mapped leniently."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -17,10 +20,7 @@ from aiohttp import web
 
 from beeflow import keys, service_client
 from beeflow.appapi import Access, add_route
-from beeflow.errors import NextcloudError
 from beeflow.middleware import json_response
-from beeflow.nextcloud import OcsResult
-from beeflow.state import InitPhase
 from beeflow.tasks import cancel_all, running, spawn
 
 log = logging.getLogger(__name__)
@@ -33,91 +33,20 @@ EVENT_CLASSES: Final = {
     "OCP\\Group\\Events\\UserRemovedEvent": "group.member_removed",
 }
 BY_SUFFIX: Final = {cls.rsplit("\\", 1)[1]: name for cls, name in EVENT_CLASSES.items()}
-LISTENER_PATH: Final = "/ocs/v1.php/apps/app_api/api/v1/events_listener"
-ACTION_HANDLER: Final = "/webhook/nc-events"
-CALL_TIMEOUT: Final = 3.0
-CONTROLLER_BUG: Final = "EventsListenerController"
+LISTENER_PATH: Final = "/ocs/v1.php/apps/app_api/api/v1/events_listener"  # never called
 MAX_BODY: Final = 256 * 1024
 MAX_QUEUED: Final = 1000
 FORWARD_CONCURRENCY: Final = 8
 
 
-# ------------------------------------------------------------------ registration (progress 100)
+# ------------------------------------------------------------------ listeners: none (contract 6.6)
 
-
-@attrs.define
-class ListenerState:
-    # not_attempted | registered | unavailable | failed
-    state: str = "not_attempted"
-    reason: str = ""
-    registered: int = 0
-    warned: bool = False
-
-
-def _verdict(result: OcsResult) -> tuple[str, str]:
-    """(outcome, reason): registered | broken | gone | failed."""
-    if result.done:
-        return "registered", ""
-    if result.http_status >= 500 and CONTROLLER_BUG in result.text:
-        return "broken", "Nextcloud 33.0.0's EventsListenerController is missing (fixed in 33.0.1)"
-    if result.statuscode == 996 or result.statuscode == 404 or result.http_status == 404:
-        code = result.statuscode if result.statuscode is not None else result.http_status
-        return "gone", f"AppAPI has no events_listener on this Nextcloud (OCS {code})"
-    detail = f"HTTP {result.http_status}"
-    if result.statuscode is not None:
-        detail += f", OCS {result.statuscode}"
-    return "failed", f"events_listener refused the registration ({detail})"
-
-
-def listener_body(event_class: str) -> dict[str, Any]:
-    """Contract 6.6: {eventType, actionHandler, eventSubtypes}."""
-    return {"eventType": event_class, "actionHandler": ACTION_HANDLER, "eventSubtypes": []}
-
-
-async def _register_one(app: web.Application, event_class: str) -> tuple[str, str]:
-    client = app[keys.NEXTCLOUD]
-    try:
-        result = await client.ocs(
-            "POST", LISTENER_PATH, json_body=listener_body(event_class), timeout=CALL_TIMEOUT
-        )
-    except NextcloudError as exc:
-        return "failed", f"events_listener: {exc}"
-    return _verdict(result)
-
-
-def _register_phase(app: web.Application) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        """Probe with the first class; a missing or broken endpoint skips the rest. Never fails
-        the install: the reconciliation covers user/group sync whatever happens here."""
-        status = app[_LISTENERS]
-        classes = list(EVENT_CLASSES)
-        first = await _register_one(app, classes[0])
-        outcomes = [first]
-        if first[0] == "registered":
-            outcomes += await asyncio.gather(*(_register_one(app, c) for c in classes[1:]))
-        registered = sum(1 for o, _ in outcomes if o == "registered")
-        status.registered = registered
-        if registered == len(classes):
-            status.state, status.reason = "registered", ""
-            log.info("registered %d user/group event listeners with AppAPI", registered)
-            return
-        outcome, reason = next((o, r) for o, r in outcomes if o != "registered")
-        status.state = "unavailable" if outcome in ("gone", "broken") else "failed"
-        status.reason = reason
-        interval = int(app[keys.CONFIG].sync_interval_seconds)
-        level = logging.WARNING if not status.warned else logging.DEBUG
-        status.warned = True
-        log.log(
-            level,
-            "user/group events: %s; %d of %d listeners registered. Changes reach Bee Flow "
-            "through the periodic reconciliation (every %ds) instead.",
-            reason,
-            registered,
-            len(classes),
-            interval,
-        )
-
-    return run
+LISTENERS_STATE: Final = "not_used"
+LISTENERS_REASON: Final = (
+    "no Nextcloud version delivers user/group events to an ExApp (AppAPI's events_listener only "
+    "fired for node_event and is gone on 32+; webhook_listeners refuses user/group events): "
+    "the periodic reconciliation carries user/group changes"
+)
 
 
 # ------------------------------------------------------------------ the webhook
@@ -254,7 +183,6 @@ class _Queue:
 
 
 _QUEUE: web.AppKey[_Queue] = web.AppKey("events_queue")
-_LISTENERS: web.AppKey[ListenerState] = web.AppKey("events_listeners")
 
 
 async def _forward(app: web.Application, event: UserEvent) -> None:
@@ -296,11 +224,9 @@ async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _health(app: web.Application) -> Callable[[bool], dict[str, Any]]:
     def provide(trusted: bool) -> dict[str, Any]:
-        status = app[_LISTENERS]
-        out: dict[str, Any] = {"listeners": status.state}
+        out: dict[str, Any] = {"listeners": LISTENERS_STATE}
         if trusted:
-            if status.reason:
-                out["reason"] = status.reason
+            out["reason"] = LISTENERS_REASON
             out["webhook"] = app[service_client.USER_EVENTS_SINK].stats["webhook"].snapshot()
         return out
 
@@ -309,11 +235,7 @@ def _health(app: web.Application) -> Callable[[bool], dict[str, Any]]:
 
 def setup(app: web.Application) -> None:
     service_client.setup(app)
-    app[_LISTENERS] = ListenerState()
     app[_QUEUE] = _Queue()
     app.cleanup_ctx.append(_queue_ctx)
     add_route(app, "POST", "/webhook/nc-events", nc_events, Access.ADMIN, service_ok=True)
-    app.setdefault(keys.INIT_PHASES, []).append(
-        InitPhase("event-listeners", 100, _register_phase(app))
-    )
     app.setdefault(keys.HEALTH, {})["events"] = _health(app)

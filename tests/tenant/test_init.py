@@ -1,6 +1,7 @@
 """The real /init pipeline with the real phases, against the fake Nextcloud in its personalities:
-progress 25/60/100 as the fake records it, UI registration, events_listener per version, 409
-idempotence, the 997 warm-up, and a failure reported as progress 0 with its text."""
+progress 25/60/100 as the fake records it, UI registration, no events_listener on any version
+(it never delivered user/group events), 409 idempotence, the 997 warm-up, and a failure reported
+as progress 0 with its text."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beeflow import events, keys, ui
+from beeflow import keys, ui
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.tenant.conftest import AutoFactory
@@ -46,37 +47,14 @@ async def test_init_reports_25_60_100_and_registers_per_version(
     assert [c.json() for c in script] == [ui.SCRIPT_BODY]
     assert all(c.user == "" and c.auth == "ok" for c in top + script)
 
-    calls = fake_nc.calls_to(LISTENER, "POST")
+    # Review P3-6: AppAPI's events_listener only ever delivered node_event (contract 6.6), so
+    # registering user/group classes (accepted on 31, refused on 32+) promised nothing real.
+    assert fake_nc.calls_to(LISTENER) == []
+    assert fake_nc.events_listeners == {}
     body = await heartbeat(conn, trusted=True)
-    if nc_personality == "31":
-        assert len(calls) == 5
-        assert sorted(fake_nc.events_listeners) == sorted(
-            (cls, "/webhook/nc-events") for cls in events.EVENT_CLASSES
-        )
-        assert sorted(c.json()["eventType"] for c in calls) == sorted(events.EVENT_CLASSES)
-        assert all(
-            c.json()
-            == {
-                "eventType": c.json()["eventType"],
-                "actionHandler": "/webhook/nc-events",
-                "eventSubtypes": [],
-            }
-            for c in calls
-        )
-        assert body["events"]["listeners"] == "registered"
-    else:
-        # The probe (first call) tells the endpoint is gone or broken: the rest are skipped.
-        assert len(calls) == 1
-        assert calls[0].json()["eventType"] == "OCP\\User\\Events\\UserCreatedEvent"
-        assert body["events"]["listeners"] == "unavailable"
-        reason = body["events"]["reason"]
-        if nc_personality == "33.0.0":
-            assert "33.0.0" in reason
-        else:
-            assert "no events_listener" in reason
-        degraded = [r for r in caplog.records if "periodic reconciliation" in r.getMessage()]
-        assert len(degraded) == 1
-        assert degraded[0].levelno == logging.WARNING
+    assert body["events"]["listeners"] == "not_used"
+    assert "periodic reconciliation" in body["events"]["reason"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     anonymous = await heartbeat(conn, trusted=None)
     assert anonymous["events"] == {"listeners": body["events"]["listeners"]}
     assert fake_nc.failure_count_total == 0
@@ -97,10 +75,7 @@ async def test_second_init_is_idempotent_through_409(
     assert len(fake_nc.scripts) == 1
     body = await heartbeat(conn, trusted=True)
     assert body["ui"] == {"top-menu": "registered", "embed script": "registered"}
-    if nc_personality == "31":
-        assert len(fake_nc.calls_to(LISTENER, "POST")) == 10
-        assert len(fake_nc.events_listeners) == 5
-        assert body["events"]["listeners"] == "registered"
+    assert fake_nc.calls_to(LISTENER) == []
 
 
 @pytest.mark.parametrize("nc_options", [{"warmup_seconds": 1.2}])
@@ -149,7 +124,7 @@ async def test_boot_run_provisions_and_registers_without_reporting_progress(
 ) -> None:
     """The pipeline also runs once at boot (after one accepted probe), idempotently."""
     conn = await auto_connector(run_at_boot=True)
-    await wait_for(lambda: bool(fake_nc.calls_to(LISTENER)))
+    await wait_for(lambda: bool(fake_nc.scripts))
     assert conn.app[keys.TENANT].key == PROVISIONED_KEY
     assert list(fake_nc.top_menu) == ["main"]
     assert fake_nc.progress == []  # AppAPI is not in an init phase: nothing to report
