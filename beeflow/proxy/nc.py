@@ -52,7 +52,7 @@ from beeflow.proxy.ncpath import (
     check_target,
     php_query_hazards,
 )
-from beeflow.proxy.spool import Spool, SpoolDir, SpoolTooLarge
+from beeflow.proxy.spool import Spool, SpoolDir, SpoolTooLarge, SpoolWriteError
 from beeflow.ratelimit import RateLimiter
 from beeflow.serde import iso_utc
 from beeflow.signing import (
@@ -433,18 +433,41 @@ def _too_large(config: Config) -> PayloadTooLarge:
 
 async def _read_body(request: web.Request, spool: Spool, config: Config) -> None:
     """Spool the whole body (the v2 signature covers its hash) at constant memory."""
-    if request.body_exists:
-        reader = request.content
-        try:
-            while chunk := await reader.readany():
-                await spool.feed(chunk)
-        except SpoolTooLarge:
-            raise _too_large(config) from None
-        except (HttpProcessingError, web.RequestPayloadError):
-            raise BadRequest(
-                "The request body is malformed or incomplete", code="body_incomplete"
-            ) from None
-    await spool.finish()
+    try:
+        if request.body_exists:
+            reader = request.content
+            try:
+                while chunk := await reader.readany():
+                    await spool.feed(chunk)
+            except SpoolTooLarge:
+                raise _too_large(config) from None
+            except (HttpProcessingError, web.RequestPayloadError):
+                raise BadRequest(
+                    "The request body is malformed or incomplete", code="body_incomplete"
+                ) from None
+        await spool.finish()
+    except SpoolWriteError as exc:
+        raise _spool_failed(request, spool, exc) from None
+
+
+def _spool_failed(request: web.Request, spool: Spool, exc: SpoolWriteError) -> BeeflowError:
+    """507 when the spool volume is full (ENOSPC, EDQUOT, EFBIG), else 500; logged with the
+    errno name and the allow-listed prefix only, never the user's path."""
+    log.warning(
+        "/nc request body could not be spooled (%s after %d bytes; %s %s...): check the free "
+        "space of BEEFLOW_SPOOL_DIR and BEEFLOW_NC_MAX_BODY_BYTES",
+        exc,
+        spool.size,
+        request.method,
+        _log_prefix(request.raw_path),
+    )
+    if exc.full:
+        return BeeflowError(
+            "The connector's spool for request bodies is full; retry later or with a smaller body",
+            code="spool_full",
+            status=507,
+        )
+    return BeeflowError("The request body could not be spooled", code="spool_failed")
 
 
 def _signed_uid(request: web.Request) -> str:

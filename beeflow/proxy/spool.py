@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -30,6 +31,19 @@ READ_BYTES: Final = 1024 * 1024
 
 class SpoolTooLarge(Exception):
     """The body passed the configured limit; the spool has been closed."""
+
+
+class SpoolWriteError(Exception):
+    """Writing the body to its temp file failed (disk full, file size limit, I/O error); the
+    spool has been closed. `errno` is the OSError's; `full` tells a full volume apart."""
+
+    FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+    def __init__(self, errno_value: int | None) -> None:
+        self.errno = errno_value
+        self.full = errno_value in self.FULL
+        name = errno.errorcode.get(errno_value or 0, "unknown error")
+        super().__init__(name)
 
 
 class SpoolDir:
@@ -112,6 +126,22 @@ class Spool:
         return self._digest
 
     async def feed(self, chunk: bytes) -> None:
+        """Raises SpoolTooLarge or SpoolWriteError (the spool is closed then)."""
+        try:
+            await self._feed(chunk)
+        except OSError as exc:
+            self.close()
+            raise SpoolWriteError(exc.errno) from None
+
+    async def finish(self) -> None:
+        """Raises SpoolWriteError (the spool is closed then)."""
+        try:
+            await self._finish()
+        except OSError as exc:
+            self.close()
+            raise SpoolWriteError(exc.errno) from None
+
+    async def _feed(self, chunk: bytes) -> None:
         if self.closed:
             raise RuntimeError("spool closed")
         self.size += len(chunk)
@@ -127,7 +157,7 @@ class Spool:
         if len(self._buffer) >= FLUSH_BYTES:
             await self._flush()
 
-    async def finish(self) -> None:
+    async def _finish(self) -> None:
         if self._file is None:
             self._hash.update(self._buffer)
         else:
