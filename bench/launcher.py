@@ -7,7 +7,7 @@ HaRP's frpc would reach it). frpc itself is not started: the benchmark client di
 Prints `READY <where>` when it accepts connections; SIGTERM stops it. `--app minimal` serves
 the reference instead: a bare aiohttp proxy, the floor any aiohttp-based connector stands on.
 
-    python -m bench.launcher --transport tcp|unix [--loop asyncio|uvloop] [--app minimal]
+    python -m bench.launcher --transport tcp|unix [--loop asyncio|uvloop] [--app minimal|server]
 """
 
 from __future__ import annotations
@@ -52,6 +52,20 @@ def minimal_app(upstream: str) -> web.Application:
 SESSION: web.AppKey[Any] = web.AppKey("bench_session")
 
 
+def server_app() -> web.Application:
+    """The server half of the floor: aiohttp answering the small request itself (the upstream's
+    body, no client call). With the client half (bench/aioclient.py) it splits the minimal
+    proxy's cost into what aiohttp's server and its client each take on this machine."""
+    from bench.upstream import SMALL_BODY
+
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response(body=SMALL_BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/{tail:.*}", answer)
+    return app
+
+
 def beeflow_app() -> web.Application:
     # Imported here so `--help` and `--app minimal` work without beeflow importable.
     from beeflow.app import make_app
@@ -67,7 +81,12 @@ def beeflow_app() -> web.Application:
 
 
 async def serve(transport: str, port: int, unix: str | None, which: str) -> None:
-    app = minimal_app(os.environ["BEEFLOW_API_BASE_URL"]) if which == "minimal" else beeflow_app()
+    if which == "minimal":
+        app = minimal_app(os.environ["BEEFLOW_API_BASE_URL"])
+    elif which == "server":
+        app = server_app()
+    else:
+        app = beeflow_app()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site: web.BaseSite
@@ -95,9 +114,9 @@ def main() -> int:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument(
         "--app",
-        choices=("beeflow", "minimal"),
+        choices=("beeflow", "minimal", "server"),
         default="beeflow",
-        help="the connector, or a minimal aiohttp proxy as the reference",
+        help="the connector, a minimal aiohttp proxy as the reference, or aiohttp's server alone",
     )
     args = parser.parse_args()
     die_with_parent()

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -443,10 +443,14 @@ class Bench:
             self.results.add((loop, transport, "rss_start"), proc.rss_bytes(conn.pid))
             if "small" in plan.phases:
                 ref = await self.start_connector(loop, transport, name="ref", app="minimal")
+                srv = await self.start_connector(loop, transport, name="srv", app="server")
                 try:
-                    await self.phase(label, "small", self.small(loop, transport, conn, target, ref))
+                    await self.phase(
+                        label, "small", self.small(loop, transport, conn, target, ref, srv)
+                    )
                 finally:
                     await self.stop(ref[0])
+                    await self.stop(srv[0])
             if "sse" in plan.phases:
                 await self.phase(label, "sse", self.sse(loop, transport, conn, target))
             if "bulk" in plan.phases:
@@ -502,11 +506,13 @@ class Bench:
         conn: Child,
         target: Target,
         ref: tuple[Child, Target],
+        srv: tuple[Child, Target],
     ) -> None:
         plan = self.plan
         res = self.results
         routes: dict[str, tuple[Target, int]] = {
             "direct": (self.direct(transport), conn.pid),
+            "server": (srv[1], srv[0].pid),
             "ref": (ref[1], ref[0].pid),
         }
         for kind in ("api", "nc"):
@@ -545,6 +551,7 @@ class Bench:
                     res.add((*key, "cpu_us"), cpu / max(requests, 1) * 1e6)
                     direct = res.figures[(loop, transport, "small", "direct", "rps")][-1]
                     res.add((*key, "ratio"), rps / direct if direct else math.nan)
+            await self.client_floor(loop, transport)
             rep += 1
             if rep == reps and reps == plan.reps:
                 noisy = [
@@ -560,6 +567,29 @@ class Bench:
                         f"({', '.join(noisy)}); ran {plan.reps} more repetitions"
                     )
                     reps += plan.reps
+
+    async def client_floor(self, loop: str, transport: str) -> None:
+        """aiohttp's ClientSession alone against the upstream (always TCP, as the connector's
+        own upstream link), in its own process: its CPU per request is the client half of
+        what any aiohttp proxy pays."""
+        plan = self.plan
+        argv = [sys.executable, "-m", "bench.aioclient", "--loop", loop]
+        argv += ["--url", f"http://127.0.0.1:{self.up_tcp.port}/api/small"]
+        argv += ["--concurrency", str(plan.concurrency), "--seconds", str(plan.small_seconds)]
+        env = {**_clean_env(), "PYTHONPATH": str(ROOT)}
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await process.communicate()
+        key = (loop, transport, "small", "client")
+        if process.returncode != 0:
+            self.results.unavailable[key] = f"bench.aioclient exited {process.returncode}"
+            return
+        got = json.loads(out.decode().strip().splitlines()[-1])
+        requests = max(int(got["requests"]), 1)
+        self.results.add((*key, "rps"), requests / got["seconds"])
+        self.results.add((*key, "cpu_us"), got["cpu_s"] / requests * 1e6)
+        self.results.add((*key, "errors"), got["errors"])
 
     async def small_once(
         self, target: Target, kind: str, use_wrk: bool, *, seconds: int
@@ -842,6 +872,8 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
         for tr in plan.transports:
             for kind, label in (
                 ("direct", "direct"),
+                ("server", "aiohttp server alone, answering itself (floor: server half)"),
+                ("client", "aiohttp client alone, to the upstream (floor: client half)"),
                 ("ref", "/api via a minimal aiohttp proxy (reference)"),
                 ("api", "/api via beeflow"),
                 ("nc", "/nc via beeflow"),
@@ -859,6 +891,13 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
                 ratio = r.get((*key, "ratio"))
                 cpu = r.get((*key, "cpu_us"))
                 errs = r.get((*key, "errors"))
+                if kind == "client":
+                    add(
+                        f"| {loop} | {tr} | {label} | itself ({plan.concurrency} loops, tcp) | "
+                        f"{rps.fmt(0)} | — | — | — | {cpu.fmt(0)} (the client's own) | — | "
+                        f"{int(sum(errs.values))} |"
+                    )
+                    continue
                 add(
                     f"| {loop} | {tr} | {label} | {loadgen.get(tr, '?')} | {rps.fmt(0)} | "
                     f"{ratio.fmt(3) if ratio.ok else '1'} | "
@@ -983,6 +1022,24 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
         for line in _targets(plan, r, loop, tr):
             add(line)
     add("")
+    floor = _floor(r, loop, plan.transports)
+    if floor:
+        add("## What aiohttp itself costs here (small requests, medians)")
+        add("")
+        add(
+            "The connector is bound to aiohttp's server and client. Their own CPU per request on "
+            "this machine, measured in this run, is the floor under any connector built on them: "
+            "a CPU target below the floor cannot be met by tuning the connector."
+        )
+        add("")
+        add(
+            "| transport | server alone µs | client alone µs | sum µs | minimal proxy µs "
+            "| beeflow /api µs | beeflow / minimal proxy | beeflow req/s / minimal proxy req/s |"
+        )
+        add("|---|---|---|---|---|---|---|---|")
+        for line in floor:
+            add(line)
+        add("")
     if len(plan.loops) > 1:
         add("## uvloop against asyncio (connector loop only; medians)")
         add("")
@@ -1068,6 +1125,27 @@ def _uvloop_figures(plan: Plan, tr: str) -> list[tuple[str, tuple[str, ...], flo
 
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def _floor(r: Results, loop: str, transports: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for tr in transports:
+        cpu = {
+            kind: r.get((loop, tr, "small", kind, "cpu_us")).median
+            for kind in ("server", "client", "ref", "api")
+        }
+        if any(math.isnan(x) for x in cpu.values()):
+            continue
+        server, client_, ref, api = cpu["server"], cpu["client"], cpu["ref"], cpu["api"]
+        rate = (
+            r.get((loop, tr, "small", "api", "rps")).median
+            / r.get((loop, tr, "small", "ref", "rps")).median
+        )
+        out.append(
+            f"| {tr} | {server:.0f} | {client_:.0f} | {server + client_:.0f} | {ref:.0f} | "
+            f"{api:.0f} | {api / ref:.2f}x | {rate:.2f}x |"
+        )
+    return out
 
 
 def _targets(plan: Plan, r: Results, loop: str, tr: str) -> list[str]:
