@@ -34,7 +34,18 @@ from beeflow import __version__, tenant
 from beeflow.config import Config
 from beeflow.errors import ConfigError, NextcloudError
 from beeflow.nextcloud import NextcloudClient, OcsResult, appapi_headers
-from beeflow.transports.frpc import DEFAULT_PIN_FILE, PINNED_VERSION, FrpcError, read_pin
+from beeflow.transports.frpc import (
+    DEFAULT_PIN_FILE,
+    ENGINE_PORTS,
+    EXAPP_PORTS,
+    PINNED_VERSION,
+    FrpcError,
+    certs_remedy,
+    diagnose,
+    port_problem,
+    port_remedy,
+    read_pin,
+)
 from beeflow.transports.frpc import read_version as read_frpc_version
 from beeflow.transports.frpc import resolve_binary as resolve_frpc
 
@@ -181,6 +192,8 @@ class Doctor:
         self.timeout = timeout
         self.nc_probe: _Probe | None = None
         self.service_probe: _Probe | None = None
+        # The running connector's tunnel status (its heartbeat), when one answered.
+        self.tunnel: dict[str, Any] = {}
 
     async def run(self) -> list[Check]:
         checks = [self.check_config(), self.check_storage()]
@@ -216,6 +229,7 @@ class Doctor:
         checks.append(await self.check_running())
         if self.config.harp:
             checks.append(await self.check_harp_socket())
+            checks.append(self.check_harp_port())
             checks.append(await self.check_frpc())
             checks.append(await self.check_frps())
             checks.append(self.check_frp_certs())
@@ -621,17 +635,22 @@ class Doctor:
                 )
             )
         tunnel = data.get("tunnel") or {}
+        if isinstance(tunnel, dict):
+            self.tunnel = tunnel
         state = tunnel.get("state")
+        last_error = str(tunnel.get("last_error") or "")
         if state == "exited":
-            problems.append(
-                (FAIL, f"frpc exited ({tunnel.get('last_error', '')})", "Read the frpc log lines.")
-            )
+            problems.append((FAIL, f"frpc exited ({last_error})", "Read the frpc log lines."))
         elif state in ("retrying", "starting") and c.harp:
+            specific = diagnose(last_error, c)
             problems.append(
                 (
-                    WARN,
-                    f"the HaRP tunnel is {state} ({tunnel.get('last_error', 'not connected yet')})",
-                    "frpc retries by itself; check that HaRP runs and HP_SHARED_KEY matches.",
+                    # frps refused our port, or our plain connection while it forces TLS: the
+                    # tunnel never comes up by itself. Anything else frpc retries.
+                    FAIL if specific and self._tunnel_refused(last_error) else WARN,
+                    f"the HaRP tunnel is {state} ({last_error or 'not connected yet'})",
+                    specific
+                    or "frpc retries by itself; check that HaRP runs and HP_SHARED_KEY matches.",
                 )
             )
         init = data.get("init") or {}
@@ -666,6 +685,33 @@ class Doctor:
         summary = "; ".join(p[1] for p in problems)
         remedy = " ".join(p[2] for p in problems if p[2])
         return Check(name, worst, summary, remedy, details)
+
+    def _tunnel_refused(self, last_error: str) -> bool:
+        """frps turned the tunnel down for good: a port outside allowPorts, or a connection
+        without TLS closed (EOF) while the certificates are missing."""
+        error = last_error.lower()
+        if "port not allowed" in error:
+            return True
+        return error.endswith("eof") and not self.config.frp_cert_dir.is_dir()
+
+    def check_harp_port(self) -> Check:
+        """APP_PORT is frpc's remotePort: HaRP's frps refuses ports outside its allowPorts."""
+        name = "harp_port"
+        port = self.config.app_port
+        if problem := port_problem(port):
+            return Check(name, FAIL, problem, port_remedy(self.config.app_id), {"port": port})
+        if not EXAPP_PORTS[0] <= port <= EXAPP_PORTS[1]:
+            return Check(
+                name,
+                WARN,
+                f"APP_PORT {port} is in {ENGINE_PORTS[0]}-{ENGINE_PORTS[1]}, the ports HaRP keeps "
+                f"for Docker engines ({ENGINE_PORTS[0]} is its bundled one)",
+                port_remedy(self.config.app_id),
+                {"port": port},
+            )
+        return Check(
+            name, PASS, f"APP_PORT {port} is in HaRP's ExApp range", details={"port": port}
+        )
 
     async def check_frpc(self) -> Check:
         name = "frpc"
@@ -711,16 +757,23 @@ class Doctor:
     def check_frp_certs(self) -> Check:
         directory = self.config.frp_cert_dir
         name = "frp_certs"
-        reinstall = (
-            "HaRP copies these at install time: remove and reinstall the ExApp "
-            f"(`occ app_api:app:unregister {self.config.app_id}`, then register it again)."
-        )
+        reinstall = certs_remedy(self.config.app_id, directory)
         if not directory.exists():
+            last_error = str(self.tunnel.get("last_error") or "")
+            if self._tunnel_refused(last_error) and "port not allowed" not in last_error:
+                return Check(
+                    name,
+                    FAIL,
+                    f"{directory} does not exist, and frps closed frpc's plain connection "
+                    f"({last_error}): HaRP forces TLS",
+                    reinstall,
+                )
             return Check(
                 name,
                 WARN,
-                f"{directory} does not exist: frpc connects without TLS",
-                "Right only when HaRP runs with HP_FRP_DISABLE_TLS=true; otherwise " + reinstall,
+                f"{directory} does not exist: frpc connects without TLS, so HP_SHARED_KEY "
+                "crosses the network in clear text",
+                reinstall,
             )
         missing = []
         for file in CERT_FILES:

@@ -41,6 +41,12 @@ CONNECTED: Final = "connected"  # "start proxy success": HaRP can reach us
 RETRYING: Final = "retrying"  # frpc reports a connection/proxy error and retries by itself
 EXITED: Final = "exited"  # no frpc process (crashed, waiting to restart, or stopped)
 
+# HaRP's frps.toml: `allowPorts` 23000-23999 (ExApps: AppAPI picks APP_PORT there) and
+# 24000-24099 (remote Docker engines); any other remotePort is refused after the login with
+# `[<app id>] start error: port not allowed`.
+EXAPP_PORTS: Final = (23000, 23999)
+ENGINE_PORTS: Final = (24000, 24099)
+
 _ANSI: Final = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _LEVEL: Final = re.compile(r"\[([TDIWE])\]")
 # "2026-11-22 14:00:00.000 [W] [client/service.go:298] " before the message itself.
@@ -110,6 +116,75 @@ def write_config(document: dict[str, Any], directory: Path) -> Path:
             os.unlink(tmp)
         raise
     return target
+
+
+def harp_allows_port(port: int) -> bool:
+    """Whether HaRP's frps accepts `port` as a remotePort (its allowPorts)."""
+    return any(low <= port <= high for low, high in (EXAPP_PORTS, ENGINE_PORTS))
+
+
+def port_problem(port: int) -> str:
+    """Why APP_PORT will not work behind HaRP, or ""."""
+    if harp_allows_port(port):
+        return ""
+    return (
+        f"APP_PORT {port} is outside the ports HaRP's frps allows ({EXAPP_PORTS[0]}-"
+        f"{EXAPP_PORTS[1]} for ExApps, {ENGINE_PORTS[0]}-{ENGINE_PORTS[1]} for Docker engines): "
+        "frps will refuse the tunnel with 'port not allowed'"
+    )
+
+
+def port_remedy(app_id: str) -> str:
+    return (
+        "Let AppAPI choose the port: register the app again without a port override (a manual "
+        f"--json-info must give a port in {EXAPP_PORTS[0]}-{EXAPP_PORTS[1]}): "
+        f"`occ app_api:app:unregister {app_id}`, then register it again."
+    )
+
+
+def certs_remedy(app_id: str, cert_dir: Path) -> str:
+    return (
+        f"AppAPI copies HaRP's frp certificates into {cert_dir} when it deploys the ExApp: "
+        f"reinstall (redeploy) it so they are copied (`occ app_api:app:unregister {app_id}`, "
+        "then register it again). A tunnel without TLS works only when HaRP runs with "
+        "HP_FRP_DISABLE_TLS=true."
+    )
+
+
+def diagnose(last_error: str, config: Config) -> str:
+    """What to do about the tunnel's last error (frp-observed.md and HaRP's frps.toml), for the
+    log and doctor; "" when the error says nothing specific."""
+    error = last_error.lower()
+    if not error:
+        return ""
+    if "port not allowed" in error:
+        return f"{port_problem(config.app_port) or 'frps refused APP_PORT'}. " + port_remedy(
+            config.app_id
+        )
+    tls = config.frp_cert_dir.is_dir()
+    if error.endswith("eof") and not tls:
+        # HaRP's frps forces TLS (transport.tls.force = true) unless HP_FRP_DISABLE_TLS=true:
+        # it closes a plain connection without a word, and frpc reads EOF.
+        return (
+            "frps closed the connection before the login: HaRP forces TLS, and "
+            f"{config.frp_cert_dir} is missing, so frpc connects without TLS. "
+            + certs_remedy(config.app_id, config.frp_cert_dir)
+        )
+    if tls and ("no such file" in error or "certificate" in error or "tls" in error):
+        return "frpc cannot use the frp certificates. " + certs_remedy(
+            config.app_id, config.frp_cert_dir
+        )
+    if "token" in error or "reject" in error or "plugin" in error:
+        return (
+            "HaRP refused the login: HP_SHARED_KEY must equal HaRP's shared key (the deploy "
+            "daemon's --harp_shared_key)."
+        )
+    if "dial tcp" in error or "connection refused" in error or "no such host" in error:
+        return (
+            f"frps at {config.hp_frp_address}:{config.hp_frp_port} is not reachable: HaRP must "
+            "run, on the same Docker network, at the daemon's --harp_frp_address."
+        )
+    return ""
 
 
 def read_pin(path: Path) -> str | None:
@@ -191,11 +266,13 @@ class FrpcSupervisor:
         self._failures = 0  # consecutive short-lived runs: drives the backoff
         self._masks = _masks(config.hp_shared_key)
         self._problem = ""  # the last warning/error line of the current run
+        self._advised: set[str] = set()  # remedies already logged (frpc repeats its errors)
         # status
         self.state = EXITED
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.last_error = ""
+        self.remedy = ""  # what to do about last_error, when it says (diagnose())
         self.connected_since: float | None = None
         self.started_at: float | None = None
         self.version: str | None = None
@@ -251,6 +328,8 @@ class FrpcSupervisor:
         """Write the config and start frpc. Call only once the Unix socket listens."""
         if self._binary is None:
             await self.preflight()
+        if problem := port_problem(self.config.app_port):
+            log.warning("%s. %s", problem, port_remedy(self.config.app_id))
         if self.config.frpc_config_dir is not None:
             self._config_dir = self.config.frpc_config_dir
         else:
@@ -404,20 +483,30 @@ class FrpcSupervisor:
         elif "start proxy success" in line:
             self.state = CONNECTED
             self.connected_since = time.time()
-            self.last_error = ""
+            self.last_error = self.remedy = ""
         elif "connect to server error" in line:
             self.connect_errors += 1
             self.state, self.connected_since = RETRYING, None
-            self.last_error = _after(line, "error:") or line
+            self._failed(_after(line, "error:") or line)
         elif "login to the server failed" in line:  # only with loginFailExit = true: it exits
             self.connect_errors += 1
-            self.last_error = _after(line, "failed:").split(". With loginFailExit")[0] or line
+            self._failed(_after(line, "failed:").split(". With loginFailExit")[0] or line)
         elif "start error" in line:
+            # frps refused the proxy (e.g. `port not allowed`): frpc stays logged in and does
+            # not register it again until its next login.
             self.state, self.connected_since = RETRYING, None
-            self.last_error = line[line.index("start error") :]
+            self._failed(line[line.index("start error") :])
         elif "dial to uds" in line:
             # The app's socket refused frpc's dial: with 0.61.x the caller now hangs.
             self.socket_errors += 1
+
+    def _failed(self, error: str) -> None:
+        """Record the tunnel's error and, once per distinct remedy, log what to do about it."""
+        self.last_error = error
+        self.remedy = diagnose(error, self.config)
+        if self.remedy and self.remedy not in self._advised:
+            self._advised.add(self.remedy)
+            log.warning("HaRP tunnel: %s. %s", error, self.remedy)
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until `predicate()` holds (re-checked at every line, start and exit)."""
@@ -510,6 +599,7 @@ class FrpcSupervisor:
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
             "last_error": self.last_error,
+            "remedy": self.remedy,
             "connected_since": self.connected_since,
             "started_at": self.started_at,
             "next_restart_in": self.next_restart_in,

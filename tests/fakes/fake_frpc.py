@@ -5,8 +5,10 @@
 
 It parses FILE strictly (contract 5.4's keys plus `log.disablePrintColor`; unknown keys are
 errors), prints frpc's lines (ANSI colours unless disabled), logs in to `serverAddr:serverPort`
-(a FakeFrps from tests/fakes/frp.py: one JSON line each way; or no server at all with
-FAKE_FRPC_SERVER=none), retries by itself like `loginFailExit = false`, then listens on
+(a FakeFrps from tests/fakes/frp.py: one JSON line each way, saying whether it speaks TLS; or
+no server at all with FAKE_FRPC_SERVER=none), retries by itself like `loginFailExit = false`
+(a connection closed before the answer is `connect to server error: EOF`, as with a plain client
+against HaRP's TLS-forced frps; a proxy frps refuses is `[<name>] start error: <why>`), listens on
 127.0.0.1:remotePort like frps does for HaRP and relays each connection to `unixPath`, dialling
 the socket once per connection. A refused dial leaves the caller hanging, like 0.61.x. TERM and
 INT are not handled: the process dies by the signal, printing nothing, cutting every relay.
@@ -314,7 +316,7 @@ class Frpc:
             verdict = json.loads(answer)
             if not verdict.get("ok"):
                 return str(verdict.get("error", "login refused"))
-            await self.logged_in_now()
+            await self.logged_in_now(proxy_error=verdict.get("proxy_error"))
             await reader.read()  # until frps goes away
             return "session shutdown"
         except (OSError, ValueError) as exc:
@@ -325,7 +327,7 @@ class Frpc:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def logged_in_now(self) -> None:
+    async def logged_in_now(self, proxy_error: str | None = None) -> None:
         self.logged_in = True
         self.ever_in = True
         self.line(
@@ -333,6 +335,12 @@ class Frpc:
         )
         record("login", token=self.doc["metadatas"]["token"], run_id=self.run_id)
         self.line("I", "proxy/proxy_manager.go:173", f"proxy added: [{self.name}]")
+        if proxy_error:
+            # frps refused the proxy (e.g. remotePort outside allowPorts): frpc stays logged
+            # in, says why once, and does not retry the proxy on this session.
+            self.line("W", "client/control.go:172", f"[{self.name}] start error: {proxy_error}")
+            record("proxy_refused", error=proxy_error)
+            return
         try:
             self.server = await asyncio.start_server(
                 self.relay, "127.0.0.1", self.proxy["remotePort"], reuse_address=True

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shlex
 import socket
 import stat
@@ -16,6 +17,9 @@ from typing import Any
 import attrs
 
 FAKE_FRPC = Path(__file__).with_name("fake_frpc.py")
+# HaRP's frps.toml: `allowPorts` 23000-23999 (ExApps) and 24000-24099 (Docker engines).
+HARP_ALLOW_PORTS: tuple[tuple[int, int], ...] = ((23000, 23999), (24000, 24099))
+EXAPP_PORTS = HARP_ALLOW_PORTS[0]
 
 
 def make_frpc(directory: Path, name: str = "frpc") -> Path:
@@ -32,6 +36,30 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def exapp_port() -> int:
+    """A free loopback port in the ExApp range HaRP's frps allows (AppAPI picks APP_PORT there);
+    random, so parallel runs rarely meet."""
+    low, high = EXAPP_PORTS
+    for port in random.sample(range(low, high + 1), 64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
+
+
+def make_certs(directory: Path) -> Path:
+    """What AppAPI copies into /certs/frp at install (contract 5.3): ca.crt, client.crt,
+    client.key. PEM-shaped placeholders: the stand-ins check presence, not cryptography."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("ca.crt", "client.crt", "client.key"):
+        label = "PRIVATE KEY" if name.endswith(".key") else "CERTIFICATE"
+        (directory / name).write_text(f"-----BEGIN {label}-----\nMIIB\n-----END {label}-----\n")
+    return directory
 
 
 def read_record(path: Path) -> list[dict[str, Any]]:
@@ -82,11 +110,19 @@ async def wait_gone(pid: int, timeout: float = 5.0) -> bool:
 
 @attrs.define
 class FakeFrps:
-    """A stand-in for HaRP's frps + login plugin: accepts a login line from the stand-in frpc,
-    checks the token byte for byte, and holds the session until dropped."""
+    """A stand-in for HaRP's frps + login plugin, with HaRP's frps.toml rules: a client that
+    does not speak TLS is disconnected before any answer (`transport.tls.force = true`; frpc
+    logs `connect to server error: EOF`), the token is checked byte for byte, and a proxy
+    outside `allowPorts` is refused after the login (frpc logs `[<name>] start error: port not
+    allowed`). `tls_required=False` is HaRP with HP_FRP_DISABLE_TLS=true; `allow_ports=None`
+    allows any port. The session is held until dropped."""
 
     token: str | None = None
+    tls_required: bool = True
+    allow_ports: tuple[tuple[int, int], ...] | None = HARP_ALLOW_PORTS
     logins: list[dict[str, Any]] = attrs.field(factory=list)
+    # Connections closed before the login plugin saw them (a plain client while TLS is forced).
+    refused: list[dict[str, Any]] = attrs.field(factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
     _sessions: set[asyncio.StreamWriter] = attrs.field(factory=set)
@@ -97,14 +133,28 @@ class FakeFrps:
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
+    def port_allowed(self, port: object) -> bool:
+        if self.allow_ports is None:
+            return True
+        return isinstance(port, int) and any(lo <= port <= hi for lo, hi in self.allow_ports)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             hello = json.loads(await reader.readline())
         except ValueError:
             writer.close()
             return
+        if self.tls_required and not hello.get("tls"):
+            # tls.force: frps closes a plain connection without a word; frpc reads EOF.
+            writer.close()
+            async with self._login:
+                self.refused.append(hello)
+                self._login.notify_all()
+            return
         ok = self.token is None or hello.get("token") == self.token
-        answer = {"ok": ok} if ok else {"ok": False, "error": "invalid token"}
+        answer: dict[str, Any] = {"ok": ok} if ok else {"ok": False, "error": "invalid token"}
+        if ok and not self.port_allowed(hello.get("remotePort")):
+            answer["proxy_error"] = "port not allowed"
         writer.write(json.dumps(answer).encode() + b"\n")
         async with self._login:
             self.logins.append(hello)
@@ -120,6 +170,12 @@ class FakeFrps:
         finally:
             self._sessions.discard(writer)
             writer.close()
+
+    async def wait_refused(self, count: int, timeout: float = 10.0) -> None:
+        async with self._login:
+            await asyncio.wait_for(
+                self._login.wait_for(lambda: len(self.refused) >= count), timeout
+            )
 
     async def wait_logins(self, count: int, timeout: float = 10.0) -> None:
         async with self._login:

@@ -84,7 +84,7 @@ LEGACY_CHECKS = [
 ]
 # No connector runs in these tests unless one is started: its check is skipped.
 NOT_RUNNING = {"connector": SKIP}
-HARP_CHECKS = ["harp_socket", "frpc", "frps", "frp_certs"]
+HARP_CHECKS = ["harp_socket", "harp_port", "frpc", "frps", "frp_certs"]
 
 
 # ------------------------------------------------------------------ everything passes
@@ -631,6 +631,30 @@ async def test_no_cert_directory_warns_about_plain_frp(harp_env: Env, tmp_short:
     check = (await checks_of(harp_env))["frp_certs"]
     assert check.status == WARN
     assert "HP_FRP_DISABLE_TLS" in check.remedy
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        ("23000", PASS),
+        ("23999", PASS),
+        ("24050", WARN),  # HaRP keeps 24000-24099 for Docker engines
+        ("22999", FAIL),
+        ("24100", FAIL),
+        ("8080", FAIL),  # the legacy default: frps answers "port not allowed"
+    ],
+)
+async def test_app_port_must_be_one_harps_frps_allows(
+    harp_env: Env, port: str, expected: str
+) -> None:
+    harp_env["APP_PORT"] = port
+    check = (await checks_of(harp_env))["harp_port"]
+    assert check.status == expected, check
+    assert check.details["port"] == int(port)
+    if expected == FAIL:
+        assert "23000-23999" in check.summary
+        assert "port not allowed" in check.summary
+        assert "occ app_api:app:unregister bee_flow" in check.remedy
 
 
 async def test_harp_checks_only_run_in_harp_mode(env: Env) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from beeflow.config import Config
-from tests.fakes.frp import FakeFrps, free_port, make_frpc
+from tests.fakes.frp import FakeFrps, exapp_port, make_certs, make_frpc
 from tests.helpers import SECRET, base_env
 
 # A shared key with both quote characters and a backslash: the TOML writer must escape them.
@@ -65,17 +65,18 @@ async def frps() -> AsyncIterator[FakeFrps]:
 def harp_env(
     sockdir: Path, frpc_bin: Path, frps_port: int, storage: Path, **overrides: str
 ) -> dict[str, str]:
-    """A complete HaRP-mode environment with tiny timings."""
+    """A complete HaRP-mode environment with tiny timings, as AppAPI deploys it with HaRP's
+    defaults: APP_PORT in 23000-23999 and the frp certificates in place (frps forces TLS)."""
     env = base_env(
         UNREACHABLE_NC,
         storage,
-        APP_PORT=str(free_port()),
+        APP_PORT=str(exapp_port()),
         HP_SHARED_KEY=SHARED_KEY,
         HP_FRP_ADDRESS="127.0.0.1",
         HP_FRP_PORT=str(frps_port),
         HP_EXAPP_SOCK=str(sockdir / "exapp.sock"),
         BEEFLOW_FRPC_BIN=str(frpc_bin),
-        BEEFLOW_FRP_CERT_DIR=str(sockdir / "no-certs"),
+        BEEFLOW_FRP_CERT_DIR=str(make_certs(sockdir / "certs")),
         BEEFLOW_FRPC_BACKOFF_INITIAL_SECONDS="0.05",
         BEEFLOW_FRPC_BACKOFF_CAP_SECONDS="0.2",
         BEEFLOW_FRPC_STOP_GRACE_SECONDS="0.5",

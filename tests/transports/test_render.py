@@ -65,7 +65,9 @@ def written(config: Config, directory: Path, unix_path: Path) -> dict[str, Any]:
 def test_render_without_certs_matches_contract_key_by_key(
     sockdir: Path, frpc_bin: Path, storage: Path
 ) -> None:
-    config = Config.from_env(harp_env(sockdir, frpc_bin, 8782, storage))
+    config = Config.from_env(
+        harp_env(sockdir, frpc_bin, 8782, storage, BEEFLOW_FRP_CERT_DIR=str(sockdir / "none"))
+    )
     unix_path = sockdir / "bound.sock"
     doc = written(config, sockdir / "cfg", unix_path)
     expected = golden(str(unix_path), config.app_port, 8782, {"enable": False})
@@ -79,7 +81,7 @@ def test_render_with_certs_enables_mutual_tls_for_harp_nc(
     sockdir: Path, frpc_bin: Path, storage: Path
 ) -> None:
     certs = sockdir / "certs"
-    certs.mkdir()
+    certs.mkdir(exist_ok=True)
     config = Config.from_env(
         harp_env(sockdir, frpc_bin, 8782, storage, BEEFLOW_FRP_CERT_DIR=str(certs))
     )
