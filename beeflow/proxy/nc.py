@@ -66,7 +66,10 @@ from beeflow.signing import (
 
 log = logging.getLogger(__name__)
 
-# The manifest's verbs for ^nc/ (seeds); HEAD is served too (HaRP and direct callers).
+# The manifest's verbs for ^nc/ (seeds), then the other WebDAV/HTTP verbs Nextcloud serves:
+# PROPPATCH (properties, tags), SEARCH, LOCK/UNLOCK, OPTIONS, HEAD, CalDAV's MKCALENDAR.
+# Reference 4.5 accepts any override value; an allow-list keeps TRACE, CONNECT and made-up
+# verbs out. The same list serves the wire (HaRP, direct) and the tunnel (AppAPI's PHP proxy).
 VERBS: Final = (
     "GET",
     "POST",
@@ -78,8 +81,18 @@ VERBS: Final = (
     "MKCOL",
     "MOVE",
     "COPY",
+    "PROPPATCH",
+    "SEARCH",
+    "LOCK",
+    "UNLOCK",
+    "OPTIONS",
+    "HEAD",
+    "MKCALENDAR",
 )
-WIRE_METHODS: Final = (*VERBS, "HEAD")
+WIRE_METHODS: Final = VERBS
+# A tunnelled HEAD answers a POST: its body must be empty and framed as such (Content-Length:
+# 0), so Nextcloud's Content-Length travels in this header instead.
+HEAD_LENGTH_HEADER: Final = "X-Beeflow-Content-Length"
 OVERRIDE_HEADER: Final = "X-HTTP-Method-Override"
 ROUTE_PATH: Final = NC_PREFIX + "/{tail:.*}"
 FAILURE_LIMIT: Final = 60
@@ -285,6 +298,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             upstream = await app[_CLIENT].send(method, url, headers, body)
         except BeeflowError as exc:
             raise _as_nextcloud_error(exc) from None
+        if method == "HEAD" and request.method != "HEAD":
+            return _relay_tunnelled_head(upstream)
         return await streaming.relay(
             request,
             upstream,
@@ -541,6 +556,28 @@ class _Replay:
             raise StopAsyncIteration
         self._offset += len(chunk)
         return chunk
+
+
+def _relay_tunnelled_head(upstream: aiohttp.ClientResponse) -> web.Response:
+    """Nextcloud's answer to a HEAD that came as POST + override: status and headers, no body.
+    streaming.relay() keys HEAD handling on the wire verb, and would frame this POST's answer
+    with Nextcloud's Content-Length but send no bytes; so it is answered here (if relay() ever
+    takes the effective verb, this becomes a `head=True` argument there)."""
+    try:
+        headers = streaming.filter_headers(
+            upstream.headers,
+            streaming.HOP_BY_HOP,
+            streaming.RESPONSE_FRAMING,
+            streaming.APPAPI,
+            drop_empty=False,
+        )
+        _edit_response_headers(upstream, headers)
+        length = upstream.headers.get("Content-Length")
+        if length is not None:
+            headers[HEAD_LENGTH_HEADER] = length
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+    finally:
+        upstream.release()
 
 
 def _edit_response_headers(_upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:

@@ -888,10 +888,10 @@ CASES: Final[list[Case]] = [
     Case(
         "method-nc-unknown",
         G_METHOD,
-        "`LOCK` on /nc (a WebDAV verb outside the list)",
+        "`BIND` on /nc (a WebDAV verb outside the list)",
         405,
         "method_not_allowed",
-        raw("LOCK", f"{ALICE}/"),
+        raw("BIND", f"{ALICE}/"),
         check=allow_header,
     ),
     Case(
