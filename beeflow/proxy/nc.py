@@ -93,6 +93,8 @@ WIRE_METHODS: Final = VERBS
 # A tunnelled HEAD answers a POST: its body must be empty and framed as such (Content-Length:
 # 0), so Nextcloud's Content-Length travels in this header instead.
 HEAD_LENGTH_HEADER: Final = "X-Beeflow-Content-Length"
+# Chunked upload v2 (Nextcloud >= 26): Destination on every request under this prefix.
+UPLOADS_PREFIX: Final = "/remote.php/dav/uploads/"
 OVERRIDE_HEADER: Final = "X-HTTP-Method-Override"
 ROUTE_PATH: Final = NC_PREFIX + "/{tail:.*}"
 FAILURE_LIMIT: Final = 60
@@ -287,7 +289,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         _check_path_form(request, target, matched)
         user = _impersonated_user(uid)
         headers = upstream_headers(request, config, user, target.upstream)
-        if method in ("MOVE", "COPY") and "Destination" in request.headers:
+        if "Destination" in request.headers and _reads_destination(method, target):
             headers["Destination"] = rewrite_destination(
                 request.headers["Destination"], config, request.host
             )
@@ -593,7 +595,7 @@ def _as_nextcloud_error(exc: BeeflowError) -> BeeflowError:
     return exc
 
 
-# ------------------------------------------------------------------ Destination (MOVE/COPY)
+# ------------------------------------------------------------------ Destination (MOVE/COPY, uploads)
 
 
 def _origin_key(url: URL) -> tuple[str, int | None]:
@@ -619,6 +621,14 @@ def _nextcloud_relative(path: str, app_id: str) -> str:
     if path.startswith(NC_PREFIX + "/"):
         return path[len(NC_PREFIX) :]
     return path
+
+
+def _reads_destination(method: str, target: NcTarget) -> bool:
+    """Where Nextcloud reads Destination: MOVE/COPY (Sabre), and every request of chunked
+    upload v2 (MKCOL, chunk PUTs, the final MOVE under /remote.php/dav/uploads/: its
+    ChunkingV2Plugin checks the target up front). Elsewhere the header means nothing and is
+    dropped, so an irrelevant value cannot fail a GET."""
+    return method in ("MOVE", "COPY") or target.upstream.startswith(UPLOADS_PREFIX)
 
 
 def rewrite_destination(value: str, config: Config, request_host: str | None = None) -> str:

@@ -159,3 +159,43 @@ def test_rewrite_refuses_a_path_outside_the_base() -> None:
     with pytest.raises(BadRequest) as info:
         rewrite_destination("https://cloud.example.com/other/remote.php/dav/files/a/x", config)
     assert info.value.instance_code == "destination_not_proxied"
+
+
+async def test_destination_travels_with_chunked_upload_v2(
+    session_caller: NcCaller, dav: FakeDav, fake_nc: FakeNextcloud
+) -> None:
+    """Nextcloud's chunked upload v2 needs Destination on MKCOL, every chunk PUT and the final
+    MOVE under /remote.php/dav/uploads/: rewritten onto NEXTCLOUD_URL like MOVE/COPY's."""
+    final = "/remote.php/dav/files/alice/big.bin"
+    upload = "/nc/remote.php/dav/uploads/alice/web-file-upload-1"
+    expected = str(fake_nc.url) + final
+    headers = {"Destination": PUBLIC + final, "OC-Total-Length": "10"}
+    steps = [
+        ("MKCOL", upload, b""),
+        ("PUT", f"{upload}/00001", b"x" * 5),
+        ("PUT", f"{upload}/00002", b"y" * 5),
+        ("MOVE", f"{upload}/.file", b""),
+    ]
+    for verb, target, body in steps:
+        resp = await session_caller.request(
+            verb, target, body=body, tunnel=verb != "PUT", headers=headers
+        )
+        async with resp:
+            assert resp.status < 500, verb  # the fake has no uploads/ tree: Sabre's 404
+        seen = dav.last(verb)
+        assert seen.raw_path == target[len("/nc") :]
+        assert seen.headers["Destination"] == expected, verb
+        assert seen.headers["OC-Total-Length"] == "10"
+
+
+async def test_upload_destination_is_checked_like_move(
+    session_caller: NcCaller, dav: FakeDav
+) -> None:
+    resp = await session_caller.request(
+        "PUT",
+        "/nc/remote.php/dav/uploads/alice/u1/00001",
+        body=b"x",
+        headers={"Destination": "https://evil.example.com/remote.php/dav/files/alice/x"},
+    )
+    assert await outcome(resp) == (400, "destination_foreign_host")
+    assert dav.seen == []
