@@ -89,7 +89,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     BEEFLOW_SPA_DIR=/app/spa \
     BEEFLOW_FRPC_BIN=/usr/local/bin/frpc \
     BEEFLOW_FRPC_PIN_FILE=/app/frpc/pin.toml \
-    BEEFLOW_SHUTDOWN_GRACE_SECONDS=8
+    BEEFLOW_SHUTDOWN_GRACE_SECONDS=5 \
+    BEEFLOW_FRPC_STOP_GRACE_SECONDS=1
 COPY --from=build /opt/venv /opt/venv
 COPY --from=frpc /out/frpc /usr/local/bin/frpc
 COPY --from=spa /spa/ /app/spa/
@@ -110,5 +111,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "/app/docker/healthcheck.py"]
 # No shell and no supervisor loop: the server supervises frpc itself and gets SIGTERM directly.
-# BEEFLOW_SHUTDOWN_GRACE_SECONDS=8 above keeps the drain inside `docker stop`'s default 10 s.
+# `docker stop` kills after 10 s. SIGTERM to exit takes at most the 5 s drain + 1.1 s flush +
+# 1.2 s frpc stop (1 s grace, frpc dies on TERM in ms) + 1 s runner close = 8.3 s
+# (docs/transports.md "Shutdown budget"; tests/ops/test_image.py checks the sum).
 ENTRYPOINT ["python", "-m", "beeflow", "serve"]

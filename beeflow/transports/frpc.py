@@ -59,6 +59,11 @@ _LEVELS: Final = {
     "E": logging.ERROR,
 }
 _VERSION: Final = re.compile(r"\b(\d+\.\d+\.\d+)\b")
+# After frpc exited, how long its output reader may still run (a grandchild holding the pipe
+# must not keep us): while running, long enough to read frpc's last lines; while stopping,
+# short, because it counts against the shutdown budget (docs/transports.md).
+READER_DRAIN_SECONDS: Final = 1.0
+READER_DRAIN_STOPPING_SECONDS: Final = 0.2
 _MAX_LINE: Final = 2000
 
 
@@ -185,6 +190,11 @@ def diagnose(last_error: str, config: Config) -> str:
             "run, on the same Docker network, at the daemon's --harp_frp_address."
         )
     return ""
+
+
+def stop_budget(config: Config) -> float:
+    """The longest FrpcSupervisor.stop() takes: TERM, the grace, KILL, the output reader."""
+    return config.frpc_stop_grace_seconds + READER_DRAIN_STOPPING_SECONDS
 
 
 def read_pin(path: Path) -> str | None:
@@ -433,7 +443,8 @@ class FrpcSupervisor:
         reader = spawn(self._pump(proc.stdout), name="frpc-output")
         code = await proc.wait()
         # The pipe closes with the process; a grandchild holding it must not keep us here.
-        done, _ = await asyncio.wait([reader], timeout=1.0)
+        drain = READER_DRAIN_STOPPING_SECONDS if self._stop_requested() else READER_DRAIN_SECONDS
+        done, _ = await asyncio.wait([reader], timeout=drain)
         if not done:
             reader.cancel()
             await asyncio.wait([reader])
@@ -543,7 +554,8 @@ class FrpcSupervisor:
             await proc.wait()
 
     async def stop(self) -> None:
-        """Stop frpc for good and remove the rendered config (it holds the shared key)."""
+        """Stop frpc for good and remove the rendered config (it holds the shared key).
+        Takes at most stop_budget(config) (the reap after a KILL is immediate)."""
         self._stopping = True
         self._wake.set()
         proc = self._proc

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from beeflow.config import Config
+from beeflow.transports import frpc
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.frpc import FrpcSupervisor
 
@@ -22,6 +23,26 @@ SOCKET_MODE = 0o600
 FLUSH_TIMEOUT_SECONDS = 1.0
 FLUSH_POLL_SECONDS = 0.01
 RELAY_SETTLE_SECONDS = 0.1
+# `serve` closes the runner with shutdown_timeout = min(1 s, grace): connections still open
+# after the drain get at most this long (beeflow/cli.py).
+RUNNER_CLOSE_SECONDS = 1.0
+
+
+def stop_budget(config: Config) -> float:
+    """The longest HaRP shutdown takes AFTER the drain: flush our buffers and let frpc relay
+    them, stop frpc (TERM, grace, KILL, output), close the runner."""
+    return (
+        FLUSH_TIMEOUT_SECONDS
+        + RELAY_SETTLE_SECONDS
+        + frpc.stop_budget(config)
+        + RUNNER_CLOSE_SECONDS
+    )
+
+
+def shutdown_budget(config: Config) -> float:
+    """SIGTERM to exit, at most: the drain (BEEFLOW_SHUTDOWN_GRACE_SECONDS) plus stop_budget().
+    The image keeps it under `docker stop`'s 10 s with a margin (tests/ops/test_image.py)."""
+    return config.shutdown_grace_seconds + stop_budget(config)
 
 
 def _unflushed(conn: RequestHandler) -> bool:

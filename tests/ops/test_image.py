@@ -22,6 +22,7 @@ from aiohttp import web
 from packaging.requirements import Requirement
 
 from beeflow.config import Config
+from beeflow.transports import harp
 from tests.ops.dockerfile import (
     DOCKERFILE,
     ROOT,
@@ -127,6 +128,34 @@ def _copies(name: str) -> dict[str, str]:
         for src in sources:
             out[f"{origin}:{src}" if origin else src] = dest
     return out
+
+
+DOCKER_STOP_TIMEOUT = 10.0  # `docker stop` (and AppAPI/HaRP's stop call) then sends KILL
+# Interpreter exit, signal delivery, a loaded host: what the budget does not count.
+STOP_MARGIN = 1.5
+
+
+def test_shutdown_fits_docker_stops_timeout_with_a_margin() -> None:
+    """The image's settings, through the same sum the transport documents: SIGTERM to exit,
+    worst case (a request stuck for the whole drain, frpc ignoring TERM), stays well inside
+    the 10 s after which Docker kills the container mid-cleanup (socket and frpc.toml left)."""
+    env = env_of(INSTRUCTIONS, "runtime")
+    config = Config.from_env(
+        {
+            "APP_SECRET": "s" * 32,
+            "NEXTCLOUD_URL": "http://nc",
+            "HP_SHARED_KEY": "k" * 16,
+            "HP_FRP_ADDRESS": "appapi-harp",
+            **{k: v for k, v in env.items() if k.startswith("BEEFLOW_")},
+        }
+    )
+    assert config.shutdown_grace_seconds == float(env["BEEFLOW_SHUTDOWN_GRACE_SECONDS"])
+    assert config.frpc_stop_grace_seconds == float(env["BEEFLOW_FRPC_STOP_GRACE_SECONDS"])
+    budget = harp.shutdown_budget(config)
+    assert budget <= DOCKER_STOP_TIMEOUT - STOP_MARGIN, f"{budget:.1f} s"
+    assert config.shutdown_grace_seconds >= 3  # still a real drain for in-flight requests
+    # And the budget is the comment's arithmetic, so the Dockerfile does not drift from it.
+    assert f"= {budget:.1f} s" in DOCKERFILE.read_text()
 
 
 def test_env_paths_point_at_what_the_image_copies() -> None:

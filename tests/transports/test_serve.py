@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from beeflow.config import Config
 from beeflow.tasks import spawn
+from beeflow.transports import harp
 from tests.fakes.frp import FakeFrps, events, free_port, pid_alive, wait_gone
 from tests.helpers import appapi_headers, base_env
 from tests.transports.conftest import SHARED_KEY, UNREACHABLE_NC, harp_env
@@ -257,6 +259,36 @@ async def test_grace_period_bounds_a_stuck_request(
     await proc.wait_line("still running after 0.5 s")
     with pytest.raises(aiohttp.ClientError):
         await stuck  # cut, not left hanging for 30 s
+    assert not exists(env["HP_EXAPP_SOCK"])
+
+
+async def test_worst_case_shutdown_stays_within_its_budget(
+    serve_proc: Starter, env_harp: dict[str, str], record: Path
+) -> None:
+    """A request stuck past the drain AND an frpc that ignores TERM: SIGTERM to exit stays
+    within harp.shutdown_budget() (the sum the image keeps under `docker stop`'s 10 s), and
+    everything is still cleaned up."""
+    env = {
+        **env_harp,
+        "BEEFLOW_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "BEEFLOW_FRPC_STOP_GRACE_SECONDS": "0.5",
+        "FAKE_FRPC_IGNORE_TERM": "1",
+    }
+    budget = harp.shutdown_budget(Config.from_env(env))
+    proc = await serve_proc(env, slow_routes=True)
+    await proc.wait_line("start proxy success")
+    frpc_pid = events(record, "start")[0]["pid"]
+    stuck = spawn(get(tunnel(env, "/test/slow?seconds=30&tag=stuck"), timeout=10), name="t-stuck")
+    await proc.wait_line("slow request stuck started")
+    began = time.monotonic()
+    proc.send(signal.SIGTERM)
+    assert await proc.wait_exit() == 0
+    took = time.monotonic() - began
+    assert took <= budget + 0.5, f"{took:.2f} s > budget {budget:.2f} s"  # + interpreter exit
+    await proc.wait_line("ignored TERM")  # the KILL path really ran
+    with pytest.raises(aiohttp.ClientError):
+        await stuck
+    assert await wait_gone(frpc_pid)
     assert not exists(env["HP_EXAPP_SOCK"])
 
 
