@@ -595,7 +595,7 @@ def _as_nextcloud_error(exc: BeeflowError) -> BeeflowError:
     return exc
 
 
-# ------------------------------------------------------------------ Destination (MOVE/COPY, uploads)
+# ------------------------------------------------------------ Destination (MOVE/COPY, uploads)
 
 
 def _origin_key(url: URL) -> tuple[str, int | None]:
