@@ -93,6 +93,16 @@ WIRE_METHODS: Final = VERBS
 # A tunnelled HEAD answers a POST: its body must be empty and framed as such (Content-Length:
 # 0), so Nextcloud's Content-Length travels in this header instead.
 HEAD_LENGTH_HEADER: Final = "X-Beeflow-Content-Length"
+# MOVE and COPY answer only when Nextcloud is done: assembling the chunks of a multi-GB upload
+# or copying a big folder can take many minutes, and a 504 would not stop it (the service would
+# see a failure for work that completes). BEEFLOW_NC_HEADERS_TIMEOUT_SECONDS still bounds every
+# other verb; this (or that setting, if larger) bounds these two.
+SLOW_VERBS: Final = frozenset({"MOVE", "COPY"})
+SLOW_VERB_HEADERS_TIMEOUT: Final = 3600.0
+# Pooled connections to Nextcloud are retired after this idle time: under Apache's default
+# KeepAliveTimeout (5 s), so a reused connection is never one Apache is closing at that moment
+# (a non-GET cannot be retried, and would fail with 502). nginx's default is 75 s.
+KEEPALIVE_SECONDS: Final = 4.0
 # Chunked upload v2 (Nextcloud >= 26): Destination on every request under this prefix.
 UPLOADS_PREFIX: Final = "/remote.php/dav/uploads/"
 OVERRIDE_HEADER: Final = "X-HTTP-Method-Override"
@@ -165,6 +175,7 @@ class _NcState:
 STATE: web.AppKey[_NcState] = web.AppKey("nc_proxy_state")
 SPOOLS: web.AppKey[SpoolDir] = web.AppKey("nc_proxy_spools")
 _CLIENT: web.AppKey[streaming.UpstreamClient] = web.AppKey("nc_proxy_client")
+_SLOW_CLIENT: web.AppKey[streaming.UpstreamClient] = web.AppKey("nc_proxy_slow_client")
 
 
 # ------------------------------------------------------------------ setup
@@ -182,7 +193,8 @@ def setup(app: web.Application) -> None:
 
 
 async def _context(app: web.Application) -> AsyncIterator[None]:
-    """The spool directory and the one ClientSession to Nextcloud for /nc, for the app's life."""
+    """The spool directory and the ClientSessions to Nextcloud for /nc, for the app's life:
+    one for every verb, one with the long response-headers deadline of MOVE and COPY."""
     config = app[keys.CONFIG]
     spools = SpoolDir.create(config.spool_dir)
     app[SPOOLS] = spools
@@ -192,11 +204,18 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         headers_timeout=config.nc_headers_timeout,
         # Each streamed WebDAV download holds a connection for its whole length.
         pool_size=0,
-        keepalive_timeout=15.0,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+    )
+    slow = attrs.evolve(
+        settings, headers_timeout=max(config.nc_headers_timeout, SLOW_VERB_HEADERS_TIMEOUT)
     )
     try:
-        async with streaming.upstream_client(settings) as client:
+        async with (
+            streaming.upstream_client(settings) as client,
+            streaming.upstream_client(slow) as slow_client,
+        ):
             app[_CLIENT] = client
+            app[_SLOW_CLIENT] = slow_client
             yield
     finally:
         spools.close()
@@ -297,7 +316,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         body = _outbound(spool)
         url = URL(str(config.nextcloud_url) + target.upstream, encoded=True)
         try:
-            upstream = await app[_CLIENT].send(method, url, headers, body)
+            client = app[_SLOW_CLIENT] if method in SLOW_VERBS else app[_CLIENT]
+            upstream = await client.send(method, url, headers, body)
         except BeeflowError as exc:
             raise _as_nextcloud_error(exc) from None
         if method == "HEAD" and request.method != "HEAD":
