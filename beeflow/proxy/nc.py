@@ -126,6 +126,13 @@ _DROP_REQUEST: Final = (
     frozenset({"x-http-method-override", "x-original-authorization", "destination"}),
 )
 _DROP_PREFIXES: Final = ("x-beeflow-", *streaming.APPAPI_PREFIXES)
+# OCS-APIRequest: true on these: OCS needs it (SecurityMiddleware::isValidOCSRequest), and an
+# app controller method without #[NoCSRFRequired] fails Nextcloud's CSRF check without a
+# request token, which Request::passesCSRFCheck also accepts as this header. Harmless here: the
+# call is authenticated by AppAPI headers, no cookie is forwarded (so no ambient session a CSRF
+# check could protect), and the header's only other effect is skipping the strict-cookie check.
+# Not on WebDAV: Sabre has no such check (and nc_py_api sends none there).
+_CSRF_EXEMPT_PREFIXES: Final = ("/ocs/", "/index.php/apps/")
 # Where the connector's own /nc/ callback URL lives in front of Nextcloud: the PHP proxy and HaRP.
 _CALLBACK_PREFIXES: Final = ("/index.php/apps/app_api/proxy/{app_id}/nc/", "/exapps/{app_id}/nc/")
 
@@ -530,11 +537,12 @@ def upstream_headers(
     request: web.Request, config: Config, user: str, upstream_path: str
 ) -> CIMultiDict[str]:
     """The caller's headers minus everything in _DROP_REQUEST, plus AppAPI impersonation
-    (contract 2.1) and OCS-APIRequest on /ocs/. Depth, If-Match, Range, Content-Type... pass."""
+    (contract 2.1) and OCS-APIRequest on /ocs/ and /index.php/apps/. Depth, If-Match, Range,
+    Content-Type... pass."""
     headers = streaming.filter_headers(request.headers, *_DROP_REQUEST, prefixes=_DROP_PREFIXES)
     for name, value in appapi_headers(config, user).items():
         headers[name] = value
-    if upstream_path.startswith("/ocs/"):
+    if upstream_path.startswith(_CSRF_EXEMPT_PREFIXES):
         headers["OCS-APIRequest"] = "true"
     return headers
 
