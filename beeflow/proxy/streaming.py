@@ -82,6 +82,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 from beeflow.errors import BadGateway, GatewayTimeout
+from beeflow.proxy.deadlines import Deadlines
 from beeflow.redact import loggable_path
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,7 @@ class UpstreamClient:
     def __init__(self, session: aiohttp.ClientSession, settings: PoolSettings) -> None:
         self.session = session
         self.settings = settings
+        self._deadlines = Deadlines()
 
     async def send(
         self,
@@ -372,7 +374,7 @@ class UpstreamClient:
         data = body.data
         try:
             if data is None or isinstance(data, bytes):
-                async with asyncio.timeout(self.settings.headers_timeout):
+                async with self._deadlines.within(self.settings.headers_timeout):
                     return await self.session.request(
                         method, url, headers=headers, data=data, allow_redirects=False
                     )
