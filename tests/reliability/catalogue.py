@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import json
 import sys
 import time
@@ -1276,6 +1277,40 @@ CASES: Final[list[Case]] = [
         401,
         "signature_expired",
         signed("GET", f"{ALICE}/", ts_offset=301),
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-php-literal-percent",
+        G_NC,
+        "signed `DELETE .../%41b.txt` arriving through AppAPI's PHP proxy (the service meant "
+        "the file literally named `%41b.txt`; Nextcloud would decode it to `Ab.txt`)",
+        400,
+        "path_ambiguous_via_php_proxy",
+        signed(
+            "DELETE",
+            f"{ALICE}/%41b.txt",
+            extra=[*app_headers(""), ("x-origin-ip", "203.0.113.7")],
+        ),
+        note="such names need HaRP or a direct callback URL",
+        check=dav_untouched,
+    ),
+    Case(
+        "size-nc-gzip-body",
+        G_SIZE,
+        "a /nc upload with `Content-Encoding: gzip` (1 KiB inflating to 1 MiB), forged signature",
+        415,
+        "content_encoding_unsupported",
+        lambda s: raw(
+            "PUT",
+            f"{ALICE}/bomb.bin",
+            [
+                ("X-Beeflow-Sig", f"{int(time.time())}.{'0' * 64}"),
+                ("X-Beeflow-NC-Uid", "alice"),
+                ("Content-Encoding", "gzip"),
+            ],
+            gzip.compress(b"\0" * (1 << 20)),
+        )(s),
+        note="refused before the body is read (also before `100 Continue`)",
         check=dav_untouched,
     ),
 ]
