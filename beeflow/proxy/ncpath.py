@@ -225,9 +225,18 @@ def portability_warnings(target: str) -> list[str]:
     out: list[str] = []
     upper = path.upper()
     if "%2F" in upper:
-        out.append("the path has %2F: the proxy decodes it to '/', and /nc rejects encoded slashes")
+        out.append(
+            "the path has %2F: the proxy decodes it to '/' (another path), and /nc refuses "
+            "encoded slashes sent any other way"
+        )
     elif "%40" in upper:
         out.append("the path has %40: the proxy passes '@'; sign the decoded form")
+    if "%25" in upper:
+        out.append(
+            "the path has %25 (a literal '%' in a name): the proxy decodes the path once more, "
+            "so /nc refuses such a call arriving through it (path_ambiguous_via_php_proxy); "
+            "use HaRP (/exapps/) or a direct callback URL"
+        )
     if js_decode_uri_component(target) is None:
         out.append("the target is not valid percent-encoded UTF-8: only the raw form can verify")
     hazards = php_query_hazards(query)

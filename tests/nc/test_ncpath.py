@@ -318,3 +318,6 @@ def test_portability_warnings() -> None:
     assert any("@" in w for w in portability_warnings("/nc/remote.php/dav/files/b/a%40b"))
     assert any("repeated_key" in w for w in portability_warnings("/nc/ocs/x?a=1&a=2"))
     assert any("not valid" in w for w in portability_warnings("/nc/ocs/x%C3"))
+    literal = portability_warnings("/nc/remote.php/dav/files/b/My%2520Report.pdf")
+    assert any("path_ambiguous_via_php_proxy" in w for w in literal)
+    assert not any("%25" in w for w in portability_warnings("/nc/ocs/x?q=100%25"))
