@@ -75,7 +75,7 @@ async def test_config_errors_in_a_real_process(run_cli: Starter) -> None:
         "APP_SECRET": "",
         "APP_PORT": "eighty",
         "NEXTCLOUD_URL": "nextcloud.local",
-        "HP_SHARED_KEY": "secret with spaces",
+        "HP_SHARED_KEY": 'secret "with" quotes',  # HaRP refuses `"`
         "BEEFLOW_TENANT_KEY": "tk-leak",
         "BEEFLOW_LOG_LEVEL": "loud",
     }
@@ -86,7 +86,7 @@ async def test_config_errors_in_a_real_process(run_cli: Starter) -> None:
     for name in env:
         assert f"  {name}: " in text
     assert "Traceback" not in text
-    assert "secret with spaces" not in text
+    assert "secret" not in text.replace("APP_SECRET", "")
     assert "tk-leak" not in text
     assert "'eighty'" in text  # non-secret values are shown to help
 

@@ -338,8 +338,8 @@ class Frpc:
         if proxy_error:
             # frps refused the proxy (e.g. remotePort outside allowPorts): frpc stays logged
             # in, says why once, and does not retry the proxy on this session.
+            record("proxy_refused", error=proxy_error)  # first: whoever reads the line may look
             self.line("W", "client/control.go:172", f"[{self.name}] start error: {proxy_error}")
-            record("proxy_refused", error=proxy_error)
             return
         try:
             self.server = await asyncio.start_server(

@@ -134,7 +134,7 @@ async def test_json_output(env: Env, capsys: pytest.CaptureFixture[str]) -> None
 async def test_bad_config_fails_and_names_the_variables(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env.update(APP_PORT="99999", NEXTCLOUD_URL="ftp://x", HP_SHARED_KEY="bad key with spaces")
+    env.update(APP_PORT="99999", NEXTCLOUD_URL="ftp://x", HP_SHARED_KEY='bad "quoted" key')
     code = await asyncio.to_thread(doctor.run, argparse.Namespace(json=True, timeout=5), env)
     body = json.loads(capsys.readouterr().out)
     assert code == 1

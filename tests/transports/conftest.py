@@ -13,8 +13,9 @@ from beeflow.config import Config
 from tests.fakes.frp import FakeFrps, exapp_port, make_certs, make_frpc
 from tests.helpers import SECRET, base_env
 
-# A shared key with both quote characters and a backslash: the TOML writer must escape them.
-SHARED_KEY = "k3y\"with'quotes\\and\\backslash"
+# A shared key full of what TOML and shells care about, within what HaRP's start.sh accepts
+# (printable ASCII without `"` and `\`: HaRP refuses those, so no real key holds them).
+SHARED_KEY = "k3y'with'quotes&$ymbols~#=[x]{y}"
 UNREACHABLE_NC = "http://127.0.0.1:9"
 
 
