@@ -471,7 +471,10 @@ class Bootstrapper:
     async def _discover_admins(self) -> list[Admin]:
         """Issue 11.3: AppAPI's user list (as the service), then each user's info impersonating
         that user, in parallel batches of 5. `cloud/groups/admin/users` with an empty user is
-        401 AND a counted failed login on NC 32, so it is only asked as a found admin."""
+        401 on NC 32 (nobody is logged in; the AppAPI login itself succeeds and nothing is
+        counted), so it is only asked as a found admin. A disabled account answers its own
+        lookup with 997, which the client reports as `user_refused` without spending the auth
+        budget: that user is skipped."""
         client = self._app[keys.NEXTCLOUD]
         try:
             listing = await client.ocs(
@@ -522,6 +525,10 @@ class Bootstrapper:
         except NextcloudError as exc:
             raise _admin_failure(exc) from None
         if not result.ok or not isinstance(result.data, dict):
+            return None
+        if result.data.get("enabled") is False:
+            # Read by another admin, a disabled admin still shows up: never the bootstrap's
+            # admin (NcUser does not carry `enabled`, so it is checked on the payload).
             return None
         return user_from_ocs(uid, result.data)
 

@@ -163,8 +163,8 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
     assert not (storage / "bootstrap-last-error.json").exists()
     assert key_temp_files(storage) == []
 
-    # Admin discovery never asked the admin group as the service (401 + a counted failure on
-    # NC 32) and no AppAPI login failed at all.
+    # Admin discovery never asked the admin group as the service (401 on NC 32: nobody is
+    # logged in) and no AppAPI login failed at all.
     assert [
         c for c in fake_nc.calls_to("/ocs/v2.php/cloud/groups/admin/users") if c.user == ""
     ] == []
@@ -175,6 +175,26 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
     # The key never reached a log line, and the redactor would mask it if it ever did.
     assert all(PROVISIONED_KEY not in r.getMessage() for r in caplog.records)
     assert REDACTOR.scrub(f"key={PROVISIONED_KEY}") == "key=***"
+
+
+async def test_disabled_admin_is_never_the_primary_admin(
+    auto_connector: AutoFactory, fake_nc: FakeNextcloud, control: ServiceControl
+) -> None:
+    """A disabled admin sorted first: its own lookup is refused (997, not a failed login) and
+    the other admin reads it with enabled=false: it is in neither the headers nor ncAdmins."""
+    fake_nc.add_user(
+        "aaron", email="aaron@example.com", display_name="Aaron", groups=["admin"], enabled=False
+    )
+    conn = await auto_connector()
+    await tenant.bootstrapper(conn.app).ensure()
+    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    call = control.bootstraps[0]
+    assert call.headers["X-Beeflow-NC-Admin-Uid"] == "admin"
+    assert call.headers["X-Beeflow-NC-Admin-Email"] == "admin@example.com"
+    assert [a["uid"] for a in call.json()["ncAdmins"]] == ["admin"]
+    # aaron was read by the found admin through the admin group, and skipped.
+    assert any(c.user == "admin" for c in fake_nc.calls_to("/ocs/v2.php/cloud/users/aaron"))
+    assert fake_nc.failure_count_total == 0
 
 
 @pytest.mark.parametrize("nc_options", [{"expose_instance_id": "oc75yxc5pqcm"}])
