@@ -329,7 +329,8 @@ async def test_signed_calls_through_nextclouds_php_proxy(
     # %40 arrives as '@': the decoded form that `sign` signs still verifies (Nextcloud's own
     # answer, not the connector's 401, comes back)
     target = "/nc/ocs/v2.php/cloud/users/team%40example.com?format=json"
-    code, headers, err = run(capsys, "GET", target, "--key-file", str(key_file))
+    # (as a user: Nextcloud answers user reads without one with 997, not logged in)
+    code, headers, err = run(capsys, "GET", target, "--uid", "admin", "--key-file", str(key_file))
     assert "%40" in err
     status, body = await _via_php(php_proxy, "GET", target, headers)
     assert php_proxy.forwarded[-1].target.startswith("/nc/ocs/v2.php/cloud/users/team@example.com")
