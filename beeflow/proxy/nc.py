@@ -92,10 +92,10 @@ VERBS: Final = (
     "HEAD",
     "MKCALENDAR",
 )
-# Verbs with a wire route (HaRP, direct): the manifest's plus HEAD, until appinfo/info.xml's
-# ^nc/ route lists the others too (tests/manifest checks every route against it). Then this
-# becomes `WIRE_METHODS: Final = VERBS`. Through the tunnel all of VERBS work already.
-WIRE_METHODS: Final = (*MANIFEST_VERBS, "HEAD")
+# Verbs with a wire route (HaRP, direct): all of them; appinfo/info.xml's ^nc/ route lists them
+# (tests/manifest checks every route against it). The PHP proxy has only GET/POST/PUT/DELETE
+# routes: there the others go through the method-override tunnel.
+WIRE_METHODS: Final = VERBS
 # A tunnelled HEAD answers a POST: its body must be empty and framed as such (Content-Length:
 # 0), so Nextcloud's Content-Length travels in this header instead.
 HEAD_LENGTH_HEADER: Final = "X-Beeflow-Content-Length"

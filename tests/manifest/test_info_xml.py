@@ -104,6 +104,7 @@ CATEGORIES: Final = frozenset(
 HTTP_VERBS: Final = frozenset(
     {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
     | {"PROPFIND", "PROPPATCH", "REPORT", "MKCOL", "MOVE", "COPY", "LOCK", "UNLOCK", "SEARCH"}
+    | {"MKCALENDAR"}
 )
 ENV_NAME_RE: Final = re.compile(r"[A-Z][A-Z0-9_]*")
 HEADER_NAME_RE: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")

@@ -33,7 +33,20 @@ Matcher = Callable[[list[Route], str, str, int], Route | None]
 
 ALL_VERBS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "PROPFIND", "MKCOL", "HEAD")
 CRUD: Final = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH"})
-NC_VERBS: Final = CRUD | {"PROPFIND", "REPORT", "MKCOL", "MOVE", "COPY"}
+NC_VERBS: Final = CRUD | {
+    "PROPFIND",
+    "REPORT",
+    "MKCOL",
+    "MOVE",
+    "COPY",
+    "PROPPATCH",
+    "SEARCH",
+    "LOCK",
+    "UNLOCK",
+    "OPTIONS",
+    "HEAD",
+    "MKCALENDAR",
+}
 GET: Final = frozenset({"GET"})
 GET_POST: Final = frozenset({"GET", "POST"})
 ANON, A_USER, AN_ADMIN = PUBLIC, USER, ADMIN  # the caller's level: anonymous, user, admin

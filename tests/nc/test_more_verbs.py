@@ -16,15 +16,9 @@ from tests.nc.caller import NcCaller
 
 DAV = "/nc/remote.php/dav/files/alice"
 NEW_VERBS = ["PROPPATCH", "SEARCH", "LOCK", "UNLOCK", "OPTIONS", "MKCALENDAR"]
-# Wire routes for these wait for appinfo/info.xml to list them (nc.WIRE_METHODS).
-NEEDS_MANIFEST = pytest.mark.xfail(
-    strict=True, reason="wire routes need the verbs in appinfo/info.xml first (nc.WIRE_METHODS)"
-)
 
 
-@pytest.mark.parametrize(
-    "tunnel", [True, pytest.param(False, marks=NEEDS_MANIFEST)], ids=["tunnel", "wire"]
-)
+@pytest.mark.parametrize("tunnel", [True, False], ids=["tunnel", "wire"])
 @pytest.mark.parametrize("verb", NEW_VERBS)
 async def test_reaches_nextcloud(caller: NcCaller, dav: FakeDav, verb: str, tunnel: bool) -> None:
     body = b'<?xml version="1.0"?><d:x xmlns:d="DAV:"/>' if verb != "OPTIONS" else b""
@@ -84,7 +78,6 @@ async def test_wire_head_keeps_the_real_length(caller: NcCaller, dav: FakeDav) -
         assert "X-Beeflow-Content-Length" not in resp.headers
 
 
-@NEEDS_MANIFEST
 async def test_unsigned_new_wire_verbs_are_401(
     session: aiohttp.ClientSession, nc_conn: RunningConnector, dav: FakeDav
 ) -> None:

@@ -193,7 +193,13 @@ async def test_unlisted_wire_verbs_get_405_json(
             "MKCOL",
             "MOVE",
             "COPY",
+            "PROPPATCH",
+            "SEARCH",
+            "LOCK",
+            "UNLOCK",
+            "OPTIONS",
             "HEAD",
+            "MKCALENDAR",
         }
     assert dav.seen == []
 
