@@ -108,6 +108,11 @@ REMEDIATION: Final = {
         "The e-mail verification expired or was ended by the service; the connector starts "
         "again and the service e-mails a new code."
     ),
+    "rotation_not_completed": (
+        "The new tenant key was not issued: the e-mail verification expired or was ended by the "
+        "service. The previous key stays in use; rotate again (or apply the pairing code again) "
+        "for a new code."
+    ),
     "appstore_signature_invalid": "Reinstall the app from the app store.",
     "nextcloud_auth_paused": (
         "Nextcloud refused the connector's AppAPI logins; calls are paused to avoid a brute-force "
@@ -181,6 +186,12 @@ class TenantState:
     @property
     def fingerprint(self) -> str | None:
         return fingerprint(self.key) if self.key else None
+
+    @property
+    def previous_key_in_use(self) -> bool:
+        """A re-bootstrap's 202 waits for someone (e-mail code, approval) while the key it
+        would replace keeps serving every request."""
+        return bool(self.key) and self.status in PENDING_STATES
 
 
 # ------------------------------------------------------------------ the file store
@@ -385,7 +396,9 @@ class Bootstrapper:
         self._task: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
         self._rebootstrap_lock = asyncio.Lock()
+        self._applied = 0  # keys applied so far (a re-bootstrap's success test)
         self.failures = 0
         self.runs = 0
         self.pairing_code: str | None = None
@@ -395,6 +408,9 @@ class Bootstrapper:
         self.retry_cap = 3600.0
         self.poll_interval = 30.0
         self.poll_jitter = 5.0
+        # A held key's pending verification ends at expiresAt + grace (checked this often).
+        self.pending_grace = PENDING_GRACE
+        self.expiry_check = 30.0
 
     @property
     def state(self) -> TenantState:
@@ -654,6 +670,7 @@ class Bootstrapper:
         self.failures = 0
         self.pairing_code = None
         self._pending_record = None
+        self._applied += 1
         log.info(
             "tenant key provisioned (fingerprint %s, organisation %s)",
             state.fingerprint,
@@ -684,6 +701,10 @@ class Bootstrapper:
         }
         record["kind"] = "poll" if poll_url and not verify_url else "verification"
         record["ncInstanceId"] = meta.instance_id
+        if self.state.key:
+            # A re-bootstrap holding the key in use: after a restart, load() restores both only
+            # when tenant-key.json still holds this key.
+            record["replacesKey"] = self.state.fingerprint
         await self._persist_pending(record)
         self._use_pending(record)
 
@@ -713,6 +734,34 @@ class Bootstrapper:
                 "bootstrap waits for e-mail verification (code sent to %s)",
                 record.get("maskedEmail", "the admin"),
             )
+            if state.key:
+                # Nothing else ends a held key's verification (ensure() never runs with a key).
+                if self._expiry_task is not None and not self._expiry_task.done():
+                    self._expiry_task.cancel()
+                self._expiry_task = spawn(self._expire(record), name="tenant-pending-expiry")
+        if state.key:
+            log.info(
+                "the tenant key in use (fingerprint %s) stays until the new one is issued",
+                state.fingerprint,
+            )
+
+    async def _expire(self, record: dict[str, Any]) -> None:
+        """A held key's verification that nobody finished: at expiresAt + grace (a resend moves
+        expiresAt) the pending state ends and the key in use simply stays."""
+        while self._pending_record is record:
+            expires = _parseiso_utc(record.get("expiresAt"))
+            if expires is None:
+                return
+            remaining = expires + self.pending_grace - time.time()
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, self.expiry_check))
+                continue
+            async with self._rebootstrap_lock:
+                if self._pending_record is record and self.state.key:
+                    await self._abandon_pending(
+                        "the e-mail verification expired", category="verification_expired"
+                    )
+            return
 
     async def _poll(self, record: dict[str, Any]) -> None:
         """Legacy approval: poll until approved, denied/expired (410) or expiry + 5 min."""
@@ -741,9 +790,27 @@ class Bootstrapper:
         await self._abandon_pending("the pending bootstrap expired")
 
     async def _abandon_pending(self, message: str, category: str = "unknown") -> None:
-        self.state.pending = None
+        state = self.state
+        state.pending = None
         self._pending_record = None
         await asyncio.to_thread(self.store.remove, PENDING_FILE)
+        if state.key:
+            # A re-bootstrap's 202 ended: the key it would have replaced simply stays. Nothing
+            # to retry; the error says so (and is not a failed state).
+            state.status = "ok"
+            state.last_error = {
+                "category": "rotation_not_completed",
+                "phase": "saas_response",
+                "error": message[:500],
+                "remediation": REMEDIATION["rotation_not_completed"],
+                "lastAttemptAt": iso_utc(time.time()),
+            }
+            log.warning(
+                "%s; the previous tenant key stays in use (fingerprint %s)",
+                message,
+                state.fingerprint,
+            )
+            return
         await self._record_failure(
             BootstrapFailure("saas_response", message, category=category), time.time()
         )
@@ -887,9 +954,15 @@ class Bootstrapper:
     # -- re-bootstrap (reference 6.7)
 
     async def rebootstrap(self, pairing_code: str | None = None) -> None:
-        """Forget the key and provision again (after the setup page changed the service URL).
-        The previous key file is kept as tenant-key.previous.json. On failure everything is
-        restored and BootstrapFailed is raised; a 202 leaves the pending state in place."""
+        """Provision again (rotation, a pairing code, or after the setup page changed the
+        service URL). The current key file is kept as tenant-key.previous.json. On failure
+        everything is restored and BootstrapFailed is raised; a 202 leaves the pending state in
+        place.
+
+        No outage: the key in use keeps serving every request while the service is asked and,
+        when it answers 202 (an e-mail code, an approval), until the new key is issued; if that
+        never happens it simply stays. Only a changed service URL drops it at once (a key
+        issued by another service is no use there), as does the first bootstrap (no key)."""
         config = self._app[keys.CONFIG]
         if config.tenant_key_env:
             raise Conflict(
@@ -905,6 +978,7 @@ class Bootstrapper:
             state = self.state
             saved = attrs.evolve(state)
             saved_failures, saved_pairing = self.failures, self.pairing_code
+            saved_record = self._pending_record
             raw_key = await asyncio.to_thread(self.store.read_raw, KEY_FILE)
             raw_pending = await asyncio.to_thread(self.store.read_raw, PENDING_FILE)
             if raw_key is not None:
@@ -915,22 +989,30 @@ class Bootstrapper:
                         f"Cannot keep a copy of the current key: {exc.reason}",
                         code="tenant_store_failed",
                     ) from None
-            await asyncio.to_thread(self.store.remove, KEY_FILE)
+            hold = self._can_hold()
             await asyncio.to_thread(self.store.remove, PENDING_FILE)
-            _clear(state)
+            if hold:
+                state.pending = None
+                state.last_error = None
+                state.store_error = None
+                self._pending_record = None
+            else:
+                await asyncio.to_thread(self.store.remove, KEY_FILE)
+                _clear(state)
             self.failures = 0
             if pairing_code:
                 self.pairing_code = pairing_code
+            applied = self._applied
             self._task = spawn(self._provision(), name="tenant-rebootstrap")
             await asyncio.shield(self._task)
-            if state.key and not state.store_error:
+            if self._applied != applied and state.key and not state.store_error:
                 if self._retry_task is not None:
                     self._retry_task.cancel()
                 return
-            if state.status in PENDING_STATES:
+            if self._applied == applied and state.status in PENDING_STATES:
                 return
             failure = dict(state.last_error or {})
-            if state.key and state.store_error:
+            if self._applied != applied and state.store_error:
                 failure = {
                     "category": "storage_failed",
                     "error": state.store_error,
@@ -942,6 +1024,7 @@ class Bootstrapper:
             for field in attrs.fields(TenantState):
                 setattr(state, field.name, getattr(saved, field.name))
             self.failures, self.pairing_code = saved_failures, saved_pairing
+            self._pending_record = saved_record
             for name, raw in ((KEY_FILE, raw_key), (PENDING_FILE, raw_pending)):
                 if raw is not None:
                     try:
@@ -956,6 +1039,15 @@ class Bootstrapper:
                     "remediation": failure.get("remediation", REMEDIATION["unknown"]),
                 },
             )
+
+    def _can_hold(self) -> bool:
+        """The key in use may keep serving during a re-bootstrap: it exists and was issued by
+        the service the connector talks to now."""
+        state = self.state
+        if not state.key:
+            return False
+        bound = (state.bound_api_base_url or "").rstrip("/")
+        return not bound or bound == str(self._app[keys.API_BASE].url).rstrip("/")
 
     # -- start-up and shutdown
 
@@ -982,15 +1074,18 @@ class Bootstrapper:
             self._pin_api_base()
             await asyncio.to_thread(self.store.remove, ERROR_FILE)
             log.info("tenant key loaded from %s (fingerprint %s)", KEY_FILE, state.fingerprint)
+            pending = await asyncio.to_thread(self.store.load_pending)
+            if pending is not None:
+                # A re-bootstrap's 202 that replaces this very key: both come back; anything
+                # else next to a key (stale, expired, another key's) is dropped.
+                if pending.get("replacesKey") == state.fingerprint and self._resumable(pending):
+                    self._use_pending(pending)
+                else:
+                    await asyncio.to_thread(self.store.remove, PENDING_FILE)
             return
         pending = await asyncio.to_thread(self.store.load_pending)
         if pending is not None:
-            expires = _parseiso_utc(pending.get("expiresAt"))
-            kind = pending.get("kind")
-            usable = kind in ("poll", "verification") and (
-                kind == "verification" or isinstance(pending.get("pollUrl"), str)
-            )
-            if usable and (expires is None or time.time() <= expires + PENDING_GRACE):
+            if self._resumable(pending):
                 if isinstance(pending.get("ncInstanceId"), str):
                     state.instance_id = pending["ncInstanceId"]
                 self._use_pending(pending)
@@ -1000,6 +1095,15 @@ class Bootstrapper:
         if last is not None and last.get("status") == "failed":
             state.last_error = last
             state.status = "failed"
+
+    def _resumable(self, pending: dict[str, Any]) -> bool:
+        """Reference 6.3: a verification, or a poll with its URL, until expiresAt + 5 min."""
+        expires = _parseiso_utc(pending.get("expiresAt"))
+        kind = pending.get("kind")
+        usable = kind in ("poll", "verification") and (
+            kind == "verification" or isinstance(pending.get("pollUrl"), str)
+        )
+        return usable and (expires is None or time.time() <= expires + self.pending_grace)
 
     def _pin_api_base(self) -> None:
         """Reference 6.2: a cached binding pins the service URL unless the env sets one, so a
@@ -1026,10 +1130,11 @@ class Bootstrapper:
         api_base.source = "bound"
 
     async def close(self) -> None:
-        for task in (self._task, self._retry_task, self._poll_task):
+        tasks = (self._task, self._retry_task, self._poll_task, self._expiry_task)
+        for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
-        for task in (self._task, self._retry_task, self._poll_task):
+        for task in tasks:
             if task is not None and not task.done():
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(task, 2.0)
@@ -1072,6 +1177,9 @@ def health(app: web.Application) -> Callable[[bool], dict[str, Any]]:
     def provide(trusted: bool) -> dict[str, Any]:
         state = app[keys.TENANT]
         out: dict[str, Any] = {"state": state.status}
+        if state.previous_key_in_use:
+            # Waiting for the new key does not stop anything: the previous one still serves.
+            out["previousKeyInUse"] = True
         if state.pending and state.status in PENDING_STATES:
             if "expiresAt" in state.pending:
                 out["expiresAt"] = state.pending["expiresAt"]

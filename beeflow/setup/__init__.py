@@ -233,6 +233,8 @@ def _tenant(app: web.Application) -> dict[str, Any]:
         # BEEFLOW_TENANT_KEY fixes the key: no verification, pairing or rotation applies.
         "keyLocked": bool(app[keys.CONFIG].tenant_key_env),
         "busy": _busy(app),
+        # A re-bootstrap waits (e-mail code, approval) while the key in use keeps serving.
+        "previousKeyInUse": state.previous_key_in_use,
     }
     if state.pending and state.status in tenant.PENDING_STATES:
         pending: dict[str, Any] = {
@@ -446,6 +448,7 @@ def _outcome(app: web.Application) -> tuple[dict[str, Any], int]:
         "fingerprint": state.fingerprint,
         "organizationId": state.organization_id,
         "organizationName": state.organization_name,
+        "previousKeyInUse": state.previous_key_in_use,
     }
     if state.status in tenant.PENDING_STATES and state.pending:
         body["pending"] = {k: state.pending[k] for k in _PENDING_FIELDS if k in state.pending}
@@ -474,8 +477,11 @@ def _bootstrap_error(exc: tenant.BootstrapFailed, *, pairing_code: str = "") -> 
     return BeeflowError(message, code="bootstrap_failed", status=502, extra=extra)
 
 
-def _sub_flow_error(result: dict[str, Any], *, verifying: bool) -> BeeflowError:
-    """A verify or resend the service did not accept, as our own stable code and status."""
+def _sub_flow_error(
+    result: dict[str, Any], *, verifying: bool, key_kept: bool = False
+) -> BeeflowError:
+    """A verify or resend the service did not accept, as our own stable code and status.
+    `key_kept`: the verification belonged to a re-bootstrap and the key in use stays."""
     status = result.get("status")
     extra: dict[str, Any] = {"serviceCode": str(result.get("code", ""))[:64]}
     if isinstance(result.get("attemptsLeft"), int):
@@ -485,6 +491,16 @@ def _sub_flow_error(result: dict[str, Any], *, verifying: bool) -> BeeflowError:
             "The Bee Flow service could not be reached; try again in a moment",
             code="saas_unreachable",
             status=502,
+            extra=extra,
+        )
+    if status in (404, 410) and key_kept:
+        extra["keyKept"] = True
+        return BeeflowError(
+            "The verification has expired or was ended by the Bee Flow service. No new key was "
+            "issued: the current key stays in use. Rotate again (or apply the pairing code "
+            "again) for a new code.",
+            code="verification_expired",
+            status=410,
             extra=extra,
         )
     if status in (404, 410):
@@ -530,7 +546,8 @@ async def verify_email_code(request: web.Request) -> web.Response:
     _refuse_busy(request.app)
     result = await boot.verify_code(code)
     if not result.get("ok"):
-        raise _sub_flow_error(result, verifying=True)
+        kept = bool(request.app[keys.TENANT].key)
+        raise _sub_flow_error(result, verifying=True, key_kept=kept)
     log.info(
         "e-mail verification completed by %s (fingerprint %s)",
         _user(request),
@@ -548,7 +565,8 @@ async def resend_email_code(request: web.Request) -> web.Response:
     _refuse_busy(request.app)
     result = await boot.resend()
     if not result.get("ok"):
-        raise _sub_flow_error(result, verifying=False)
+        kept = bool(request.app[keys.TENANT].key)
+        raise _sub_flow_error(result, verifying=False, key_kept=kept)
     return json_response(
         {k: result.get(k) for k in ("ok", "expiresAt", "maskedEmail", "emailSent")}
     )

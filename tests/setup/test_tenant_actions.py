@@ -15,10 +15,11 @@ import attrs
 import pytest
 from multidict import CIMultiDictProxy
 
-from beeflow import keys, tenant
+from beeflow import keys, service_client, tenant
 from beeflow.tasks import spawn
 from beeflow.tenant import fingerprint
 from tests.conftest import ConnectorFactory
+from tests.fakes.service import FakeService
 from tests.fakes.service_control import (
     EXPIRES_AT,
     PAIRED_KEY,
@@ -26,6 +27,7 @@ from tests.fakes.service_control import (
     ServiceControl,
 )
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector, wait_for
+from tests.proxy.conftest import verify_jwt
 from tests.setup.conftest import AutoFactory
 
 JSON = {"Content-Type": "application/json"}
@@ -82,13 +84,13 @@ async def status_of(conn: RunningConnector) -> dict[str, Any]:
     return body
 
 
-def write_cache(storage: Path, key: str = CACHED_KEY) -> None:
+def write_cache(storage: Path, key: str = CACHED_KEY, bound: str = "http://127.0.0.1:9") -> None:
     record = {
         "tenantKey": key,
         "organizationId": "org-cached",
         "organizationName": "Cached Org",
         "ncInstanceId": "nc-host:cached",
-        "boundApiBaseUrl": "http://127.0.0.1:9",
+        "boundApiBaseUrl": bound,
         "provisionedAt": "2026-01-01T00:00:00Z",
     }
     (storage / "tenant-key.json").write_text(json.dumps(record))
@@ -153,6 +155,7 @@ async def test_email_verification_happy_path(
         "fingerprint": fingerprint(PROVISIONED_KEY),
         "organizationId": "org-42",
         "organizationName": "Acme",
+        "previousKeyInUse": False,
     }
     assert PROVISIONED_KEY not in right.text
     assert control.verifications == [{"code": "000000"}, {"code": "123456"}]
@@ -355,6 +358,7 @@ async def test_pairing_code_binds_to_the_existing_organisation(
         "fingerprint": fingerprint(PAIRED_KEY),
         "organizationId": "org-existing",
         "organizationName": "Existing Org",
+        "previousKeyInUse": False,
     }
     first, second = control.bootstraps
     assert "X-Beeflow-Pairing-Code" not in first.headers
@@ -517,18 +521,215 @@ async def test_rotation_with_the_service_unreachable(
     assert conn.app[keys.TENANT].key == CACHED_KEY
 
 
-async def test_rotation_that_ends_in_an_email_verification(
+async def test_rebootstrap_for_another_service_drops_the_old_key_at_once(
     auto_connector: AutoFactory, control: ServiceControl, storage: Path
 ) -> None:
-    write_cache(storage)
+    """The cached key was issued by another service (here: the env points elsewhere, as after
+    a picker save): it is no use at this one, so it is not held while the code is pending."""
+    write_cache(storage)  # bound to http://127.0.0.1:9, not the fake service
     conn = await auto_connector()
     control.bootstrap_mode = "verification"
     answer = await call(conn, ROTATE)
     assert answer.status == 202, answer.text
     assert answer.body["status"] == "awaiting_email_verification"
     assert answer.body["fingerprint"] is None
+    assert answer.body["previousKeyInUse"] is False
+    assert conn.app[keys.TENANT].key is None
+    assert not (storage / "tenant-key.json").exists()
     assert answer.body["pending"]["maskedEmail"] == "a***@example.com"
     assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
+    assert (await call(conn, VERIFY, {"code": "123456"})).status == 200
+    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+
+
+async def api_key(conn: RunningConnector, service: FakeService) -> str:
+    """Which tenant key signed the JWT the service received for a chat-path request."""
+    async with await conn.request("GET", "/api/json", user="alice") as resp:
+        assert resp.status == 200, await resp.text()
+    token = service.last("/api/json").headers["Authorization"].removeprefix("Bearer ")
+    for key in (CACHED_KEY, PROVISIONED_KEY):
+        try:
+            assert verify_jwt(token, key)["sub"] == "alice"
+        except AssertionError:
+            continue
+        return key
+    raise AssertionError("the JWT was signed by neither key")
+
+
+async def signed_with(conn: RunningConnector, control: ServiceControl, key: str) -> bool:
+    """A connector -> service HMAC call (reference 7.3): does the fake verify it with `key`?"""
+    control.verify_key = key
+    before = len(control.deliveries)
+    await conn.app[service_client.SERVICE].post_signed("/auth/webhook/nc-user-sync", {"t": 1})
+    return control.deliveries[before].verified
+
+
+async def held_rotation(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> RunningConnector:
+    """A cached key bound to the fake service, then a rotation the service answers with 202."""
+    write_cache(storage, bound=str(service.url))
+    conn = await auto_connector()
+    assert await api_key(conn, service) == CACHED_KEY
+    control.bootstrap_mode = "verification"
+    answer = await call(conn, ROTATE)
+    assert answer.status == 202, answer.text
+    assert answer.body["status"] == "awaiting_email_verification"
+    assert answer.body["fingerprint"] == fingerprint(CACHED_KEY)
+    assert answer.body["previousFingerprint"] == fingerprint(CACHED_KEY)
+    assert answer.body["previousKeyInUse"] is True
+    assert answer.body["pending"]["maskedEmail"] == "a***@example.com"
+    return conn
+
+
+async def test_rotation_waiting_for_the_code_keeps_the_old_key_serving(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> None:
+    conn = await held_rotation(auto_connector, control, service, storage)
+    # Chat keeps working with the old key: JWT and the outbound HMAC.
+    assert await api_key(conn, service) == CACHED_KEY
+    assert await signed_with(conn, control, CACHED_KEY)
+    state = (await status_of(conn))["tenant"]
+    assert state["status"] == "awaiting_email_verification"
+    assert state["previousKeyInUse"] is True
+    assert state["fingerprint"] == fingerprint(CACHED_KEY)
+    assert state["pending"]["kind"] == "verification"
+    async with await conn.request("GET", "/heartbeat", user="") as resp:
+        beat = (await resp.json())["bootstrap"]
+    assert beat["state"] == "awaiting_email_verification"
+    assert beat["previousKeyInUse"] is True
+    assert beat["fingerprint"] == fingerprint(CACHED_KEY)
+    # Both files are on disk: the key in use and the pending state that replaces it.
+    assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
+    assert read_json(storage / "pending-bootstrap.json")["replacesKey"] == fingerprint(CACHED_KEY)
+    assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
+    # /init does not provision behind the pending verification's back.
+    await tenant.bootstrapper(conn.app).ensure()
+    assert len(control.bootstraps) == 1
+
+    right = await call(conn, VERIFY, {"code": "123456"})
+    assert right.status == 200, right.text
+    assert right.body["fingerprint"] == fingerprint(PROVISIONED_KEY)
+    assert right.body["previousKeyInUse"] is False
+    assert await api_key(conn, service) == PROVISIONED_KEY
+    assert await signed_with(conn, control, PROVISIONED_KEY)
+    assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
+    assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
+    assert not (storage / "pending-bootstrap.json").exists()
+    after = (await status_of(conn))["tenant"]
+    assert (after["status"], after["previousKeyInUse"]) == ("ok", False)
+
+
+async def test_restart_while_a_rotation_waits_for_the_code(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> None:
+    first = await held_rotation(auto_connector, control, service, storage)
+    await first.close()
+    conn = await auto_connector()  # load(): tenant-key.json and pending-bootstrap.json
+    state = conn.app[keys.TENANT]
+    assert state.key == CACHED_KEY
+    assert state.status == "awaiting_email_verification"
+    assert (await status_of(conn))["tenant"]["previousKeyInUse"] is True
+    assert await api_key(conn, service) == CACHED_KEY
+    assert (await call(conn, VERIFY, {"code": "123456"})).status == 200
+    assert await api_key(conn, service) == PROVISIONED_KEY
+    assert len(control.bootstraps) == 1
+
+
+async def test_expired_rotation_keeps_the_old_key(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> None:
+    conn = await held_rotation(auto_connector, control, service, storage)
+    control.expire_now()
+    answer = await call(conn, VERIFY, {"code": "123456"})
+    assert (answer.status, answer.code) == (410, "verification_expired")
+    assert answer.body["keyKept"] is True
+    assert "current key stays in use" in answer.body["error"]
+    state = conn.app[keys.TENANT]
+    assert (state.key, state.status, state.pending) == (CACHED_KEY, "ok", None)
+    tenant_ = (await status_of(conn))["tenant"]
+    assert tenant_["status"] == "ok"
+    assert tenant_["previousKeyInUse"] is False
+    assert tenant_["lastError"]["category"] == "rotation_not_completed"
+    assert tenant_["lastError"]["remediation"] == tenant.REMEDIATION["rotation_not_completed"]
+    assert not (storage / "pending-bootstrap.json").exists()
+    assert not (storage / "bootstrap-last-error.json").exists()
+    assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
+    assert await api_key(conn, service) == CACHED_KEY
+    # Nothing starts over by itself: the old key is simply kept.
+    await tenant.bootstrapper(conn.app).ensure()
+    assert len(control.bootstraps) == 1
+
+
+async def test_rotation_code_expiring_unused_ends_the_pending_state(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> None:
+    """Nobody enters the code: at expiresAt + grace the pending state ends on its own (a resend
+    moved expiresAt into the past here) and the old key stays."""
+
+    def quick(app: Any) -> None:
+        boot = app[tenant.BOOTSTRAPPER]
+        boot.pending_grace = 0.0
+        boot.expiry_check = 0.05
+
+    write_cache(storage, bound=str(service.url))
+    conn = await auto_connector(customise=quick)
+    control.bootstrap_mode = "verification"
+    assert (await call(conn, ROTATE)).status == 202
+    await asyncio.sleep(0.1)  # the watch has run a round with a far expiry and goes on
+    assert conn.app[keys.TENANT].status == "awaiting_email_verification"
+    control.resend_expires_at = "2020-01-01T00:00:00Z"
+    assert (await call(conn, RESEND)).status == 200
+    await wait_for(lambda: conn.app[keys.TENANT].status == "ok")
+    assert conn.app[keys.TENANT].key == CACHED_KEY
+    assert conn.app[keys.TENANT].last_error["category"] == "rotation_not_completed"
+    assert not (storage / "pending-bootstrap.json").exists()
+    assert await api_key(conn, service) == CACHED_KEY
+
+
+async def test_restart_after_the_rotation_code_expired(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> None:
+    first = await held_rotation(auto_connector, control, service, storage)
+    await first.close()
+    record = read_json(storage / "pending-bootstrap.json")
+    record["expiresAt"] = "2020-01-01T00:00:00Z"
+    (storage / "pending-bootstrap.json").write_text(json.dumps(record))
+    conn = await auto_connector()
+    state = conn.app[keys.TENANT]
+    assert (state.key, state.status, state.pending) == (CACHED_KEY, "ok", None)
+    assert not (storage / "pending-bootstrap.json").exists()
+    assert await api_key(conn, service) == CACHED_KEY
+
+
+async def test_stale_pending_file_next_to_another_key_is_dropped(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> None:
+    """A pending state that replaces some other key (or none) never attaches to this one."""
+    first = await held_rotation(auto_connector, control, service, storage)
+    await first.close()
+    write_cache(storage, key=ROTATED_KEY, bound=str(service.url))
+    conn = await auto_connector()
+    state = conn.app[keys.TENANT]
+    assert (state.key, state.status, state.pending) == (ROTATED_KEY, "ok", None)
+    assert not (storage / "pending-bootstrap.json").exists()
+    answer = await call(conn, VERIFY, {"code": "123456"})
+    assert (answer.status, answer.code) == (409, "no_pending_verification")
+
+
+async def test_failed_rotation_during_a_held_verification_restores_it(
+    auto_connector: AutoFactory, control: ServiceControl, service: FakeService, storage: Path
+) -> None:
+    conn = await held_rotation(auto_connector, control, service, storage)
+    control.bootstrap_mode = "error"
+    control.error_status = 503
+    control.error_body = {"error": "maintenance"}
+    answer = await call(conn, ROTATE)
+    assert (answer.status, answer.code) == (502, "bootstrap_failed")
+    state = conn.app[keys.TENANT]
+    assert (state.key, state.status) == (CACHED_KEY, "awaiting_email_verification")
+    assert read_json(storage / "pending-bootstrap.json")["replacesKey"] == fingerprint(CACHED_KEY)
+    assert await api_key(conn, service) == CACHED_KEY
     assert (await call(conn, VERIFY, {"code": "123456"})).status == 200
     assert conn.app[keys.TENANT].key == PROVISIONED_KEY
 
