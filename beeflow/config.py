@@ -64,7 +64,7 @@ class Config:
     frpc_backoff_initial_seconds: float = 1.0
     frpc_backoff_cap_seconds: float = 30.0
     frpc_backoff_reset_seconds: float = 60.0
-    frpc_stop_grace_seconds: float = 2.0
+    frpc_stop_grace_seconds: float = 1.0
     # -- behaviour knobs (seconds unless named otherwise)
     upstream_headers_timeout: float = 60.0
     upstream_connect_timeout: float = 10.0
@@ -76,7 +76,9 @@ class Config:
     spool_memory_bytes: int = 1024 * 1024
     spool_dir: Path | None = None
     sync_interval_seconds: float = 900.0
-    shutdown_grace_seconds: float = 20.0
+    # With the HaRP stop after it (at most 1.1 s flush + frpc grace + 0.2 s + 1 s close,
+    # transports.harp.shutdown_budget) the default stop stays under docker stop's 10 s.
+    shutdown_grace_seconds: float = 5.0
     # A client connection must deliver a complete request head within this time after it opened
     # or after its previous response (slow clients, idle keep-alive).
     client_header_timeout_seconds: float = 60.0
@@ -140,7 +142,7 @@ class Config:
                 "BEEFLOW_FRPC_BACKOFF_RESET_SECONDS", "60", _float_range(0.01, 3600)
             ),
             "frpc_stop_grace_seconds": p.get(
-                "BEEFLOW_FRPC_STOP_GRACE_SECONDS", "2", _float_range(0.01, 60)
+                "BEEFLOW_FRPC_STOP_GRACE_SECONDS", "1", _float_range(0.01, 60)
             ),
             "upstream_headers_timeout": p.get(
                 "BEEFLOW_UPSTREAM_HEADERS_TIMEOUT_SECONDS", "60", _float_range(0.1, 3600)
@@ -171,7 +173,7 @@ class Config:
                 "BEEFLOW_SYNC_INTERVAL_SECONDS", "900", _float_range(1, 7 * 86400)
             ),
             "shutdown_grace_seconds": p.get(
-                "BEEFLOW_SHUTDOWN_GRACE_SECONDS", "20", _float_range(0, 600)
+                "BEEFLOW_SHUTDOWN_GRACE_SECONDS", "5", _float_range(0, 600)
             ),
             "client_header_timeout_seconds": p.get(
                 "BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "60", _float_range(1, 3600)
@@ -183,7 +185,9 @@ class Config:
         }
         harp = bool(kwargs["hp_shared_key"])
         if harp:
-            kwargs["hp_frp_address"] = p.required("HP_FRP_ADDRESS", _host, why_missing="HaRP mode")
+            kwargs["hp_frp_address"] = p.required(
+                "HP_FRP_ADDRESS", _frp_host, why_missing="HaRP mode"
+            )
         else:
             kwargs["hp_frp_address"] = env.get("HP_FRP_ADDRESS", "").strip()
         p.raise_if_errors()
@@ -344,12 +348,17 @@ def _pairing_code(raw: str) -> str:
 
 
 def _shared_key(raw: str) -> str:
-    # HaRP's start.sh strips surrounding quotes; it also limits keys to printable ASCII.
-    value = raw.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        value = value[1:-1]
-    if any(not (0x20 < ord(c) < 0x7F) for c in value):
-        raise _Invalid("must be printable ASCII without spaces")
+    """HaRP's start.sh, in its order: printable ASCII (\\040-\\176, so spaces count), then a
+    leading and a trailing `"`, then `'`, stripped one by one, then no `"` and no `\\` (the key
+    is pasted into a TOML string). Everything else is kept byte for byte, spaces at the ends
+    too: frps compares the token exactly. A key of nothing but whitespace counts as unset."""
+    if not raw.strip():
+        return ""
+    if any(not (0x20 <= ord(c) <= 0x7E) for c in raw):
+        raise _Invalid("must be printable ASCII (HaRP refuses anything else)")
+    value = raw.removeprefix('"').removesuffix('"').removeprefix("'").removesuffix("'")
+    if '"' in value or "\\" in value:
+        raise _Invalid('must not contain " or \\ (HaRP refuses them)')
     return value
 
 
@@ -357,6 +366,16 @@ def _host(raw: str) -> str:
     value = raw.strip()
     if not value or any(c in value for c in "/ \t\r\n@"):
         raise _Invalid("must be a host name or address")
+    return value
+
+
+def _frp_host(raw: str) -> str:
+    """HP_FRP_ADDRESS is the HOST part of the daemon's frp address (contract 5.2); the port is
+    HP_FRP_PORT. `appapi-harp:8782` would become serverAddr "appapi-harp:8782" and never
+    connect. An IPv6 address (several colons) is fine as it is."""
+    value = _host(raw)
+    if value.count(":") == 1 or value.startswith("["):
+        raise _Invalid("must be the host only, without a port (the port goes in HP_FRP_PORT)")
     return value
 
 

@@ -64,6 +64,29 @@ def test_harp_mode_is_decided_by_a_non_empty_shared_key() -> None:
     assert Config.from_env({**HARP, "HP_SHARED_KEY": '"quoted-key"'}).hp_shared_key == "quoted-key"
 
 
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ("key with spaces", "key with spaces"),  # start.sh allows \040-\176
+        (" padded ", " padded "),  # kept: frps compares the token byte for byte
+        ('"quoted-key"', "quoted-key"),
+        ("'single-quoted'", "single-quoted"),
+        ("\"'both'\"", "both"),  # start.sh strips " first, then '
+        ("it's-inside", "it's-inside"),
+        ("~!@#$%^&*()_+`{}|[]:;<>?,./=-", "~!@#$%^&*()_+`{}|[]:;<>?,./=-"),
+    ],
+)
+def test_shared_key_is_what_harps_start_sh_makes_of_it(raw: str, key: str) -> None:
+    config = Config.from_env({**HARP, "HP_SHARED_KEY": raw})
+    assert config.hp_shared_key == key
+    assert config.harp
+
+
+@pytest.mark.parametrize("raw", ['in"side', "back\\slash", "tab\there", "caf\u00e9", "new\nline"])
+def test_shared_key_refuses_what_harp_refuses(raw: str) -> None:
+    assert list(problems({**HARP, "HP_SHARED_KEY": raw})) == ["HP_SHARED_KEY"]
+
+
 def test_harp_settings() -> None:
     config = Config.from_env(
         {
@@ -115,7 +138,8 @@ BAD = [
     ("BEEFLOW_SIG_SKEW_SECONDS", "x", "1 to 3600"),
     ("HP_FRP_PORT", "eighty", "1 to 65535"),
     ("HP_EXAPP_SOCK", "/tmp/" + "s" * 120, "107 bytes"),
-    ("HP_SHARED_KEY", "has space", "printable ASCII"),
+    ("HP_SHARED_KEY", "has\ttab", "printable ASCII"),
+    ("HP_SHARED_KEY", 'has"quote', "must not contain"),
     ("BEEFLOW_LOG_LEVEL", "loud", "debug, info"),
     ("BEEFLOW_LOG_FORMAT", "xml", "text, json"),
     ("BEEFLOW_FRPC_BACKOFF_INITIAL_SECONDS", "5", "0.001 to 1"),
@@ -141,6 +165,12 @@ def test_harp_needs_a_frp_address() -> None:
     assert found == {"HP_FRP_ADDRESS": "is required in HaRP mode"}
     found = problems({**HARP, "HP_FRP_ADDRESS": "harp host"})
     assert list(found) == ["HP_FRP_ADDRESS"]
+    # The daemon's --harp_frp_address is host:port; HP_FRP_ADDRESS is only its host.
+    for wrong in ("appapi-harp:8782", "[fd00::1]"):
+        found = problems({**HARP, "HP_FRP_ADDRESS": wrong})
+        assert "HP_FRP_PORT" in found["HP_FRP_ADDRESS"], wrong
+    ipv6 = Config.from_env({**HARP, "HP_FRP_ADDRESS": "fd00::1"})
+    assert ipv6.hp_frp_address == "fd00::1"
     # Without HaRP nobody needs it.
     assert Config.from_env({**MINIMAL, "HP_FRP_ADDRESS": ""}).hp_frp_address == ""
 
@@ -162,7 +192,7 @@ def test_every_problem_at_once_in_one_message() -> None:
     ("name", "value"),
     [
         ("BEEFLOW_TENANT_KEY", "tk-secret-but-short"[:12]),
-        ("HP_SHARED_KEY", "very secret key"),
+        ("HP_SHARED_KEY", 'very "secret" key'),
         ("HP_SHARED_KEY", "s3cr3t\x7fkey"),
         ("BEEFLOW_PAIRING_CODE", "WXYZ-98765"),
     ],
@@ -178,6 +208,14 @@ def test_secret_values_are_never_echoed(name: str, value: str) -> None:
 def test_non_secret_values_are_echoed_to_help() -> None:
     found = problems({**HARP, "APP_PORT": "80a"})
     assert "'80a'" in found["APP_PORT"]
+
+
+def test_default_stop_fits_docker_stop() -> None:
+    """SIGTERM to exit with the defaults (drain + the HaRP stop) stays under `docker stop`'s
+    10 s with a 1.5 s margin."""
+    from beeflow.transports import harp
+
+    assert harp.shutdown_budget(Config.from_env(HARP)) <= 10 - 1.5
 
 
 def test_repr_hides_secrets() -> None:

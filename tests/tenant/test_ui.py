@@ -147,7 +147,7 @@ async def test_legacy_embed_frames_index_html_sized_to_the_viewport(
 async def test_harp_embed_frames_exapps_under_the_web_root(
     connector_factory: ConnectorFactory,
 ) -> None:
-    conn = await connector_factory(HP_SHARED_KEY="harp-key-0123", HP_FRP_ADDRESS="harp:8782")
+    conn = await connector_factory(HP_SHARED_KEY="harp-key-0123", HP_FRP_ADDRESS="harp")
     script = await fetch_script(conn)
     out = run_script(script, inner_height=700, top=100, oc={"__generate": True, "__root": "/nc"})
     assert out["src"] == "/nc/exapps/bee_flow/"
