@@ -60,16 +60,21 @@ async def test_an_earlier_deadline_moves_the_tick_forward() -> None:
 
 async def test_many_at_once_fire_exactly_the_late_ones() -> None:
     deadlines = Deadlines(resolution=0.02)
+    released = asyncio.Event()  # the odd ones finish as soon as they are released
+    never = asyncio.Event()
 
     async def op(i: int) -> str:
         try:
-            async with deadlines.within(0.15):
-                await asyncio.sleep(0.01 if i % 2 else 1.0)
+            async with deadlines.within(1.0):
+                await (released if i % 2 else never).wait()
         except TimeoutError:
             return "late"
         return "ok"
 
-    results = await asyncio.gather(*(op(i) for i in range(1000)))
+    ops = [spawn(op(i), name=f"op-{i}") for i in range(1000)]
+    await asyncio.sleep(0)  # all entered their deadline
+    released.set()
+    results = await asyncio.gather(*ops)
     assert results.count("ok") == 500
     assert results.count("late") == 500
     assert all(r == ("ok" if i % 2 else "late") for i, r in enumerate(results))
