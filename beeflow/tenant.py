@@ -951,6 +951,51 @@ class Bootstrapper:
                 "emailSent": data.get("emailSent") is not False,
             }
 
+    def verification_pending(self) -> bool:
+        """An e-mail verification is waiting for a code (the setup page's code field)."""
+        try:
+            self._verification()
+        except Conflict:
+            return False
+        return True
+
+    async def retarget(self, email: str, uid: str, display_name: str) -> dict[str, Any]:
+        """POST {retargetUrl} {"email", "uid", "displayName"} (reference 6.4 step 5): the service
+        sends the code to the admin actually doing the setup instead. Returns {ok, expiresAt,
+        maskedEmail, emailSent}, or {ok: False, status, code, error}."""
+        async with self._rebootstrap_lock:
+            record = self._verification()
+            url = self._sub_flow_url(record, "retarget")
+            if url is None:
+                raise Conflict("No e-mail verification is pending", code="no_pending_verification")
+            client = self._app[service_client.SERVICE]
+            body = {"email": email, "uid": uid, "displayName": display_name}
+            try:
+                reply = await client.post_json(url, body, timeout=15.0)
+            except service_client.ServiceCallError as exc:
+                return {"ok": False, "status": None, "code": "saas_unreachable", "error": str(exc)}
+            data = reply.data if isinstance(reply.data, dict) else {}
+            if not reply.ok or data.get("ok") is False:
+                return await self._sub_flow_failed(reply)
+            fresh = {
+                k: data[k] for k in ("expiresAt", "maskedEmail") if isinstance(data.get(k), str)
+            }
+            record.update(fresh)
+            await self._persist_pending(record)
+            if self.state.pending is not None:
+                self.state.pending.update(fresh)
+                self.state.pending.pop("attemptsLeft", None)  # a new code, new attempts
+            log.info(
+                "verification code sent to the setup admin instead (%s)",
+                record.get("maskedEmail", "?"),
+            )
+            return {
+                "ok": True,
+                "expiresAt": record.get("expiresAt"),
+                "maskedEmail": record.get("maskedEmail"),
+                "emailSent": data.get("emailSent") is not False,
+            }
+
     # -- re-bootstrap (reference 6.7)
 
     async def rebootstrap(self, pairing_code: str | None = None) -> None:

@@ -3,7 +3,8 @@ admin must act on (reference 9).
 
 GET /setup (page), POST /setup (save + apply live + re-bootstrap), GET /setup/status,
 POST /setup/test (probe); the tenant actions POST /setup/verify-email-code,
-/setup/resend-email-code, /setup/apply-pairing-code and /setup/rotate-tenant-key. All ADMIN,
+/setup/resend-email-code, /setup/request-verification-code (the code to the admin doing the
+setup instead), /setup/apply-pairing-code and /setup/rotate-tenant-key. All ADMIN,
 rate-limited per Nextcloud user. The saved choice lives in
 ${APP_PERSISTENT_STORAGE}/setup-config.json; BEEFLOW_API_BASE_URL in the environment locks it,
 BEEFLOW_TENANT_KEY locks the tenant actions.
@@ -29,7 +30,14 @@ from aiohttp import web
 from beeflow import keys, tenant
 from beeflow.appapi import Access, add_route
 from beeflow.config import DEFAULT_API_BASE_URL
-from beeflow.errors import BadRequest, BeeflowError, Conflict, TooManyRequests
+from beeflow.errors import (
+    BadRequest,
+    BeeflowError,
+    Conflict,
+    Forbidden,
+    NextcloudError,
+    TooManyRequests,
+)
 from beeflow.middleware import frame_ancestors, json_response
 from beeflow.ratelimit import RateLimiter
 from beeflow.redact import REDACTOR
@@ -478,7 +486,7 @@ def _bootstrap_error(exc: tenant.BootstrapFailed, *, pairing_code: str = "") -> 
 
 
 def _sub_flow_error(
-    result: dict[str, Any], *, verifying: bool, key_kept: bool = False
+    result: dict[str, Any], *, verifying: bool, key_kept: bool = False, retargeting: bool = False
 ) -> BeeflowError:
     """A verify or resend the service did not accept, as our own stable code and status.
     `key_kept`: the verification belonged to a re-bootstrap and the key in use stays."""
@@ -519,6 +527,25 @@ def _sub_flow_error(
             code="service_rate_limited",
             status=429,
             headers=headers,
+            extra=extra,
+        )
+    if retargeting and status == 403:
+        service_code = extra["serviceCode"]
+        return BeeflowError(
+            "The Bee Flow service does not send the code to your address"
+            + (
+                ": it does not belong to the organisation"
+                if service_code == "email_not_in_org"
+                else ""
+            ),
+            code="email_not_in_org" if service_code == "email_not_in_org" else "retarget_refused",
+            status=403,
+            extra=extra,
+        )
+    if retargeting and 400 <= status < 500:
+        return BadRequest(
+            "The Bee Flow service refused to send the code to your address",
+            code="retarget_refused",
             extra=extra,
         )
     if verifying and 400 <= status < 500:
@@ -572,6 +599,51 @@ async def resend_email_code(request: web.Request) -> web.Response:
     )
 
 
+async def request_verification_code(request: web.Request) -> web.Response:
+    """POST {}: "Send the code to me instead": the service re-sends the pending verification's
+    code to the Nextcloud e-mail address of the admin making this request (reference 6.4 step
+    5, retarget) -> {ok, expiresAt, maskedEmail, emailSent}. Refused when that account has no
+    e-mail address."""
+    _limit(request, "send")
+    await _json_body(request)
+    boot = _bootstrapper(request)
+    _refuse_busy(request.app)
+    if not boot.verification_pending():
+        raise Conflict("No e-mail verification is pending", code="no_pending_verification")
+    uid = _user(request)
+    users = request.app[keys.USERS]
+    users.forget(uid)  # the address as it is now, and a fresh admin check
+    try:
+        user = await users.lookup(uid)
+    except NextcloudError as exc:
+        log.warning("request-verification-code: looking up %s failed: %s", uid, exc)
+        raise BeeflowError(
+            "Your Nextcloud account could not be read; try again in a moment",
+            code="user_lookup_failed",
+            status=502,
+        ) from None
+    if not user.is_admin:
+        raise Forbidden("Only Nextcloud administrators can do this", code="admin_required")
+    if not user.email:
+        raise BadRequest(
+            "Your Nextcloud account has no e-mail address: set one under Personal settings, "
+            "then try again (or use the code sent to the address shown)",
+            code="no_email_address",
+        )
+    result = await boot.retarget(user.email, user.uid, user.display_name or user.uid)
+    if not result.get("ok"):
+        kept = bool(request.app[keys.TENANT].key)
+        raise _sub_flow_error(result, verifying=False, key_kept=kept, retargeting=True)
+    log.info(
+        "verification code requested by %s for their own address (%s)",
+        uid,
+        result.get("maskedEmail"),
+    )
+    return json_response(
+        {k: result.get(k) for k in ("ok", "expiresAt", "maskedEmail", "emailSent")}
+    )
+
+
 async def apply_pairing_code(request: web.Request) -> web.Response:
     """POST {"code": "ABCD-EFGH"}: provision again, sending the code to bind this Nextcloud to an
     existing organisation. The code is never echoed and never logged beyond 4 characters."""
@@ -620,6 +692,7 @@ async def rotate_tenant_key(request: web.Request) -> web.Response:
 TENANT_ROUTES: Final = {
     "/setup/verify-email-code": verify_email_code,
     "/setup/resend-email-code": resend_email_code,
+    "/setup/request-verification-code": request_verification_code,
     "/setup/apply-pairing-code": apply_pairing_code,
     "/setup/rotate-tenant-key": rotate_tenant_key,
 }

@@ -8,6 +8,11 @@ key, or 400 `{error, code: "invalid_code", attemptsLeft}`; the last wrong attemp
 after `expires_at` answer 410 (`too_many_attempts` / `verification_expired`); an unknown pending id
 is 404. `POST .../pending/{id}/resend` answers `{ok, expiresAt, maskedEmail, emailSent}` with a
 new expiry and fresh attempts, 410 once expired, or `resend_status` when a test sets it.
+`POST .../pending/{id}/retarget {"email", "uid", "displayName"}` re-points the code to the admin
+actually doing the setup: a new code to that address, with the same answer as resend (masked
+address, new expiry, fresh attempts); 400 `invalid_email` for an address without `@`, 403
+`email_not_in_org` when `retarget_domains` is set and the address's domain is not in it, 410/404
+like verify.
 
 Pairing codes: a bootstrap carrying `X-Beeflow-Pairing-Code` equal to `pairing_code` binds to the
 existing organisation (200, `pairing_organization_name`) whatever `bootstrap_mode` says; any other
@@ -103,6 +108,8 @@ class ServiceControl:
         self.resends: list[CIMultiDict[str]] = []
         self.resend_status = 200  # another value: answered with an error body
         self.resend_expires_at = "2099-06-01T00:00:00Z"
+        self.retargets: list[Any] = []  # the bodies of retarget calls
+        self.retarget_domains: set[str] | None = None  # None: any domain is the organisation's
         # pairing
         self.pairing_code: str | None = None
         self.pairing_key = PAIRED_KEY
@@ -139,6 +146,7 @@ class ServiceControl:
             web.get("/auth/connector/bootstrap/pending/{pid}/poll", self._poll),
             web.post("/auth/connector/bootstrap/pending/{pid}/verify", self._verify),
             web.post("/auth/connector/bootstrap/pending/{pid}/resend", self._resend),
+            web.post("/auth/connector/bootstrap/pending/{pid}/retarget", self._retarget),
             web.post("/auth/webhook/nc-user-sync", self._user_sync),
         ]
 
@@ -257,6 +265,40 @@ class ServiceControl:
                 {"error": "Resend refused", "code": "resend_refused", "retryAfter": 60},
                 status=self.resend_status,
             )
+        self.expires_at = self.resend_expires_at
+        self.attempts_left = VERIFY_ATTEMPTS
+        return web.json_response(
+            {
+                "ok": True,
+                "expiresAt": self.expires_at,
+                "maskedEmail": self.masked_email,
+                "emailSent": True,
+            }
+        )
+
+    async def _retarget(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.retargets.append(body)
+        gone = self._pending_gone(request)
+        if gone is not None:
+            return gone
+        email = body.get("email") if isinstance(body, dict) else None
+        if not isinstance(email, str) or "@" not in email:
+            return web.json_response(
+                {"error": "A valid e-mail address is required", "code": "invalid_email"},
+                status=400,
+            )
+        domain = email.rsplit("@", 1)[1].lower()
+        if self.retarget_domains is not None and domain not in self.retarget_domains:
+            return web.json_response(
+                {
+                    "error": "This address does not belong to the organisation",
+                    "code": "email_not_in_org",
+                },
+                status=403,
+            )
+        local = email.rsplit("@", 1)[0]
+        self.masked_email = f"{local[:1]}***@{domain}"
         self.expires_at = self.resend_expires_at
         self.attempts_left = VERIFY_ATTEMPTS
         return web.json_response(

@@ -35,7 +35,8 @@ VERIFY = "/setup/verify-email-code"
 RESEND = "/setup/resend-email-code"
 PAIR = "/setup/apply-pairing-code"
 ROTATE = "/setup/rotate-tenant-key"
-ACTIONS = (VERIFY, RESEND, PAIR, ROTATE)
+REQUEST = "/setup/request-verification-code"
+ACTIONS = (VERIFY, RESEND, PAIR, ROTATE, REQUEST)
 CACHED_KEY = "tk_cached_00112233445566778899aabbccddeeff"
 ROTATED_KEY = "tk_rotated_aabbccddeeff00112233445566778899"
 PAIRING = "ABCD-EFGH"
@@ -327,6 +328,137 @@ async def test_resend_after_expiry(auto_connector: AutoFactory, control: Service
     answer = await call(conn, RESEND)
     assert (answer.status, answer.code) == (410, "verification_expired")
     assert (await status_of(conn))["tenant"]["status"] == "failed"
+
+
+# ------------------------------------------------------------------ send the code to me instead
+
+
+async def test_request_the_code_at_my_own_address(
+    auto_connector: AutoFactory, control: ServiceControl, fake_nc: Any, storage: Path
+) -> None:
+    fake_nc.add_user("root2", email="root2@example.org", display_name="Root Two", groups=["admin"])
+    conn = await pending_verification(auto_connector, control)
+    assert (await call(conn, VERIFY, {"code": "000000"})).status == 400  # 4 attempts left
+    answer = await call(conn, REQUEST, {}, user="root2")
+    assert answer.status == 200, answer.text
+    assert answer.body == {
+        "ok": True,
+        "expiresAt": control.resend_expires_at,
+        "maskedEmail": "r***@example.org",
+        "emailSent": True,
+    }
+    # The service got the requesting admin's own address, uid and display name.
+    assert control.retargets == [
+        {"email": "root2@example.org", "uid": "root2", "displayName": "Root Two"}
+    ]
+    pending = (await status_of(conn))["tenant"]["pending"]
+    assert pending["maskedEmail"] == "r***@example.org"
+    assert pending["expiresAt"] == control.resend_expires_at
+    assert "attemptsLeft" not in pending  # a new code, new attempts
+    saved = read_json(storage / "pending-bootstrap.json")
+    assert saved["maskedEmail"] == "r***@example.org"
+    assert saved["verifyUrl"].endswith("/p-1/verify")
+    assert (await call(conn, VERIFY, {"code": "123456"})).status == 200
+    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+
+
+async def test_request_the_code_without_an_email_address(
+    auto_connector: AutoFactory, control: ServiceControl, fake_nc: Any
+) -> None:
+    fake_nc.add_user("nomail", email=None, display_name="No Mail", groups=["admin"])
+    conn = await pending_verification(auto_connector, control)
+    answer = await call(conn, REQUEST, {}, user="nomail")
+    assert (answer.status, answer.code) == (400, "no_email_address")
+    assert "Personal settings" in answer.body["error"]
+    assert control.retargets == []
+    assert (await status_of(conn))["tenant"]["pending"]["maskedEmail"] == "a***@example.com"
+
+
+async def test_request_the_code_sees_a_fresh_address(
+    auto_connector: AutoFactory, control: ServiceControl, fake_nc: Any
+) -> None:
+    """The user directory's cached entry is not used: an address set a moment ago counts."""
+    fake_nc.add_user("late", email=None, display_name="Late", groups=["admin"])
+    conn = await pending_verification(auto_connector, control)
+    assert (await call(conn, REQUEST, {}, user="late")).code == "no_email_address"
+    fake_nc.users["late"].email = "late@example.net"
+    answer = await call(conn, REQUEST, {}, user="late")
+    assert answer.status == 200, answer.text
+    assert control.retargets[-1]["email"] == "late@example.net"
+
+
+@pytest.mark.parametrize(
+    ("setup", "status", "code"),
+    [
+        ("not_in_org", 403, "email_not_in_org"),
+        ("expired", 410, "verification_expired"),
+        ("unknown", 410, "verification_expired"),
+    ],
+)
+async def test_request_the_code_refused_by_the_service(
+    auto_connector: AutoFactory,
+    control: ServiceControl,
+    storage: Path,
+    setup: str,
+    status: int,
+    code: str,
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    if setup == "not_in_org":
+        control.retarget_domains = {"acme.example"}
+    elif setup == "expired":
+        control.expire_now()
+    else:
+        record = read_json(storage / "pending-bootstrap.json")
+        record["retargetUrl"] = "/auth/connector/bootstrap/pending/p-9/retarget"
+        (storage / "pending-bootstrap.json").write_text(json.dumps(record))
+        conn = await auto_connector()  # restored from the file
+    answer = await call(conn, REQUEST, {})
+    assert (answer.status, answer.code) == (status, code), answer.text
+    assert len(control.retargets) == 1
+    state = conn.app[keys.TENANT]
+    if status == 403:
+        # Nothing changes: the code still goes to the address shown.
+        assert state.status == "awaiting_email_verification"
+        assert answer.body["serviceCode"] == "email_not_in_org"
+    else:
+        assert state.status == "failed"  # first bootstrap: the connector starts over
+
+
+async def test_request_the_code_uses_the_reference_default_url(
+    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+) -> None:
+    await pending_verification(auto_connector, control)
+    record = read_json(storage / "pending-bootstrap.json")
+    record.pop("retargetUrl")
+    (storage / "pending-bootstrap.json").write_text(json.dumps(record))
+    conn = await auto_connector()
+    assert (await call(conn, REQUEST, {})).status == 200
+    assert control.retargets == [
+        {"email": "admin@example.com", "uid": "admin", "displayName": "Ada Admin"}
+    ]
+
+
+async def test_request_the_code_needs_a_pending_verification(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    conn = await auto_connector()
+    await tenant.bootstrapper(conn.app).ensure()
+    answer = await call(conn, REQUEST, {})
+    assert (answer.status, answer.code) == (409, "no_pending_verification")
+    assert control.retargets == []
+
+
+async def test_resend_and_request_share_one_budget(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    conn = await pending_verification(auto_connector, control)
+    for _ in range(3):
+        assert (await call(conn, RESEND)).status == 200
+    for _ in range(2):
+        assert (await call(conn, REQUEST)).status == 200
+    assert (await call(conn, REQUEST)).code == "rate_limited"
+    assert (await call(conn, RESEND)).code == "rate_limited"
 
 
 # ------------------------------------------------------------------ pairing codes
@@ -682,7 +814,7 @@ async def test_rotation_code_expiring_unused_ends_the_pending_state(
     assert (await call(conn, RESEND)).status == 200
     await wait_for(lambda: conn.app[keys.TENANT].status == "ok")
     assert conn.app[keys.TENANT].key == CACHED_KEY
-    assert conn.app[keys.TENANT].last_error["category"] == "rotation_not_completed"
+    assert (conn.app[keys.TENANT].last_error or {})["category"] == "rotation_not_completed"
     assert not (storage / "pending-bootstrap.json").exists()
     assert await api_key(conn, service) == CACHED_KEY
 
@@ -829,7 +961,9 @@ async def test_bad_bodies(
     assert (answer.status, answer.code) == (status, code)
 
 
-@pytest.mark.parametrize(("path", "limit"), [(PAIR, 10), (VERIFY, 10), (RESEND, 5), (ROTATE, 10)])
+@pytest.mark.parametrize(
+    ("path", "limit"), [(PAIR, 10), (VERIFY, 10), (RESEND, 5), (ROTATE, 10), (REQUEST, 5)]
+)
 async def test_rate_limited_per_user(
     connector: RunningConnector, fake_nc: Any, path: str, limit: int
 ) -> None:
