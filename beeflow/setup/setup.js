@@ -69,6 +69,12 @@
   }
 
   function tenantText(tenant) {
+    if (tenant.previousKeyInUse) {
+      // A rotation (or pairing) waits for the service; the key in use keeps working.
+      return tenant.status === "awaiting_admin_approval"
+        ? "Connected (the new key waits for approval)"
+        : "Connected (the new key waits for e-mail verification)";
+    }
     var labels = {
       ok: "Connected",
       initialising: "Connecting\u2026",
@@ -86,6 +92,12 @@
     verification_expired:
       "The code has expired or the Bee Flow service ended the verification. The connector starts " +
       "over and the service e-mails a new code; this page shows it when it is pending.",
+    no_email_address:
+      "Your Nextcloud account has no e-mail address. Set one under Personal settings and try again.",
+    email_not_in_org:
+      "The Bee Flow service does not send the code to your address: it does not belong to the organisation.",
+    retarget_refused: "The Bee Flow service refused to send the code to your address.",
+    user_lookup_failed: "Your Nextcloud account could not be read; try again in a moment.",
     no_pending_verification: "No e-mail verification is pending any more.",
     bootstrap_running: "The connector is provisioning right now; try again in a moment.",
     saas_unreachable: "The Bee Flow service could not be reached; check the service above and try again.",
@@ -122,7 +134,7 @@
   function actionFailure(res) {
     var d = res.data || {};
     var text;
-    if (d.code === "wrong_code") {
+    if (d.code === "wrong_code" || (d.code === "verification_expired" && d.keyKept)) {
       text = d.error || "That code is not right.";
     } else {
       text = MESSAGES[d.code] || d.error || "HTTP " + res.status;
@@ -147,7 +159,10 @@
     var busy = !!tenant.busy || tenant.status === "provisioning";
     var problem = $("tenant-problem");
     var err = tenant.lastError || {};
-    if (tenant.status === "failed" && (err.remediation || err.error)) {
+    if (tenant.status === "ok" && err.category === "rotation_not_completed") {
+      problem.textContent = err.remediation + " [" + err.category + "]";
+      problem.hidden = false;
+    } else if (tenant.status === "failed" && (err.remediation || err.error)) {
       // With the pairing card on screen its own text explains the fix; elsewhere the remediation.
       var fix = tenant.pairingSuggested ? "Enter a pairing code below." : err.remediation || "";
       problem.textContent =
@@ -174,6 +189,8 @@
       }
       $("verify-expiry").textContent = expiry;
     }
+    $("verify-keep").hidden = !(verifying && tenant.previousKeyInUse);
+    $("verify-keep-fp").textContent = tenant.fingerprint || "";
     $("verify-form").disabled = locked || busy || state.acting;
 
     $("pair-card").hidden = !tenant.pairingSuggested;
@@ -203,7 +220,11 @@
     var ts = $("tenant-status");
     ts.textContent = tenantText(tenant);
     ts.className =
-      tenant.status === "ok" ? "state-ok" : tenant.status === "failed" ? "state-bad" : "state-wait";
+      tenant.status === "ok" || tenant.previousKeyInUse
+        ? "state-ok"
+        : tenant.status === "failed"
+          ? "state-bad"
+          : "state-wait";
     if (tenant.lastError && tenant.lastError.error) {
       ts.title = tenant.lastError.error;
     }
@@ -332,12 +353,34 @@
     }
   }
 
+  // The verification is over (expired, ended by the service): its card goes away, so the
+  // explanation goes to the connection card, where it stays visible.
+  function ended(res) {
+    if (!res.data || res.data.code !== "verification_expired") {
+      return false;
+    }
+    show("", "info", "verify-result");
+    if (res.data.keyKept) {
+      // A rotation or pairing that did not complete: the note in the connection card says so
+      // (after the refresh); what the rotate or pairing button said last is over.
+      show("", "info", "rotate-result");
+      show("", "info", "pair-result");
+      $("tenant-result").hidden = true;
+    } else {
+      show(actionFailure(res), "error", "tenant-result");
+    }
+    return true;
+  }
+
   function verifyCode() {
     var input = $("verify-code");
     var code = input.value.replace(/\s+/g, "");
     return act("verify-result", "Verifying\u2026", async function () {
       var res = await call("POST", "setup/verify-email-code", { code: code });
       if (!res.ok || !res.data) {
+        if (ended(res)) {
+          return;
+        }
         input.setAttribute("aria-invalid", "true");
         show(actionFailure(res), "error", "verify-result");
         input.focus();
@@ -360,11 +403,32 @@
     return act("verify-result", "Sending a new code\u2026", async function () {
       var res = await call("POST", "setup/resend-email-code", {});
       if (!res.ok || !res.data) {
-        show(actionFailure(res), "error", "verify-result");
+        if (!ended(res)) {
+          show(actionFailure(res), "error", "verify-result");
+        }
         return;
       }
       var text = res.data.emailSent
         ? "A new code was sent to " + (res.data.maskedEmail || "the administrator") + "."
+        : "The service did not send an e-mail; try again later.";
+      if (res.data.expiresAt) {
+        text += " It is valid until " + when(res.data.expiresAt) + ".";
+      }
+      show(text, res.data.emailSent ? "ok" : "error", "verify-result");
+    });
+  }
+
+  function requestCode() {
+    return act("verify-result", "Sending a code to your address\u2026", async function () {
+      var res = await call("POST", "setup/request-verification-code", {});
+      if (!res.ok || !res.data) {
+        if (!ended(res)) {
+          show(actionFailure(res), "error", "verify-result");
+        }
+        return;
+      }
+      var text = res.data.emailSent
+        ? "A new code was sent to your address " + (res.data.maskedEmail || "") + "."
         : "The service did not send an e-mail; try again later.";
       if (res.data.expiresAt) {
         text += " It is valid until " + when(res.data.expiresAt) + ".";
@@ -387,7 +451,12 @@
       input.removeAttribute("aria-invalid");
       input.value = "";
       if (res.data.status === "awaiting_email_verification") {
-        show("The service asks to confirm an e-mail address first: see the code field above.", "info", "pair-result");
+        show(
+          "The service asks to confirm an e-mail address first: see the code field above." +
+            (res.data.previousKeyInUse ? " The current key stays in use until then." : ""),
+          "info",
+          "pair-result"
+        );
         return;
       }
       show("", "info", "pair-result");
@@ -417,7 +486,8 @@
       }
       if (res.data.status === "awaiting_email_verification") {
         show(
-          "The service asks to confirm an e-mail address before it issues the new key: enter the code above.",
+          "The service asks to confirm an e-mail address before it issues the new key: enter the code above." +
+            (res.data.previousKeyInUse ? " The current key stays in use until then." : ""),
           "info",
           "rotate-result"
         );
@@ -441,6 +511,7 @@
     $("save").addEventListener("click", saveChoice);
     $("verify").addEventListener("click", verifyCode);
     $("resend").addEventListener("click", resendCode);
+    $("request-code").addEventListener("click", requestCode);
     $("pair").addEventListener("click", applyPairing);
     $("rotate").addEventListener("click", rotateKey);
     $("verify-code").addEventListener("keydown", function (event) {

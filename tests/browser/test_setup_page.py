@@ -23,7 +23,7 @@ from beeflow.tenant import fingerprint
 from tests.browser.conftest import Console, shot_path
 from tests.demo.stack import DemoStack, start_demo_stack
 from tests.fakes.service import FakeService
-from tests.fakes.service_control import PAIRED_KEY, PROVISIONED_KEY, ServiceControl
+from tests.fakes.service_control import EXPIRES_AT, PAIRED_KEY, PROVISIONED_KEY, ServiceControl
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -240,6 +240,18 @@ async def test_email_verification(browser: Any) -> None:
         assert text.startswith("A new code was sent to a***@example.com. It is valid until")
         assert len(control.resends) == 1
 
+        # "Send the code to me instead": to the Nextcloud address of the admin on the page.
+        await page.get_by_role("button", name="Send the code to me instead").click()
+        text = await result(page, "ok", "#verify-result")
+        assert text.startswith("A new code was sent to your address a***@demo.invalid. It is valid")
+        assert control.retargets == [
+            {"email": "admin@demo.invalid", "uid": "admin", "displayName": "Demo Admin"}
+        ]
+        await page.wait_for_function(
+            "() => document.getElementById('verify-email').textContent === 'a***@demo.invalid'"
+        )
+        await page.screenshot(path=shot_path("setup-verify-sent-to-me.png"))
+
         await code.fill("123 456")  # pasted with a space
         await page.keyboard.press("Enter")
         text = await result(page, "ok", "#tenant-result")
@@ -365,6 +377,69 @@ async def test_rotate_tenant_key(browser: Any) -> None:
         text = await result(page, "error", "#rotate-result")
         assert text.startswith("Provisioning a new key failed; the previous state is kept.")
         assert text.endswith("[bootstrap_failed]")
+        assert stack.app[keys.TENANT].key == control.tenant_key
+        assert unexpected(console) == []
+        await context.close()
+    finally:
+        await stack.close()
+
+
+async def test_rotation_waiting_for_the_code_keeps_the_old_key(browser: Any) -> None:
+    control = ServiceControl()
+    stack = await start_tenant_stack(control)
+    try:
+        old = fingerprint(PROVISIONED_KEY)
+        context, page, console = await open_setup(browser, stack.demo.setup_url)
+        await page.get_by_text("Advanced").click()
+        rotate = page.get_by_role("button", name="Rotate tenant key")
+        control.bootstrap_mode = "verification"
+        page.on("dialog", lambda dialog: dialog.accept())
+        await rotate.click()
+        await page.wait_for_function(
+            "() => document.getElementById('rotate-result').textContent.includes('code above')"
+        )
+        text = str(await page.text_content("#rotate-result"))
+        assert text.endswith("enter the code above. The current key stays in use until then.")
+        await page.wait_for_selector("#verify-card", state="visible")
+        status = "Connected (the new key waits for e-mail verification)"
+        assert await page.text_content("#tenant-status") == status
+        assert await page.get_attribute("#tenant-status", "class") == "state-ok"
+        assert await page.text_content("#fingerprint") == old
+        assert await page.is_visible("#verify-keep")
+        assert await page.text_content("#verify-keep-fp") == old
+        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
+        await page.screenshot(path=shot_path("setup-rotation-pending.png"), full_page=True)
+
+        # Nobody enters the code in time: the old key stays, the page says why.
+        control.expire_now()
+        code = page.get_by_label("Verification code")
+        await code.fill("123456")
+        await page.get_by_role("button", name="Verify").click()
+        await page.wait_for_selector("#verify-card", state="hidden")
+        await page.wait_for_selector("#tenant-problem", state="visible")
+        problem = await page.text_content("#tenant-problem") or ""
+        assert problem == tenant.REMEDIATION["rotation_not_completed"] + " [rotation_not_completed]"
+        assert await page.text_content("#tenant-status") == "Connected"
+        assert await page.text_content("#fingerprint") == old
+        assert await page.text_content("#rotate-result") == ""  # "enter the code" is over
+        assert await page.is_hidden("#tenant-result")
+        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
+        await page.screenshot(path=shot_path("setup-rotation-expired.png"), full_page=True)
+
+        # Again, and this time the code is entered: the new key replaces the old one.
+        control.expires_at = EXPIRES_AT
+        control.tenant_key = "tk_rotated_aabbccddeeff00112233445566778899"
+        await rotate.click()
+        await page.wait_for_selector("#verify-card", state="visible")
+        await code.fill("123456")
+        await page.get_by_role("button", name="Verify").click()
+        text = await result(page, "ok", "#tenant-result")
+        new = fingerprint(control.tenant_key)
+        assert text == f"E-mail address confirmed. Connected to Acme (key fingerprint {new})."
+        await page.wait_for_selector("#verify-card", state="hidden")
+        assert await page.text_content("#tenant-status") == "Connected"
+        assert await page.text_content("#fingerprint") == new
+        assert await page.is_hidden("#tenant-problem")
         assert stack.app[keys.TENANT].key == control.tenant_key
         assert unexpected(console) == []
         await context.close()
