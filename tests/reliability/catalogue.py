@@ -1313,6 +1313,21 @@ CASES: Final[list[Case]] = [
         note="refused before the body is read (also before `100 Continue`)",
         check=dav_untouched,
     ),
+    Case(
+        "size-api-gzip-body",
+        G_SIZE,
+        "an /api request body with `Content-Encoding: gzip` (1 KiB inflating to 1 MiB)",
+        415,
+        "content_encoding_unsupported",
+        user(
+            "POST",
+            "/api/echo",
+            [("Content-Type", "application/json"), ("Content-Encoding", "gzip")],
+            gzip.compress(b"\0" * (1 << 20)),
+        ),
+        note="bodies are read as sent (no decoding on the way in); browsers never compress them",
+        check=no_service_request,
+    ),
 ]
 
 
