@@ -489,6 +489,44 @@ async def test_rebootstrap_provisions_a_new_key_and_keeps_the_old_file(
     assert len(control.bootstraps) == 1
 
 
+@pytest.mark.parametrize("denied", [True, False], ids=["denied", "approved"])
+async def test_rebootstrap_waiting_for_approval_keeps_the_old_key(
+    auto_connector: AutoFactory,
+    storage: Path,
+    control: ServiceControl,
+    service: FakeService,
+    denied: bool,
+) -> None:
+    """The legacy approval 202 holds the key in use like the e-mail verification: polled until
+    approved (then the new key), or denied (then the old key simply stays)."""
+    write_cache(storage, bound=str(service.url))
+    control.deny_polls = denied
+    control.bootstrap_mode = "poll"
+    control.approve_on_poll = 0  # the first polls find it pending
+    conn = await auto_connector()
+    state = conn.app[keys.TENANT]
+    assert state.key == CACHED_KEY
+    await conn.app[keys.REBOOTSTRAP]()
+    assert (state.key, state.status) == (CACHED_KEY, "awaiting_admin_approval")
+    assert state.previous_key_in_use
+    body = await heartbeat(conn, trusted=False)
+    assert body["bootstrap"]["previousKeyInUse"] is True
+    if denied:
+        await wait_for(lambda: state.status == "ok")
+        assert state.key == CACHED_KEY
+        assert (state.last_error or {})["category"] == "rotation_not_completed"
+        assert not (storage / "pending-bootstrap.json").exists()
+        assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
+    else:
+        await wait_for(lambda: control.polls >= 2)
+        assert state.key == CACHED_KEY  # still pending: the old key serves
+        control.approve_on_poll = control.polls + 1
+        await wait_for(lambda: state.key == PROVISIONED_KEY)
+        assert state.status == "ok"
+        assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
+        assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
+
+
 async def test_rebootstrap_failure_restores_the_old_state(
     auto_connector: AutoFactory, storage: Path, control: ServiceControl
 ) -> None:
