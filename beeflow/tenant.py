@@ -922,34 +922,7 @@ class Bootstrapper:
     async def resend(self) -> dict[str, Any]:
         """POST {resendUrl} (reference 6.4 step 5): the service e-mails a new code. Returns
         {ok, expiresAt, maskedEmail, emailSent}, or {ok: False, status, code, error}."""
-        async with self._rebootstrap_lock:
-            record = self._verification()
-            url = self._sub_flow_url(record, "resend")
-            if url is None:
-                raise Conflict("No e-mail verification is pending", code="no_pending_verification")
-            client = self._app[service_client.SERVICE]
-            try:
-                reply = await client.post_json(url, {}, timeout=15.0)
-            except service_client.ServiceCallError as exc:
-                return {"ok": False, "status": None, "code": "saas_unreachable", "error": str(exc)}
-            data = reply.data if isinstance(reply.data, dict) else {}
-            if not reply.ok or data.get("ok") is False:
-                return await self._sub_flow_failed(reply)
-            fresh = {
-                k: data[k] for k in ("expiresAt", "maskedEmail") if isinstance(data.get(k), str)
-            }
-            record.update(fresh)
-            await self._persist_pending(record)
-            if self.state.pending is not None:
-                self.state.pending.update(fresh)
-                self.state.pending.pop("attemptsLeft", None)  # a new code, new attempts
-            log.info("verification code sent again (to %s)", record.get("maskedEmail", "the admin"))
-            return {
-                "ok": True,
-                "expiresAt": record.get("expiresAt"),
-                "maskedEmail": record.get("maskedEmail"),
-                "emailSent": data.get("emailSent") is not False,
-            }
+        return await self._new_code("resend", {}, "sent again")
 
     def verification_pending(self) -> bool:
         """An e-mail verification is waiting for a code (the setup page's code field)."""
@@ -963,13 +936,17 @@ class Bootstrapper:
         """POST {retargetUrl} {"email", "uid", "displayName"} (reference 6.4 step 5): the service
         sends the code to the admin actually doing the setup instead. Returns {ok, expiresAt,
         maskedEmail, emailSent}, or {ok: False, status, code, error}."""
+        body = {"email": email, "uid": uid, "displayName": display_name}
+        return await self._new_code("retarget", body, "sent to the setup admin instead")
+
+    async def _new_code(self, kind: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        """Ask the service for a new code through the pending record's `kind` URL."""
         async with self._rebootstrap_lock:
             record = self._verification()
-            url = self._sub_flow_url(record, "retarget")
+            url = self._sub_flow_url(record, kind)
             if url is None:
                 raise Conflict("No e-mail verification is pending", code="no_pending_verification")
             client = self._app[service_client.SERVICE]
-            body = {"email": email, "uid": uid, "displayName": display_name}
             try:
                 reply = await client.post_json(url, body, timeout=15.0)
             except service_client.ServiceCallError as exc:
@@ -985,10 +962,7 @@ class Bootstrapper:
             if self.state.pending is not None:
                 self.state.pending.update(fresh)
                 self.state.pending.pop("attemptsLeft", None)  # a new code, new attempts
-            log.info(
-                "verification code sent to the setup admin instead (%s)",
-                record.get("maskedEmail", "?"),
-            )
+            log.info("verification code %s (to %s)", what, record.get("maskedEmail", "the admin"))
             return {
                 "ok": True,
                 "expiresAt": record.get("expiresAt"),
