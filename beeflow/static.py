@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from aiohttp import web
+from aiohttp.helpers import ETAG_ANY, ETag
 
 from beeflow import keys
 from beeflow.appapi import Access, Handler, add_route
@@ -116,8 +120,60 @@ def content_type(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix.lower(), FALLBACK_TYPE)
 
 
-_CONDITIONS: Final = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
-_SUFFIX_ZERO: Final = re.compile(r"^bytes=-0+$", re.ASCII | re.IGNORECASE)
+# A Range we serve: `bytes=` and one or more `first-last`, `first-` or `-suffix` specs.
+_UNIT: Final = re.compile(r"^\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=(.*)$", re.ASCII | re.DOTALL)
+_SPEC: Final = re.compile(r"^(?:([0-9]+)-([0-9]*)|-([0-9]+))$", re.ASCII)
+# Beyond any file we serve; longer digit strings are not converted (Python's int() refuses
+# more than 4300 digits, and their value does not matter).
+_HUGE: Final = 10**18
+_CHUNK: Final = 256 * 1024
+
+
+def _number(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else _HUGE
+
+
+class _Unsatisfiable(Exception):
+    pass
+
+
+def parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """RFC 9110 14.1/14.2 for one representation of `size` bytes: the one byte range to serve as
+    (start, end inclusive), or None to ignore the header and send the whole file (another unit,
+    which a server must ignore; several ranges, since we send no multipart/byteranges; an empty
+    file). Raises _Unsatisfiable for an invalid range set or one with no satisfiable range."""
+    unit = _UNIT.match(value)
+    if unit is None:
+        raise _Unsatisfiable
+    if unit[1].lower() != "bytes":
+        return None
+    specs = [part.strip(" \t") for part in unit[2].split(",")]
+    specs = [part for part in specs if part]
+    if not specs:
+        raise _Unsatisfiable
+    satisfiable: list[tuple[int, int]] = []
+    for spec in specs:
+        match = _SPEC.match(spec)
+        if match is None:
+            raise _Unsatisfiable
+        first, last, suffix = match.groups()
+        if suffix is not None:
+            length = _number(suffix)
+            if length > 0 and size > 0:
+                satisfiable.append((max(0, size - length), size - 1))
+            continue
+        start = _number(first)
+        end = _number(last) if last else _HUGE
+        if end < start:
+            raise _Unsatisfiable  # invalid (14.1.1), not merely unsatisfiable
+        if start < size:
+            satisfiable.append((start, min(end, size - 1)))
+    if size == 0 or (len(specs) > 1 and satisfiable):
+        return None
+    if not satisfiable:
+        raise _Unsatisfiable
+    return satisfiable[0]
 
 
 def _unsatisfiable(size: int) -> BeeflowError:
@@ -129,37 +185,124 @@ def _unsatisfiable(size: int) -> BeeflowError:
     )
 
 
-def check_range(request: web.Request, path: Path) -> None:
-    """Refuse, as a JSON error, a Range that aiohttp's FileResponse would answer with a bare
-    416 (unparseable, more than one range, start past the end) or would wrongly serve whole
-    (`bytes=-0`, an empty suffix). Preconditions are left to FileResponse (they come first,
-    RFC 9110 13.2.2), and so is a Range that a stale If-Range makes it ignore."""
-    value = request.headers.get("Range")
-    if value is None or any(name in request.headers for name in _CONDITIONS):
-        return
-    try:
-        stat = path.stat()
-    except OSError:
-        return
-    if_range = request.if_range
-    if if_range is not None and stat.st_mtime > if_range.timestamp():
-        return
-    if _SUFFIX_ZERO.match(value.strip()):
-        raise _unsatisfiable(stat.st_size)
-    try:
-        start = request.http_range.start
-    except ValueError:
-        raise _unsatisfiable(stat.st_size) from None
-    if start is not None and start >= stat.st_size:
-        raise _unsatisfiable(stat.st_size)
-
-
-def _file_response(request: web.Request, path: Path, cache_control: str) -> web.FileResponse:
-    """aiohttp's FileResponse gives us ETag, Last-Modified, 304, 412, Range, HEAD and sendfile."""
-    check_range(request, path)
-    return web.FileResponse(
-        path, headers={"Content-Type": content_type(path), "Cache-Control": cache_control}
+def _precondition_failed() -> BeeflowError:
+    return BeeflowError(
+        "A precondition of the request is not met", status=412, code="precondition_failed"
     )
+
+
+def _etag_of(st: os.stat_result) -> str:
+    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def _matches(etags: tuple[ETag, ...], current: str, *, weak: bool) -> bool:
+    """Strong (If-Match, If-Range) or weak (If-None-Match) comparison, RFC 9110 8.8.3.2."""
+    if any(tag.value == ETAG_ANY for tag in etags):
+        return True
+    return any(f'"{tag.value}"' == current for tag in etags if weak or not tag.is_weak)
+
+
+def _if_range_holds(request: web.Request, etag: str, st: os.stat_result) -> bool:
+    """RFC 9110 13.1.5: an entity tag must match strongly; a date must equal Last-Modified,
+    which counts as a strong validator only when it is at least a second old (8.8.2.2).
+    Anything else (a weak tag, garbage) is false."""
+    value = request.headers.get("If-Range", "").strip()
+    if value.startswith('"'):
+        return value == etag
+    if value.startswith("W/"):
+        return False
+    when = request.if_range
+    modified = int(st.st_mtime)
+    return when is not None and int(when.timestamp()) == modified and time.time() - modified >= 1
+
+
+def decide(request: web.Request, etag: str, st: os.stat_result) -> tuple[int, int, int]:
+    """RFC 9110 13.2.2 in order, then 14.2: (status, start, length) of the answer: 304, or 200
+    for the whole file, or 206 for one range. Raises the JSON 412 and 416 errors."""
+    modified = int(st.st_mtime)
+    if_match = request.if_match
+    if if_match is not None:
+        if not _matches(if_match, etag, weak=False):
+            raise _precondition_failed()
+    elif (since := request.if_unmodified_since) is not None and modified > since.timestamp():
+        raise _precondition_failed()
+    if_none_match = request.if_none_match
+    if if_none_match is not None:
+        if _matches(if_none_match, etag, weak=True):
+            return 304, 0, 0
+    elif (since := request.if_modified_since) is not None and modified <= since.timestamp():
+        return 304, 0, 0
+    size = st.st_size
+    value = request.headers.get("Range")
+    # Range is defined for GET only (14.2); a false If-Range means: ignore it (13.2.2 step 5).
+    if value is None or request.method != "GET":
+        return 200, 0, size
+    if "If-Range" in request.headers and not _if_range_holds(request, etag, st):
+        return 200, 0, size
+    try:
+        chosen = parse_range(value, size)
+    except _Unsatisfiable:
+        raise _unsatisfiable(size) from None
+    if chosen is None:
+        return 200, 0, size
+    start, end = chosen
+    return 206, start, end - start + 1
+
+
+def _open(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    """The open file and its stat, taken from the descriptor (what is sent is what was stat'ed)."""
+    handle = path.open("rb")
+    try:
+        return handle, os.fstat(handle.fileno())
+    except OSError:
+        handle.close()
+        raise
+
+
+def _read(handle: BinaryIO, offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    return handle.read(size)
+
+
+async def send_file(request: web.Request, path: Path, cache_control: str) -> web.StreamResponse:
+    """ETag, Last-Modified, 304, 412, one byte range (206/416), HEAD, read in chunks off the
+    event loop. Every refusal is a JSON error; a 304 carries the 200's validators and
+    Cache-Control and nothing else."""
+    loop = asyncio.get_running_loop()
+    try:
+        handle, st = await loop.run_in_executor(None, _open, path)
+    except OSError:
+        raise _not_found() from None
+    try:
+        etag = _etag_of(st)
+        status, start, length = decide(request, etag, st)
+        response = web.StreamResponse(status=status)
+        response.headers["ETag"] = etag
+        response.last_modified = st.st_mtime
+        response.headers["Cache-Control"] = cache_control
+        if status == 304:
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        response.headers["Content-Type"] = content_type(path)
+        response.headers["Accept-Ranges"] = "bytes"
+        if status == 206:
+            response.headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{st.st_size}"
+        response.content_length = length
+        await response.prepare(request)
+        if request.method != "HEAD":
+            offset, left = start, length
+            while left > 0:
+                chunk = await loop.run_in_executor(None, _read, handle, offset, min(left, _CHUNK))
+                if not chunk:
+                    break  # the file shrank under us: the client sees a short body
+                await response.write(chunk)
+                offset += len(chunk)
+                left -= len(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        handle.close()
 
 
 def _root(request: web.Request) -> SpaRoot:
@@ -167,22 +310,22 @@ def _root(request: web.Request) -> SpaRoot:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    return _file_response(request, _root(request).file("index.html"), NO_STORE)
+    return await send_file(request, _root(request).file("index.html"), NO_STORE)
 
 
 async def favicon(request: web.Request) -> web.StreamResponse:
-    return _file_response(request, _root(request).file("favicon.ico"), REVALIDATE)
+    return await send_file(request, _root(request).file("favicon.ico"), REVALIDATE)
 
 
 async def logo(request: web.Request) -> web.StreamResponse:
-    return _file_response(request, _root(request).file(request.match_info["name"]), REVALIDATE)
+    return await send_file(request, _root(request).file(request.match_info["name"]), REVALIDATE)
 
 
 def _under(prefix: str, cache_control: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         relative = f"{prefix}/{request.match_info['path']}"
         path = _root(request).file(relative)
-        return _file_response(request, path, NO_STORE if path.suffix == ".html" else cache_control)
+        return await send_file(request, path, NO_STORE if path.suffix == ".html" else cache_control)
 
     return handler
 

@@ -192,6 +192,185 @@ async def test_range_request(served: RunningConnector) -> None:
         assert await resp.read() == b"console"
 
 
+JS = "/assets/app.0123456789.js"
+JS_BODY = b"console.log(1)"  # 14 bytes
+
+
+async def _get(
+    served: RunningConnector, headers: dict[str, str], method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return await raw_request(served, JS, method=method, extra=extra)
+
+
+async def _etag(served: RunningConnector) -> str:
+    _, headers, _ = await _get(served, {})
+    return headers["etag"]
+
+
+def _json_error(status: int, headers: dict[str, str], body: bytes, want: int, code: str) -> None:
+    assert status == want, (status, headers, body)
+    assert headers["content-type"] == "application/json"
+    assert headers["cache-control"] == "no-store"
+    assert json.loads(body)["code"] == code
+
+
+def _whole(status: int, headers: dict[str, str], body: bytes) -> None:
+    assert status == 200, (status, headers, body)
+    assert body == JS_BODY
+    assert headers["content-length"] == str(len(JS_BODY))
+    assert "content-range" not in headers
+    assert headers["accept-ranges"] == "bytes"
+    assert headers["cache-control"] == "public, max-age=31536000, immutable"
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("bytes=0-6", (0, 6)),
+        ("bytes=7-", (7, 13)),
+        ("bytes=-3", (11, 13)),
+        ("bytes=-99", (0, 13)),
+        ("BYTES = 2-3", (2, 3)),
+        ("bytes=0-" + "9" * 5000, (0, 13)),
+        ("bytes=" + "0" * 5000 + "1-2", (1, 2)),
+        ("bytes=0-1,5-6", None),  # several: the whole file, no multipart
+        ("bytes=99-,0-1", None),
+        ("items=0-5", None),  # another unit is ignored
+        ("bytes=0-1,,", (0, 1)),
+    ],
+)
+def test_parse_range(value: str, want: tuple[int, int] | None) -> None:
+    assert static.parse_range(value, 14) == want
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "bytes=14-",
+        "bytes=-0",
+        "bytes=10-2",
+        "bytes=abc",
+        "bytes=",
+        "bytes",
+        "=0-1",
+        "bytes=99-,100-",
+        "bytes=0-1,x",
+        "bytes=1" + "0" * 5000 + "-",
+    ],
+)
+def test_parse_range_refused(value: str) -> None:
+    with pytest.raises(static._Unsatisfiable):
+        static.parse_range(value, 14)
+
+
+def test_parse_range_empty_file_is_served_whole() -> None:
+    assert static.parse_range("bytes=0-5", 0) is None
+    assert static.parse_range("bytes=-5", 0) is None
+
+
+async def test_if_range_entity_tag(served: RunningConnector) -> None:
+    """RFC 9110 13.2.2 step 5: a false If-Range means the Range is ignored (200), whatever the
+    Range says; a true one with an unsatisfiable range is 416."""
+    etag = await _etag(served)
+    _whole(*await _get(served, {"Range": "bytes=999999-", "If-Range": '"abc"'}))
+    _whole(*await _get(served, {"Range": "bytes=0-1", "If-Range": '"abc"'}))
+    _whole(*await _get(served, {"Range": "bytes=0-1", "If-Range": "W/" + etag}))
+    _whole(*await _get(served, {"Range": "bytes=0-1", "If-Range": "garbage"}))
+    _whole(*await _get(served, {"Range": "bytes=abc", "If-Range": '"abc"'}))
+    status, headers, body = await _get(served, {"Range": "bytes=0-6", "If-Range": etag})
+    assert (status, body, headers["content-range"]) == (206, b"console", "bytes 0-6/14")
+    status, headers, body = await _get(served, {"Range": "bytes=999999-", "If-Range": etag})
+    _json_error(status, headers, body, 416, "range_not_satisfiable")
+    assert headers["content-range"] == "bytes */14"
+
+
+async def test_if_range_date(served: RunningConnector, spa_dir: Path) -> None:
+    """A date must equal Last-Modified exactly (and Last-Modified be a strong validator)."""
+    os.utime(spa_dir / "assets" / "app.0123456789.js", (1_700_000_000, 1_700_000_000))
+    exact = formatdate(1_700_000_000, usegmt=True)
+    status, _, body = await _get(served, {"Range": "bytes=0-6", "If-Range": exact})
+    assert (status, body) == (206, b"console")
+    later = formatdate(1_700_000_100, usegmt=True)
+    _whole(*await _get(served, {"Range": "bytes=0-6", "If-Range": later}))
+    _whole(*await _get(served, {"Range": "bytes=0-6", "If-Range": formatdate(0, usegmt=True)}))
+
+
+async def test_if_range_date_of_a_fresh_file_is_weak(
+    served: RunningConnector, spa_dir: Path
+) -> None:
+    path = spa_dir / "assets" / "app.0123456789.js"
+    _, headers, _ = await _get(served, {})
+    os.utime(path)  # modified now: Last-Modified is not yet a strong validator (8.8.2.2)
+    _, headers, _ = await _get(served, {})
+    _whole(*await _get(served, {"Range": "bytes=0-6", "If-Range": headers["last-modified"]}))
+
+
+async def test_preconditions_come_before_range(served: RunningConnector) -> None:
+    """Range with If-None-Match / If-Modified-Since: the conditions decide first (304), and a
+    Range refused afterwards is our JSON 416, never a bare one cached as immutable."""
+    etag = await _etag(served)
+    status, headers, body = await _get(served, {"Range": "bytes=999999-", "If-None-Match": etag})
+    assert (status, body) == (304, b"")
+    assert headers["etag"] == etag
+    assert headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert "content-range" not in headers
+    status, headers, body = await _get(served, {"Range": "bytes=999999-", "If-None-Match": '"x"'})
+    _json_error(status, headers, body, 416, "range_not_satisfiable")
+    assert headers["content-range"] == "bytes */14"
+    old = formatdate(0, usegmt=True)
+    status, headers, body = await _get(served, {"Range": "bytes=foo", "If-Modified-Since": old})
+    _json_error(status, headers, body, 416, "range_not_satisfiable")
+    status, headers, body = await _get(served, {"Range": "bytes=0-6", "If-Modified-Since": old})
+    assert (status, body) == (206, b"console")
+    # If-Match fails before Range is looked at: a JSON 412, not cacheable.
+    status, headers, body = await _get(served, {"Range": "bytes=0-6", "If-Match": '"x"'})
+    _json_error(status, headers, body, 412, "precondition_failed")
+    status, _, body = await _get(served, {"Range": "bytes=0-6", "If-Match": etag})
+    assert (status, body) == (206, b"console")
+    status, headers, body = await _get(served, {"If-Unmodified-Since": old})
+    _json_error(status, headers, body, 412, "precondition_failed")
+    # If-Match present: If-Unmodified-Since is not evaluated (13.2.2 step 2).
+    _whole(*await _get(served, {"If-Match": etag, "If-Unmodified-Since": old}))
+    _whole(*await _get(served, {"If-Match": "*"}))
+
+
+async def test_several_ranges_or_another_unit_get_the_whole_file(
+    served: RunningConnector,
+) -> None:
+    _whole(*await _get(served, {"Range": "bytes=0-1,5-6"}))
+    _whole(*await _get(served, {"Range": "bytes=" + ",".join(f"{i}-{i}" for i in range(500))}))
+    _whole(*await _get(served, {"Range": "items=0-5"}))
+    status, headers, body = await _get(served, {"Range": "bytes=99-,100-"})
+    _json_error(status, headers, body, 416, "range_not_satisfiable")
+
+
+async def test_range_is_for_get_only(served: RunningConnector) -> None:
+    status, headers, body = await _get(served, {"Range": "bytes=0-1"}, method="HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["content-length"] == str(len(JS_BODY))
+    assert "content-range" not in headers
+    status, headers, body = await _get(served, {"Range": "bytes=999-"}, method="HEAD")
+    assert (status, body, headers["content-length"]) == (200, b"", "14")
+
+
+async def test_huge_range_end_is_clamped(served: RunningConnector) -> None:
+    status, headers, body = await _get(served, {"Range": "bytes=0-" + "9" * 5000})
+    assert (status, body, headers["content-range"]) == (206, JS_BODY, "bytes 0-13/14")
+
+
+async def test_large_file_is_sent_in_chunks(served: RunningConnector, spa_dir: Path) -> None:
+    data = os.urandom(static._CHUNK * 2 + 123)
+    (spa_dir / "assets" / "big.bin").write_bytes(data)
+    async with await served.request("GET", "/assets/big.bin") as resp:
+        assert resp.status == 200
+        assert await resp.read() == data
+    headers = {"Range": f"bytes={static._CHUNK - 5}-{static._CHUNK * 2 + 7}"}
+    async with await served.request("GET", "/assets/big.bin", headers=headers) as resp:
+        assert resp.status == 206
+        assert await resp.read() == data[static._CHUNK - 5 : static._CHUNK * 2 + 8]
+
+
 async def test_writes_are_not_allowed(served: RunningConnector) -> None:
     async with await served.request("POST", "/index.html", data=b"x") as resp:
         assert resp.status == 405

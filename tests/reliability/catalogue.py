@@ -21,7 +21,7 @@ import attrs
 
 from tests.helpers import SECRET
 from tests.reliability.rawhttp import RawResponse, request_bytes
-from tests.reliability.stack import SPA_JS, Stack, app_headers, nc_headers
+from tests.reliability.stack import SPA_JS, SPA_JS_BODY, Stack, app_headers, nc_headers
 
 DOC: Final = Path(__file__).resolve().parents[2] / "docs" / "bad-input.md"
 START: Final = (
@@ -202,6 +202,16 @@ def closed_quickly(stack: Stack, resp: RawResponse) -> None:
 
 def content_range_star(stack: Stack, resp: RawResponse) -> None:
     assert resp.headers.get("Content-Range") == f"bytes */{1000}", resp.headers
+
+
+def whole_file(stack: Stack, resp: RawResponse) -> None:
+    assert "Content-Range" not in resp.headers, resp.headers
+    assert resp.body == SPA_JS_BODY
+
+
+def whole_range(stack: Stack, resp: RawResponse) -> None:
+    assert resp.headers.get("Content-Range") == "bytes 0-999/1000", resp.headers
+    assert resp.body == SPA_JS_BODY
 
 
 def nothing_outside(stack: Stack, resp: RawResponse) -> None:
@@ -1126,20 +1136,31 @@ CASES: Final[list[Case]] = [
         "range-500",
         G_RANGE,
         "500 ranges in one header",
-        416,
-        "range_not_satisfiable",
+        200,
+        None,
         raw("GET", f"/{SPA_JS}", [("Range", "bytes=" + ",".join(f"{i}-{i}" for i in range(500)))]),
-        note="multiple ranges are not served",
-        check=content_range_star,
+        note="several ranges: the Range is ignored, the whole file (no multipart/byteranges)",
+        check=whole_file,
+    ),
+    Case(
+        "range-two",
+        G_RANGE,
+        "`Range: bytes=0-1,5-6`",
+        200,
+        None,
+        raw("GET", f"/{SPA_JS}", [("Range", "bytes=0-1,5-6")]),
+        note="the whole file",
+        check=whole_file,
     ),
     Case(
         "range-5000-digits",
         G_RANGE,
         "a 5,000-digit range end",
-        416,
-        "range_not_satisfiable",
+        206,
+        None,
         raw("GET", f"/{SPA_JS}", [("Range", "bytes=0-" + "9" * 5000)]),
-        check=content_range_star,
+        note="clamped to the file (digits beyond 18 are never converted)",
+        check=whole_range,
     ),
     Case(
         "range-suffix-zero",
@@ -1154,10 +1175,39 @@ CASES: Final[list[Case]] = [
         "range-other-unit",
         G_RANGE,
         "`Range: items=0-5`",
+        200,
+        None,
+        raw("GET", f"/{SPA_JS}", [("Range", "items=0-5")]),
+        note="another unit is ignored (RFC 9110 14.2): the whole file",
+        check=whole_file,
+    ),
+    Case(
+        "range-stale-if-range",
+        G_RANGE,
+        '`Range: bytes=99999999999-` with `If-Range: "abc"` (not our ETag)',
+        200,
+        None,
+        raw("GET", f"/{SPA_JS}", [("Range", "bytes=99999999999-"), ("If-Range", '"abc"')]),
+        note="a false If-Range means the Range is ignored: the whole file",
+        check=whole_file,
+    ),
+    Case(
+        "range-with-if-none-match",
+        G_RANGE,
+        '`Range: bytes=99999999999-` with `If-None-Match: "x"`',
         416,
         "range_not_satisfiable",
-        raw("GET", f"/{SPA_JS}", [("Range", "items=0-5")]),
+        raw("GET", f"/{SPA_JS}", [("Range", "bytes=99999999999-"), ("If-None-Match", '"x"')]),
+        note="conditions first (RFC 9110 13.2.2), then the Range: JSON, never cached",
         check=content_range_star,
+    ),
+    Case(
+        "range-if-match-fails",
+        G_RANGE,
+        '`Range: bytes=0-5` with `If-Match: "x"`',
+        412,
+        "precondition_failed",
+        raw("GET", f"/{SPA_JS}", [("Range", "bytes=0-5"), ("If-Match", '"x"')]),
     ),
     Case(
         "range-huge-end",
@@ -1167,6 +1217,7 @@ CASES: Final[list[Case]] = [
         None,
         raw("GET", f"/{SPA_JS}", [("Range", "bytes=0-99999999999999999999")]),
         note="clamped to the file: the whole file, `Content-Range: bytes 0-999/1000`",
+        check=whole_range,
     ),
     # -------------------------------------------------------------- static traversal
     *[
