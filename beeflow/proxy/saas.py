@@ -172,8 +172,10 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
     """The service URL for this request: base + the path and query exactly as received, then
     checked to still lie under base + /api/ or /auth/."""
     raw_path = request.rel_url.raw_path
+    # Decoded once, with "\" read as "/" (browsers' and Node's URL parsers do, for http):
+    # "/api/..%2fauth" or "/api/..\admin" must not step out of /api/ at the service either.
     if ("." in raw_path or "%" in raw_path) and any(
-        unquote(segment) in (".", "..") for segment in raw_path.split("/")
+        segment in (".", "..") for segment in unquote(raw_path).replace("\\", "/").split("/")
     ):
         raise BadRequest("Dot segments are not allowed in the path", code="bad_path")
     base_path, allowed = _base_parts(base)
@@ -230,6 +232,10 @@ def _is_json(content_type: str) -> bool:
     return "json" in content_type.lower()
 
 
+# The service's chat stream ends with `event: done` (reference 3): a cut after it lost nothing.
+_FINAL_EVENTS: Final = frozenset({b"done"})
+
+
 def relay_options(config: Config) -> streaming.RelayOptions:
     """HaRP streams: keep-alive comments so HaRP and reverse proxies keep idle streams open.
     Legacy: Nextcloud's PHP proxy buffers the whole reply and has no timeout, so never keep a
@@ -237,7 +243,10 @@ def relay_options(config: Config) -> streaming.RelayOptions:
     if config.harp:
         return streaming.RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
     return streaming.RelayOptions(
-        idle_limit_seconds=config.legacy_stream_idle_seconds, close_delimited_sse=True
+        idle_limit_seconds=config.legacy_stream_idle_seconds,
+        close_delimited_sse=True,
+        sse_error_events=True,
+        sse_final_events=_FINAL_EVENTS,
     )
 
 

@@ -68,7 +68,9 @@ idle stream to notice its client going away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -109,8 +111,13 @@ REQUEST_FRAMING: Final = frozenset({"host", "content-length", "transfer-encoding
 # Response fields the relay decides itself (it keeps the upstream Content-Length if any).
 RESPONSE_FRAMING: Final = frozenset({"content-length", "transfer-encoding"})
 # What identifies the caller to *us*: never passed to an upstream that should not see it.
-CREDENTIALS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
-BROWSER_CONTEXT: Final = frozenset({"origin", "referer"})
+# X-Original-Authorization: AppAPI's copy of the browser's Authorization (the user's Basic
+# credentials) when it talks to a Docker Socket Proxy over HTTPS (contract 1.1).
+CREDENTIALS: Final = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-original-authorization"}
+)
+# requesttoken: Nextcloud's per-session CSRF token (its axios adds it to every request).
+BROWSER_CONTEXT: Final = frozenset({"origin", "referer", "requesttoken"})
 FORWARDING: Final = frozenset(
     {
         "forwarded",
@@ -146,6 +153,8 @@ _SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent"
 REPLAYABLE_METHODS: Final = frozenset({"GET", "HEAD"})
 SSE_KEEPALIVE: Final = b": keep-alive\n\n"
 SMALL_BODY_BYTES: Final = 64 * 1024
+# How long a small body may take after its headers when no idle cap applies (HaRP).
+SMALL_BODY_READ_SECONDS: Final = 60.0
 # Where relay(method="HEAD") of another verb puts the upstream's Content-Length.
 TUNNELLED_HEAD_LENGTH: Final = "X-Beeflow-Content-Length"
 
@@ -462,6 +471,12 @@ class RelayOptions:
     close_delimited_sse: bool = False
     default_cache_control: str | None = "no-store"
     keepalive_comment: bytes = SSE_KEEPALIVE
+    # End an event stream that the upstream broke, or the idle cap ended, with an
+    # `event: error` (at an event boundary): for framings that cannot show a cut
+    # (close-delimited, where the end of the connection is the end of the body). Not after an
+    # event named in `sse_final_events`: the reply was complete.
+    sse_error_events: bool = False
+    sse_final_events: frozenset[bytes] = frozenset()
 
 
 class _Boundary:
@@ -548,7 +563,7 @@ async def relay(
         ):
             # A small body with a known length: read it (it usually came with the headers)
             # and answer with web.Response, which writes headers and body in ONE send.
-            body = await upstream.read()
+            body = await _read_small(upstream, options)
             complete = True
             return web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
@@ -575,6 +590,25 @@ async def relay(
             upstream.close()
 
 
+async def _read_small(upstream: aiohttp.ClientResponse, options: RelayOptions) -> bytes:
+    """The whole (small) body, or a JSON error: nothing was sent to the client yet."""
+    limit = options.idle_limit_seconds or SMALL_BODY_READ_SECONDS
+    try:
+        async with asyncio.timeout(limit):
+            return await upstream.read()
+    except TimeoutError:
+        raise GatewayTimeout(
+            f"The upstream sent its headers but not its body within {limit:g} s",
+            code="upstream_timeout",
+        ) from None
+    except aiohttp.ClientError as exc:
+        log.warning("upstream body broke before it was complete (%s)", type(exc).__name__)
+        raise BadGateway(
+            "The upstream closed the connection before its answer was complete",
+            code="upstream_disconnected",
+        ) from None
+
+
 def _content_length(upstream: aiohttp.ClientResponse) -> int | None:
     value = upstream.headers.get("Content-Length")
     if value is None or "Transfer-Encoding" in upstream.headers:
@@ -599,8 +633,9 @@ async def _pump(
     keepalive = options.keepalive_seconds if sse and not is_encoded(upstream.headers) else None
     idle_limit = options.idle_limit_seconds
     count = _Count()
+    timed = keepalive is not None or idle_limit is not None or (sse and options.sse_error_events)
     try:
-        if keepalive is None and idle_limit is None:
+        if not timed:
             async for chunk in reader.iter_any():
                 await resp.write(chunk)
                 count.relayed += len(chunk)
@@ -616,6 +651,12 @@ async def _pump(
             count.relayed,
             type(exc).__name__,
         )
+        if sse and options.sse_error_events and count.unfinished(options):
+            await _error_event(
+                resp,
+                "upstream_disconnected",
+                "The Bee Flow service stopped in the middle of the reply; it is incomplete",
+            )
         _close_client(request)
         return False
     await resp.write_eof()
@@ -623,10 +664,33 @@ async def _pump(
 
 
 class _Count:
-    __slots__ = ("relayed",)
+    """What a pump relayed so far (also read after it failed)."""
+
+    __slots__ = ("boundary", "last_event", "relayed")
 
     def __init__(self) -> None:
         self.relayed = 0
+        self.boundary = _Boundary()
+        self.last_event = b""
+
+    def note_event_name(self, chunk: bytes) -> None:
+        """Remember the last `event:` name seen (only where error events are on: a name split
+        across two chunks is missed, which at worst adds or omits one error event)."""
+        at = chunk.rfind(b"event:")
+        if at >= 0 and (at == 0 or chunk[at - 1 : at] in (b"\n", b"\r")):
+            end = chunk.find(b"\n", at)
+            self.last_event = chunk[at + 6 : end if end >= 0 else None].strip()
+
+    def unfinished(self, options: RelayOptions) -> bool:
+        """At an event boundary, and the last event did not end the reply."""
+        return self.boundary.at_boundary and self.last_event not in options.sse_final_events
+
+
+async def _error_event(resp: web.StreamResponse, code: str, message: str) -> None:
+    """An SSE `error` event the UI renders (data: {"code", "error"}); the client may be gone."""
+    data = json.dumps({"code": code, "error": message}, separators=(",", ":")).encode()
+    with contextlib.suppress(ConnectionError):
+        await resp.write(b"event: error\ndata: " + data + b"\n\n")
 
 
 class _ReadDeadline:
@@ -712,7 +776,8 @@ async def _timed_pump(
     """The pump with keep-alive comments (event streams) and/or an idle cap. True when the
     upstream body ended, False when the idle cap ended the response."""
     loop = asyncio.get_running_loop()
-    boundary = _Boundary()
+    boundary = count.boundary
+    names = sse and options.sse_error_events and bool(options.sse_final_events)
     last_byte = last_write = loop.time()
     deadline = _ReadDeadline()
 
@@ -732,6 +797,13 @@ async def _timed_pump(
                 if idle_limit is not None and now - last_byte >= idle_limit:
                     _end_idle(request, resp, idle_limit, count.relayed, sse=sse)
                     if sse:
+                        if options.sse_error_events and count.unfinished(options):
+                            await _error_event(
+                                resp,
+                                "upstream_idle",
+                                f"The Bee Flow service sent nothing for {idle_limit:g} s; "
+                                "the reply was ended",
+                            )
                         await resp.write_eof()
                     return False
                 if keepalive is not None and boundary.at_boundary and now - last_write >= keepalive:
@@ -743,6 +815,8 @@ async def _timed_pump(
                 return True
             count.relayed += len(chunk)
             boundary.feed(chunk)
+            if names:
+                count.note_event_name(chunk)
             await resp.write(chunk)
             last_byte = last_write = loop.time()
             deadline.at_most(due())

@@ -141,11 +141,32 @@ async def test_large_streamed_upload_reaches_the_service_intact(
     assert "Content-Length" not in rec.headers
 
 
-async def test_dot_segments_are_refused(legacy: RunningConnector, service: FakeService) -> None:
-    async with await legacy.request("GET", "/api/%2e%2e/setup", user="alice") as resp:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/%2e%2e/setup",
+        "/api/..%2fauth%2fadmin",
+        "/api/x/..%5c..%5cadmin",
+        "/api/..\\admin",
+        "/api/x/%2E%2e\\y",
+    ],
+)
+async def test_dot_segments_are_refused(
+    legacy: RunningConnector, service: FakeService, path: str
+) -> None:
+    async with await legacy.request("GET", path, user="alice") as resp:
         assert resp.status == 400
         assert (await resp.json())["code"] == "bad_path"
     assert not service.requests
+
+
+async def test_encoded_slashes_without_dot_segments_pass_unchanged(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    path = "/api/files/a%2Fb/c..d/.hidden"
+    async with await legacy.request("GET", path, user="alice") as resp:
+        assert resp.status != 400
+    assert service.last().raw_path == path
 
 
 # ------------------------------------------------------------------ identity and headers
@@ -166,6 +187,9 @@ async def test_headers_reaching_the_service_one_by_one(
         "AA-REQUEST-ID": "puykcxkab7f47fz6XDHE",
         "EX-APP-USER-ID": "alice",
         "Authorization": BASIC,
+        # AppAPI's copy of the browser's Authorization (Docker Socket Proxy over HTTPS)
+        "X-Original-Authorization": BASIC,
+        "requesttoken": "csrf-token-of-the-session",
         "Cookie": "oc_sessionPassphrase=secret-session; nc_token=abc",
         "Host": "cloud.example.com",
         "x-origin-ip": "203.0.113.7",
@@ -232,7 +256,15 @@ async def test_headers_reaching_the_service_one_by_one(
     # No secret reached the service's headers or any log line.
     everything = " ".join(f"{k}: {v}" for k, v in got.items())
     logs = caplog.text
-    for secret in (SECRET, TENANT_KEY, USER_PASSWORD, BASIC, "secret-session", "harp-secret"):
+    for secret in (
+        SECRET,
+        TENANT_KEY,
+        USER_PASSWORD,
+        BASIC,
+        "secret-session",
+        "harp-secret",
+        "csrf-token-of-the-session",
+    ):
         assert secret not in everything
         assert secret not in logs
     assert token not in logs

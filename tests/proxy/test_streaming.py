@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import json
 import logging
 import time
 from typing import Any
@@ -138,6 +139,38 @@ async def test_upstream_break_mid_stream_cuts_the_client_and_logs_once(
             await reader.rest()
     broke = [r for r in caplog.records if "broke after" in r.getMessage()]
     assert len(broke) == 1
+
+
+async def test_legacy_stream_broken_by_the_service_ends_with_an_error_event(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    """Close-delimited framing cannot show a cut (the close IS the end of the body), so the
+    connector says it in the stream, in the event the UI renders."""
+    pieces = chat_pieces(["x"])[:-1]  # no `done`: the service dies after the content
+    service.sse = StreamPlan(pieces, then="abort")
+    async with await _chat(legacy) as resp:
+        assert resp.status == 200
+        reader = EventReader(resp)
+        for piece in pieces:
+            assert await reader.next_event() == piece.data
+        error = await reader.next_event()
+        assert await reader.rest() == reader.raw  # then a plain end: nothing more
+    assert error.startswith(b"event: error\ndata: ")
+    payload = json.loads(error.split(b"data: ", 1)[1])
+    assert payload["code"] == "upstream_disconnected"
+    assert "incomplete" in payload["error"]
+
+
+async def test_legacy_stream_broken_inside_an_event_gets_no_error_event(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    # Completing the half event with a blank line would dispatch its garbage; a parser drops
+    # an unterminated event at the end, which is the honest outcome.
+    first = sse_event("content", {"text": "whole"})
+    service.sse = StreamPlan((Piece(first), Piece(b'event: content\ndata: {"te')), then="abort")
+    async with await _chat(legacy) as resp:
+        body = await resp.read()
+    assert body == first + b'event: content\ndata: {"te'
 
 
 # ------------------------------------------------------------------ framing on the wire
@@ -294,18 +327,34 @@ async def test_legacy_idle_stream_is_ended_after_the_cap(
     proxy_factory: ProxyFactory, service: FakeService
 ) -> None:
     conn = await proxy_factory(BEEFLOW_LEGACY_STREAM_IDLE_SECONDS="0.3")
-    pieces = chat_pieces(["then silence"])
+    pieces = chat_pieces(["then silence"])[:-1]  # no `done`: the reply is not complete
     service.sse = StreamPlan(pieces, then="hold")
     started = time.monotonic()
     async with await _chat(conn) as resp:
-        body = await resp.read()  # a clean end: no error
+        body = await resp.read()  # a clean end of the body...
     elapsed = time.monotonic() - started
-    assert body == b"".join(p.data for p in pieces)
+    sent = b"".join(p.data for p in pieces)
+    assert body.startswith(sent)
+    # ...saying why, in the event the UI renders
+    tail = body[len(sent) :]
+    assert tail.startswith(b"event: error\ndata: ")
+    assert tail.endswith(b"\n\n")
+    assert json.loads(tail.split(b"data: ", 1)[1])["code"] == "upstream_idle"
     assert 0.3 <= elapsed < 3
     log = service.streams[0]
     async with asyncio.timeout(1):
         await log.ended.wait()
     assert log.client_gone
+
+
+async def test_legacy_idle_cap_after_the_final_event_adds_no_error(
+    proxy_factory: ProxyFactory, service: FakeService
+) -> None:
+    conn = await proxy_factory(BEEFLOW_LEGACY_STREAM_IDLE_SECONDS="0.3")
+    pieces = chat_pieces(["complete"])  # ends with `event: done`, then the service idles
+    service.sse = StreamPlan(pieces, then="hold")
+    async with await _chat(conn) as resp:
+        assert await resp.read() == b"".join(p.data for p in pieces)
 
 
 async def test_legacy_idle_cap_cuts_other_bodies_visibly(
