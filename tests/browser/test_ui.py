@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,6 +17,17 @@ from tests.demo.stack import DemoStack
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 BASES = ["legacy", "harp", "root"]
+# HaRP answers a browser's request for these with a silent drop and counts it towards banning
+# the client's IP (contract 1.3, step 6): the UI must never ask for them.
+LIFECYCLE = re.compile(r"/(heartbeat|init|enabled)(\?.*)?$")
+SESSION = "Your Nextcloud session may have expired \u2014 reload the page"
+NOT_SET_UP = (
+    "Not connected to the Bee Flow service yet \u2014 an administrator has to finish the setup"
+)
+TENANT_MISSING = {
+    "code": "tenant_key_missing",
+    "error": "The connector is not connected to the Bee Flow service yet; try again shortly",
+}
 
 
 async def open_ui(
@@ -57,8 +71,8 @@ async def test_ui_loads_under_each_base_path(browser: Any, stack: DemoStack, bas
     requested = [r.url for r in seen]
     for url in requested:
         assert url.startswith(origin + path), url
-    assert origin + path + "heartbeat" in requested
     assert origin + path + "api/health" in requested
+    assert not [u for u in requested if LIFECYCLE.search(u)]
     logo_ok = await page.evaluate(
         "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
     )
@@ -182,4 +196,283 @@ async def test_legacy_buffered_reply_arrives_whole_and_renders(
     pieces = reply_pieces("Demo Admin", "all at once")
     assert await page.locator(".msg-assistant .text").text_content() == "".join(pieces)
     assert console.errors == []
+    await context.close()
+
+
+Reply = Callable[[Any], Awaitable[None]]
+
+
+def script_errors(console: Console) -> list[str]:
+    """What the page's script said, without Chromium's own line for each 4xx/5xx it loaded
+    (the failures these tests provoke on purpose)."""
+    return [
+        e
+        for e in console.errors
+        if e.startswith(("pageerror", "console.")) and "Failed to load resource" not in e
+    ]
+
+
+def fulfil(status: int, body: str | dict[str, Any], content_type: str | None = None) -> Reply:
+    text = json.dumps(body) if isinstance(body, dict) else body
+    ctype = content_type or ("application/json" if isinstance(body, dict) else "text/html")
+
+    async def reply(route: Any) -> None:
+        await route.fulfill(status=status, body=text, headers={"Content-Type": ctype})
+
+    return reply
+
+
+async def refuse(route: Any) -> None:
+    await route.abort("connectionrefused")
+
+
+async def forward(route: Any) -> None:
+    await route.continue_()
+
+
+class Switch:
+    """A route handler whose answer the test changes between checks."""
+
+    def __init__(self) -> None:
+        self.reply: Reply = forward
+
+    async def __call__(self, route: Any) -> None:
+        await self.reply(route)
+
+
+async def watch_lifecycle(page: Any) -> list[str]:
+    """Every request the page makes for a lifecycle path (refused like HaRP would)."""
+    asked: list[str] = []
+
+    async def refuse_lifecycle(route: Any) -> None:
+        asked.append(route.request.url)
+        await route.abort("connectionreset")
+
+    await page.route(LIFECYCLE, refuse_lifecycle)
+    return asked
+
+
+async def pill(page: Any) -> tuple[str, str, str, str]:
+    await page.wait_for_selector('#conn:not([data-state="checking"])')
+    result = await page.eval_on_selector(
+        "#conn", "e => [e.dataset.state, e.textContent, e.title, e.dataset.code || '']"
+    )
+    return result[0], result[1], result[2], result[3]
+
+
+async def recheck(page: Any) -> tuple[str, str, str, str]:
+    await page.click("#recheck")
+    return await pill(page)
+
+
+@pytest.mark.parametrize("base", BASES)
+async def test_pill_states_and_no_lifecycle_requests(
+    browser: Any, stack: DemoStack, base: str
+) -> None:
+    """Issue (review, HIGH): the pill used to fetch `heartbeat` from the browser and stop there.
+    Only `api/health` decides now: a network error = connector unreachable, a JSON code = that
+    state, an HTML 401/403/404 = the front refused a lost session."""
+    seen: list[Any] = []
+    demo = stack.demo
+    assert demo.nextcloud is not None
+    headers = {}
+    if base == "legacy":
+        url = demo.url
+    elif base == "harp":
+        url = demo.harp_url
+    else:
+        url = str(stack.connector_url) + "/"
+        headers = demo.nextcloud.appapi_headers("admin")
+    context = await browser.new_context(
+        viewport={"width": 1100, "height": 720}, extra_http_headers=headers
+    )
+    page = await context.new_page()
+    console = Console()
+    console.attach(page)
+    page.on("request", lambda r: seen.append(r))
+    asked = await watch_lifecycle(page)
+    health = Switch()
+    await page.route("**/api/health", health)
+    await page.goto(url)
+
+    state = await pill(page)
+    assert state[:2] == ("connected", "Connected (demo-1)")
+
+    health.reply = fulfil(503, TENANT_MISSING)
+    state = await recheck(page)
+    assert state == (
+        "degraded",
+        NOT_SET_UP,
+        "tenant_key_missing: " + TENANT_MISSING["error"],
+        "tenant_key_missing",
+    )
+    if base == "harp":
+        await page.screenshot(path=shot_path("ui-pill-tenant-missing.png"))
+        # The long sentence wraps inside the bar on a phone; nothing scrolls sideways.
+        await page.set_viewport_size({"width": 380, "height": 640})
+        overflow = await page.evaluate(
+            "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        await page.screenshot(path=shot_path("ui-pill-tenant-missing-narrow.png"))
+        assert overflow <= 0
+        await page.set_viewport_size({"width": 1100, "height": 720})
+
+    # The service really down: the connector's own 502 upstream_unreachable.
+    health.reply = forward
+    assert demo.service is not None
+    await demo.service.stop()
+    state = await recheck(page)
+    assert state[0] == "degraded"
+    assert state[1] == "The Bee Flow service cannot be reached"
+    assert state[3] == "upstream_unreachable"
+    if base == "harp":
+        await page.screenshot(path=shot_path("ui-pill-service-down.png"))
+
+    health.reply = fulfil(504, {"code": "upstream_timeout", "error": "The service timed out"})
+    assert (await recheck(page))[:2] == ("degraded", "The Bee Flow service is not answering")
+
+    health.reply = refuse
+    state = await recheck(page)
+    assert state[:2] == ("offline", "Connector unreachable")
+    if base == "harp":
+        await page.screenshot(path=shot_path("ui-pill-unreachable.png"))
+
+    # Not our JSON: Nextcloud's 500 when the ExApp is down, a reverse proxy's empty 502.
+    health.reply = fulfil(500, "")
+    assert (await recheck(page))[:2] == ("offline", "Connector unreachable (HTTP 500)")
+    health.reply = fulfil(502, "", "text/plain")
+    assert (await recheck(page))[:2] == ("offline", "Connector unreachable (HTTP 502)")
+
+    # A lost session: Nextcloud's PHP proxy answers 404 HTML, HaRP's HAProxy 403.
+    health.reply = fulfil(404, "<html><body>Page not found</body></html>")
+    assert (await recheck(page))[:2] == ("degraded", SESSION)
+    health.reply = fulfil(403, "<html><body><h1>403 Forbidden</h1></body></html>")
+    assert (await recheck(page))[:2] == ("degraded", SESSION)
+    if base == "harp":
+        await page.screenshot(path=shot_path("ui-pill-session.png"))
+
+    assert asked == []
+    assert not [r.url for r in seen if LIFECYCLE.search(r.url)]
+    assert script_errors(console) == []
+    await context.close()
+
+
+CHAT_FAILURES = [
+    # (name, status, body, content type, expected text, reload button)
+    (
+        "legacy-session-404",
+        404,
+        "<!DOCTYPE html><html><body><h2>Page not found</h2></body></html>",
+        "text/html; charset=UTF-8",
+        "Could not send: " + SESSION,
+        True,
+    ),
+    (
+        "harp-session-403",
+        403,
+        "<html><body><h1>403 Forbidden</h1>Request forbidden by administrative rules.</body>",
+        "text/html",
+        "Could not send: " + SESSION,
+        True,
+    ),
+    (
+        "jwt-expired-401",
+        401,
+        {"message": "jwt expired"},
+        None,
+        "Could not send: " + SESSION + " (jwt expired)",
+        True,
+    ),
+    (
+        "tenant-key-missing",
+        503,
+        TENANT_MISSING,
+        None,
+        "Could not send: " + NOT_SET_UP + " [tenant_key_missing]",
+        False,
+    ),
+    (
+        "fastapi-detail-422",
+        422,
+        {"detail": [{"loc": ["body", "message"], "msg": "field required"}]},
+        None,
+        "Could not send: field required",
+        False,
+    ),
+    (
+        "service-detail-500",
+        500,
+        {"detail": "Internal model error"},
+        None,
+        "Could not send: Internal model error",
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "ctype", "expected", "reload"),
+    [case[1:] for case in CHAT_FAILURES],
+    ids=[case[0] for case in CHAT_FAILURES],
+)
+async def test_send_failure_says_why(
+    browser: Any,
+    stack: DemoStack,
+    status: int,
+    body: str | dict[str, Any],
+    ctype: str | None,
+    expected: str,
+    reload: bool,
+) -> None:
+    """Issue (review 5): "Could not send: HTTP 404" told nobody anything."""
+    context, page, console, _ = await open_ui(browser, stack, "harp")
+    await page.wait_for_selector('#conn[data-state="connected"]')
+    await page.route("**/api/ai/chat/direct/stream", fulfil(status, body, ctype))
+    await page.fill("#message", "hello?")
+    await page.press("#message", "Enter")
+    await page.wait_for_selector('.msg-assistant[data-state="error"]')
+    text = page.locator(".msg-assistant .text")
+    button = text.locator("button.reload")
+    assert await button.count() == (1 if reload else 0)
+    # The button's label follows the sentence inside the same element.
+    assert (await text.text_content() or "") == expected + (" Reload" if reload else "")
+    if reload:
+        await page.screenshot(path=shot_path(f"chat-failed-{status}.png"))
+        async with page.expect_navigation():
+            await button.click()
+        await page.wait_for_selector('#conn[data-state="connected"]')
+        assert await page.locator(".msg").count() == 0
+    assert script_errors(console) == []
+    await context.close()
+
+
+async def test_rename_failure_says_why(browser: Any, stack: DemoStack) -> None:
+    context, page, console, _ = await open_ui(browser, stack, "legacy")
+    await page.wait_for_selector('#conn[data-state="connected"]')
+    await page.fill("#message", "hello")
+    await page.press("#message", "Enter")
+    await page.wait_for_selector('.msg-assistant[data-state="done"]')
+    await page.route(
+        "**/api/ai/direct/conversations/*",
+        fulfil(404, "<html><body>Page not found</body></html>"),
+    )
+    await page.fill("#title", "Weekly plan")
+    await page.click("#rename")
+    await page.wait_for_selector("#notice button.reload")
+    assert await page.get_attribute("#notice", "data-kind") == "error"
+    assert await page.text_content("#notice") == "Rename failed: " + SESSION + " Reload"
+    await page.screenshot(path=shot_path("rename-failed-session.png"))
+    # A JSON error of ours: its own words and code, no reload button.
+    await page.unroute("**/api/ai/direct/conversations/*")
+    await page.route(
+        "**/api/ai/direct/conversations/*",
+        fulfil(400, {"code": "invalid_body", "error": "The title is too long"}),
+    )
+    await page.click("#rename")
+    await page.wait_for_selector('#notice:text("Rename failed: The title is too long")')
+    assert (
+        await page.text_content("#notice") == "Rename failed: The title is too long [invalid_body]"
+    )
+    assert await page.locator("#notice button.reload").count() == 0
+    assert script_errors(console) == []
     await context.close()

@@ -10,8 +10,10 @@
   var CHAT_PATH = "api/ai/chat/direct/stream";
   var CONVERSATION_PATH = "api/ai/direct/conversations/";
 
-  /* The directory of this document: ".../bee_flow/index.html" and ".../bee_flow" both give
-   * ".../bee_flow/". Exposed for the tests. */
+  /* The directory of this document: ".../bee_flow/index.html" and ".../bee_flow/" give
+   * ".../bee_flow/". (".../bee_flow" without the slash never gets here: its relative asset
+   * URLs point one level up and 404; docs/ui.md says why that cannot be fixed.) Exposed for the
+   * tests. */
   function deriveBase(pathname) {
     var path = pathname.replace(/\/index\.html$/, "/");
     if (path.charAt(path.length - 1) !== "/") {
@@ -35,6 +37,7 @@
   function setConnection(state, text, detail) {
     var el = $("conn");
     el.dataset.state = state;
+    el.dataset.code = "";
     el.textContent = text;
     el.title = detail || "";
   }
@@ -51,24 +54,113 @@
     }
   }
 
+  /* The server's own words from a JSON error body: `error` (the connector), `message` or
+   * `detail` (the service, FastAPI style: a string or a list of {msg}). */
+  function serverMessage(body) {
+    if (!body || typeof body !== "object") {
+      return "";
+    }
+    var keys = ["error", "message", "detail"];
+    for (var i = 0; i < keys.length; i++) {
+      var value = body[keys[i]];
+      if (typeof value === "string" && value) {
+        return value;
+      }
+      if (Array.isArray(value)) {
+        var parts = value
+          .map(function (item) {
+            return item && typeof item.msg === "string" ? item.msg : "";
+          })
+          .filter(Boolean);
+        if (parts.length) {
+          return parts.join("; ");
+        }
+      }
+    }
+    return "";
+  }
+
+  var SESSION_TEXT = "Your Nextcloud session may have expired \u2014 reload the page";
+
+  /* Plain sentences for the codes a person can act on (the code itself stays in the tooltip). */
+  function codeSentence(code) {
+    if (code === "tenant_key_missing" || code === "tenant_unavailable") {
+      return "Not connected to the Bee Flow service yet \u2014 an administrator has to finish the setup";
+    }
+    if (code === "shutting_down") {
+      return "The connector is restarting \u2014 try again shortly";
+    }
+    if (code === "rate_limited" || code === "service_rate_limited") {
+      return "Too many requests \u2014 wait a moment and try again";
+    }
+    if (
+      code === "upstream_unreachable" ||
+      code === "upstream_connect_timeout" ||
+      code === "upstream_tls_error"
+    ) {
+      return "The Bee Flow service cannot be reached";
+    }
+    if (code === "upstream_timeout" || code === "upstream_headers_timeout" || code === "upstream_idle") {
+      return "The Bee Flow service is not answering";
+    }
+    if (code.indexOf("upstream_") === 0 || code === "service_error") {
+      return "The Bee Flow service is unavailable";
+    }
+    return "";
+  }
+
+  /* What went wrong with a non-2xx answer, for a person: {state, text, detail, reload}.
+   * 401/403/404 without a code of ours is the front refusing a lost session: Nextcloud's PHP
+   * proxy answers 404 (HTML), HaRP's HAProxy 403, and the service 401 when it rejects the token. */
+  function describeFailure(status, body) {
+    var code = body && typeof body.code === "string" ? body.code : "";
+    var said = serverMessage(body);
+    var detail = (code ? code + ": " : "") + (said || "HTTP " + status);
+    var sentence = codeSentence(code);
+    if (sentence) {
+      return { state: "degraded", text: sentence, code: code, detail: detail, reload: false };
+    }
+    var sessionCode = code === "" || code.indexOf("appapi_") === 0 || code === "admin_required";
+    if ((status === 401 || status === 403 || status === 404) && sessionCode) {
+      return {
+        state: "degraded",
+        text: SESSION_TEXT + (said ? " (" + said + ")" : ""),
+        code: code,
+        detail: detail,
+        reload: true,
+      };
+    }
+    if (!body && status >= 500) {
+      // Not our JSON: the front (Nextcloud, HaRP, a reverse proxy) could not reach the connector.
+      return {
+        state: "offline",
+        text: "Connector unreachable (HTTP " + status + ")",
+        code: "",
+        detail: detail,
+        reload: false,
+      };
+    }
+    return {
+      state: "degraded",
+      text: said || "HTTP " + status,
+      code: code,
+      detail: detail,
+      reload: false,
+    };
+  }
+
+  /* Only `api/health`, never the lifecycle paths (`heartbeat`, `init`, `enabled`): HaRP refuses
+   * those from a browser and counts each refusal towards banning the client's IP. */
   async function checkConnection() {
     setConnection("checking", "Checking connection\u2026");
-    var beat;
-    try {
-      beat = await fetch(url("heartbeat"), { cache: "no-store" });
-    } catch (err) {
-      setConnection("offline", "Connector unreachable", String(err));
-      return;
-    }
-    if (!beat.ok) {
-      setConnection("offline", "Connector unreachable", "heartbeat HTTP " + beat.status);
-      return;
-    }
     var health;
     try {
-      health = await fetch(url("api/health"), { cache: "no-store" });
+      health = await fetch(url("api/health"), {
+        cache: "no-store",
+        headers: { Accept: "application/json" },
+      });
     } catch (err) {
-      setConnection("degraded", "Service unreachable", String(err));
+      setConnection("offline", "Connector unreachable", String(err));
       return;
     }
     var body = await readJson(health);
@@ -77,12 +169,9 @@
       setConnection("connected", "Connected" + version, "Bee Flow service answered");
       return;
     }
-    var code = body && body.code ? body.code : "HTTP " + health.status;
-    if (health.status === 401 || health.status === 404) {
-      setConnection("degraded", "Open Bee Flow from Nextcloud", code);
-    } else {
-      setConnection("degraded", "Service unavailable", code);
-    }
+    var failure = describeFailure(health.status, body);
+    setConnection(failure.state, failure.text, failure.detail);
+    $("conn").dataset.code = failure.code;
   }
 
   /* ------------------------------------------------------------ SSE reading */
@@ -193,15 +282,31 @@
   function showNotice(text, kind) {
     var el = $("notice");
     el.textContent = text;
+    el.title = "";
     el.dataset.kind = kind || "info";
     el.hidden = !text;
   }
 
-  async function errorText(response) {
-    var body = await readJson(response);
-    var code = body && body.code ? " [" + body.code + "]" : "";
-    var message = body && body.error ? body.error : "HTTP " + response.status;
-    return message + code;
+  /* A failure shown in `el` (a reply bubble's text or the notice): the sentence, and a reload
+   * button when reloading the page is what helps. */
+  function showFailure(el, prefix, failure) {
+    el.textContent = prefix + failure.text + (failure.code ? " [" + failure.code + "]" : "");
+    el.title = failure.detail;
+    if (failure.reload) {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "reload";
+      button.textContent = "Reload";
+      button.addEventListener("click", function () {
+        window.location.reload();
+      });
+      el.appendChild(document.createTextNode(" "));
+      el.appendChild(button);
+    }
+  }
+
+  async function failureOf(response) {
+    return describeFailure(response.status, await readJson(response));
   }
 
   async function send(message) {
@@ -236,7 +341,7 @@
       } else if (name === "error") {
         failed = true;
         bubble.dataset.state = "error";
-        text.textContent += (payload && payload.error) || "The service reported an error";
+        text.textContent += serverMessage(payload) || "The service reported an error";
       }
     }
 
@@ -254,7 +359,7 @@
       if (!response.ok) {
         failed = true;
         bubble.dataset.state = "error";
-        text.textContent = "Could not send: " + (await errorText(response));
+        showFailure(text, "Could not send: ", await failureOf(response));
         return;
       }
       var type = response.headers.get("Content-Type") || "";
@@ -315,7 +420,9 @@
         cache: "no-store",
       });
       if (!response.ok) {
-        showNotice("Rename failed: " + (await errorText(response)), "error");
+        showNotice("", "error");
+        showFailure($("notice"), "Rename failed: ", await failureOf(response));
+        $("notice").hidden = false;
         return;
       }
       var body = await readJson(response);
@@ -360,7 +467,12 @@
     checkConnection();
   }
 
-  window.BeeFlowUI = { deriveBase: deriveBase, SseParser: SseParser, base: BASE };
+  window.BeeFlowUI = {
+    deriveBase: deriveBase,
+    SseParser: SseParser,
+    describeFailure: describeFailure,
+    base: BASE,
+  };
 
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", start);
