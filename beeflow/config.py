@@ -21,6 +21,8 @@ DEFAULT_CERT_DIR: Final = "/certs/frp"
 APP_ID_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*[a-z0-9]$")
 _SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes including the NUL
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+# auto: uvloop when it is installed (the image installs it), else asyncio (docs/benchmarks.md).
+EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
 LOG_FORMATS: Final = ("text", "json")
 
 
@@ -88,6 +90,7 @@ class Config:
     # -- process (cli): --log-level/--log-format win over these
     log_level: str = "info"
     log_format: str = "text"
+    event_loop: str = "auto"
 
     @property
     def harp(self) -> bool:
@@ -182,6 +185,7 @@ class Config:
             "spa_dir": p.get("BEEFLOW_SPA_DIR", "", _optional(_path)),
             "log_level": p.get("BEEFLOW_LOG_LEVEL", "info", _choice(LOG_LEVELS)),
             "log_format": p.get("BEEFLOW_LOG_FORMAT", "text", _choice(LOG_FORMATS)),
+            "event_loop": p.get("BEEFLOW_EVENT_LOOP", "auto", _choice(EVENT_LOOPS)),
         }
         harp = bool(kwargs["hp_shared_key"])
         if harp:

@@ -313,3 +313,36 @@ def test_fd_limit_is_raised_towards_the_hard_limit() -> None:
         assert raise_fd_limit(128) == expected  # never lowered
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ---------------------------------------------------------------------- the event loop
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"), [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")]
+)
+async def test_serve_runs_on_the_chosen_event_loop(
+    run_cli: Starter, tmp_path: Path, choice: str, expected: str
+) -> None:
+    pytest.importorskip("uvloop")  # the test extras install it, as the image does
+    env = base_env(UNREACHABLE_NC, tmp_path, APP_PORT=str(free_port()), BEEFLOW_EVENT_LOOP=choice)
+    proc = await run_cli(env)
+    line = (await proc.wait_line("ready in"))[1]
+    assert f"(event loop: {expected})" in line
+    async with aiohttp.ClientSession() as session:
+        port = env["APP_PORT"]
+        async with session.get(f"http://127.0.0.1:{port}/heartbeat") as resp:
+            assert resp.status == 200
+    proc.send(signal.SIGTERM)
+    assert await proc.wait_exit() == 0
+
+
+def test_auto_without_uvloop_is_asyncio_and_uvloop_without_it_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    assert cli.loop_factory("auto") is None
+    assert cli.loop_factory("asyncio") is None
+    env = base_env(UNREACHABLE_NC, tmp_path, BEEFLOW_EVENT_LOOP="uvloop")
+    assert cli.main(["serve"], env) == 2
+    assert "BEEFLOW_EVENT_LOOP: uvloop is not installed" in capsys.readouterr().err
