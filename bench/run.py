@@ -1013,16 +1013,19 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
     add("")
 
     # -- targets
-    add("## Targets (issue 8; the default loop, asyncio)")
+    add(
+        "## Targets (issue 8; per loop: the connector runs on uvloop when it is installed, "
+        "`BEEFLOW_EVENT_LOOP=auto`, else on asyncio)"
+    )
     add("")
-    add("| target | transport | measured | verdict |")
-    add("|---|---|---|---|")
-    loop = plan.loops[0]
-    for tr in plan.transports:
-        for line in _targets(plan, r, loop, tr):
-            add(line)
+    add("| loop | target | transport | measured | verdict |")
+    add("|---|---|---|---|---|")
+    for loop in plan.loops:
+        for tr in plan.transports:
+            for line in _targets(plan, r, loop, tr):
+                add(f"| {loop} {line}")
     add("")
-    floor = _floor(r, loop, plan.transports)
+    floor = [f"| {loop} {line}" for loop in plan.loops for line in _floor(r, loop, plan.transports)]
     if floor:
         add("## What aiohttp itself costs here (small requests, medians)")
         add("")
@@ -1033,10 +1036,10 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str
         )
         add("")
         add(
-            "| transport | server alone µs | client alone µs | sum µs | minimal proxy µs "
+            "| loop | transport | server alone µs | client alone µs | sum µs | minimal proxy µs "
             "| beeflow /api µs | beeflow / minimal proxy | beeflow req/s / minimal proxy req/s |"
         )
-        add("|---|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|---|")
         for line in floor:
             add(line)
         add("")
