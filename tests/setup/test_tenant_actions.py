@@ -78,8 +78,8 @@ async def call(
         return Answer(resp.status, resp.headers, text)
 
 
-async def status_of(conn: RunningConnector) -> dict[str, Any]:
-    async with await conn.request("GET", "/setup/status", user="admin") as resp:
+async def status_of(conn: RunningConnector, user: str = "admin") -> dict[str, Any]:
+    async with await conn.request("GET", "/setup/status", user=user) as resp:
         assert resp.status == 200
         body: dict[str, Any] = await resp.json()
     return body
@@ -385,6 +385,20 @@ async def test_request_the_code_sees_a_fresh_address(
     answer = await call(conn, REQUEST, {}, user="late")
     assert answer.status == 200, answer.text
     assert control.retargets[-1]["email"] == "late@example.net"
+
+
+async def test_request_the_code_rechecks_a_demoted_admin(
+    auto_connector: AutoFactory, control: ServiceControl, fake_nc: Any
+) -> None:
+    """The admin check of the middleware is cached for a minute; this action re-reads the user,
+    so an admin demoted a moment ago cannot send the code to their own address."""
+    fake_nc.add_user("ex", email="ex@example.org", display_name="Ex Admin", groups=["admin"])
+    conn = await pending_verification(auto_connector, control)
+    assert (await status_of(conn, user="ex"))["tenant"]["pending"]  # cached as an admin now
+    fake_nc.users["ex"].groups.remove("admin")
+    answer = await call(conn, REQUEST, {}, user="ex")
+    assert (answer.status, answer.code) == (403, "admin_required")
+    assert control.retargets == []
 
 
 @pytest.mark.parametrize(
