@@ -6,8 +6,9 @@ handlers) is over while the body can still sit in the transport's write buffer; 
 (and the stand-in) dies on TERM without draining. A slow reader makes that window as wide as
 we like: the client reads the response head, then stops reading; the body is larger than every
 buffer between us and the client together, so its end waits in our write buffer; SIGTERM
-comes now; the client resumes only once `serve` reported the drain over. Without the flush,
-frpc is gone before the client can take the rest."""
+comes now. A reader that resumes once `serve` reported the drain over gets every byte; a reader
+that never resumes holds frpc for the flush budget, no longer. Both on the two event loops
+`serve` runs on (BEEFLOW_EVENT_LOOP; the image takes uvloop)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import hashlib
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from beeflow.transports import harp
 from tests.fakes.frp import FakeFrps, events, pid_alive
 from tests.helpers import appapi_headers
 from tests.transports.conftest import harp_env
@@ -33,6 +37,19 @@ from tests.transports.procs import ServeProcess
 BODY_BYTES = 8 * 1024 * 1024
 CLIENT_RCVBUF = 64 * 1024
 READ_TIMEOUT = 15.0
+
+
+LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop",
+        marks=pytest.mark.xfail(
+            reason="bug: harp._unflushed() tests isinstance(transport, asyncio.WriteTransport), "
+            "which uvloop's transports are not, so the flush never waits under uvloop",
+            strict=True,
+        ),
+    ),
+]
 
 
 @pytest.fixture
@@ -90,14 +107,26 @@ async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
     return b"".join(chunks)
 
 
-async def test_the_end_of_a_response_still_in_our_write_buffer_reaches_a_slow_reader(
+class Stuck(NamedTuple):
+    proc: ServeProcess
+    env: dict[str, str]
+    body: bytes
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+async def stuck_response(
     serve_proc: list[ServeProcess],
     sockdir: Path,
     frpc_bin: Path,
     frps: FakeFrps,
     storage: Path,
     record: Path,
-) -> None:
+    loop: str,
+) -> Stuck:
+    """`serve` in HaRP mode, and a client through the tunnel that has read the head of the big
+    response and nothing more. The head is written after the handler returned, so the drain
+    will find nothing running, while the body (bigger than every buffer on the way) waits."""
     body = big_shell(sockdir / "spa")
     env = harp_env(
         sockdir,
@@ -106,38 +135,82 @@ async def test_the_end_of_a_response_still_in_our_write_buffer_reaches_a_slow_re
         storage,
         FAKE_FRPC_RECORD=str(record),
         BEEFLOW_SPA_DIR=str(sockdir / "spa"),
+        BEEFLOW_EVENT_LOOP=loop,
     )
     env.pop("BEEFLOW_TENANT_KEY")  # `auto`, nothing cached: the proxy answers with the shell
     proc = await ServeProcess.start(env)
     serve_proc.append(proc)
+    await proc.wait_line(f"(event loop: {loop})")
     await proc.wait_line("start proxy success")
-
     reader, writer = await open_slow_reader(int(env["APP_PORT"]))
-    try:
-        writer.write(request_head("/api/shell"))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        assert status_line.startswith("HTTP/1.1 200 "), head
-        length = next(
-            int(line.split(":", 1)[1])
-            for line in header_lines
-            if line.lower().startswith("content-length:")
-        )
-        assert length == len(body)
-        # The head came after the handler returned: the drain will find nothing running, while
-        # the body (bigger than every buffer on the way) is stuck behind a reader that waits.
-        proc.send(signal.SIGTERM)
-        await proc.wait_line("draining 0 in-flight request(s)")
-        received = await asyncio.wait_for(read_to_eof(reader), READ_TIMEOUT)
-    finally:
-        writer.close()
-    assert len(received) == len(body), f"got {len(received)} of {len(body)} bytes"
-    assert hashlib.sha256(received).digest() == hashlib.sha256(body).digest()
+    writer.write(request_head("/api/shell"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    assert status_line.startswith("HTTP/1.1 200 "), head
+    length = next(
+        int(line.split(":", 1)[1])
+        for line in header_lines
+        if line.lower().startswith("content-length:")
+    )
+    assert length == len(body)
+    return Stuck(proc, env, body, reader, writer)
 
-    assert await proc.wait_exit() == 0
+
+async def check_clean_exit(stuck: Stuck, record: Path) -> dict[str, object]:
+    assert await stuck.proc.wait_exit() == 0
     term = events(record, "term")
     assert len(term) == 1
     assert term[0]["socket_listening"] is True  # frpc went first, the socket after
     assert not pid_alive(term[0]["pid"])
-    assert not exists(env["HP_EXAPP_SOCK"])
-    assert "Traceback" not in proc.text
+    assert not exists(stuck.env["HP_EXAPP_SOCK"])
+    assert "Traceback" not in stuck.proc.text
+    return term[0]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_the_end_of_a_response_still_in_our_write_buffer_reaches_a_slow_reader(
+    serve_proc: list[ServeProcess],
+    sockdir: Path,
+    frpc_bin: Path,
+    frps: FakeFrps,
+    storage: Path,
+    record: Path,
+    loop: str,
+) -> None:
+    stuck = await stuck_response(serve_proc, sockdir, frpc_bin, frps, storage, record, loop)
+    try:
+        stuck.proc.send(signal.SIGTERM)
+        await stuck.proc.wait_line("draining 0 in-flight request(s)")
+        # The reader wakes up now: frpc must still be there to relay the rest.
+        received = await asyncio.wait_for(read_to_eof(stuck.reader), READ_TIMEOUT)
+    finally:
+        stuck.writer.close()
+    assert len(received) == len(stuck.body), f"got {len(received)} of {len(stuck.body)} bytes"
+    assert hashlib.sha256(received).digest() == hashlib.sha256(stuck.body).digest()
+    await check_clean_exit(stuck, record)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+async def test_frpc_waits_for_our_write_buffer_up_to_the_flush_budget(
+    serve_proc: list[ServeProcess],
+    sockdir: Path,
+    frpc_bin: Path,
+    frps: FakeFrps,
+    storage: Path,
+    record: Path,
+    loop: str,
+) -> None:
+    """A reader that never resumes: the bytes stay in our write buffer, so frpc is stopped only
+    when the flush gives up (FLUSH_TIMEOUT_SECONDS), plus the relay pause; the exit stays
+    bounded. A load only makes the wait longer: the lower bound cannot flake."""
+    stuck = await stuck_response(serve_proc, sockdir, frpc_bin, frps, storage, record, loop)
+    try:
+        sent_at = time.time()
+        stuck.proc.send(signal.SIGTERM)
+        term = await check_clean_exit(stuck, record)
+    finally:
+        stuck.writer.close()
+    waited = float(str(term["t"])) - sent_at
+    least = harp.FLUSH_TIMEOUT_SECONDS + harp.RELAY_SETTLE_SECONDS
+    assert waited >= least, f"frpc stopped {waited:.2f} s after SIGTERM, before {least} s"
+    assert waited < least + 5.0, f"frpc stopped only {waited:.2f} s after SIGTERM"
