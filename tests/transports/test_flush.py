@@ -39,17 +39,7 @@ CLIENT_RCVBUF = 64 * 1024
 READ_TIMEOUT = 15.0
 
 
-LOOPS = [
-    "asyncio",
-    pytest.param(
-        "uvloop",
-        marks=pytest.mark.xfail(
-            reason="bug: harp._unflushed() tests isinstance(transport, asyncio.WriteTransport), "
-            "which uvloop's transports are not, so the flush never waits under uvloop",
-            strict=True,
-        ),
-    ),
-]
+LOOPS = ["asyncio", "uvloop"]
 
 
 @pytest.fixture
