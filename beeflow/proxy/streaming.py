@@ -592,6 +592,9 @@ async def relay(
 
 async def _read_small(upstream: aiohttp.ClientResponse, options: RelayOptions) -> bytes:
     """The whole (small) body, or a JSON error: nothing was sent to the client yet."""
+    if upstream.content.is_eof():
+        # It all came with the headers (the usual case): no timer needed to read it.
+        return await upstream.read()
     limit = options.idle_limit_seconds or SMALL_BODY_READ_SECONDS
     try:
         async with asyncio.timeout(limit):
