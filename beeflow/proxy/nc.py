@@ -96,9 +96,6 @@ VERBS: Final = (
 # (tests/manifest checks every route against it). The PHP proxy has only GET/POST/PUT/DELETE
 # routes: there the others go through the method-override tunnel.
 WIRE_METHODS: Final = VERBS
-# A tunnelled HEAD answers a POST: its body must be empty and framed as such (Content-Length:
-# 0), so Nextcloud's Content-Length travels in this header instead.
-HEAD_LENGTH_HEADER: Final = "X-Beeflow-Content-Length"
 # MOVE and COPY answer only when Nextcloud is done: assembling the chunks of a multi-GB upload
 # or copying a big folder can take many minutes, and a 504 would not stop it (the service would
 # see a failure for work that completes). BEEFLOW_NC_HEADERS_TIMEOUT_SECONDS still bounds every
@@ -333,13 +330,14 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             upstream = await client.send(method, url, headers, body)
         except BeeflowError as exc:
             raise _as_nextcloud_error(exc) from None
-        if method == "HEAD" and request.method != "HEAD":
-            return _relay_tunnelled_head(upstream)
+        # A HEAD tunnelled in a POST is answered without a body and with Nextcloud's length
+        # in streaming.TUNNELLED_HEAD_LENGTH (X-Beeflow-Content-Length).
         return await streaming.relay(
             request,
             upstream,
             streaming.RelayOptions(default_cache_control=None),
             edit_headers=_edit_response_headers,
+            method=method,
         )
     finally:
         spool.close()
@@ -592,28 +590,6 @@ class _Replay:
             raise StopAsyncIteration
         self._offset += len(chunk)
         return chunk
-
-
-def _relay_tunnelled_head(upstream: aiohttp.ClientResponse) -> web.Response:
-    """Nextcloud's answer to a HEAD that came as POST + override: status and headers, no body.
-    streaming.relay() keys HEAD handling on the wire verb, and would frame this POST's answer
-    with Nextcloud's Content-Length but send no bytes; so it is answered here (if relay() ever
-    takes the effective verb, this becomes a `head=True` argument there)."""
-    try:
-        headers = streaming.filter_headers(
-            upstream.headers,
-            streaming.HOP_BY_HOP,
-            streaming.RESPONSE_FRAMING,
-            streaming.APPAPI,
-            drop_empty=False,
-        )
-        _edit_response_headers(upstream, headers)
-        length = upstream.headers.get("Content-Length")
-        if length is not None:
-            headers[HEAD_LENGTH_HEADER] = length
-        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
-    finally:
-        upstream.release()
 
 
 def _edit_response_headers(_upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
