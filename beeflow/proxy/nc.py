@@ -96,6 +96,8 @@ VERBS: Final = (
 # (tests/manifest checks every route against it). The PHP proxy has only GET/POST/PUT/DELETE
 # routes: there the others go through the method-override tunnel.
 WIRE_METHODS: Final = VERBS
+# How Nextcloud's answers are relayed: its own Cache-Control (none added).
+_RELAY_OPTIONS: Final = streaming.RelayOptions(default_cache_control=None)
 # MOVE and COPY answer only when Nextcloud is done: assembling the chunks of a multi-GB upload
 # or copying a big folder can take many minutes, and a 504 would not stop it (the service would
 # see a failure for work that completes). BEEFLOW_NC_HEADERS_TIMEOUT_SECONDS still bounds every
@@ -335,7 +337,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         return await streaming.relay(
             request,
             upstream,
-            streaming.RelayOptions(default_cache_control=None),
+            _RELAY_OPTIONS,
             edit_headers=_edit_response_headers,
             method=method,
         )

@@ -71,6 +71,7 @@ SHELL_FALLBACK: Final = (
 _CLIENT: web.AppKey[streaming.UpstreamClient] = web.AppKey("saas_client")
 _TOKENS: web.AppKey[TokenCache] = web.AppKey("saas_tokens")
 _STATS: web.AppKey[ProxyStats] = web.AppKey("saas_stats")
+_RELAY_OPTIONS: web.AppKey[streaming.RelayOptions] = web.AppKey("saas_relay_options")
 
 STREAMING_LEGACY: Final = (
     "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
@@ -335,7 +336,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         except BeeflowError as exc:
             stats.failed(exc.instance_code)
             raise
-        return await streaming.relay(request, upstream, relay_options(config))
+        return await streaming.relay(request, upstream, app[_RELAY_OPTIONS])
     finally:
         stats.in_flight -= 1
 
@@ -358,6 +359,7 @@ def setup(app: web.Application) -> None:
     """The pooled service client (cleanup_ctx), the token cache, and the USER routes."""
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
+    app[_RELAY_OPTIONS] = relay_options(app[keys.CONFIG])  # once, not per request
     app[_STATS] = ProxyStats(harp=app[keys.CONFIG].harp)
     app.setdefault(keys.HEALTH, {})["serviceProxy"] = app[_STATS].health
     for prefix in PREFIXES:
