@@ -590,13 +590,7 @@ async def resend_email_code(request: web.Request) -> web.Response:
     await _json_body(request)
     boot = _bootstrapper(request)
     _refuse_busy(request.app)
-    result = await boot.resend()
-    if not result.get("ok"):
-        kept = bool(request.app[keys.TENANT].key)
-        raise _sub_flow_error(result, verifying=False, key_kept=kept)
-    return json_response(
-        {k: result.get(k) for k in ("ok", "expiresAt", "maskedEmail", "emailSent")}
-    )
+    return _new_code_answer(request, await boot.resend())
 
 
 async def request_verification_code(request: web.Request) -> web.Response:
@@ -631,17 +625,26 @@ async def request_verification_code(request: web.Request) -> web.Response:
             code="no_email_address",
         )
     result = await boot.retarget(user.email, user.uid, user.display_name or user.uid)
-    if not result.get("ok"):
-        kept = bool(request.app[keys.TENANT].key)
-        raise _sub_flow_error(result, verifying=False, key_kept=kept, retargeting=True)
+    answer = _new_code_answer(request, result, retargeting=True)
     log.info(
         "verification code requested by %s for their own address (%s)",
         uid,
         result.get("maskedEmail"),
     )
-    return json_response(
-        {k: result.get(k) for k in ("ok", "expiresAt", "maskedEmail", "emailSent")}
-    )
+    return answer
+
+
+def _new_code_answer(
+    request: web.Request, result: dict[str, Any], *, retargeting: bool = False
+) -> web.Response:
+    """Resend and "send it to me": the service's new-code fields, or its refusal as an error."""
+    if not result.get("ok"):
+        kept = bool(request.app[keys.TENANT].key)
+        raise _sub_flow_error(result, verifying=False, key_kept=kept, retargeting=retargeting)
+    return json_response({k: result.get(k) for k in _NEW_CODE_FIELDS})
+
+
+_NEW_CODE_FIELDS: Final = ("ok", "expiresAt", "maskedEmail", "emailSent")
 
 
 async def apply_pairing_code(request: web.Request) -> web.Response:
