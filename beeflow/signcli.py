@@ -6,7 +6,7 @@
 
 stdout holds only the header lines (for `curl -H @-`); notes and warnings go to stderr. The
 signature comes from beeflow.signing (the one implementation the server verifies with) over the
-form of the target that survives AppAPI's PHP proxy (beeflow.proxy.ncpath)."""
+form of the target that survives AppAPI's PHP proxy (beeflow.proxy.nc.path)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from beeflow.proxy.ncpath import (
+from beeflow.proxy.nc.path import (
     NC_PREFIX,
     PathRejected,
     check_target,

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from beeflow import signcli
-from beeflow.proxy.ncpath import signature_candidates
+from beeflow.proxy.nc.path import signature_candidates
 from beeflow.signing import SIG_HEADER, UID_HEADER, parse_sig_header, verify_nc
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.php_proxy import PhpProxy

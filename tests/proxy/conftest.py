@@ -87,3 +87,9 @@ async def raw_exchange(
             return await reader.read() if read_until_close else await reader.read(65536)
     finally:
         writer.close()
+
+
+@pytest.fixture(params=["legacy", "harp"])
+async def conn(request: pytest.FixtureRequest, proxy_factory: ProxyFactory) -> RunningConnector:
+    """A connector in front of the fake service, once in each mode."""
+    return await proxy_factory(harp=request.param == "harp")

@@ -24,7 +24,7 @@ from tests.fakes.nextcloud_dav import FakeDav
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import ServiceControl
 from tests.helpers import APP_ID, SECRET, TENANT_KEY, RunningConnector, base_env, start_connector
-from tests.nc.caller import nc_signature
+from tests.proxy.nc.caller import nc_signature
 
 SPA_JS = "assets/app.0123456789.js"
 SPA_JS_BODY = b"console.log('bee flow');\n" * 40  # 1000 bytes

@@ -152,7 +152,7 @@ async def test_refused_then_back_on_the_same_port(
 async def test_sse_stream_dying_midway(
     stack: Stack, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="beeflow.proxy.streaming")
+    caplog.set_level(logging.WARNING, logger="beeflow.proxy.relay")
     await healthy(stack, session)
     baseline = fd_count()
     pieces = chat_pieces(["one", "two"])

@@ -28,7 +28,7 @@ from beeflow import events, signing
 from beeflow.appapi import AuthFailure, authenticate, decode_auth_header
 from beeflow.config import Config
 from beeflow.errors import ConfigError
-from beeflow.proxy.ncpath import ALLOWED_PREFIXES, PathRejected, check_target
+from beeflow.proxy.nc.path import ALLOWED_PREFIXES, PathRejected, check_target
 from beeflow.service_client import USER_EVENTS
 from tests.fakes.service_control import expected_signature
 from tests.proxy.conftest import verify_jwt
