@@ -10,8 +10,8 @@ from beeflow import appapi, events, keys, lifecycle, middleware, static, tenant,
 from beeflow import setup as setup_picker
 from beeflow.config import Config
 from beeflow.nextcloud import UserDirectory, session_context
-from beeflow.proxy import nc as nc_proxy
 from beeflow.proxy import saas as saas_proxy
+from beeflow.proxy.nc import handler as nc_proxy
 from beeflow.state import ApiBase, Draining
 
 # Generous for uploads through /api (the /nc proxy streams its bodies itself).
