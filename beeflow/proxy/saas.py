@@ -28,7 +28,20 @@ from beeflow.errors import (
     ServiceUnavailable,
 )
 from beeflow.nextcloud import NcUser
-from beeflow.proxy import streaming
+from beeflow.proxy.headers import (
+    APPAPI,
+    APPAPI_PREFIXES,
+    BROWSER_CONTEXT,
+    CREDENTIALS,
+    FORWARDING,
+    HOP_BY_HOP,
+    REQUEST_FRAMING,
+    filter_headers,
+    is_encoded,
+)
+from beeflow.proxy.relay import RelayOptions, relay
+from beeflow.proxy.sse import ErrorEvents
+from beeflow.proxy.upstream import PoolSettings, UpstreamClient, outbound_body, upstream_client
 from beeflow.serde import iso_utc
 from beeflow.signing import mint_jwt, user_claims
 from beeflow.tenant import TenantState
@@ -50,15 +63,15 @@ KEEPALIVE_SECONDS: Final = 10.0
 # session cookies), the browser's context, what AppAPI/HaRP add (the AppAPI secret among them),
 # forwarding hints, and any X-Beeflow-* the browser might try to forge. Host is the upstream's.
 _DROP_SETS: Final = (
-    streaming.HOP_BY_HOP,
-    streaming.REQUEST_FRAMING,
-    streaming.CREDENTIALS,
-    streaming.BROWSER_CONTEXT,
-    streaming.FORWARDING,
-    streaming.APPAPI,
+    HOP_BY_HOP,
+    REQUEST_FRAMING,
+    CREDENTIALS,
+    BROWSER_CONTEXT,
+    FORWARDING,
+    APPAPI,
     frozenset({"x-http-method-override"}),
 )
-_DROP_PREFIXES: Final = (*streaming.APPAPI_PREFIXES, "x-beeflow-")
+_DROP_PREFIXES: Final = (*APPAPI_PREFIXES, "x-beeflow-")
 
 SHELL_FALLBACK: Final = (
     b"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -68,10 +81,10 @@ SHELL_FALLBACK: Final = (
     b"the Bee Flow setup page.</p></main></body></html>"
 )
 
-_CLIENT: web.AppKey[streaming.UpstreamClient] = web.AppKey("saas_client")
+_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("saas_client")
 _TOKENS: web.AppKey[TokenCache] = web.AppKey("saas_tokens")
 _STATS: web.AppKey[ProxyStats] = web.AppKey("saas_stats")
-_RELAY_OPTIONS: web.AppKey[streaming.RelayOptions] = web.AppKey("saas_relay_options")
+_RELAY_OPTIONS: web.AppKey[RelayOptions] = web.AppKey("saas_relay_options")
 
 STREAMING_LEGACY: Final = (
     "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
@@ -212,7 +225,7 @@ def upstream_headers(
     user: NcUser,
     jwt: str,
 ) -> CIMultiDict[str]:
-    headers = streaming.filter_headers(request.headers, *_DROP_SETS, prefixes=_DROP_PREFIXES)
+    headers = filter_headers(request.headers, *_DROP_SETS, prefixes=_DROP_PREFIXES)
     headers["Authorization"] = f"Bearer {jwt}"
     headers["X-Beeflow-Source"] = SOURCE
     headers["X-Beeflow-NC-Uid"] = user.uid
@@ -237,17 +250,16 @@ def _is_json(content_type: str) -> bool:
 _FINAL_EVENTS: Final = frozenset({b"done"})
 
 
-def relay_options(config: Config) -> streaming.RelayOptions:
+def relay_options(config: Config) -> RelayOptions:
     """HaRP streams: keep-alive comments so HaRP and reverse proxies keep idle streams open.
     Legacy: Nextcloud's PHP proxy buffers the whole reply and has no timeout, so never keep a
     stream alive artificially, cap its idle time, and send SSE close-delimited (issue 10/1)."""
     if config.harp:
-        return streaming.RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
-    return streaming.RelayOptions(
+        return RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
+    return RelayOptions(
         idle_limit_seconds=config.legacy_stream_idle_seconds,
         close_delimited_sse=True,
-        sse_error_events=True,
-        sse_final_events=_FINAL_EVENTS,
+        error_events=ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS),
     )
 
 
@@ -315,7 +327,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         raise BadGateway(
             "Could not look up the Nextcloud user", code="user_lookup_failed"
         ) from None
-    if request.body_exists and streaming.is_encoded(request.headers):
+    if request.body_exists and is_encoded(request.headers):
         # aiohttp would decode it on the way in and the service would get plain bytes still
         # labelled gzip; browsers never compress request bodies, so refuse instead.
         raise BadRequest(
@@ -326,7 +338,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
     url = target_url(app[keys.API_BASE].url, request)
     headers = upstream_headers(request, config, tenant, user, jwt)
-    body = await streaming.outbound_body(request, buffer_when_unsized=_is_json)
+    body = await outbound_body(request, buffer_when_unsized=_is_json)
     stats = app[_STATS]
     stats.requests += 1
     stats.in_flight += 1
@@ -336,21 +348,21 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         except BeeflowError as exc:
             stats.failed(exc.instance_code)
             raise
-        return await streaming.relay(request, upstream, app[_RELAY_OPTIONS])
+        return await relay(request, upstream, app[_RELAY_OPTIONS])
     finally:
         stats.in_flight -= 1
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    settings = streaming.PoolSettings(
+    settings = PoolSettings(
         name=SERVICE_NAME,
         connect_timeout=config.upstream_connect_timeout,
         headers_timeout=config.upstream_headers_timeout,
         pool_size=POOL_SIZE,
         keepalive_timeout=KEEPALIVE_SECONDS,
     )
-    async with streaming.upstream_client(settings) as client:
+    async with upstream_client(settings) as client:
         app[_CLIENT] = client
         yield
 
