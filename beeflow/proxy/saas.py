@@ -37,7 +37,7 @@ from beeflow.proxy.headers import (
     HOP_BY_HOP,
     REQUEST_FRAMING,
     filter_headers,
-    is_encoded,
+    refuse_encoded_body,
 )
 from beeflow.proxy.relay import RelayOptions, relay
 from beeflow.proxy.sse import ErrorEvents
@@ -327,14 +327,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         raise BadGateway(
             "Could not look up the Nextcloud user", code="user_lookup_failed"
         ) from None
-    if request.body_exists and is_encoded(request.headers):
-        # aiohttp would decode it on the way in and the service would get plain bytes still
-        # labelled gzip; browsers never compress request bodies, so refuse instead.
-        raise BadRequest(
-            "Compressed request bodies (Content-Encoding) are not accepted",
-            code="content_encoding_unsupported",
-            status=415,
-        )
+    refuse_encoded_body(request)
     jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
     url = target_url(app[keys.API_BASE].url, request)
     headers = upstream_headers(request, config, tenant, user, jwt)
