@@ -17,7 +17,8 @@ from tests.fakes.frp import free_port
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import SECRET, base_env
 from tests.ops.dockerfile import ROOT, parse
-from tests.ops.procs import child_env, frpc_launcher, healthcheck, short_dir, unique_name
+from tests.ops.executables import frpc_launcher, healthcheck, unique_name
+from tests.procs import child_env, short_dir
 
 HARP_LIMIT = 90.0  # contract 5.3: HaRP waits 180 x 0.5 s for "healthy"
 SHARED_KEY = "hp-entry-key-7Qx"

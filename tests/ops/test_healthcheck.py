@@ -18,7 +18,8 @@ from aiohttp import web
 from beeflow.app import make_app
 from beeflow.config import Config
 from tests.helpers import RunningConnector
-from tests.ops.procs import healthcheck, short_dir, sleeper, unique_name
+from tests.ops.executables import healthcheck, sleeper, unique_name
+from tests.procs import short_dir
 
 SHARED_KEY = "hp-shared-key-Zq81"
 

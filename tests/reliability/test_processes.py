@@ -24,8 +24,8 @@ from tests.fakes.frp import events, pid_alive
 from tests.fakes.service import StreamPlan, chat_pieces
 from tests.fakes.service_control import PROVISIONED_KEY
 from tests.helpers import TENANT_KEY, appapi_headers
-from tests.reliability.procs import World, world
 from tests.reliability.stack import nc_headers
+from tests.reliability.world import World, world
 
 STREAMS = 100
 UPLOAD = 3 * 1024 * 1024

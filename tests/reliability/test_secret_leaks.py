@@ -26,8 +26,8 @@ from tests.fakes.service import StreamPlan, chat_pieces
 from tests.fakes.service_control import PROVISIONED_KEY
 from tests.helpers import SECRET, appapi_headers
 from tests.proxy.conftest import verify_jwt
-from tests.reliability.procs import HP_KEY, World, world
 from tests.reliability.stack import nc_headers
+from tests.reliability.world import HP_KEY, World, world
 
 SECOND_KEY = "tk_rebootstrapped_00ff11ee22dd33cc44bb55aa6699"
 ALICE_PASSWORD = "Alice-Nextcloud-Passw0rd!"

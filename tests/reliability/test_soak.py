@@ -28,8 +28,8 @@ import pytest
 
 from tests.fakes.service import StreamPlan, chat_pieces
 from tests.helpers import appapi_headers
-from tests.reliability.procs import World, world
 from tests.reliability.stack import nc_headers
+from tests.reliability.world import World, world
 
 # The environment is read here on purpose: it selects the test's length, not the product's.
 SECONDS: Final = float(os.environ.get("BEEFLOW_SOAK_SECONDS", "5"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from beeflow.config import Config
 from tests.fakes.frp import FakeFrps, exapp_port, make_certs, make_frpc
 from tests.helpers import SECRET, base_env
+from tests.procs import Launcher, short_dir
 
 # A shared key full of what TOML and shells care about, within what HaRP's start.sh accepts
 # (printable ASCII without `"` and `\`: HaRP refuses those, so no real key holds them).
@@ -22,9 +22,16 @@ UNREACHABLE_NC = "http://127.0.0.1:9"
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A short directory for Unix sockets (sun_path is 108 bytes; tmp_path is too long)."""
-    path = Path(tempfile.mkdtemp(prefix="bf", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_dir() as path:
+        yield path
+
+
+@pytest.fixture
+async def launcher() -> AsyncIterator[Launcher]:
+    """`python -m beeflow serve` children of this test, killed at its end if still running."""
+    procs = Launcher()
+    yield procs
+    await procs.close()
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ import aiohttp
 
 from tests.fakes.frp import FakeFrps, free_port, make_frpc
 from tests.helpers import base_env
+from tests.procs import ServeProcess
 from tests.transports.conftest import UNREACHABLE_NC, harp_env
-from tests.transports.procs import ServeProcess
 
 RUNS = 5
 CALLS = 200

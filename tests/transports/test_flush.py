@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,8 +26,8 @@ import pytest
 from beeflow.transports import harp
 from tests.fakes.frp import FakeFrps, events, pid_alive
 from tests.helpers import appapi_headers
+from tests.procs import Launcher, ServeProcess
 from tests.transports.conftest import harp_env
-from tests.transports.procs import ServeProcess
 
 # Larger than all the buffers between our socket and the client put together: the Unix
 # socket's (~200 KiB), the stand-in's (~2 x 64 KiB), its TCP send buffer (autotuned, at most
@@ -40,14 +39,6 @@ READ_TIMEOUT = 15.0
 
 
 LOOPS = ["asyncio", "uvloop"]
-
-
-@pytest.fixture
-async def serve_proc() -> AsyncIterator[list[ServeProcess]]:
-    procs: list[ServeProcess] = []
-    yield procs
-    for proc in procs:
-        await proc.close()
 
 
 def big_shell(directory: Path) -> bytes:
@@ -106,7 +97,7 @@ class Stuck(NamedTuple):
 
 
 async def stuck_response(
-    serve_proc: list[ServeProcess],
+    launcher: Launcher,
     sockdir: Path,
     frpc_bin: Path,
     frps: FakeFrps,
@@ -128,8 +119,7 @@ async def stuck_response(
         BEEFLOW_EVENT_LOOP=loop,
     )
     env.pop("BEEFLOW_TENANT_KEY")  # `auto`, nothing cached: the proxy answers with the shell
-    proc = await ServeProcess.start(env)
-    serve_proc.append(proc)
+    proc = await launcher.start(env)
     await proc.wait_line(f"(event loop: {loop})")
     await proc.wait_line("start proxy success")
     reader, writer = await open_slow_reader(int(env["APP_PORT"]))
@@ -159,7 +149,7 @@ async def check_clean_exit(stuck: Stuck, record: Path) -> dict[str, object]:
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_the_end_of_a_response_still_in_our_write_buffer_reaches_a_slow_reader(
-    serve_proc: list[ServeProcess],
+    launcher: Launcher,
     sockdir: Path,
     frpc_bin: Path,
     frps: FakeFrps,
@@ -167,7 +157,7 @@ async def test_the_end_of_a_response_still_in_our_write_buffer_reaches_a_slow_re
     record: Path,
     loop: str,
 ) -> None:
-    stuck = await stuck_response(serve_proc, sockdir, frpc_bin, frps, storage, record, loop)
+    stuck = await stuck_response(launcher, sockdir, frpc_bin, frps, storage, record, loop)
     try:
         stuck.proc.send(signal.SIGTERM)
         await stuck.proc.wait_line("draining 0 in-flight request(s)")
@@ -182,7 +172,7 @@ async def test_the_end_of_a_response_still_in_our_write_buffer_reaches_a_slow_re
 
 @pytest.mark.parametrize("loop", LOOPS)
 async def test_frpc_waits_for_our_write_buffer_up_to_the_flush_budget(
-    serve_proc: list[ServeProcess],
+    launcher: Launcher,
     sockdir: Path,
     frpc_bin: Path,
     frps: FakeFrps,
@@ -193,7 +183,7 @@ async def test_frpc_waits_for_our_write_buffer_up_to_the_flush_budget(
     """A reader that never resumes: the bytes stay in our write buffer, so frpc is stopped only
     when the flush gives up (FLUSH_TIMEOUT_SECONDS), plus the relay pause; the exit stays
     bounded. A load only makes the wait longer: the lower bound cannot flake."""
-    stuck = await stuck_response(serve_proc, sockdir, frpc_bin, frps, storage, record, loop)
+    stuck = await stuck_response(launcher, sockdir, frpc_bin, frps, storage, record, loop)
     try:
         sent_at = time.time()
         stuck.proc.send(signal.SIGTERM)

@@ -7,7 +7,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +19,22 @@ from beeflow.tasks import spawn
 from beeflow.transports import harp
 from tests.fakes.frp import FakeFrps, events, free_port, pid_alive, wait_gone
 from tests.helpers import appapi_headers, base_env
+from tests.procs import Launcher, ServeProcess
 from tests.transports.conftest import SHARED_KEY, UNREACHABLE_NC, harp_env
-from tests.transports.procs import ServeProcess
 
 Starter = Callable[..., Awaitable[ServeProcess]]
+# The real CLI plus a request that stays in flight on demand (for the shutdown tests).
+SLOW_SERVE = Path(__file__).with_name("slow_serve.py")
 
 
 @pytest.fixture
-async def serve_proc() -> AsyncIterator[Starter]:
-    procs: list[ServeProcess] = []
+def serve_proc(launcher: Launcher) -> Starter:
+    """Start `serve`; slow_routes: through the wrapper with a request that stays in flight."""
 
     async def start(env: dict[str, str], *args: str, slow_routes: bool = False) -> ServeProcess:
-        proc = await ServeProcess.start(env, *args, slow_routes=slow_routes)
-        procs.append(proc)
-        return proc
+        return await launcher.start(env, *args, script=SLOW_SERVE if slow_routes else None)
 
-    yield start
-    for proc in procs:
-        await proc.close()
+    return start
 
 
 @pytest.fixture

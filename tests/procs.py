@@ -1,21 +1,44 @@
-"""`python -m beeflow serve` as a real child process, with its log lines as awaitable events."""
+"""The one launcher of real child processes for the tests: `python -m beeflow serve` (or a wrapper
+script around beeflow.cli) with its output lines as awaitable events, a clean child environment,
+and short temporary directories for Unix sockets."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 import attrs
 
 from beeflow.tasks import spawn
 
-REPO = Path(__file__).resolve().parents[2]
-SLOW_SERVE = Path(__file__).with_name("slow_serve.py")
+REPO: Final = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def short_dir() -> Iterator[Path]:
+    """A short directory under /tmp (a Unix socket path holds at most 107 bytes, and pytest's
+    tmp_path is longer than that allows)."""
+    path = Path(tempfile.mkdtemp(prefix="bf", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """A clean environment: nothing from the developer's shell leaks into the child."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
+    env.update(extra)
+    return env
 
 
 @attrs.define(eq=False)
@@ -30,11 +53,15 @@ class ServeProcess:
 
     @classmethod
     async def start(
-        cls, env: Mapping[str, str], *args: str, slow_routes: bool = False, command: str = "serve"
+        cls,
+        env: Mapping[str, str],
+        *args: str,
+        script: Path | None = None,
+        command: str = "serve",
     ) -> ServeProcess:
-        entry = [str(SLOW_SERVE)] if slow_routes else ["-m", "beeflow"]
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
-        full_env.update(env)
+        """`python -m beeflow <command> <args>`, or `python <script> <command> <args>` for a
+        wrapper around beeflow.cli (a CLI with extra test routes)."""
+        entry = [str(script)] if script is not None else ["-m", "beeflow"]
         spawned_at = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -42,7 +69,7 @@ class ServeProcess:
             command,
             *args,
             cwd=REPO,
-            env=full_env,
+            env=child_env(env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -98,3 +125,26 @@ class ServeProcess:
         await self.proc.wait()
         if self._reader is not None:
             await self._reader
+
+
+@attrs.define
+class Launcher:
+    """Starts ServeProcesses for one test and kills whatever is still running at its end (for
+    a fixture: `async with`-free, `close()` in the teardown)."""
+
+    started: list[ServeProcess] = attrs.field(factory=list)
+
+    async def start(
+        self,
+        env: Mapping[str, str],
+        *args: str,
+        script: Path | None = None,
+        command: str = "serve",
+    ) -> ServeProcess:
+        proc = await ServeProcess.start(env, *args, script=script, command=command)
+        self.started.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        for proc in self.started:
+            await proc.close()

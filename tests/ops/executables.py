@@ -1,39 +1,20 @@
-"""Helpers for tests that run real processes: the health check, the entrypoint, a named child."""
+"""Executables the ops tests run: the image's health check, and stand-in processes with a name of
+their own (what the health check and the entrypoint look for)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 from tests.fakes.frp import FAKE_FRPC
 from tests.ops.dockerfile import ROOT
+from tests.procs import child_env
 
 HEALTHCHECK: Final = ROOT / "docker" / "healthcheck.py"
-
-
-@contextmanager
-def short_dir() -> Iterator[Path]:
-    """A short directory under /tmp (Unix socket paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="bf", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """A clean environment: nothing from the developer's shell leaks into the child."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
-    env.update(extra)
-    return env
 
 
 async def healthcheck(env: Mapping[str, str]) -> tuple[int, str]:

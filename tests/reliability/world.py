@@ -3,12 +3,8 @@ that need real processes (signals, frpc, start-up files)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,14 +13,13 @@ from typing import Any
 import aiohttp
 import attrs
 
-from beeflow.tasks import spawn
 from tests.fakes.frp import free_port, make_frpc
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.nextcloud_dav import FakeDav
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import ServiceControl
 from tests.helpers import SECRET, TENANT_KEY, appapi_headers, base_env
-from tests.transports.procs import REPO, ServeProcess
+from tests.procs import Launcher, ServeProcess
 
 HP_KEY = "harp-key-for-reliability-tests-0123"
 
@@ -38,7 +33,7 @@ class World:
     dav: FakeDav
     service: FakeService
     control: ServiceControl
-    procs: list[ServeProcess] = attrs.field(factory=list)
+    procs: Launcher = attrs.field(factory=Launcher)
 
     @property
     def sock(self) -> str:
@@ -84,10 +79,7 @@ class World:
         self, env: dict[str, str], *args: str, script: Path | None = None
     ) -> ServeProcess:
         """`python -m beeflow serve`, or `python <script> serve` (a CLI with a test route)."""
-        proc = await (
-            start_script(script, env, *args) if script else ServeProcess.start(env, *args)
-        )
-        self.procs.append(proc)
+        proc = await self.procs.start(env, *args, script=script)
         self.nc.set_connector(
             socket=env.get("HP_EXAPP_SOCK") if "HP_SHARED_KEY" in env else None,
             url=None if "HP_SHARED_KEY" in env else f"http://127.0.0.1:{env['APP_PORT']}",
@@ -109,27 +101,6 @@ class World:
         if "HP_SHARED_KEY" in env:
             return "http://localhost"
         return f"http://127.0.0.1:{env['APP_PORT']}"
-
-
-async def start_script(script: Path, env: dict[str, str], *args: str) -> ServeProcess:
-    """Like ServeProcess.start, for a wrapper script around `beeflow.cli`."""
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
-    full_env.update(env)
-    spawned_at = time.monotonic()
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script),
-        "serve",
-        *args,
-        cwd=REPO,
-        env=full_env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    proc = ServeProcess(child, spawned_at)
-    proc._reader = spawn(proc._read(), name=f"serve-output-{child.pid}")
-    return proc
 
 
 def trusted(uid: str = "") -> dict[str, str]:
@@ -155,8 +126,7 @@ async def world(*, verify_key: str = TENANT_KEY) -> AsyncIterator[World]:
     try:
         yield w
     finally:
-        for proc in w.procs:
-            await proc.close()
+        await w.procs.close()
         await service.stop()
         await nc.stop()
         shutil.rmtree(root, ignore_errors=True)
