@@ -15,9 +15,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from beeflow.config import Config
-from beeflow.transports import frpc
 from beeflow.transports.base import Transport, TransportError
-from beeflow.transports.frpc import FrpcSupervisor
+from beeflow.transports.frpc import supervisor as frpc
+from beeflow.transports.frpc.supervisor import FrpcSupervisor
 
 SOCKET_MODE = 0o600
 FLUSH_TIMEOUT_SECONDS = 1.0

@@ -14,8 +14,10 @@ from aiohttp import web
 
 from beeflow.app import make_app
 from beeflow.config import Config
-from beeflow.transports import frpc
 from beeflow.transports.base import TransportError
+from beeflow.transports.frpc.binary import FrpcError
+from beeflow.transports.frpc.diagnose import CONNECTED
+from beeflow.transports.frpc.supervisor import FrpcSupervisor
 from beeflow.transports.harp import HarpTransport, bind_unix
 from beeflow.transports.tcp import TcpTransport
 from tests.fakes.frp import FakeFrps, events, free_port
@@ -48,7 +50,7 @@ async def runner_for() -> AsyncIterator[Callable[[Config], web.AppRunner]]:
         await runner.cleanup()
 
 
-_SUPERVISORS: list[frpc.FrpcSupervisor] = []
+_SUPERVISORS: list[FrpcSupervisor] = []
 
 
 def harp(config: Config) -> HarpTransport:
@@ -122,7 +124,9 @@ async def test_harp_transport_serves_heartbeat_on_a_private_socket(
     status, body = await unix_get(path, "/heartbeat")
     assert status == 200
     assert body["status"] == "ok"
-    await transport.supervisor.wait_until(lambda: transport.supervisor.state == frpc.CONNECTED, 10)
+    await transport.supervisor.wait_until(
+        lambda: transport.supervisor.tunnel.state == CONNECTED, 10
+    )
     # frpc was started only once the socket listened, pointed at the socket actually bound.
     start = events(record, "start")[0]
     assert start["socket_listening"] is True
@@ -224,7 +228,7 @@ async def test_missing_frpc_fails_before_binding(
     runner = runner_for(config)
     await runner.setup()
     transport = harp(config)
-    with pytest.raises(frpc.FrpcError, match="not found"):
+    with pytest.raises(FrpcError, match="not found"):
         await transport.start(runner)
     assert not config.socket_path.exists()
     await transport.stop()
@@ -258,7 +262,7 @@ async def test_abort_leaves_nothing_behind(
     transport = harp(config)
     await transport.start(runner)
     sup = transport.supervisor
-    await sup.wait_until(lambda: sup.state == frpc.CONNECTED, 10)
+    await sup.wait_until(lambda: sup.tunnel.state == CONNECTED, 10)
     transport.abort()
     assert not config.socket_path.exists()
     assert await sup.wait_until(lambda: not sup.running, 5)

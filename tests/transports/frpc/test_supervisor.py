@@ -1,4 +1,5 @@
-"""The frpc supervisor against the stand-in frpc (a real child process) and a fake frps."""
+"""The frpc supervisor against the stand-in frpc (a real child process) and a fake frps: the
+tunnel's life, restarts with backoff, the bounded log, stopping, the status snapshot."""
 
 from __future__ import annotations
 
@@ -8,79 +9,19 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from beeflow.config import Config
-from beeflow.transports import frpc
-from beeflow.transports.frpc import FrpcError, FrpcSupervisor, LogBudget
+from beeflow.transports.frpc.binary import FrpcError
+from beeflow.transports.frpc.diagnose import CONNECTED, EXITED, RETRYING, STARTING
+from beeflow.transports.frpc.supervisor import FrpcSupervisor, LogBudget
 from tests.fakes.frp import FakeFrps, events, free_port, pid_alive
 from tests.transports.conftest import SHARED_KEY
-
-FAKE_KNOBS = (
-    "FAKE_FRPC_MODE",
-    "FAKE_FRPC_CRASH_TIMES",
-    "FAKE_FRPC_CRASH_AFTER",
-    "FAKE_FRPC_EXIT_CODE",
-    "FAKE_FRPC_IGNORE_TERM",
-    "FAKE_FRPC_IGNORE_INT",
-    "FAKE_FRPC_SERVER",
-    "FAKE_FRPC_VERSION",
-    "FAKE_FRPC_VERSION_HANG",
-    "FAKE_FRPC_FORCE_COLOR",
-    "FAKE_FRPC_ECHO_TOKEN",
-)
-
-
-@pytest.fixture(autouse=True)
-def fake_env(monkeypatch: pytest.MonkeyPatch, record: Path) -> None:
-    """The stand-in inherits our environment: start from its defaults, retries sped up."""
-    for name in FAKE_KNOBS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FAKE_FRPC_RETRY_SCALE", "0.02")
-
-
-@pytest.fixture
-async def unix_app(sockdir: Path) -> AsyncIterator[Path]:
-    """A tiny aiohttp app on the Unix socket frpc tunnels to."""
-
-    async def ping(request: web.Request) -> web.Response:
-        return web.json_response({"pong": True})
-
-    app = web.Application()
-    app.router.add_get("/ping", ping)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    path = sockdir / "s.sock"
-    await web.UnixSite(runner, str(path)).start()
-    yield path
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def supervisors() -> AsyncIterator[list[FrpcSupervisor]]:
-    started: list[FrpcSupervisor] = []
-    yield started
-    for sup in started:
-        await sup.stop()
-
-
-async def start(
-    started: list[FrpcSupervisor], config: Config, unix_path: Path, **kw: object
-) -> FrpcSupervisor:
-    sup = FrpcSupervisor(config, unix_path, **kw)  # type: ignore[arg-type]
-    started.append(sup)
-    await sup.start()
-    return sup
-
-
-async def until(sup: FrpcSupervisor, predicate: Callable[[], bool], timeout: float = 10) -> None:
-    if not await sup.wait_until(predicate, timeout):
-        raise AssertionError(f"timed out; status: {sup.status()}")
+from tests.transports.frpc.conftest import start, until
 
 
 async def test_connects_tunnels_and_stops_by_term(
@@ -92,7 +33,7 @@ async def test_connects_tunnels_and_stops_by_term(
 ) -> None:
     config = make_harp_config()
     sup = await start(supervisors, config, unix_app)
-    await until(sup, lambda: sup.state == frpc.CONNECTED and sup.version is not None)
+    await until(sup, lambda: sup.tunnel.state == CONNECTED and sup.version is not None)
     status = sup.status()
     assert status["running"] is True
     assert status["pid"] == events(record, "start")[0]["pid"]
@@ -114,7 +55,7 @@ async def test_connects_tunnels_and_stops_by_term(
     await sup.stop()
     assert time.monotonic() - began < config.frpc_stop_grace_seconds  # no KILL needed
     assert sup.last_exit_code == -15  # killed by our TERM: its clean stop
-    assert sup.state == frpc.EXITED
+    assert sup.tunnel.state == EXITED
     assert not sup.running
     assert sup.restarts == 0
     assert len(events(record, "term")) == 1
@@ -131,20 +72,20 @@ async def test_frps_down_means_retrying_not_restarting(
     port = free_port()
     config = make_harp_config(HP_FRP_PORT=str(port))
     sup = await start(supervisors, config, unix_app)
-    await until(sup, lambda: sup.connect_errors >= 2)
-    assert sup.state == frpc.RETRYING
-    assert "connection refused" in sup.last_error
+    await until(sup, lambda: sup.tunnel.connect_errors >= 2)
+    assert sup.tunnel.state == RETRYING
+    assert "connection refused" in sup.tunnel.last_error
     assert sup.restarts == 0
     pid = sup.pid
     # frps comes up: the same process logs in.
     server = await FakeFrps(token=SHARED_KEY).start(port)
     try:
-        await until(sup, lambda: sup.state == frpc.CONNECTED)
+        await until(sup, lambda: sup.tunnel.state == CONNECTED)
     finally:
         await server.stop()
     assert sup.pid == pid
     assert sup.restarts == 0
-    assert sup.last_error == ""
+    assert sup.tunnel.last_error == ""
     assert len(events(record, "start")) == 1
 
 
@@ -155,12 +96,12 @@ async def test_session_shutdown_then_reconnect(
     supervisors: list[FrpcSupervisor],
 ) -> None:
     sup = await start(supervisors, make_harp_config(), unix_app)
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    await until(sup, lambda: sup.tunnel.state == CONNECTED)
     frps.drop_sessions()
-    await until(sup, lambda: sup.state == frpc.RETRYING)
-    assert sup.last_error == "session shutdown"
-    assert sup.connected_since is None
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    await until(sup, lambda: sup.tunnel.state == RETRYING)
+    assert sup.tunnel.last_error == "session shutdown"
+    assert sup.tunnel.connected_since is None
+    await until(sup, lambda: sup.tunnel.state == CONNECTED)
     assert len(frps.logins) == 2
     assert sup.restarts == 0
 
@@ -178,7 +119,7 @@ async def test_restart_with_capped_backoff(
         BEEFLOW_FRPC_BACKOFF_INITIAL_SECONDS="0.1", BEEFLOW_FRPC_BACKOFF_CAP_SECONDS="0.3"
     )
     sup = await start(supervisors, config, unix_app)
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    await until(sup, lambda: sup.tunnel.state == CONNECTED)
     assert sup.restarts == 3
     assert sup.last_exit_code == 1
     starts = [e["t"] for e in events(record, "start")]
@@ -247,7 +188,7 @@ async def test_crash_loop_is_bounded_in_the_log(
     # Each run prints 2 lines and a restart warning (~27 lines); the log got the budget.
     assert len(noisy) <= 4
     assert budget.suppressed >= 15
-    assert "told to crash at start" in sup.last_error
+    assert "told to crash at start" in sup.tunnel.last_error
 
 
 async def test_term_ignored_escalates_to_kill(
@@ -262,7 +203,7 @@ async def test_term_ignored_escalates_to_kill(
     config = make_harp_config(BEEFLOW_FRPC_STOP_GRACE_SECONDS="0.3")
     sup = FrpcSupervisor(config, unix_app)
     await sup.start()
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    await until(sup, lambda: sup.tunnel.state == CONNECTED)
     pid = sup.pid
     assert pid is not None
     began = time.monotonic()
@@ -286,40 +227,9 @@ async def test_hanging_frpc_is_still_stopped(
     sup = FrpcSupervisor(make_harp_config(), unix_app)
     await sup.start()
     await until(sup, lambda: sup.running)
-    assert sup.state == frpc.STARTING
+    assert sup.tunnel.state == STARTING
     await sup.stop()
     assert sup.last_exit_code == -15
-
-
-@pytest.mark.parametrize("kind", ["missing", "not-executable", "directory"])
-async def test_unusable_binary_is_a_clear_startup_error(
-    make_harp_config: Callable[..., Config], sockdir: Path, kind: str
-) -> None:
-    target = sockdir / "frpc-x"
-    if kind == "not-executable":
-        target.write_text("#!/bin/sh\n")
-        target.chmod(0o644)
-    elif kind == "directory":
-        target.mkdir()
-    sup = FrpcSupervisor(make_harp_config(BEEFLOW_FRPC_BIN=str(target)), sockdir / "s.sock")
-    with pytest.raises(FrpcError) as err:
-        await sup.start()
-    message = str(err.value)
-    assert str(target) in message
-    assert "BEEFLOW_FRPC_BIN" in message
-    assert {"missing": "not found", "not-executable": "not executable", "directory": "directory"}[
-        kind
-    ] in message
-    assert sup.restarts == 0
-    assert not sup.running
-
-
-async def test_missing_from_path_names_the_pinned_version(
-    make_harp_config: Callable[..., Config], sockdir: Path
-) -> None:
-    sup = FrpcSupervisor(make_harp_config(BEEFLOW_FRPC_BIN="frpc-nowhere"), sockdir / "s.sock")
-    with pytest.raises(FrpcError, match=r"'frpc-nowhere' not found.*0\.61\.1"):
-        await sup.preflight()
 
 
 async def test_binary_lost_after_preflight_fails_start_without_loop(
@@ -338,63 +248,6 @@ async def test_binary_lost_after_preflight_fails_start_without_loop(
     assert not config_file.parent.exists()
 
 
-@pytest.mark.parametrize(
-    ("reported", "warns"), [("0.61.1", False), ("0.62.0", True), ("0.68.0", True)]
-)
-async def test_version_mismatch_warns(
-    make_harp_config: Callable[..., Config],
-    sockdir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    reported: str,
-    warns: bool,
-) -> None:
-    monkeypatch.setenv("FAKE_FRPC_VERSION", reported)
-    sup = FrpcSupervisor(make_harp_config(), sockdir / "s.sock")
-    await sup.check_version()
-    assert sup.version == reported
-    mismatch = [r for r in caplog.records if "pins 0.61.1" in r.getMessage()]
-    assert bool(mismatch) is warns
-    if warns:
-        assert reported in mismatch[0].getMessage()
-        assert mismatch[0].levelno == logging.WARNING
-
-
-async def test_version_from_an_explicit_pin_file(
-    make_harp_config: Callable[..., Config],
-    sockdir: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    pin = sockdir / "pin.toml"
-    pin.write_text('version = "0.60.0"\n')
-    sup = FrpcSupervisor(make_harp_config(BEEFLOW_FRPC_PIN_FILE=str(pin)), sockdir / "s.sock")
-    await sup.check_version()
-    assert any("pins 0.60.0" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    pin.unlink()
-    await sup.check_version()
-    assert any("missing or unreadable" in r.getMessage() for r in caplog.records)
-
-
-def test_default_pin_file_is_the_repos() -> None:
-    assert frpc.read_pin(frpc.DEFAULT_PIN_FILE) == frpc.PINNED_VERSION
-
-
-async def test_version_that_never_answers_is_a_warning_not_a_hang(
-    make_harp_config: Callable[..., Config],
-    sockdir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    monkeypatch.setenv("FAKE_FRPC_VERSION_HANG", "1")
-    sup = FrpcSupervisor(make_harp_config(), sockdir / "s.sock", version_timeout=0.5)
-    began = time.monotonic()
-    await sup.check_version()
-    assert time.monotonic() - began < 3
-    assert sup.version is None
-    assert any("could not read the frpc version" in r.getMessage() for r in caplog.records)
-
-
 async def test_output_is_logged_clean_and_masked(
     make_harp_config: Callable[..., Config],
     unix_app: Path,
@@ -407,7 +260,7 @@ async def test_output_is_logged_clean_and_masked(
     monkeypatch.setenv("FAKE_FRPC_ECHO_TOKEN", "1")
     caplog.set_level(logging.DEBUG)
     sup = await start(supervisors, make_harp_config(), unix_app)
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    await until(sup, lambda: sup.tunnel.state == CONNECTED)
     lines = [r.getMessage() for r in caplog.records if r.name == "beeflow.frpc"]
     assert any("start proxy success" in line for line in lines)
     dump = [line for line in lines if "metadatas: token=" in line]
@@ -429,60 +282,17 @@ async def test_socket_down_while_frpc_runs_hangs_the_caller(
     frps: FakeFrps,
     supervisors: list[FrpcSupervisor],
 ) -> None:
-    """The 0.61.x behaviour the shutdown order exists for (frp-observed.md): a connection
-    dialled to a socket that is not listening gets no answer and no close."""
+    """The 0.61.x behaviour the shutdown order exists for (docs/transports.md, "What frpc 0.61.1
+    does"): a connection dialled to a socket that is not listening gets no answer and no
+    close."""
     config = make_harp_config()
     sup = await start(supervisors, config, sockdir / "nobody.sock")
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    await until(sup, lambda: sup.tunnel.state == CONNECTED)
     timeout = aiohttp.ClientTimeout(total=0.5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         with pytest.raises(asyncio.TimeoutError):
             await session.get(f"http://127.0.0.1:{config.app_port}/ping")
-    await until(sup, lambda: sup.socket_errors == 1)
-
-
-def test_observe_follows_real_frpc_lines() -> None:
-    config = Config.from_env({"APP_SECRET": "s" * 16, "NEXTCLOUD_URL": "http://nc"})
-    sup = FrpcSupervisor(config, Path("/tmp/x.sock"))
-    steps = [
-        (
-            "2026-11-22 14:00:00.000 [I] [client/service.go:295] try to connect to server...",
-            "exited",
-        ),
-        (
-            "2026-11-22 14:00:00.001 [W] [client/service.go:298] connect to server error: "
-            "dial tcp 127.0.0.1:8782: connect: connection refused",
-            "retrying",
-        ),
-        (
-            "2026-11-22 14:00:02.100 [I] [client/service.go:287] [ab] login to server success, "
-            "get run id [ab]",
-            "starting",
-        ),
-        (
-            "2026-11-22 14:00:02.101 [I] [client/control.go:168] [ab] [bee_flow] "
-            "start proxy success",
-            "connected",
-        ),
-        (
-            "2026-11-22 14:00:09.000 [W] [client/service.go:298] [ab] "
-            "connect to server error: session shutdown",
-            "retrying",
-        ),
-        (
-            "2026-11-22 14:00:12.000 [W] [client/control.go:172] [ab] [bee_flow] "
-            "start error: port unavailable",
-            "retrying",
-        ),
-    ]
-    seen = []
-    for line, _ in steps:
-        sup.observe(line)
-        seen.append(sup.state)
-    assert seen == [state for _, state in steps]
-    assert sup.last_error == "start error: port unavailable"
-    assert sup.connect_errors == 2
-    assert sup.logins == 1
+    await until(sup, lambda: sup.tunnel.socket_errors == 1)
 
 
 def test_status_snapshot_shape() -> None:

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from beeflow import doctor
 from beeflow.config import Config
-from beeflow.transports import frpc
-from beeflow.transports.frpc import FrpcSupervisor
+from beeflow.ops.doctor.command import run_checks
+from beeflow.ops.doctor.result import FAIL, PASS, Check
+from beeflow.transports.frpc.config import harp_allows_port, port_problem
+from beeflow.transports.frpc.diagnose import CONNECTED, RETRYING
+from beeflow.transports.frpc.supervisor import FrpcSupervisor
 from tests.fakes.frp import FakeFrps, events, free_port
+from tests.procs import ServeProcess
 from tests.transports.conftest import SHARED_KEY, harp_env
-from tests.transports.procs import ServeProcess
+from tests.transports.frpc.conftest import start, until
 
 
 @pytest.fixture(autouse=True)
@@ -27,40 +30,25 @@ def fake_env(monkeypatch: pytest.MonkeyPatch, record: Path) -> None:
     monkeypatch.setenv("FAKE_FRPC_RETRY_SCALE", "0.02")
 
 
-@pytest.fixture
-async def supervisors() -> AsyncIterator[list[FrpcSupervisor]]:
-    started: list[FrpcSupervisor] = []
-    yield started
-    for sup in started:
-        await sup.stop()
-
-
-async def started(started: list[FrpcSupervisor], config: Config, sockdir: Path) -> FrpcSupervisor:
-    sup = FrpcSupervisor(config, sockdir / "s.sock")
-    started.append(sup)
-    await sup.start()
-    return sup
-
-
-async def until(sup: FrpcSupervisor, predicate: Callable[[], bool], timeout: float = 10) -> None:
-    if not await sup.wait_until(predicate, timeout):
-        raise AssertionError(f"timed out; status: {sup.status()}")
-
-
 def outside_harp_ports() -> int:
     """A free port frps would refuse (the ephemeral range lies above 24099)."""
     for _ in range(20):
         port = free_port()
-        if not frpc.harp_allows_port(port):
+        if not harp_allows_port(port):
             return port
     raise AssertionError("no free port outside 23000-24099")
+
+
+# Our own warnings about the tunnel (frpc's lines go to "beeflow.frpc"): the port check before
+# the start, and the remedies read from frpc's output.
+OUR_LOGGERS = frozenset({"beeflow.transports.frpc.supervisor", "beeflow.transports.frpc.diagnose"})
 
 
 def warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.WARNING and r.name == "beeflow.transports.frpc"
+        if r.levelno == logging.WARNING and r.name in OUR_LOGGERS
         if text in r.getMessage()
     ]
 
@@ -79,21 +67,23 @@ async def test_without_certs_tls_forcing_frps_drops_frpc_with_eof(
     frpc says `connect to server error: EOF` and retries, forever."""
     caplog.set_level(logging.INFO)
     missing = sockdir / "no-certs"
-    sup = await started(supervisors, make_harp_config(BEEFLOW_FRP_CERT_DIR=str(missing)), sockdir)
+    sup = await start(
+        supervisors, make_harp_config(BEEFLOW_FRP_CERT_DIR=str(missing)), sockdir / "s.sock"
+    )
     await frps.wait_refused(3)
-    await until(sup, lambda: sup.connect_errors >= 3)
+    await until(sup, lambda: sup.tunnel.connect_errors >= 3)
     assert frps.logins == []  # the login plugin never saw it
-    assert sup.state == frpc.RETRYING
-    assert sup.last_error == "EOF"
+    assert sup.tunnel.state == RETRYING
+    assert sup.tunnel.last_error == "EOF"
     assert sup.restarts == 0  # frpc retries by itself
     frpc_lines = [r.getMessage() for r in caplog.records if r.name == "beeflow.frpc"]
     assert any(line.endswith("connect to server error: EOF") for line in frpc_lines)
     # The remedy names the certificates and the redeploy, once, not per retry.
-    assert str(missing) in sup.remedy
-    assert "occ app_api:app:unregister bee_flow" in sup.remedy
-    assert "HP_FRP_DISABLE_TLS=true" in sup.remedy
-    assert sup.status()["remedy"] == sup.remedy
-    assert len(warnings(caplog, sup.remedy)) == 1
+    assert str(missing) in sup.tunnel.remedy
+    assert "occ app_api:app:unregister bee_flow" in sup.tunnel.remedy
+    assert "HP_FRP_DISABLE_TLS=true" in sup.tunnel.remedy
+    assert sup.status()["remedy"] == sup.tunnel.remedy
+    assert len(warnings(caplog, sup.tunnel.remedy)) == 1
 
 
 async def test_with_certs_frpc_speaks_tls_and_connects(
@@ -102,12 +92,12 @@ async def test_with_certs_frpc_speaks_tls_and_connects(
     frps: FakeFrps,
     supervisors: list[FrpcSupervisor],
 ) -> None:
-    sup = await started(supervisors, make_harp_config(), sockdir)
-    await until(sup, lambda: sup.state == frpc.CONNECTED)
+    sup = await start(supervisors, make_harp_config(), sockdir / "s.sock")
+    await until(sup, lambda: sup.tunnel.state == CONNECTED)
     assert frps.refused == []
     assert frps.logins[0]["tls"] is True
     assert frps.logins[0]["serverName"] == "harp.nc"
-    assert sup.remedy == ""
+    assert sup.tunnel.remedy == ""
 
 
 async def test_harp_without_tls_accepts_a_plain_frpc(
@@ -121,7 +111,7 @@ async def test_harp_without_tls_accepts_a_plain_frpc(
     sup = FrpcSupervisor(Config.from_env(env), sockdir / "s.sock")
     try:
         await sup.start()
-        await until(sup, lambda: sup.state == frpc.CONNECTED)
+        await until(sup, lambda: sup.tunnel.state == CONNECTED)
         assert server.logins[0]["tls"] is False
     finally:
         await sup.stop()
@@ -141,19 +131,19 @@ async def test_a_port_outside_allow_ports_is_refused_after_the_login(
 ) -> None:
     caplog.set_level(logging.INFO)
     port = outside_harp_ports()
-    sup = await started(supervisors, make_harp_config(APP_PORT=str(port)), sockdir)
+    sup = await start(supervisors, make_harp_config(APP_PORT=str(port)), sockdir / "s.sock")
     # Said before frpc even runs: the port will not work behind HaRP.
     assert warnings(caplog, f"APP_PORT {port} is outside the ports HaRP's frps allows")
-    await until(sup, lambda: sup.last_error != "")
-    assert sup.last_error == "start error: port not allowed"
-    assert sup.state == frpc.RETRYING
-    assert sup.logins == 1  # logged in: the proxy, not the login, was refused
+    await until(sup, lambda: sup.tunnel.last_error != "")
+    assert sup.tunnel.last_error == "start error: port not allowed"
+    assert sup.tunnel.state == RETRYING
+    assert sup.tunnel.logins == 1  # logged in: the proxy, not the login, was refused
     assert len(frps.logins) == 1
     assert [e["error"] for e in events(record, "proxy_refused")] == ["port not allowed"]
     frpc_lines = [r.getMessage() for r in caplog.records if r.name == "beeflow.frpc"]
     assert any(line.endswith("[bee_flow] start error: port not allowed") for line in frpc_lines)
-    assert "Let AppAPI choose the port" in sup.remedy
-    assert "23000-23999" in sup.remedy
+    assert "Let AppAPI choose the port" in sup.tunnel.remedy
+    assert "23000-23999" in sup.tunnel.remedy
     # Nothing listens on the refused port: HaRP cannot reach us.
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
@@ -162,24 +152,24 @@ async def test_a_port_outside_allow_ports_is_refused_after_the_login(
 
 @pytest.mark.parametrize("port", [23000, 23999, 24000, 24099])
 def test_harps_allow_ports_bounds(port: int) -> None:
-    assert frpc.harp_allows_port(port)
-    assert frpc.port_problem(port) == ""
+    assert harp_allows_port(port)
+    assert port_problem(port) == ""
 
 
 @pytest.mark.parametrize("port", [8080, 22999, 24100, 32768])
 def test_ports_frps_refuses(port: int) -> None:
-    assert not frpc.harp_allows_port(port)
-    assert "port not allowed" in frpc.port_problem(port)
+    assert not harp_allows_port(port)
+    assert "port not allowed" in port_problem(port)
 
 
 # ------------------------------------------------------------------ doctor, on a running server
 
 
-async def _doctor_on_running_server(env: dict[str, str], line: str) -> dict[str, doctor.Check]:
+async def _doctor_on_running_server(env: dict[str, str], line: str) -> dict[str, Check]:
     proc = await ServeProcess.start(env)
     try:
         await proc.wait_line(line)
-        checks, _ = await doctor.run_checks(env, timeout=2.0)
+        checks, _ = await run_checks(env, timeout=2.0)
     finally:
         proc.send(signal.SIGTERM)
         assert await proc.wait_exit() == 0
@@ -193,13 +183,13 @@ async def test_doctor_names_the_certs_when_frps_drops_a_plain_frpc(
     env = harp_env(sockdir, frpc_bin, frps.port, storage, BEEFLOW_FRP_CERT_DIR=str(missing))
     checks = await _doctor_on_running_server(env, "connect to server error: EOF")
     running = checks["connector"]
-    assert running.status == doctor.FAIL, running
+    assert running.status == FAIL, running
     assert "EOF" in running.summary
     assert str(missing) in running.remedy
     assert "occ app_api:app:unregister bee_flow" in running.remedy
     assert "HP_SHARED_KEY" not in running.remedy  # not the key: the certificates
     certs = checks["frp_certs"]
-    assert certs.status == doctor.FAIL, certs
+    assert certs.status == FAIL, certs
     assert "HaRP forces TLS" in certs.summary
     assert "reinstall" in certs.remedy
 
@@ -211,8 +201,8 @@ async def test_doctor_names_the_port_when_frps_refuses_it(
     env = harp_env(sockdir, frpc_bin, frps.port, storage, APP_PORT=str(port))
     checks = await _doctor_on_running_server(env, "start error: port not allowed")
     running = checks["connector"]
-    assert running.status == doctor.FAIL, running
+    assert running.status == FAIL, running
     assert "port not allowed" in running.summary
     assert "Let AppAPI choose the port" in running.remedy
-    assert checks["harp_port"].status == doctor.FAIL
-    assert checks["frp_certs"].status == doctor.PASS
+    assert checks["harp_port"].status == FAIL
+    assert checks["frp_certs"].status == PASS

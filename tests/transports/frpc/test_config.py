@@ -1,4 +1,5 @@
-"""frpc.toml: the contract 5.4 document, key by key; escaping; TLS on/off; file safety."""
+"""frpc.toml: the document HaRP's ExApps write (docs/transports.md, "frpc.toml"), key by key;
+escaping; TLS on/off; file safety."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beeflow.config import Config
-from beeflow.transports import frpc
+from beeflow.transports.frpc.config import render, write_config
+from beeflow.transports.frpc.supervisor import FrpcSupervisor
 from tests.fakes.frp import FakeFrps
+from tests.procs import REPO
 from tests.transports.conftest import SHARED_KEY, harp_env
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def golden(unix_path: str, port: int, frps_port: int, tls: dict[str, Any]) -> dict[str, Any]:
-    """Contract 5.4, written out by hand (plus log.disablePrintColor, frp-observed.md)."""
+    """The document HaRP's ExApps write, by hand (plus log.disablePrintColor: frpc colours its
+    output even into a pipe)."""
     return {
         "serverAddr": "127.0.0.1",
         "serverPort": frps_port,
@@ -57,12 +59,12 @@ def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def written(config: Config, directory: Path, unix_path: Path) -> dict[str, Any]:
-    path = frpc.write_config(frpc.render(config, unix_path), directory)
+    path = write_config(render(config, unix_path), directory)
     with path.open("rb") as fh:
         return tomllib.load(fh)
 
 
-def test_render_without_certs_matches_contract_key_by_key(
+def test_render_without_certs_matches_harps_document_key_by_key(
     sockdir: Path, frpc_bin: Path, storage: Path
 ) -> None:
     config = Config.from_env(
@@ -116,13 +118,13 @@ def test_config_file_is_private_and_outside_the_repo(
 ) -> None:
     config = Config.from_env(harp_env(sockdir, frpc_bin, 8782, storage))
     directory = sockdir / "cfg"
-    path = frpc.write_config(frpc.render(config, sockdir / "s.sock"), directory)
+    path = write_config(render(config, sockdir / "s.sock"), directory)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert REPO not in path.resolve().parents
     # Rewriting (a restart) keeps it private and leaves no temp file behind.
     path.chmod(0o644)
-    frpc.write_config(frpc.render(config, sockdir / "s.sock"), directory)
+    write_config(render(config, sockdir / "s.sock"), directory)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in directory.iterdir()] == ["frpc.toml"]
 
@@ -146,7 +148,7 @@ def test_any_accepted_shared_key_round_trips(key: str) -> None:
             "HP_FRP_ADDRESS": "harp",
         }
     )
-    text = tomli_w.dumps(frpc.render(config, Path("/tmp/exapp.sock")))
+    text = tomli_w.dumps(render(config, Path("/tmp/exapp.sock")))
     assert tomllib.loads(text)["metadatas"]["token"] == config.hp_shared_key
 
 
@@ -155,9 +157,9 @@ async def test_stand_in_frpc_accepts_the_render_and_rejects_unknown_keys(
 ) -> None:
     """`frpc verify -c`: the rendered file passes strict parsing; one unknown key fails it."""
     config = Config.from_env(harp_env(sockdir, frpc_bin, 8782, storage))
-    document = frpc.render(config, sockdir / "s.sock")
-    good = frpc.write_config(document, sockdir / "good")
-    bad = frpc.write_config({**document, "auth": {"token": "x"}}, sockdir / "bad")
+    document = render(config, sockdir / "s.sock")
+    good = write_config(document, sockdir / "good")
+    bad = write_config({**document, "auth": {"token": "x"}}, sockdir / "bad")
     for path, want in ((good, 0), (bad, 1)):
         proc = await asyncio.create_subprocess_exec(
             str(frpc_bin), "verify", "-c", str(path), stdout=asyncio.subprocess.PIPE
@@ -181,7 +183,7 @@ async def test_stand_in_frpc_is_strict(
     sockdir: Path, frpc_bin: Path, storage: Path, change: dict[str, Any], error: str
 ) -> None:
     config = Config.from_env(harp_env(sockdir, frpc_bin, 8782, storage))
-    path = frpc.write_config({**frpc.render(config, sockdir / "s.sock"), **change}, sockdir)
+    path = write_config({**render(config, sockdir / "s.sock"), **change}, sockdir)
     proc = await asyncio.create_subprocess_exec(
         str(frpc_bin), "verify", "-c", str(path), stdout=asyncio.subprocess.PIPE
     )
@@ -193,9 +195,10 @@ async def test_stand_in_frpc_is_strict(
 async def test_token_reaches_frps_byte_for_byte(
     sockdir: Path, frpc_bin: Path, storage: Path, frps: FakeFrps, record: Path
 ) -> None:
-    """Through a real file and a real frpc process to the login check (frp-observed.md)."""
+    """Through a real file and a real frpc process to the login check (the key reaches frps
+    byte for byte, docs/transports.md "What frpc 0.61.1 does")."""
     config = Config.from_env(harp_env(sockdir, frpc_bin, frps.port, storage))
-    sup = frpc.FrpcSupervisor(config, sockdir / "s.sock")
+    sup = FrpcSupervisor(config, sockdir / "s.sock")
     await sup.start()
     try:
         await frps.wait_logins(1)

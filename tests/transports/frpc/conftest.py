@@ -1,0 +1,74 @@
+"""Fixtures of the frpc tests: the stand-in frpc's environment, a tiny app on the Unix socket it
+tunnels to, and supervisors stopped at the end of each test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from beeflow.config import Config
+from beeflow.transports.frpc.supervisor import FrpcSupervisor
+
+FAKE_KNOBS = (
+    "FAKE_FRPC_MODE",
+    "FAKE_FRPC_CRASH_TIMES",
+    "FAKE_FRPC_CRASH_AFTER",
+    "FAKE_FRPC_EXIT_CODE",
+    "FAKE_FRPC_IGNORE_TERM",
+    "FAKE_FRPC_IGNORE_INT",
+    "FAKE_FRPC_SERVER",
+    "FAKE_FRPC_VERSION",
+    "FAKE_FRPC_VERSION_HANG",
+    "FAKE_FRPC_FORCE_COLOR",
+    "FAKE_FRPC_ECHO_TOKEN",
+)
+
+
+@pytest.fixture(autouse=True)
+def fake_env(monkeypatch: pytest.MonkeyPatch, record: Path) -> None:
+    """The stand-in inherits our environment: start from its defaults, retries sped up."""
+    for name in FAKE_KNOBS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FAKE_FRPC_RETRY_SCALE", "0.02")
+
+
+@pytest.fixture
+async def unix_app(sockdir: Path) -> AsyncIterator[Path]:
+    """A tiny aiohttp app on the Unix socket frpc tunnels to."""
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({"pong": True})
+
+    app = web.Application()
+    app.router.add_get("/ping", ping)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = sockdir / "s.sock"
+    await web.UnixSite(runner, str(path)).start()
+    yield path
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def supervisors() -> AsyncIterator[list[FrpcSupervisor]]:
+    started: list[FrpcSupervisor] = []
+    yield started
+    for sup in started:
+        await sup.stop()
+
+
+async def start(
+    started: list[FrpcSupervisor], config: Config, unix_path: Path, **kw: object
+) -> FrpcSupervisor:
+    sup = FrpcSupervisor(config, unix_path, **kw)  # type: ignore[arg-type]
+    started.append(sup)
+    await sup.start()
+    return sup
+
+
+async def until(sup: FrpcSupervisor, predicate: Callable[[], bool], timeout: float = 10) -> None:
+    if not await sup.wait_until(predicate, timeout):
+        raise AssertionError(f"timed out; status: {sup.status()}")
