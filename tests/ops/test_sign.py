@@ -16,28 +16,28 @@ from typing import Any
 import aiohttp
 import pytest
 
-from beeflow import signcli
+from beeflow.ops import sign
 from beeflow.proxy.nc.path import signature_candidates
 from beeflow.signing import SIG_HEADER, UID_HEADER, parse_sig_header, verify_nc
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.php_proxy import PhpProxy
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector
 from tests.ops.dockerfile import ROOT
-from tests.ops.procs import child_env
+from tests.procs import child_env
 
 KEY = "tk_sign_test_0123456789abcdef0123456789"
 
 
 def parse_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    signcli.add_arguments(parser)
+    sign.add_arguments(parser)
     return parser.parse_args(argv)
 
 
 def run(
     capsys: pytest.CaptureFixture[str], *argv: str, env: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], str]:
-    code = signcli.run(parse_args(*argv), env or {})
+    code = sign.run(parse_args(*argv), env or {})
     captured = capsys.readouterr()
     headers = {}
     for line in captured.out.splitlines():
@@ -271,7 +271,7 @@ async def test_the_nc_proxy_accepts_the_signed_call(
 ) -> None:
     """End to end: the printed headers get a call through the real /nc proxy to Nextcloud."""
     target = "/nc/ocs/v2.php/cloud/users/alice?format=json"
-    headers, _ = signcli.sign("GET", target, uid="alice", key=TENANT_KEY)
+    headers, _ = sign.sign("GET", target, uid="alice", key=TENANT_KEY)
     resp = await connector.request("GET", target, headers=headers)
     raw = await resp.read()
     assert resp.status == 200, raw

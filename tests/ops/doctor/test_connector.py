@@ -1,0 +1,58 @@
+"""The connector running in this container, asked through its heartbeat: healthy, paused after
+refused AppAPI logins, or with an exited tunnel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from beeflow import keys
+from beeflow.config import Config
+from beeflow.ops.doctor.result import FAIL, PASS
+from tests.ops.doctor.conftest import Env, checks_of
+
+
+async def _running(
+    connector_factory: Any, env: Env, customise: Callable[[web.Application], None] | None = None
+) -> Env:
+    conn = await connector_factory(Config.from_env(env), customise=customise)
+    return {**env, "APP_PORT": str(conn.url.port)}
+
+
+async def test_a_running_connector_is_asked_how_it_is(env: Env, connector_factory: Any) -> None:
+    running = await _running(connector_factory, env)
+    check = (await checks_of(running))["connector"]
+    assert check.status == PASS
+    assert "healthy" in check.summary
+    assert check.details["init"]["state"] in ("idle", "done", "running")
+
+
+async def test_a_paused_connector_fails_with_the_bruteforce_remedy(
+    env: Env, connector_factory: Any
+) -> None:
+    apps: list[web.Application] = []
+    running = await _running(connector_factory, env, apps.append)
+    budget = apps[0][keys.NEXTCLOUD].budget
+    for _ in range(budget.limit):
+        budget.record_failure("GET /ocs/... -> HTTP 401 (OCS 997)")
+    check = (await checks_of(running))["connector"]
+    assert check.status == FAIL
+    assert "paused" in check.summary
+    assert "occ security:bruteforce:reset" in check.remedy
+    # Asking (with the secret) did not lift the pause: the heartbeat has no side effects.
+    assert budget.spent
+
+
+async def test_an_exited_tunnel_fails(env: Env, connector_factory: Any) -> None:
+    def tunnel(app: web.Application) -> None:
+        app[keys.HEALTH]["tunnel"] = lambda trusted: {
+            "state": "exited",
+            "last_error": "exit code 1",
+        }
+
+    running = await _running(connector_factory, env, tunnel)
+    check = (await checks_of(running))["connector"]
+    assert check.status == FAIL
+    assert "frpc exited (exit code 1)" in check.summary
