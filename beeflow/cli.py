@@ -38,8 +38,11 @@ EXIT_INTERRUPTED: Final = 130
 # Subcommands whose code lives elsewhere: name -> (module, help). The module provides
 # add_arguments(parser) and run(args, env) -> int; it is imported only when that command runs.
 EXTERNAL_COMMANDS: Final = {
-    "doctor": ("beeflow.doctor", "check this installation end to end and explain what is wrong"),
-    "sign": ("beeflow.signcli", "sign a request like Nextcloud does (for testing and support)"),
+    "doctor": (
+        "beeflow.ops.doctor",
+        "check this installation end to end and explain what is wrong",
+    ),
+    "sign": ("beeflow.ops.sign", "sign a request like Nextcloud does (for testing and support)"),
 }
 
 
