@@ -22,7 +22,7 @@ from beeflow.config import Config
 from beeflow.redact import REDACTOR
 from tests.fakes.frp import free_port
 from tests.helpers import SECRET, base_env
-from tests.transports.procs import REPO, ServeProcess
+from tests.procs import REPO, ServeProcess
 
 UNREACHABLE_NC = "http://127.0.0.1:9"
 Starter = Callable[..., Awaitable[ServeProcess]]
@@ -230,7 +230,7 @@ def fake_module(name: str, seen: dict[str, Any]) -> types.ModuleType:
 
 
 @pytest.mark.parametrize(
-    ("command", "module"), [("doctor", "beeflow.doctor"), ("sign", "beeflow.signcli")]
+    ("command", "module"), [("doctor", "beeflow.ops.doctor"), ("sign", "beeflow.ops.sign")]
 )
 def test_subcommands_are_dispatched(
     command: str, module: str, monkeypatch: pytest.MonkeyPatch
@@ -245,7 +245,7 @@ def test_subcommands_are_dispatched(
 
 
 @pytest.mark.parametrize(
-    ("command", "module"), [("doctor", "beeflow.doctor"), ("sign", "beeflow.signcli")]
+    ("command", "module"), [("doctor", "beeflow.ops.doctor"), ("sign", "beeflow.ops.sign")]
 )
 def test_missing_subcommand_module_is_a_clear_error(
     command: str, module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -260,7 +260,7 @@ def test_missing_subcommand_module_is_a_clear_error(
 async def test_serve_does_not_import_the_other_commands(run_cli: Starter) -> None:
     code = (
         "import sys; from beeflow import cli; cli.build_parser('serve'); "
-        "print(sorted(m for m in ('beeflow.doctor', 'beeflow.signcli', 'beeflow.demo') "
+        "print(sorted(m for m in ('beeflow.ops.doctor', 'beeflow.ops.sign', 'beeflow.demo') "
         "if m in sys.modules))"
     )
     proc = await asyncio.create_subprocess_exec(
