@@ -117,7 +117,8 @@ class HarpTransport(Transport):
 
     async def _started(self) -> None:
         # frpc only once the socket listens: with frp 0.61.x a request dialled to a socket that
-        # is not listening hangs its caller until the caller's own timeout (frp-observed.md).
+        # is not listening hangs its caller until the caller's own timeout (docs/transports.md,
+        # "What frpc 0.61.1 does").
         await self.supervisor.start()
 
     async def before_close(self) -> None:
@@ -128,7 +129,8 @@ class HarpTransport(Transport):
     async def _flush(self) -> None:
         """aiohttp writes a response after its handler returned (and left the drain count):
         wait until our write buffers are empty, then give frpc a moment to relay the last
-        bytes, because frpc dies on TERM without draining (frp-observed.md)."""
+        bytes, because frpc dies on TERM without draining (docs/transports.md, "What frpc
+        0.61.1 does")."""
         server = self._runner.server if self._runner is not None else None
         if server is None:
             return

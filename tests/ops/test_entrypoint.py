@@ -20,7 +20,7 @@ from tests.ops.dockerfile import ROOT, parse
 from tests.ops.executables import frpc_launcher, healthcheck, unique_name
 from tests.procs import child_env, short_dir
 
-HARP_LIMIT = 90.0  # contract 5.3: HaRP waits 180 x 0.5 s for "healthy"
+HARP_LIMIT = 90.0  # HaRP waits 90 s for "healthy" (docs/install-harp.md)
 SHARED_KEY = "hp-entry-key-7Qx"
 
 

@@ -102,7 +102,7 @@ def _seconds(value: str) -> float:
 
 
 def test_healthcheck_turns_healthy_well_within_harps_90_seconds() -> None:
-    """HaRP waits 180 x 0.5 s for `healthy` (contract 5.3). Docker runs the first probe one
+    """HaRP waits 90 s for `healthy` (docs/install-harp.md). Docker runs the first probe one
     interval after start; it must fit its timeout, and a slow first answer still leaves room."""
     check = only(stage("runtime"), "HEALTHCHECK")
     flags = check.flags()
@@ -369,7 +369,7 @@ async def test_the_pinned_release_is_downloaded_verified_and_extracted(
     assert code == 0, text
     assert out.read_bytes() == binary
     assert out.stat().st_mode & 0o111
-    # the exact release URL layout of fatedier/frp (reference 10.2)
+    # the release URL layout of fatedier/frp (docs/transports.md, "Why frpc 0.61.1")
     assert seen[0] == f"/redirect/v0.61.1/frp_0.61.1_linux_{arch}.tar.gz"
 
 

@@ -26,7 +26,7 @@ OPERATOR_DOCS: Final = (
     "troubleshooting.md",
     "security.md",
 )
-# occ commands and options that exist (contract 6.7 and Nextcloud core).
+# occ commands and options that exist (AppAPI's and Nextcloud core's).
 OCC: Final[dict[str, frozenset[str]]] = {
     "app_api:daemon:register": frozenset(
         {

@@ -112,8 +112,8 @@ def test_a_service_level_call_has_no_uid_header(
 def test_the_decoded_path_is_signed_because_the_php_proxy_decodes_at_signs(
     capsys: pytest.CaptureFixture[str], key_file: Path
 ) -> None:
-    """%40 reaches the connector as '@' (nextcloud32-observed.md): the decoded form must match
-    whichever of the two forms arrives."""
+    """%40 reaches the connector as '@' (docs/nc-proxy.md, "What survives AppAPI's PHP proxy"):
+    the decoded form must match whichever of the two forms arrives."""
     sent = "/nc/remote.php/dav/calendars/bob/team%40example.com/"
     code, headers, err = run(capsys, "PROPFIND", sent, "--uid", "bob", "--key-file", str(key_file))
     assert code == 0

@@ -33,7 +33,8 @@ SECOND_KEY = "tk_rebootstrapped_00ff11ee22dd33cc44bb55aa6699"
 ALICE_PASSWORD = "Alice-Nextcloud-Passw0rd!"
 SESSION = "nc_session_id=SeSsIoN0123456789abcdef; nc_token=ToKeN0123456789abcdef"
 BASIC = "Basic " + base64.b64encode(f"alice:{ALICE_PASSWORD}".encode()).decode()
-# What HaRP and Nextcloud's PHP proxy add to a browser's request (nextcloud32-observed.md).
+# What HaRP and Nextcloud's PHP proxy add to a browser's request (docs/proxy.md, "Headers to
+# the service").
 BROWSER = {
     "Authorization": BASIC,
     "Cookie": SESSION,

@@ -175,7 +175,7 @@ async def test_missing_frpc_exits_nonzero_at_once(
 async def test_shutdown_order_with_a_request_in_flight(
     serve_proc: Starter, env_harp: dict[str, str], record: Path
 ) -> None:
-    """Issue 12.3: on SIGTERM keep listening, answer new requests 503, let the in-flight one
+    """On SIGTERM keep listening, answer new requests 503, let the in-flight one
     finish, THEN stop frpc, THEN close and remove the socket; exit 0; nobody left hanging."""
     sock = env_harp["HP_EXAPP_SOCK"]
     proc = await serve_proc(env_harp, slow_routes=True)

@@ -78,7 +78,7 @@ async def test_range_etag_and_not_modified(caller: NcCaller, dav: FakeDav) -> No
 async def test_200_mib_upload_at_constant_memory(
     caller: NcCaller, nc_conn: RunningConnector, dav: FakeDav
 ) -> None:
-    """Issue 4.6: the body is spooled to a file and streamed on; the test process (client,
+    """The body is spooled to a file and streamed on; the test process (client,
     connector and fake Nextcloud together) grows by far less than the body."""
     blob = Blob(200 * MIB)
     expected = blob.sha256  # computed before measuring

@@ -126,8 +126,8 @@ async def test_refused_before_100_continue(nc_conn: RunningConnector, dav: FakeD
 
 async def test_a_payload_error_while_reading_is_400_body_incomplete() -> None:
     """aiohttp reports some body failures as RequestPayloadError (not an HttpProcessingError):
-    a defined 400, not a 500 with a traceback. (Unreachable over a socket now that encoded
-    bodies are refused before reading: kept as a guard.)"""
+    a defined 400, not a 500 with a traceback. (Unreachable over a socket, where encoded bodies
+    are refused before reading: a guard.)"""
     payload = StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop())
     payload.set_exception(RequestPayloadError("boom"))
     request = make_mocked_request("PUT", TARGET, headers={"Content-Length": "10"}, payload=payload)

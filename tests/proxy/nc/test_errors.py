@@ -123,7 +123,7 @@ async def test_uid_that_is_not_utf8_is_400(
 async def test_paused_while_nextcloud_refuses_our_logins(
     caller: NcCaller, nc_conn: RunningConnector, dav: FakeDav
 ) -> None:
-    """Issue 11.1: once the shared AppAPI failure budget is spent, /nc forwards nothing (each
+    """Once the shared AppAPI failure budget is spent, /nc forwards nothing (each
     call would count towards Nextcloud's lock-out of this IP) until it recovers."""
     budget = nc_conn.app[keys.NEXTCLOUD].budget
     for _ in range(budget.limit):

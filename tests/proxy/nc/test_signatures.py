@@ -251,7 +251,7 @@ async def test_failure_body_reveals_nothing(caller: NcCaller) -> None:
 async def test_query_mismatch_has_its_own_code(
     caller: NcCaller, sent: str, signed: str, hazards: list[str] | None
 ) -> None:
-    """Issue 10.3: a mismatch on a query PHP rewrites (or bears PHP's traces) is told apart."""
+    """A mismatch on a query PHP rewrites (or bears PHP's traces) is told apart."""
     target = f"/nc/ocs/v2.php/apps/echo/q?{sent}"
     resp = await caller.request("GET", target, sign_target=f"/nc/ocs/v2.php/apps/echo/q?{signed}")
     async with resp:
@@ -268,7 +268,7 @@ async def test_query_mismatch_has_its_own_code(
 async def test_no_tenant_key_fails_closed_and_is_not_billed(
     connector_factory: ConnectorFactory, session: aiohttp.ClientSession, dav: FakeDav
 ) -> None:
-    """Issue 11.6: before bootstrap, /nc answers a defined 401, never a 500, and those 401s do
+    """Before bootstrap, /nc answers a defined 401, never a 500, and those 401s do
     not spend the failure budget of the genuine service."""
     conn = await connector_factory(BEEFLOW_TENANT_KEY="auto")
     caller = NcCaller(session, conn.url)
