@@ -1,15 +1,17 @@
-"""One command that measures what the connector costs against a direct connection, in one run.
+"""One command that measures what the connector costs against its peers, in one run.
 
-    python -m bench            # the full run (about 15-25 minutes on 2 cores)
-    python -m bench --quick    # small sizes, a smoke run (about 1-2 minutes)
+    python -m bench            # the full run (about 11-17 minutes on 2 quiet cores)
+    python -m bench --quick    # small sizes, a smoke run (about 2-3 minutes)
 
 Starts the fast loopback upstream (bench/upstream.py: the Bee Flow service and Nextcloud in one
-process), then for each event loop and transport a connector process (bench/launcher.py, the
-real `make_app`), and compares through-beeflow with direct, repetition by repetition:
-small-request req/s, latency and the connector's CPU per request; SSE per-event latency with 1
-and 200 streams; bulk MiB/s for download and upload via /api and via /nc (signed, spooled) with
-the connector's peak RSS; RSS per idle SSE stream. Writes bench/results/<date>[-quick].md and
-prints it. docs/benchmarks.md explains the method and how to read the tables.
+process), then per transport (and event loop) a connector process (bench/launcher.py, the real
+`make_app`) and the comparators in front of the same upstream: a minimal aiohttp proxy, nginx
+and the Node stack (bench/peers.py), and for the /nc upload the store-and-forward ceiling
+(bench/ceiling.py). Every comparator runs back to back with the others in each repetition:
+small-request req/s, latency and CPU per request; SSE per-event latency with 1 and 200 streams;
+bulk MiB/s for download and upload via /api and /nc with each proxy's peak RSS; RSS per idle
+SSE stream. Writes bench/results/<date>[-quick].md and a PNG beside it (bench/report.py,
+bench/plot.py) and prints the report. docs/benchmarks.md explains the method.
 """
 
 from __future__ import annotations
