@@ -10,7 +10,7 @@ import math
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from bench import peers, tools, wrk
@@ -21,6 +21,7 @@ from bench.targets import judge, targets
 if TYPE_CHECKING:
     from bench.run import Plan
 
+Add = Callable[[str], None]  # appends one line of the report
 MIB: Final = 1 << 20
 NOISY_SPREAD_PCT: Final = 25.0
 BULK: Final = ("api-down", "api-up", "nc-down", "nc-up")
@@ -81,14 +82,14 @@ def render(plan: Plan, r: Results, meta: Mapping[str, Any]) -> str:
     _targets(add, plan, r)
     _floor(add, plan, r)
     _uvloop(add, plan, r)
-    _noise(add, r, meta)
+    _noise(add, r)
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ sections
 
 
-def _header(add: Any, plan: Plan, meta: Mapping[str, Any]) -> None:
+def _header(add: Add, plan: Plan, meta: Mapping[str, Any]) -> None:
     v = versions()
     add(f"# {title(meta, plan)}")
     add("")
@@ -133,7 +134,7 @@ def _header(add: Any, plan: Plan, meta: Mapping[str, Any]) -> None:
         "in each repetition and ratios are taken per repetition"
     )
     for name, why in meta.get("missing", {}).items():
-        add(f"- **{name} not measured**: {why}")
+        add(f"- **{name} unavailable**: {why}")
     if meta.get("plot"):
         add(f"- plot: [{meta['plot']}]({meta['plot']})")
     elif meta.get("plot_problem"):
@@ -141,7 +142,7 @@ def _header(add: Any, plan: Plan, meta: Mapping[str, Any]) -> None:
     add("")
 
 
-def _small(add: Any, plan: Plan, r: Results, loadgen: Mapping[str, str]) -> None:
+def _small(add: Add, plan: Plan, r: Results, loadgen: Mapping[str, str]) -> None:
     add(
         f"## Small requests (GET, ~90-byte JSON, {plan.concurrency} connections, "
         f"{plan.small_seconds} s per run)"
@@ -184,7 +185,7 @@ def _small(add: Any, plan: Plan, r: Results, loadgen: Mapping[str, str]) -> None
     add("")
 
 
-def _against(add: Any, plan: Plan, r: Results) -> None:
+def _against(add: Add, plan: Plan, r: Results) -> None:
     """beeflow's /api against each comparator, ratios per repetition."""
     rows = []
     for loop in plan.loops:
@@ -252,7 +253,7 @@ def _peak_ratio(r: Results, loop: str, tr: str, other: str) -> str:
     return f"{max(ours) / max(theirs):.2f} ({max(ours) / MIB:.0f} / {max(theirs) / MIB:.0f} MiB)"
 
 
-def _sse(add: Any, plan: Plan, r: Results) -> None:
+def _sse(add: Add, plan: Plan, r: Results) -> None:
     add(
         f"## SSE per-event latency (send timestamp in the upstream to arrival in the client; "
         f"1 stream: {plan.sse_single_events} events {plan.sse_single_ms:g} ms apart; "
@@ -289,7 +290,7 @@ def _sse(add: Any, plan: Plan, r: Results) -> None:
     add("")
 
 
-def _bulk(add: Any, plan: Plan, r: Results) -> None:
+def _bulk(add: Add, plan: Plan, r: Results) -> None:
     size = plan.bulk_bytes / MIB
     size_text = f"{size / 1024:g} GiB" if size >= 1024 else f"{size:g} MiB"
     add(f"## Bulk transfer ({size_text} per run, one connection)")
@@ -334,7 +335,7 @@ def _bulk(add: Any, plan: Plan, r: Results) -> None:
     add("")
 
 
-def _idle(add: Any, plan: Plan, r: Results) -> None:
+def _idle(add: Add, plan: Plan, r: Results) -> None:
     add(
         f"## Idle SSE streams ({plan.idle_streams} open through beeflow, a fresh connector each "
         "repetition)"
@@ -363,7 +364,7 @@ def _idle(add: Any, plan: Plan, r: Results) -> None:
     add("")
 
 
-def _targets(add: Any, plan: Plan, r: Results) -> None:
+def _targets(add: Add, plan: Plan, r: Results) -> None:
     add(
         "## Targets (issue 27; per loop: the connector runs on uvloop when it is installed, "
         "`BEEFLOW_EVENT_LOOP=auto`, else on asyncio)"
@@ -387,7 +388,7 @@ def _targets(add: Any, plan: Plan, r: Results) -> None:
     add("")
 
 
-def _floor(add: Any, plan: Plan, r: Results) -> None:
+def _floor(add: Add, plan: Plan, r: Results) -> None:
     rows = []
     for loop in plan.loops:
         for tr in plan.transports:
@@ -422,7 +423,7 @@ def _floor(add: Any, plan: Plan, r: Results) -> None:
     add("")
 
 
-def _uvloop(add: Any, plan: Plan, r: Results) -> None:
+def _uvloop(add: Add, plan: Plan, r: Results) -> None:
     if len(plan.loops) < 2:
         return
     many = str(plan.sse_many)
@@ -461,7 +462,7 @@ def _uvloop(add: Any, plan: Plan, r: Results) -> None:
     add("")
 
 
-def _noise(add: Any, r: Results, meta: Mapping[str, Any]) -> None:
+def _noise(add: Add, r: Results) -> None:
     add("## Noise")
     add("")
     add(
@@ -495,7 +496,6 @@ def _noise(add: Any, r: Results, meta: Mapping[str, Any]) -> None:
         add(f"- {note}")
     if r.notes:
         add("")
-    del meta
 
 
 def _all_concurrent(s: Summary) -> str:
