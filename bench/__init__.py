@@ -1,4 +1,6 @@
-"""Benchmarks: the connector's cost as ratios against a direct connection, in one run (issue 8).
+"""Benchmarks: the connector against direct, a minimal aiohttp proxy, nginx, the Node stack and
+the /nc store-and-forward ceiling, in one run (issues 8 and 27).
 
-Run `python -m bench --help`. Nothing here is imported by beeflow or by the tests.
+Run `python -m bench --help`. Nothing here is imported by beeflow or by its tests; the bench's
+own tests are in bench/tests (`python -m pytest bench/tests`).
 """

@@ -54,15 +54,40 @@ def reset_hwm(pid: int) -> bool:
     return True
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's /proc children list)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    out = [pid]
+    for child in children(pid):
+        out += tree(child)
+    return out
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 class RssSampler:
-    """Samples VmRSS of `pid` every `interval` seconds; `peak` combines it with VmHWM."""
+    """Samples VmRSS of `pid` every `interval` seconds; `peak` combines it with VmHWM. With
+    `descendants=True` the figures are summed over `pid` and its descendants (nginx's master
+    and worker): the peak is then the sum of each process's own peak, an upper bound."""
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid = pid
+    def __init__(self, pid: int, interval: float = 0.02, *, descendants: bool = False) -> None:
+        self.pids = tree(pid) if descendants else [pid]
         self.interval = interval
         self.start_rss = 0
         self.max_rss = 0
@@ -70,8 +95,8 @@ class RssSampler:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RssSampler:
-        self._hwm_reset = reset_hwm(self.pid)
-        self.start_rss = self.max_rss = rss_bytes(self.pid)
+        self._hwm_reset = all([reset_hwm(pid) for pid in self.pids])
+        self.start_rss = self.max_rss = self._rss()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -82,9 +107,12 @@ class RssSampler:
                 await self._task
         self._sample()
 
+    def _rss(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.pids)
+
     def _sample(self) -> None:
         with contextlib.suppress(OSError, KeyError):
-            self.max_rss = max(self.max_rss, rss_bytes(self.pid))
+            self.max_rss = max(self.max_rss, self._rss())
 
     async def _run(self) -> None:
         while True:
@@ -96,7 +124,7 @@ class RssSampler:
         """The highest RSS seen: VmHWM when it could be reset, else the sampled maximum."""
         if self._hwm_reset:
             try:
-                return max(self.max_rss, hwm_bytes(self.pid))
+                return max(self.max_rss, sum(hwm_bytes(pid) for pid in self.pids))
             except (OSError, KeyError):
                 pass
         return self.max_rss

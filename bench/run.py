@@ -1,15 +1,17 @@
-"""One command that measures what the connector costs against a direct connection, in one run.
+"""One command that measures what the connector costs against its peers, in one run.
 
-    python -m bench            # the full run (about 15-25 minutes on 2 cores)
-    python -m bench --quick    # small sizes, a smoke run (about 1-2 minutes)
+    python -m bench            # the full run (about 11-17 minutes on 2 quiet cores)
+    python -m bench --quick    # small sizes, a smoke run (about 2-3 minutes)
 
 Starts the fast loopback upstream (bench/upstream.py: the Bee Flow service and Nextcloud in one
-process), then for each event loop and transport a connector process (bench/launcher.py, the
-real `make_app`), and compares through-beeflow with direct, repetition by repetition:
-small-request req/s, latency and the connector's CPU per request; SSE per-event latency with 1
-and 200 streams; bulk MiB/s for download and upload via /api and via /nc (signed, spooled) with
-the connector's peak RSS; RSS per idle SSE stream. Writes bench/results/<date>[-quick].md and
-prints it. docs/benchmarks.md explains the method and how to read the tables.
+process), then per transport (and event loop) a connector process (bench/launcher.py, the real
+`make_app`) and the comparators in front of the same upstream: a minimal aiohttp proxy, nginx
+and the Node stack (bench/peers.py), and for the /nc upload the store-and-forward ceiling
+(bench/ceiling.py). Every comparator runs back to back with the others in each repetition:
+small-request req/s, latency and CPU per request; SSE per-event latency with 1 and 200 streams;
+bulk MiB/s for download and upload via /api and /nc with each proxy's peak RSS; RSS per idle
+SSE stream. Writes bench/results/<date>[-quick].md and a PNG beside it (bench/report.py,
+bench/plot.py) and prints the report. docs/benchmarks.md explains the method.
 """
 
 from __future__ import annotations
@@ -22,27 +24,26 @@ import datetime as dt
 import gc
 import hashlib
 import hmac
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
 
-from bench import client, proc, wrk
+from bench import client, peers, plot, proc, report, tools, wrk
+from bench.children import Child, clean_env
 from bench.client import Target
-from bench.stats import Summary, percentile
+from bench.figures import PhaseNoise, Results
+from bench.stats import percentile
 from bench.upstream import BLOCK, raise_nofile
 
 T = TypeVar("T")
@@ -61,6 +62,15 @@ LOOPS: Final = ("asyncio", "uvloop")
 TRANSPORTS: Final = ("tcp", "unix")
 NOISY_SPREAD_PCT: Final = 25.0
 BULK: Final = ("api-down", "api-up", "nc-down", "nc-up")
+# Which comparators take part where: the peers proxy only /api (they have no /nc signature
+# check), the ceiling only stands for the signed /nc upload.
+SMALL_PEERS: Final = frozenset({"server", "ref", "nginx", "node"})
+SSE_PEERS: Final = frozenset({"nginx", "node"})
+BULK_PEERS: Final = {
+    "nginx": ("api-down", "api-up"),
+    "node": ("api-down", "api-up"),
+    "ceiling": ("nc-up",),
+}
 
 # ------------------------------------------------------------------ plan
 
@@ -86,16 +96,23 @@ class Plan:
     harness_loop: str
     src: Path | None
     phases: tuple[str, ...]
+    peers: tuple[str, ...] = peers.PEERS
+    ceiling: bool = True
+    nginx_buffer: str = ""
     src_label: str = ""
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Plan:
         have_uvloop = _has_module("uvloop")
-        default = LOOPS if have_uvloop else LOOPS[:1]
+        # the loop the connector runs on in production (BEEFLOW_EVENT_LOOP=auto: uvloop when
+        # installed); `--loops asyncio,uvloop` compares the two and doubles the run
+        default = ("uvloop",) if have_uvloop else ("asyncio",)
         loops = tuple(args.loops.split(",")) if args.loops else default
         if "uvloop" in loops and not have_uvloop:
             raise SystemExit("uvloop is not installed (pip install uvloop)")
         quick = bool(args.quick)
+        if args.nginx_buffer and not peers.BUFFER_SIZE.fullmatch(args.nginx_buffer):
+            raise SystemExit(f"--nginx-buffer: not an nginx size: {args.nginx_buffer!r}")
         return cls(
             quick=quick,
             reps=args.reps or (2 if quick else 5),
@@ -116,8 +133,19 @@ class Plan:
             harness_loop="uvloop" if have_uvloop and args.harness_loop != "asyncio" else "asyncio",
             src=args.src,
             phases=tuple(args.phases.split(",")),
+            peers=_peers(args.peers),
+            ceiling=not args.no_ceiling,
+            nginx_buffer=args.nginx_buffer,
             src_label=getattr(args, "src_label", ""),
         )
+
+
+def _peers(text: str) -> tuple[str, ...]:
+    chosen = tuple(p for p in text.split(",") if p and p != "none")
+    unknown = sorted(set(chosen) - set(peers.PEERS))
+    if unknown:
+        raise SystemExit(f"--peers: unknown {', '.join(unknown)} (choose from nginx,node,none)")
+    return chosen
 
 
 def _has_module(name: str) -> bool:
@@ -190,63 +218,6 @@ def body_sha256(total: int) -> str:
 # ------------------------------------------------------------------ processes
 
 
-class Child:
-    """A subprocess that prints `READY <value>` when it serves; stderr goes to a log file."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
-        self.ready = ""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @classmethod
-    async def start(
-        cls, name: str, argv: list[str], env: Mapping[str, str], cwd: Path, log: Path
-    ) -> Child:
-        with log.open("ab") as err:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                env=dict(env),
-                cwd=str(cwd),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-            )
-        child = cls(name, process, log)
-        assert process.stdout is not None
-        try:
-            line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
-        except TimeoutError:
-            line = b""
-        text = line.decode().strip()
-        if not text.startswith("READY "):
-            await child.stop()
-            tail = (await asyncio.to_thread(log.read_text, errors="replace"))[-3000:]
-            raise RuntimeError(f"{name} did not start ({text!r}); its log:\n{tail}")
-        child.ready = text[6:]
-        return child
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout=15)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                await self.process.wait()
-
-
-def _clean_env() -> dict[str, str]:
-    drop = ("APP_", "BEEFLOW_", "HP_", "NEXTCLOUD_", "AA_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-
-
 def connector_env(
     transport: str, upstream_port: int, work: Path, pythonpath: Path
 ) -> dict[str, str]:
@@ -254,7 +225,7 @@ def connector_env(
     data.mkdir(exist_ok=True)
     spool = work / "spool"
     spool.mkdir(exist_ok=True, mode=0o700)
-    env = _clean_env()
+    env = clean_env()
     env.update(
         {
             # the connector's source first (the cwd, too), then bench/ from this checkout
@@ -321,28 +292,20 @@ class CpuAccount:
         return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / wall)
 
 
-# ------------------------------------------------------------------ results
-
-
-@attrs.define
-class Results:
-    figures: dict[tuple[str, ...], list[float]] = attrs.field(factory=dict)
-    notes: list[str] = attrs.field(factory=list)
-    unavailable: dict[tuple[str, ...], str] = attrs.field(factory=dict)
-    phase_noise: list[tuple[str, float, str]] = attrs.field(factory=list)
-
-    def add(self, key: tuple[str, ...], value: float) -> None:
-        self.figures.setdefault(key, []).append(value)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-    def get(self, key: tuple[str, ...]) -> Summary:
-        return Summary.of(self.figures.get(key, []))
-
-
 # ------------------------------------------------------------------ the bench
+
+
+@attrs.frozen
+class Via:
+    """One way to the upstream: `direct`, or through a proxy process (`child`) whose CPU time
+    and memory are read from /proc, summed over its process tree."""
+
+    name: str
+    target: Target
+    child: Child | None = None
+
+    def cpu(self) -> float:
+        return self.child.cpu_seconds() if self.child is not None else 0.0
 
 
 class Bench:
@@ -356,12 +319,29 @@ class Bench:
         self.up_unix = Target()
         self.src = plan.src or ROOT
         self.loadgen_used: dict[str, str] = {}
+        # comparators that cannot run here, and why (the report says so instead of failing)
+        self.missing: dict[str, str] = {}
+        self.node_modules: Path | None = None
 
     # -- lifecycle
 
+    def prepare(self) -> None:
+        """Install what is missing (wrk, nginx: apt as root; the Node stack: npm into a cache
+        outside the repository). Synchronous, before anything is timed."""
+        tools_needed = [t for t in ("nginx",) if t in self.plan.peers]
+        if self.plan.loadgen != "python" and "tcp" in self.plan.transports:
+            tools_needed.append("wrk")
+        self.missing.update(tools.ensure_apt(tools_needed))
+        if self.plan.loadgen == "wrk" and "wrk" in self.missing:
+            raise SystemExit(f"--loadgen wrk: {self.missing['wrk']}")
+        if "node" in self.plan.peers:
+            self.node_modules, why = tools.ensure_node_stack()
+            if why:
+                self.missing["node"] = why
+
     async def start_upstream(self) -> None:
         sock = self.work / "u.sock"
-        env = {**_clean_env(), "PYTHONPATH": str(ROOT)}
+        env = {**clean_env(), "PYTHONPATH": str(ROOT)}
         self.upstream = await Child.start(
             "upstream",
             [
@@ -402,12 +382,39 @@ class Bench:
         target = Target(unix=child.ready) if transport == "unix" else Target(port=int(child.ready))
         return child, target
 
+    async def start_peer(self, name: str, transport: str) -> Via | None:
+        """nginx, the Node stack or the ceiling in front of the upstream; None (and the reason
+        in `missing`) when it cannot run here."""
+        if name in self.missing:
+            return None
+        port = self.up_tcp.port
+        try:
+            if name == "nginx":
+                child, target = await peers.start_nginx(
+                    self.work, transport, port, buffer=self.plan.nginx_buffer
+                )
+            elif name == "node":
+                assert self.node_modules is not None
+                child, target = await peers.start_node(
+                    self.work, transport, port, self.node_modules
+                )
+            else:
+                child, target = await peers.start_ceiling(self.work, transport, port, TENANT_KEY)
+        except RuntimeError as exc:
+            self.missing[name] = str(exc).splitlines()[0]
+            return None
+        for pid in child.pids():
+            self.account.pids.add(pid)
+        return Via(name, target, child)
+
     async def stop(self, child: Child | None) -> None:
         if child is not None:
+            pids = child.pids()
             await child.stop()
-            self.account.pids.discard(child.pid)
+            self.account.pids.difference_update(pids)
 
-    async def run(self) -> str:
+    async def run(self) -> dict[str, Any]:
+        """Measure everything; the run's facts for the report (the figures are in results)."""
         started = dt.datetime.now().astimezone()
         head = _git_head()
         load_before = proc.loadavg()
@@ -430,43 +437,65 @@ class Bench:
             "load_before": load_before,
             "load_after": proc.loadavg(),
             "foreign_cores": CpuAccount.foreign_cores(t0, t1),
+            "missing": dict(self.missing),
+            "loadgen": dict(self.loadgen_used),
         }
-        return render(self.plan, self.results, meta, self.loadgen_used)
+        return meta
 
     async def run_pair(self, loop: str, transport: str) -> None:
         plan = self.plan
         label = f"{loop}/{transport}"
         print(f"== {label}", file=sys.stderr, flush=True)
         conn, target = await self.start_connector(loop, transport)
+        beeflow = Via("beeflow", target, conn)
+        others: list[Via] = []
         try:
+            for name in plan.peers:
+                via = await self.start_peer(name, transport)
+                if via is not None:
+                    others.append(via)
             await self.warm(target)
             self.results.add((loop, transport, "rss_start"), proc.rss_bytes(conn.pid))
             if "small" in plan.phases:
                 ref = await self.start_connector(loop, transport, name="ref", app="minimal")
                 srv = await self.start_connector(loop, transport, name="srv", app="server")
                 try:
+                    small = [Via("server", srv[1], srv[0]), Via("ref", ref[1], ref[0])]
                     await self.phase(
-                        label, "small", self.small(loop, transport, conn, target, ref, srv)
+                        loop,
+                        transport,
+                        "small",
+                        self.small(loop, transport, beeflow, small + others),
                     )
                 finally:
                     await self.stop(ref[0])
                     await self.stop(srv[0])
             if "sse" in plan.phases:
-                await self.phase(label, "sse", self.sse(loop, transport, conn, target))
+                await self.phase(loop, transport, "sse", self.sse(loop, transport, beeflow, others))
             if "bulk" in plan.phases:
-                await self.phase(label, "bulk", self.bulk(loop, transport, conn, target))
+                ceiling = await self.start_peer("ceiling", transport) if plan.ceiling else None
+                try:
+                    extra = [*others, ceiling] if ceiling is not None else others
+                    await self.phase(
+                        loop, transport, "bulk", self.bulk(loop, transport, beeflow, extra)
+                    )
+                finally:
+                    await self.stop(ceiling.child if ceiling is not None else None)
         finally:
             await self.stop(conn)
+            for via in others:
+                await self.stop(via.child)
         if "idle" in plan.phases:
-            await self.phase(label, "idle", self.idle(loop, transport))
+            await self.phase(loop, transport, "idle", self.idle(loop, transport))
 
-    async def phase(self, label: str, name: str, coro: Awaitable[None]) -> None:
+    async def phase(self, loop: str, transport: str, name: str, coro: Awaitable[None]) -> None:
         load = proc.loadavg()
         a = self.account.mark()
         print(f"   {name} (load {load})", file=sys.stderr, flush=True)
         await coro
         b = self.account.mark()
-        self.results.phase_noise.append((f"{label} {name}", CpuAccount.foreign_cores(a, b), load))
+        noise = PhaseNoise(b[0] - a[0], CpuAccount.foreign_cores(a, b), load)
+        self.results.noise[(loop, transport, name)] = noise
 
     @property
     def upstream_pid(self) -> int:
@@ -499,45 +528,35 @@ class Bench:
             return path, nc_headers("GET", path)
         return "/api/small", user_headers()
 
-    async def small(
-        self,
-        loop: str,
-        transport: str,
-        conn: Child,
-        target: Target,
-        ref: tuple[Child, Target],
-        srv: tuple[Child, Target],
-    ) -> None:
+    async def small(self, loop: str, transport: str, beeflow: Via, others: list[Via]) -> None:
+        """Every route in turn, `reps` times: direct, aiohttp's server alone, the minimal aiohttp
+        proxy, nginx, the Node stack, beeflow's /api and /nc; and aiohttp's client alone."""
         plan = self.plan
         res = self.results
-        routes: dict[str, tuple[Target, int]] = {
-            "direct": (self.direct(transport), conn.pid),
-            "server": (srv[1], srv[0].pid),
-            "ref": (ref[1], ref[0].pid),
-        }
+        routes: dict[str, Via] = {"direct": Via("direct", self.direct(transport), beeflow.child)}
+        routes.update((via.name, via) for via in others if via.name in SMALL_PEERS)
         for kind in ("api", "nc"):
             path, headers = self.small_request(kind)
-            status, body = await self.probe(target, client.build_request("GET", path, headers))
+            raw = client.build_request("GET", path, headers)
+            status, body = await self.probe(beeflow.target, raw)
             if status != 200:
                 res.unavailable[(loop, transport, "small", kind)] = f"HTTP {status} {body}"
                 continue
-            routes[kind] = (target, conn.pid)
+            routes[kind] = Via(kind, beeflow.target, beeflow.child)
         use_wrk = transport == "tcp" and plan.loadgen != "python" and wrk.available() is not None
-        if plan.loadgen == "wrk" and transport == "tcp" and not use_wrk:
-            raise SystemExit("--loadgen wrk: wrk is not installed (apt-get install -y wrk)")
         self.loadgen_used[transport] = "wrk" if use_wrk else "python"
-        for kind, (tgt, _pid) in routes.items():  # warm each route with the real load generator
-            await self.small_once(tgt, kind, use_wrk, seconds=1)
+        for kind, via in routes.items():  # warm each route with the real load generator
+            await self.small_once(via.target, kind, use_wrk, seconds=1)
         reps = plan.reps
         rep = 0
         while rep < reps:
-            for kind, (tgt, pid) in routes.items():
-                cpu0 = proc.cpu_seconds(pid)
+            for kind, via in routes.items():
+                cpu0 = via.cpu()
                 up0 = proc.cpu_seconds(self.upstream_pid)
                 rps, p50, p99, requests, errors = await self.small_once(
-                    tgt, kind, use_wrk, seconds=plan.small_seconds
+                    via.target, kind, use_wrk, seconds=plan.small_seconds
                 )
-                cpu = proc.cpu_seconds(pid) - cpu0
+                cpu = via.cpu() - cpu0
                 up_cpu = proc.cpu_seconds(self.upstream_pid) - up0
                 key = (loop, transport, "small", kind)
                 res.add((*key, "upstream_cpu_us"), up_cpu / max(requests, 1) * 1e6)
@@ -576,7 +595,7 @@ class Bench:
         argv = [sys.executable, "-m", "bench.aioclient", "--loop", loop]
         argv += ["--url", f"http://127.0.0.1:{self.up_tcp.port}/api/small"]
         argv += ["--concurrency", str(plan.concurrency), "--seconds", str(plan.small_seconds)]
-        env = {**_clean_env(), "PYTHONPATH": str(ROOT)}
+        env = {**clean_env(), "PYTHONPATH": str(ROOT)}
         process = await asyncio.create_subprocess_exec(
             *argv, env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE
         )
@@ -612,53 +631,55 @@ class Bench:
 
     # -- SSE
 
-    async def sse(self, loop: str, transport: str, conn: Child, target: Target) -> None:
+    async def sse(self, loop: str, transport: str, beeflow: Via, others: list[Via]) -> None:
+        """Per-event latency direct and through beeflow with 1 stream, and direct, through
+        beeflow, nginx and the Node stack with `sse_many` streams, back to back."""
         plan = self.plan
         res = self.results
         probe_raw = client.build_request("GET", "/api/sse?n=1&ms=1", user_headers())
-        status, body = await self.probe(target, probe_raw)
+        status, body = await self.probe(beeflow.target, probe_raw)
         if status != 200:
             res.unavailable[(loop, transport, "sse")] = f"HTTP {status} {body}"
             return
+        direct = Via("direct", self.direct(transport))
+        many = [direct, beeflow, *(v for v in others if v.name in SSE_PEERS)]
         cases = [
-            (1, plan.sse_single_events, plan.sse_single_ms, 100),
-            (plan.sse_many, plan.sse_many_events, plan.sse_many_ms, 500),
+            (1, plan.sse_single_events, plan.sse_single_ms, 100, [direct, beeflow]),
+            (plan.sse_many, plan.sse_many_events, plan.sse_many_ms, 500, many),
         ]
-        for streams, events, ms, wait in cases:
+        for streams, events, ms, wait, ways in cases:
             path = f"/api/sse?n={events}&ms={ms:g}&wait={wait}"
             raw = client.build_request(
                 "GET", path, {**user_headers(), "Accept": "text/event-stream"}
             )
             for _ in range(plan.reps if streams > 1 else max(2, plan.reps // 2)):
-                got: dict[str, tuple[float, float]] = {}
-                for kind, tgt in (("direct", self.direct(transport)), ("beeflow", target)):
-                    cpu0 = proc.cpu_seconds(conn.pid)
-                    sse = await asyncio.wait_for(client.sse_run(tgt, raw, streams), timeout=300)
-                    if kind == "beeflow":
-                        cpu = proc.cpu_seconds(conn.pid) - cpu0
-                        res.add(
-                            (loop, transport, "sse", str(streams), "cpu_us"),
-                            cpu / max(sse.events, 1) * 1e6,
-                        )
-                    count, failed = sse.events, sse.failed
+                for via in ways:
+                    cpu0 = via.cpu()
+                    sse = await asyncio.wait_for(
+                        client.sse_run(via.target, raw, streams), timeout=300
+                    )
+                    key = (loop, transport, "sse", str(streams), via.name)
+                    if via.child is not None:
+                        res.add((*key, "cpu_us"), (via.cpu() - cpu0) / max(sse.events, 1) * 1e6)
                     if not sse.concurrent:
                         res.note(
-                            f"{loop}/{transport} SSE {kind}: the {streams} streams did not all "
-                            "run at the same time (some waited for others to end: a "
+                            f"{loop}/{transport} SSE {via.name}: the {streams} streams did not "
+                            "all run at the same time (some waited for others to end: a "
                             "concurrency cap); their latencies do not show the load of "
                             f"{streams} streams"
                         )
-                    key = (loop, transport, "sse", str(streams), kind)
                     res.add((*key, "concurrent"), 1.0 if sse.concurrent else 0.0)
                     lat = sorted(sse.latencies_us)
-                    p50, p99 = percentile(lat, 50), percentile(lat, 99)
-                    got[kind] = (p50, p99)
-                    res.add((*key, "p50"), p50)
-                    res.add((*key, "p99"), p99)
-                    res.add((*key, "lost"), streams * events - count + failed)
-                key = (loop, transport, "sse", str(streams), "added")
-                res.add((*key, "p50"), got["beeflow"][0] - got["direct"][0])
-                res.add((*key, "p99"), got["beeflow"][1] - got["direct"][1])
+                    res.add((*key, "p50"), percentile(lat, 50))
+                    res.add((*key, "p99"), percentile(lat, 99))
+                    res.add((*key, "lost"), streams * events - sse.events + sse.failed)
+                    if via.name != "direct":
+                        base = (loop, transport, "sse", str(streams), "direct")
+                        for q in ("p50", "p99"):
+                            res.add(
+                                (*key, f"added_{q}"),
+                                res.figures[(*key, q)][-1] - res.figures[(*base, q)][-1],
+                            )
 
     # -- bulk
 
@@ -705,31 +726,37 @@ class Bench:
                 return math.nan, f"HTTP {status}, {got} of {n} bytes"
         return n / seconds / MIB, ""
 
-    async def bulk(self, loop: str, transport: str, conn: Child, target: Target) -> None:
+    async def bulk(self, loop: str, transport: str, beeflow: Via, others: list[Via]) -> None:
+        """Each scenario `bulk_reps` times: direct, then each proxy that takes part in it
+        (nginx and the Node stack for /api, the ceiling for the /nc upload), then beeflow."""
         res = self.results
-        if any(s.startswith("nc-up") for s in BULK):
+        if "nc-up" in BULK:
             await asyncio.to_thread(body_sha256, self.plan.bulk_bytes)
         for scenario in BULK:
-            key = (loop, transport, "bulk", scenario)
+            ways = [v for v in others if scenario in BULK_PEERS.get(v.name, ())] + [beeflow]
             for _ in range(self.plan.bulk_reps):
                 direct, problem = await asyncio.wait_for(
                     self.bulk_once(self.direct(transport), scenario, False), timeout=600
                 )
                 if problem:
                     raise RuntimeError(f"direct {scenario}: {problem}")
-                gc.collect()
-                async with proc.RssSampler(conn.pid) as rss:
-                    through, problem = await asyncio.wait_for(
-                        self.bulk_once(target, scenario, True), timeout=600
-                    )
-                if problem:
-                    res.unavailable[key] = problem
-                    break
-                res.add((*key, "direct"), direct)
-                res.add((*key, "beeflow"), through)
-                res.add((*key, "ratio"), through / direct)
-                res.add((*key, "peak_rss"), rss.peak)
-                res.add((*key, "rss_growth"), rss.growth)
+                res.add((loop, transport, "bulk", scenario, "direct", "mibs"), direct)
+                for via in list(ways):
+                    key = (loop, transport, "bulk", scenario, via.name)
+                    assert via.child is not None
+                    gc.collect()
+                    async with proc.RssSampler(via.child.pid, descendants=True) as rss:
+                        rate, problem = await asyncio.wait_for(
+                            self.bulk_once(via.target, scenario, True), timeout=600
+                        )
+                    if problem:
+                        res.unavailable[key] = problem
+                        ways.remove(via)  # its figures so far stay paired with the first reps
+                        continue
+                    res.add((*key, "mibs"), rate)
+                    res.add((*key, "ratio"), rate / direct)
+                    res.add((*key, "peak_rss"), rss.peak)
+                    res.add((*key, "rss_growth"), rss.growth)
 
     # -- idle streams
 
@@ -778,25 +805,6 @@ class Bench:
                 await self.stop(conn)
 
 
-# ------------------------------------------------------------------ report
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("aiohttp", "multidict", "yarl", "uvloop"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    wrk_path = wrk.available()
-    if wrk_path:
-        ver = subprocess.run([wrk_path, "--version"], capture_output=True, text=True, check=False)
-        out["wrk"] = (ver.stdout or ver.stderr).split("\n")[0].split(" [")[0].removeprefix("wrk ")
-    else:
-        out["wrk"] = "not installed"
-    return out
-
-
 def _git_head() -> str:
     try:
         head = subprocess.run(
@@ -814,415 +822,6 @@ def _git_head() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" + uncommitted changes in beeflow/" if dirty else "")
-
-
-def _mib(v: float) -> float:
-    return v / MIB
-
-
-def render(plan: Plan, r: Results, meta: Mapping[str, Any], loadgen: Mapping[str, str]) -> str:
-    v = _versions()
-    started: dt.datetime = meta["started"]
-    lines: list[str] = []
-    add = lines.append
-    add(f"# Connector benchmark {started:%Y-%m-%d %H:%M %Z}{' (quick)' if plan.quick else ''}")
-    add("")
-    add(
-        f"- machine: {os.cpu_count()} cores ({platform.machine()}), "
-        f"{platform.system()} {platform.release()}"
-    )
-    add(
-        f"- versions: Python {v['python']}, aiohttp {v['aiohttp']}, multidict {v['multidict']}, "
-        f"yarl {v['yarl']}, uvloop {v['uvloop']}, wrk {v['wrk']}"
-    )
-    if plan.src_label:
-        add(f"- beeflow: {plan.src_label}")
-    elif plan.src:
-        add(f"- beeflow: the tree in {plan.src} (this checkout was at {meta['head']})")
-    else:
-        add(f"- beeflow: the working tree at {meta['head']}")
-    add(
-        f"- command: `python -m bench{' --quick' if plan.quick else ''}` "
-        f"({meta['seconds'] / 60:.1f} min); harness (upstream, Python clients) on "
-        f"{plan.harness_loop}; connector loops: {', '.join(plan.loops)}"
-    )
-    add(
-        f"- load average before/after: {meta['load_before']} / {meta['load_after']}; CPU used by "
-        f"other processes during the run: {meta['foreign_cores']:.2f} cores on average"
-    )
-    add(
-        f"- each figure: median [min, max] of {plan.reps} repetitions ({plan.bulk_reps} for bulk, "
-        f"{plan.idle_reps} for idle streams); through and direct run back to back in each "
-        "repetition and ratios are taken per repetition"
-    )
-    add("")
-
-    # -- small
-    add(
-        f"## Small requests (GET, ~90-byte JSON, {plan.concurrency} connections, "
-        f"{plan.small_seconds} s per run)"
-    )
-    add("")
-    add(
-        "| loop | transport | route | load generator | req/s | ratio to direct | p50 ms | p99 ms "
-        "| connector CPU µs/req | upstream CPU µs/req | errors |"
-    )
-    add("|---|---|---|---|---|---|---|---|---|---|---|")
-    for loop in plan.loops:
-        for tr in plan.transports:
-            for kind, label in (
-                ("direct", "direct"),
-                ("server", "aiohttp server alone, answering itself (floor: server half)"),
-                ("client", "aiohttp client alone, to the upstream (floor: client half)"),
-                ("ref", "/api via a minimal aiohttp proxy (reference)"),
-                ("api", "/api via beeflow"),
-                ("nc", "/nc via beeflow"),
-            ):
-                key: tuple[str, ...] = (loop, tr, "small", kind)
-                if key in r.unavailable:
-                    add(
-                        f"| {loop} | {tr} | {label} | | n/a: {_short(r.unavailable[key])} "
-                        "| | | | | |"
-                    )
-                    continue
-                rps = r.get((*key, "rps"))
-                if not rps.ok:
-                    continue
-                ratio = r.get((*key, "ratio"))
-                cpu = r.get((*key, "cpu_us"))
-                errs = r.get((*key, "errors"))
-                if kind == "client":
-                    add(
-                        f"| {loop} | {tr} | {label} | itself ({plan.concurrency} loops, tcp) | "
-                        f"{rps.fmt(0)} | — | — | — | {cpu.fmt(0)} (the client's own) | — | "
-                        f"{int(sum(errs.values))} |"
-                    )
-                    continue
-                add(
-                    f"| {loop} | {tr} | {label} | {loadgen.get(tr, '?')} | {rps.fmt(0)} | "
-                    f"{ratio.fmt(3) if ratio.ok else '1'} | "
-                    f"{r.get((*key, 'p50')).fmt(2, 1e-3)} | {r.get((*key, 'p99')).fmt(2, 1e-3)} | "
-                    f"{cpu.fmt(0) if cpu.ok else '—'} | "
-                    f"{r.get((*key, 'upstream_cpu_us')).fmt(0)} | {int(sum(errs.values))} |"
-                )
-    add("")
-
-    # -- SSE
-    add(
-        f"## SSE per-event latency (send timestamp in the upstream to arrival in the client; "
-        f"1 stream: {plan.sse_single_events} events {plan.sse_single_ms:g} ms apart; "
-        f"{plan.sse_many} streams: {plan.sse_many_events} events each, "
-        f"{plan.sse_many_ms:g} ms apart)"
-    )
-    add("")
-    add(
-        "| loop | transport | streams | direct p50 / p99 ms | beeflow p50 / p99 ms | "
-        "added p50 ms | added p99 ms | connector CPU µs/event | events lost | "
-        "streams concurrent |"
-    )
-    add("|---|---|---|---|---|---|---|---|---|---|")
-    for loop in plan.loops:
-        for tr in plan.transports:
-            if (loop, tr, "sse") in r.unavailable:
-                add(
-                    f"| {loop} | {tr} | | n/a: {_short(r.unavailable[(loop, tr, 'sse')])} "
-                    "| | | | | | |"
-                )
-                continue
-            for streams in (1, plan.sse_many):
-                key = (loop, tr, "sse", str(streams))
-                if not r.get((*key, "added", "p50")).ok:
-                    continue
-                d50, d99 = r.get((*key, "direct", "p50")), r.get((*key, "direct", "p99"))
-                b50, b99 = r.get((*key, "beeflow", "p50")), r.get((*key, "beeflow", "p99"))
-                lost = sum(r.get((*key, "beeflow", "lost")).values) + sum(
-                    r.get((*key, "direct", "lost")).values
-                )
-                add(
-                    f"| {loop} | {tr} | {streams} | {d50.fmt(3, 1e-3)} / {d99.fmt(3, 1e-3)} | "
-                    f"{b50.fmt(3, 1e-3)} / {b99.fmt(3, 1e-3)} | "
-                    f"{r.get((*key, 'added', 'p50')).fmt(3, 1e-3)} | "
-                    f"{r.get((*key, 'added', 'p99')).fmt(3, 1e-3)} | "
-                    f"{r.get((*key, 'cpu_us')).fmt(0)} | {int(lost)} | "
-                    f"{_all_concurrent(r.get((*key, 'beeflow', 'concurrent')))} |"
-                )
-    add("")
-
-    # -- bulk
-    size = plan.bulk_bytes / MIB
-    size_text = f"{size / 1024:g} GiB" if size >= 1024 else f"{size:g} MiB"
-    add(f"## Bulk transfer ({size_text} per run, one connection)")
-    add("")
-    add(
-        "| loop | transport | what | direct MiB/s | beeflow MiB/s | ratio | connector peak RSS "
-        "MiB | RSS growth MiB |"
-    )
-    add("|---|---|---|---|---|---|---|---|")
-    names = {
-        "api-down": "/api download",
-        "api-up": "/api upload",
-        "nc-down": "/nc download",
-        "nc-up": "/nc upload (signed, spooled)",
-    }
-    for loop in plan.loops:
-        for tr in plan.transports:
-            for scenario in BULK:
-                key = (loop, tr, "bulk", scenario)
-                if key in r.unavailable:
-                    add(
-                        f"| {loop} | {tr} | {names[scenario]} | | n/a: "
-                        f"{_short(r.unavailable[key])} | | | |"
-                    )
-                    continue
-                if not r.get((*key, "ratio")).ok:
-                    continue
-                add(
-                    f"| {loop} | {tr} | {names[scenario]} | {r.get((*key, 'direct')).fmt(0)} | "
-                    f"{r.get((*key, 'beeflow')).fmt(0)} | {r.get((*key, 'ratio')).fmt(3)} | "
-                    f"{r.get((*key, 'peak_rss')).fmt(1, 1 / MIB)} | "
-                    f"{r.get((*key, 'rss_growth')).fmt(1, 1 / MIB)} |"
-                )
-    add("")
-
-    # -- idle
-    add(
-        f"## Idle SSE streams ({plan.idle_streams} open through beeflow, a fresh connector each "
-        "repetition)"
-    )
-    add("")
-    add(
-        "| loop | transport | streams open | RSS before MiB | RSS with streams MiB | "
-        "KiB per stream | RSS after closing MiB |"
-    )
-    add("|---|---|---|---|---|---|---|")
-    for loop in plan.loops:
-        for tr in plan.transports:
-            key = (loop, tr, "idle")
-            if key in r.unavailable:
-                add(f"| {loop} | {tr} | n/a: {_short(r.unavailable[key])} | | | | |")
-                continue
-            if not r.get((*key, "per_stream")).ok:
-                continue
-            add(
-                f"| {loop} | {tr} | {r.get((*key, 'opened')).fmt(0)} | "
-                f"{r.get((*key, 'base')).fmt(1, 1 / MIB)} | "
-                f"{r.get((*key, 'held')).fmt(1, 1 / MIB)} | "
-                f"{r.get((*key, 'per_stream')).fmt(1, 1 / 1024)} | "
-                f"{r.get((*key, 'after')).fmt(1, 1 / MIB)} |"
-            )
-    add("")
-
-    # -- targets
-    add(
-        "## Targets (issue 8; per loop: the connector runs on uvloop when it is installed, "
-        "`BEEFLOW_EVENT_LOOP=auto`, else on asyncio)"
-    )
-    add("")
-    add("| loop | target | transport | measured | verdict |")
-    add("|---|---|---|---|---|")
-    for loop in plan.loops:
-        for tr in plan.transports:
-            for line in _targets(plan, r, loop, tr):
-                add(f"| {loop} {line}")
-    add("")
-    floor = [f"| {loop} {line}" for loop in plan.loops for line in _floor(r, loop, plan.transports)]
-    if floor:
-        add("## What aiohttp itself costs here (small requests, medians)")
-        add("")
-        add(
-            "The connector is bound to aiohttp's server and client. Their own CPU per request on "
-            "this machine, measured in this run, is the floor under any connector built on them: "
-            "a CPU target below the floor cannot be met by tuning the connector."
-        )
-        add("")
-        add(
-            "| loop | transport | server alone µs | client alone µs | sum µs | minimal proxy µs "
-            "| beeflow /api µs | beeflow / minimal proxy | beeflow req/s / minimal proxy req/s |"
-        )
-        add("|---|---|---|---|---|---|---|---|---|")
-        for line in floor:
-            add(line)
-        add("")
-    if len(plan.loops) > 1:
-        add("## uvloop against asyncio (connector loop only; medians)")
-        add("")
-        add("| transport | figure | asyncio | uvloop | change |")
-        add("|---|---|---|---|---|")
-        for tr in plan.transports:
-            for label, fig, scale, fmt, better in _uvloop_figures(plan, tr):
-                a = r.get((plan.loops[0], tr, *fig))
-                b = r.get((plan.loops[1], tr, *fig))
-                if not (a.ok and b.ok):
-                    continue
-                change = (b.median - a.median) / abs(a.median) * 100 if a.median else math.nan
-                add(
-                    f"| {tr} | {label} | {a.median * scale:{fmt}} | {b.median * scale:{fmt}} | "
-                    f"{change:+.0f}% ({'better' if (change > 0) == better else 'worse'}) |"
-                )
-        add("")
-
-    # -- noise
-    add("## Noise")
-    add("")
-    add(
-        "CPU used by processes other than the bench (upstream, connector, load generators) "
-        "during each phase, in cores (2 = the whole machine), with the load average at its start:"
-    )
-    add("")
-    add("| phase | other processes, cores | load average |")
-    add("|---|---|---|")
-    for name, cores, load in r.phase_noise:
-        add(f"| {name} | {cores:.2f} | {load} |")
-    add("")
-    spreads = [
-        (k, s)
-        for k, vals in r.figures.items()
-        if k[-1] in ("rps", "ratio", "beeflow", "cpu_us") and (s := Summary.of(vals)).ok
-    ]
-    noisy = [(k, s) for k, s in spreads if s.spread_pct > NOISY_SPREAD_PCT]
-    if noisy:
-        add(
-            f"Figures whose repetitions disagree by more than {NOISY_SPREAD_PCT:.0f}% "
-            "(max - min over median):"
-        )
-        add("")
-        for k, s in noisy:
-            add(f"- {'/'.join(k)}: {s.spread_pct:.0f}%")
-        add("")
-    for note in r.notes:
-        add(f"- {note}")
-    if r.notes:
-        add("")
-    return "\n".join(lines)
-
-
-def _all_concurrent(s: Summary) -> str:
-    if not s.ok:
-        return "n/a"
-    return "yes" if s.low == 1.0 else f"**no** ({s.values.count(0.0)} of {len(s.values)} runs)"
-
-
-def _short(text: str) -> str:
-    return text.replace("|", "/").replace("\n", " ")[:90]
-
-
-def _uvloop_figures(plan: Plan, tr: str) -> list[tuple[str, tuple[str, ...], float, str, bool]]:
-    return [
-        ("/api small req/s", ("small", "api", "rps"), 1.0, ",.0f", True),
-        ("/api CPU µs/req", ("small", "api", "cpu_us"), 1.0, ",.0f", False),
-        ("/nc small req/s", ("small", "nc", "rps"), 1.0, ",.0f", True),
-        (
-            f"SSE added p99 ms ({plan.sse_many} streams)",
-            ("sse", str(plan.sse_many), "added", "p99"),
-            1e-3,
-            ".3f",
-            False,
-        ),
-        ("/api download MiB/s", ("bulk", "api-down", "beeflow"), 1.0, ",.0f", True),
-        ("/api upload MiB/s", ("bulk", "api-up", "beeflow"), 1.0, ",.0f", True),
-        ("/nc download MiB/s", ("bulk", "nc-down", "beeflow"), 1.0, ",.0f", True),
-        ("/nc upload MiB/s", ("bulk", "nc-up", "beeflow"), 1.0, ",.0f", True),
-        ("idle stream KiB", ("idle", "per_stream"), 1 / 1024, ".1f", False),
-    ]
-
-
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "**missed**")
-
-
-def _floor(r: Results, loop: str, transports: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for tr in transports:
-        cpu = {
-            kind: r.get((loop, tr, "small", kind, "cpu_us")).median
-            for kind in ("server", "client", "ref", "api")
-        }
-        if any(math.isnan(x) for x in cpu.values()):
-            continue
-        server, client_, ref, api = cpu["server"], cpu["client"], cpu["ref"], cpu["api"]
-        rate = (
-            r.get((loop, tr, "small", "api", "rps")).median
-            / r.get((loop, tr, "small", "ref", "rps")).median
-        )
-        out.append(
-            f"| {tr} | {server:.0f} | {client_:.0f} | {server + client_:.0f} | {ref:.0f} | "
-            f"{api:.0f} | {api / ref:.2f}x | {rate:.2f}x |"
-        )
-    return out
-
-
-def _targets(plan: Plan, r: Results, loop: str, tr: str) -> list[str]:
-    out: list[str] = []
-
-    def row(
-        name: str,
-        s: Summary,
-        fmt: Callable[[float], str],
-        ok: Callable[[float], bool],
-        invalid: str = "",
-    ) -> None:
-        if not s.ok:
-            out.append(f"| {name} | {tr} | n/a | n/a |")
-            return
-        verdict = f"**not measurable**: {invalid}" if invalid else _verdict(ok(s.median))
-        out.append(f"| {name} | {tr} | {fmt(s.median)} | {verdict} |")
-
-    for kind in ("api", "nc"):
-        row(
-            f"{kind} connector CPU per request <= 120 µs",
-            r.get((loop, tr, "small", kind, "cpu_us")),
-            lambda x: f"{x:.0f} µs",
-            lambda x: x <= 120,
-        )
-        row(
-            f"{kind} small-request throughput >= 0.1x direct",
-            r.get((loop, tr, "small", kind, "ratio")),
-            lambda x: f"{x:.3f}x",
-            lambda x: x >= 0.1,
-        )
-    concurrent = r.get((loop, tr, "sse", str(plan.sse_many), "beeflow", "concurrent"))
-    row(
-        f"SSE added p99 <= 1 ms at {plan.sse_many} streams",
-        r.get((loop, tr, "sse", str(plan.sse_many), "added", "p99")),
-        lambda x: f"{x / 1000:.3f} ms",
-        lambda x: x <= 1000,
-        invalid="the streams were queued, not concurrent"
-        if concurrent.ok and concurrent.low < 1.0
-        else "",
-    )
-    for scenario in BULK:
-        row(
-            f"bulk {scenario} >= 0.45x direct",
-            r.get((loop, tr, "bulk", scenario, "ratio")),
-            lambda x: f"{x:.3f}x",
-            lambda x: x >= 0.45,
-        )
-    peaks = [
-        v for scenario in BULK for v in r.figures.get((loop, tr, "bulk", scenario, "peak_rss"), [])
-    ]
-    row(
-        "peak RSS during bulk <= 60 MiB (highest run)",
-        Summary.of([max(peaks)] if peaks else []),
-        lambda x: f"{x / MIB:.1f} MiB",
-        lambda x: x <= 60 * MIB,
-    )
-    row(
-        f"/nc {plan.bulk_bytes // MIB} MiB upload RSS growth < 20 MiB",
-        r.get((loop, tr, "bulk", "nc-up", "rss_growth")),
-        lambda x: f"{x / MIB:.1f} MiB",
-        lambda x: x < 20 * MIB,
-    )
-    opened = r.get((loop, tr, "idle", "opened"))
-    row(
-        f"idle SSE stream < 50 KiB each ({plan.idle_streams} streams)",
-        r.get((loop, tr, "idle", "per_stream")),
-        lambda x: f"{x / 1024:.1f} KiB",
-        lambda x: x < 50 * 1024,
-        invalid=f"only {opened.low:.0f} of {plan.idle_streams} streams opened"
-        if opened.ok and opened.low < plan.idle_streams
-        else "",
-    )
-    return out
 
 
 # ------------------------------------------------------------------ entry point
@@ -1246,7 +845,8 @@ def export_committed(work: Path) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Measure the connector against a direct connection (issue 8).",
+        description="Measure the connector against direct, a minimal aiohttp proxy, nginx and "
+        "the Node stack, in one run.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--reps", type=int, default=0, help="repetitions per figure")
@@ -1260,9 +860,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--loops",
         default="",
-        help="connector loops: asyncio,uvloop (default: both when uvloop is installed)",
+        help="connector loops: asyncio,uvloop (default: uvloop when installed, else asyncio)",
     )
     p.add_argument("--phases", default="small,sse,bulk,idle")
+    p.add_argument(
+        "--peers",
+        default=",".join(peers.PEERS),
+        help="comparators besides direct and the minimal aiohttp proxy: nginx,node or none",
+    )
+    p.add_argument(
+        "--nginx-buffer",
+        default="",
+        metavar="SIZE",
+        help="nginx's proxy and client body buffer size, e.g. 256k (default: nginx's own, "
+        "one page)",
+    )
+    p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the store-and-forward ceiling of the /nc upload",
+    )
     p.add_argument(
         "--loadgen",
         choices=("auto", "wrk", "python"),
@@ -1302,24 +919,32 @@ def main(argv: list[str] | None = None) -> int:
         args.src = export_committed(tmp_src)
     plan = Plan.make(args)
     bench = Bench(plan)
+    bench.prepare()
     factory = None
     if plan.harness_loop == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop
+    out = args.out or RESULTS / (
+        f"{dt.datetime.now():%Y-%m-%d-%H%M}{'-quick' if plan.quick else ''}.md"
+    )
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            report = runner.run(bench.run())
+            meta = runner.run(bench.run())
     finally:
         shutil.rmtree(bench.work, ignore_errors=True)
         if tmp_src is not None:
             shutil.rmtree(tmp_src, ignore_errors=True)
-    print(report)
+    picture = None if args.no_save else out.with_suffix(".png")
+    if picture is not None:
+        meta["plot_problem"] = plot.write(plan, bench.results, picture, report.title(meta, plan))
+        meta["plot"] = picture.name if not meta["plot_problem"] else ""
+    text = report.render(plan, bench.results, meta)
+    print(text)
     if not args.no_save:
-        out = args.out or RESULTS / (
-            f"{dt.datetime.now():%Y-%m-%d-%H%M}{'-quick' if plan.quick else ''}.md"
-        )
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report + "\n")
-        print(f"\nwritten to {out}", file=sys.stderr)
+        out.write_text(text + "\n")
+        print(
+            f"\nwritten to {out}" + (f" and {picture}" if meta.get("plot") else ""), file=sys.stderr
+        )
     return 0

@@ -1,0 +1,1 @@
+"""Tests of the bench's own parts (not of the connector): `python -m pytest bench/tests`."""
