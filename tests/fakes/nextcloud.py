@@ -12,6 +12,9 @@ bodies against this fake and the real server):
   twice) and 1 elsewhere; before each validation the throttler refuses (429 "Reached maximum
   delay", OCS v1 in-band) an IP with more than `lockout_threshold` attempts in the window, valid
   logins included; a successful login deletes only the attempts of the same app id and user;
+* capabilities answers a request whose AppAPI login was refused (the attempt still counts; a
+  locked-out IP gets 429 there too); status.php does not log anyone in (nothing is counted);
+  WebDAV answers a locked-out IP 500 (Sabre's MaxDelayReached);
 * registering a top-menu entry or a script that exists overwrites it and answers 200.
 
 Personalities (events_listener): "31" stores any registration like AppAPI 31 did, but (as there)
@@ -259,7 +262,7 @@ class FakeNextcloud:
         user, disabled app) are not counted. A success deletes the attempts of the same app id
         and user (Throttler::resetDelay with that metadata)."""
         header = request.headers.get("AUTHORIZATION-APP-API")
-        if header is None:
+        if header is None or request.path == "/status.php":  # status.php logs nobody in
             return "none", None
         ip = request.remote or "?"
         validations = 2 if _appapi_route(request.path) else 1
@@ -348,10 +351,10 @@ class FakeNextcloud:
         request[BODY] = body
         if self.down:
             return web.Response(status=503, text="Service Unavailable")
-        if verdict in ("refused", "disabled"):
-            return self._unauthorised(request)
         if verdict == "locked":
-            return self._ocs(request, None, 429, "Reached maximum delay")
+            return self._locked(request)
+        if verdict in ("refused", "disabled") and not _public_page(request.path):
+            return self._unauthorised(request)
         response: web.StreamResponse = await handler(request)
         if (
             isinstance(response, web.Response)
@@ -371,6 +374,20 @@ class FakeNextcloud:
             text='<?xml version="1.0"?><d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'
             "<s:exception>Sabre\\DAV\\Exception\\NotAuthenticated</s:exception></d:error>",
         )
+
+    def _locked(self, request: web.Request) -> web.Response:
+        """MaxDelayReached: OCS answers 429 (v1 in-band), WebDAV lets Sabre turn the exception
+        into a 500 (measured on 32.0.1)."""
+        if "/remote.php/dav" in request.path:
+            return web.Response(
+                status=500,
+                content_type="application/xml",
+                text='<?xml version="1.0" encoding="utf-8"?>\n<d:error xmlns:d="DAV:" '
+                'xmlns:s="http://sabredav.org/ns">\n  <s:exception>OCP\\Security\\'
+                "Bruteforce\\MaxDelayReached</s:exception>\n  <s:message>Reached maximum "
+                "delay</s:message>\n</d:error>\n",
+            )
+        return self._ocs(request, None, 429, "Reached maximum delay")
 
     @staticmethod
     def _ocs(
@@ -777,6 +794,15 @@ def _v2_http(statuscode: int) -> int:
     if mapped is not None:
         return mapped
     return 400 if statuscode < 200 or statuscode > 600 else statuscode
+
+
+def _public_page(path: str) -> bool:
+    """Pages that answer whoever asks: a refused AppAPI login is counted, then ignored."""
+    return path in (
+        "/status.php",
+        "/ocs/v1.php/cloud/capabilities",
+        "/ocs/v2.php/cloud/capabilities",
+    )
 
 
 def _appapi_route(path: str) -> bool:

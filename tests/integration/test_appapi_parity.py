@@ -182,6 +182,16 @@ async def test_a_refused_call_adds_two_attempts_on_appapi_routes_and_one_elsewhe
         )
         assert status == 401
         assert server.attempts() == 3
+        # A public page answers anyway, and still counts the refused login.
+        status, answer = await _call(
+            session, server, "GET", "/ocs/v2.php/cloud/capabilities", headers=wrong
+        )
+        assert (status, _statuscode(answer)) == (200, 200)
+        assert "version" in answer["ocs"]["data"]
+        assert server.attempts() == 4
+        status, answer = await _call(session, server, "GET", "/status.php", headers=wrong)
+        assert (status, answer["installed"]) == (200, True)
+        assert server.attempts() == 4  # status.php logs nobody in
 
 
 async def test_more_than_ten_attempts_lock_the_ip_out_for_valid_logins_too(
@@ -203,6 +213,15 @@ async def test_more_than_ten_attempts_lock_the_ip_out_for_valid_logins_too(
         assert (status, _statuscode(answer)) == (429, 429)
         status, answer = await _call(session, server, "GET", STATE_V1, headers=good)
         assert (status, _statuscode(answer)) == (200, 429)  # OCS v1: in-band
+        status, answer = await _call(
+            session, server, "GET", "/ocs/v2.php/cloud/capabilities", headers=good
+        )
+        assert (status, _statuscode(answer)) == (429, 429)  # public pages too
+        status, answer = await _call(
+            session, server, "PROPFIND", "/remote.php/dav/files/bob/", headers=good
+        )
+        assert status == 500  # WebDAV: Sabre turns MaxDelayReached into a 500
+        assert "MaxDelayReached" in answer
         assert server.attempts() == 11  # a refused-before-validation call adds nothing
 
 
