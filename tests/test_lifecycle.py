@@ -4,6 +4,7 @@ progress reporting with the progress-100 callbacks, warm-up, boot probe and the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -27,7 +28,8 @@ from beeflow.nextcloud import BUDGET_FILE
 from beeflow.state import InitPhase
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
-from tests.helpers import RunningConnector, appapi_headers, wait_for
+from tests.fakes.php_proxy import PhpProxy
+from tests.helpers import SECRET, RunningConnector, appapi_headers, wait_for
 
 
 class Phases:
@@ -476,3 +478,25 @@ async def test_refusals_on_record_stop_the_boot_probe(
     await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
     assert conn.app[keys.NEXTCLOUD].budget.attempts == 0
     await wait_for(lambda: json.loads((storage / BUDGET_FILE).read_text())["refusals"] == [])
+
+
+async def test_heartbeat_through_the_php_proxy_stand_in(conn: RunningConnector) -> None:
+    """The same rule through the fake PHP proxy (the lane checks the real one): anonymous
+    visitors and users get the states, an administrator the details."""
+    proxy = PhpProxy(conn.url, secret=SECRET)
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            shown = {}
+            for who, auth in (("anonymous", ""), ("alice", "alice:pw"), ("admin", "admin:pw")):
+                headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+                async with session.get(
+                    proxy.proxy_url("/heartbeat"), headers=headers if auth else {}
+                ) as resp:
+                    assert resp.status == 200
+                    body = await resp.json(content_type=None)
+                shown[who] = "progress" in body["init"]
+        assert proxy.forwarded[0].headers["x-origin-ip"]
+        assert shown == {"anonymous": False, "alice": False, "admin": True}
+    finally:
+        await proxy.stop()
