@@ -4,6 +4,7 @@ PUT /enabled, and the boot run that is careful not to lock the connector out of 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import itertools
 import logging
@@ -11,6 +12,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import attrs
@@ -31,7 +33,9 @@ UNTRUSTED_WINDOW: Final = 15 * 60.0
 RERUN: Final = frozenset({"failed", "skipped"})  # last run states PUT /enabled?enabled=1 retries
 ORIGIN_IP: Final = "x-origin-ip"  # set by AppAPI's PHP proxy on every request it forwards
 HARP_AA_VERSION: Final = "32"  # HaRP overwrites AA-VERSION with this on what it forwards
+HARP_KEY_HEADER: Final = "harp-shared-key"  # AppAPI's own calls through HaRP carry the key
 _UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_COMM_MAX: Final = 15  # TASK_COMM_LEN - 1
 
 
 @attrs.define
@@ -188,15 +192,27 @@ def _local_caller(request: web.Request) -> bool:
     - never with `x-origin-ip`: AppAPI's PHP proxy sets it on every request it forwards;
     - legacy TCP: from a loopback address, and not with the AA-VERSION HaRP forces ("32") on
       what it forwards (HaRP's direct mode reaches a host-network ExApp over loopback);
-    - HaRP: over the Unix socket from a process other than frpc (everything HaRP forwards
-      arrives through frpc)."""
+    - HaRP: AppAPI's own call, proven by the HaRP shared key (a browser does not have it), or
+      over the Unix socket from a process that is not frpc (everything HaRP forwards arrives
+      through frpc): neither the frpc we run nor any process named like its binary (one we
+      have not seen start yet, or one left over); unknown means frpc."""
     if ORIGIN_IP in request.headers:
         return False
-    if request.app[keys.CONFIG].harp:
+    config = request.app[keys.CONFIG]
+    if config.harp:
+        offered = request.headers.get(HARP_KEY_HEADER, "")
+        if offered and hmac.compare_digest(
+            offered.encode("utf-8", "surrogateescape"), config.hp_shared_key.encode("utf-8")
+        ):
+            return True
+        peer = unix_peer_pid(request.transport)
+        if peer is None:
+            return False
         tunnel = request.app.get(keys.TUNNEL_STATUS)
-        frpc_pid = tunnel().get("pid") if tunnel is not None else None
-        peer = _unix_peer_pid(request)
-        return peer is not None and isinstance(frpc_pid, int) and peer != frpc_pid
+        if tunnel is not None and tunnel().get("pid") == peer:
+            return False
+        name = _process_name(peer)
+        return name is not None and name != PurePath(config.frpc_bin).name[:_COMM_MAX]
     if request.headers.get("AA-VERSION", "").strip() == HARP_AA_VERSION:
         return False
     return _loopback_peer(request)
@@ -213,8 +229,12 @@ def _loopback_peer(request: web.Request) -> bool:
         return False
 
 
-def _unix_peer_pid(request: web.Request) -> int | None:
-    return unix_peer_pid(request.transport)
+def _process_name(pid: int) -> str | None:
+    """The kernel's name of a process (the executable's file name, cut at 15 characters)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
 
 
 def unix_peer_pid(transport: asyncio.BaseTransport | None) -> int | None:

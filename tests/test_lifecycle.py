@@ -305,6 +305,7 @@ async def test_enabling_reruns_a_failed_run_but_not_a_finished_one(
 
 ADMIN_APPAPI = appapi_headers("admin")
 SERVICE_APPAPI = appapi_headers("")
+HARP_KEY = "harp-key-for-heartbeat-tests"
 
 
 @pytest.mark.parametrize(
@@ -365,38 +366,96 @@ async def test_heartbeat_detail_needs_a_confirmed_admin(
     assert "progress" not in body["init"]
 
 
+def _own_name() -> str:
+    return Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("frpc_pid", "frpc_bin", "detail"),
+    [
+        pytest.param("other", "frpc", True, id="frpc is another process: we are local"),
+        pytest.param("none", "frpc", True, id="frpc not running: we are local all the same"),
+        pytest.param("ours", "frpc", False, id="we are the frpc the supervisor runs"),
+        pytest.param("other", "own-name", False, id="we are named like the frpc binary"),
+        pytest.param("none", "own-name", False, id="named like frpc, none running"),
+    ],
+)
 async def test_heartbeat_over_the_harp_socket_trusts_local_processes_not_frpc(
-    make_config: Callable[..., Config], short_dir: Path
+    make_config: Callable[..., Config],
+    short_dir: Path,
+    frpc_pid: str,
+    frpc_bin: str,
+    detail: bool,
 ) -> None:
     """HaRP mode: everything HaRP forwards arrives through frpc, with the secret and an empty
     user for anonymous visitors; a process in the container (doctor) connects itself."""
     sock = str(short_dir / "hb.sock")
     config = make_config(
-        HP_SHARED_KEY="harp-key-for-heartbeat-tests",
+        HP_SHARED_KEY=HARP_KEY,
         HP_FRP_ADDRESS="127.0.0.1",
         HP_EXAPP_SOCK=sock,
+        BEEFLOW_FRPC_BIN=str(short_dir / (_own_name() if frpc_bin == "own-name" else frpc_bin)),
     )
     app = make_app(config, run_at_boot=False)
-    frpc: dict[str, Any] = {"pid": None}
-    app[keys.TUNNEL_STATUS] = lambda: {"state": "connected", **frpc}
+    pid = {"ours": os.getpid(), "other": os.getpid() + 100_000, "none": None}[frpc_pid]
+    app[keys.TUNNEL_STATUS] = lambda: {"state": "connected", "pid": pid}
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, sock).start()
-
-    async def progress_shown() -> bool:
+    try:
         async with (
             aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
             session.get("http://localhost/heartbeat", headers=SERVICE_APPAPI) as resp,
         ):
             body = await resp.json()
-        return "progress" in body["init"]
+        assert ("progress" in body["init"]) is detail
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+            session.get(
+                "http://localhost/heartbeat",
+                headers={**SERVICE_APPAPI, "x-origin-ip": "203.0.113.9"},
+            ) as resp,
+        ):
+            body = await resp.json()
+        assert "progress" not in body["init"]  # AppAPI's PHP proxy, via HaRP
+    finally:
+        await runner.cleanup()
 
+
+@pytest.mark.parametrize(
+    ("extra", "detail"),
+    [
+        pytest.param({"harp-shared-key": HARP_KEY}, True, id="AppAPI's own call via HaRP"),
+        pytest.param({"harp-shared-key": "guessed"}, False, id="a wrong HaRP key"),
+        pytest.param(
+            {"harp-shared-key": HARP_KEY, "x-origin-ip": "203.0.113.9"},
+            False,
+            id="the PHP proxy's forward via HaRP (anonymous visitor)",
+        ),
+    ],
+)
+async def test_heartbeat_through_frpc_trusts_only_appapis_own_calls(
+    make_config: Callable[..., Config],
+    short_dir: Path,
+    extra: dict[str, str],
+    detail: bool,
+) -> None:
+    """Through frpc (here: this process plays it) only the HaRP shared key proves the caller is
+    AppAPI itself; AppAPI's PHP proxy also sends it, with x-origin-ip, for anonymous visitors."""
+    sock = str(short_dir / "hk.sock")
+    config = make_config(HP_SHARED_KEY=HARP_KEY, HP_FRP_ADDRESS="127.0.0.1", HP_EXAPP_SOCK=sock)
+    app = make_app(config, run_at_boot=False)
+    app[keys.TUNNEL_STATUS] = lambda: {"state": "connected", "pid": os.getpid()}
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, sock).start()
     try:
-        assert not await progress_shown()  # frpc's pid unknown: fail closed
-        frpc["pid"] = os.getpid()  # this process plays frpc
-        assert not await progress_shown()
-        frpc["pid"] = os.getpid() + 100_000  # frpc is another process: we are local
-        assert await progress_shown()
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+            session.get("http://localhost/heartbeat", headers={**SERVICE_APPAPI, **extra}) as resp,
+        ):
+            body = await resp.json()
+        assert ("progress" in body["init"]) is detail
     finally:
         await runner.cleanup()
 
