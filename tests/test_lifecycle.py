@@ -67,7 +67,7 @@ def phases() -> Phases:
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A short directory for Unix sockets (their paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="bf", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="bf"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
