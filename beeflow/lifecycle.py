@@ -4,10 +4,15 @@ PUT /enabled, and the boot run that is careful not to lock the connector out of 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import itertools
 import logging
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import attrs
@@ -26,6 +31,11 @@ log = logging.getLogger(__name__)
 UNTRUSTED_RUNS: Final = 3
 UNTRUSTED_WINDOW: Final = 15 * 60.0
 RERUN: Final = frozenset({"failed", "skipped"})  # last run states PUT /enabled?enabled=1 retries
+ORIGIN_IP: Final = "x-origin-ip"  # set by AppAPI's PHP proxy on every request it forwards
+HARP_AA_VERSION: Final = "32"  # HaRP overwrites AA-VERSION with this on what it forwards
+HARP_KEY_HEADER: Final = "harp-shared-key"  # AppAPI's own calls through HaRP carry the key
+_UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_COMM_MAX: Final = 15  # TASK_COMM_LEN - 1
 
 
 @attrs.define
@@ -47,7 +57,9 @@ class Pipeline:
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._task: asyncio.Task[None] | None = None
-        self._report_joined = False
+        # An /init started or joined the run: AppAPI is in its init phase, so a failure is
+        # reported too (progress 0 + error ends `--wait-finish` with the reason).
+        self._init_joined = False
         self.run_info = InitRun()
         self.boot_blocked = False  # the boot probe was refused: wait for AppAPI to call us
         self.blocked_by = ""  # refused | unreachable | disabled (why boot_blocked is set)
@@ -57,18 +69,23 @@ class Pipeline:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def trigger(self, reason: str, *, report: bool) -> asyncio.Task[None]:
-        """Start a run, or join the one in flight. A joining /init makes the run report."""
+    def trigger(self, reason: str, *, init: bool) -> asyncio.Task[None]:
+        """Start a run, or join the one in flight (`init`: AppAPI's /init asks for it)."""
         if self._task is not None and not self._task.done():
-            if report:
-                self._report_joined = True
+            if init:
+                self._init_joined = True
             return self._task
-        self._report_joined = report
+        self._init_joined = init
         self._task = spawn(self._run(reason), name=f"init-pipeline-{next(self._counter)}")
         return self._task
 
     async def _report(self, progress: int, error: str = "") -> None:
-        if not self._report_joined:
+        """Every run reports its progress, whatever started it: AppAPI may be waiting for init
+        although its /init never reached us (the connector was down or restarted when it was
+        sent), and only a report moves it then. Once init is 100 AppAPI ignores non-zero
+        reports, so this is harmless on an installed app. A failure (progress 0 with an error)
+        is reported only when /init asked: on an installed app it would mark the app failed."""
+        if error and not self._init_joined:
             return
         client = self._app[keys.NEXTCLOUD]
         try:
@@ -138,19 +155,103 @@ def pipeline(app: web.Application) -> Pipeline:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    """Always 200 {"status":"ok"} (AppAPI reads only that); advisory fields after it. Details
-    only for callers presenting the valid AppAPI secret (reference 5.1). No I/O."""
-    trusted = request[keys.IDENTITY].trusted
+    """Always 200 {"status":"ok"} (AppAPI reads only that); advisory fields after it: states for
+    everyone, details only for callers who may see them (_may_see_detail). No side effects."""
+    detail = await _may_see_detail(request)
     body: dict[str, Any] = {"status": "ok"}
     for name, provider in request.app.get(keys.HEALTH, {}).items():
         try:
-            fields = provider(trusted)
+            fields = provider(detail)
         except Exception:
             log.exception("health provider %s failed", name)
             continue
         if fields:
             body[name] = fields
     return json_response(body)
+
+
+async def _may_see_detail(request: web.Request) -> bool:
+    """Details (errors, fingerprints, organisation, counts) only for a caller proven to be a
+    Nextcloud administrator, or for a process inside this container (doctor). The valid secret
+    with an empty user proves neither: AppAPI's PHP proxy adds it to every anonymous request to
+    a PUBLIC route, and HaRP to every anonymous browser request."""
+    identity = request[keys.IDENTITY]
+    if not identity.trusted:
+        return False
+    if identity.user_id:
+        try:
+            user = await request.app[keys.USERS].lookup(identity.user_id)
+        except NextcloudError:
+            return False
+        return user.is_admin
+    return _local_caller(request)
+
+
+def _local_caller(request: web.Request) -> bool:
+    """A request that did not come through Nextcloud's proxy or HaRP:
+    - never with `x-origin-ip`: AppAPI's PHP proxy sets it on every request it forwards;
+    - legacy TCP: from a loopback address, and not with the AA-VERSION HaRP forces ("32") on
+      what it forwards (HaRP's direct mode reaches a host-network ExApp over loopback);
+    - HaRP: AppAPI's own call, proven by the HaRP shared key (a browser does not have it), or
+      over the Unix socket from a process that is not frpc (everything HaRP forwards arrives
+      through frpc): neither the frpc we run nor any process named like its binary (one we
+      have not seen start yet, or one left over); unknown means frpc."""
+    if ORIGIN_IP in request.headers:
+        return False
+    config = request.app[keys.CONFIG]
+    if config.harp:
+        offered = request.headers.get(HARP_KEY_HEADER, "")
+        if offered and hmac.compare_digest(
+            offered.encode("utf-8", "surrogateescape"), config.hp_shared_key.encode("utf-8")
+        ):
+            return True
+        peer = unix_peer_pid(request.transport)
+        if peer is None:
+            return False
+        tunnel = request.app.get(keys.TUNNEL_STATUS)
+        if tunnel is not None and tunnel().get("pid") == peer:
+            return False
+        name = _process_name(peer)
+        return name is not None and name != PurePath(config.frpc_bin).name[:_COMM_MAX]
+    if request.headers.get("AA-VERSION", "").strip() == HARP_AA_VERSION:
+        return False
+    return _loopback_peer(request)
+
+
+def _loopback_peer(request: web.Request) -> bool:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return False
+    try:
+        return ipaddress.ip_address(peer[0].split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _process_name(pid: int) -> str | None:
+    """The kernel's name of a process (the executable's file name, cut at 15 characters)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def unix_peer_pid(transport: asyncio.BaseTransport | None) -> int | None:
+    """The pid of the process at the other end of a Unix socket connection (SO_PEERCRED),
+    None when it cannot be told (not a Unix socket, not Linux)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return None
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if peercred is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, peercred, _UCRED.size)
+        pid, _uid, _gid = _UCRED.unpack(raw)
+    except (OSError, struct.error):
+        return None
+    return int(pid) if pid > 0 else None
 
 
 def _untrusted_allowed(request: web.Request, what: str) -> bool:
@@ -170,13 +271,13 @@ async def init(request: web.Request) -> web.Response:
         request.app[keys.NEXTCLOUD].app_enabled = True
         pipe = pipeline(request.app)
         pipe.boot_blocked, pipe.blocked_by = False, ""
-        pipe.trigger("init", report=True)
+        pipe.trigger("init", init=True)
     return json_response({"status": "ok"})
 
 
 async def enabled(request: web.Request) -> web.Response:
     """PUT /enabled?enabled=0|1 -> {"error": ""} (contract 3.3). Enabling after a refused boot
-    probe runs the registration pipeline (no progress: AppAPI is not in an init phase)."""
+    probe runs the registration pipeline."""
     value = request.query.get("enabled", "")
     if value not in ("0", "1", "true", "false"):
         return json_response({"error": "", "code": "enabled_value_ignored"})
@@ -189,7 +290,7 @@ async def enabled(request: web.Request) -> web.Response:
         # re-run what boot held back or what failed (a run in flight is the /init's own).
         if state and not pipe.running and (pipe.boot_blocked or pipe.run_info.state in RERUN):
             pipe.boot_blocked, pipe.blocked_by = False, ""
-            pipe.trigger("enabled", report=False)
+            pipe.trigger("enabled", init=False)
     return json_response({"error": ""})
 
 
@@ -203,6 +304,15 @@ async def boot(app: web.Application) -> None:
     app), every other call would be refused: wait for PUT /enabled?enabled=1 or /init."""
     pipe = pipeline(app)
     client = app[keys.NEXTCLOUD]
+    if client.budget.spent:
+        log.warning(
+            "Not probing Nextcloud at boot: the refused AppAPI logins of the last 30 minutes "
+            "(%d attempts on Nextcloud's count) leave no room for another. Waiting for AppAPI to "
+            "call /init (register the app), or `occ security:bruteforce:reset <connector-ip>`.",
+            client.budget.attempts,
+        )
+        _block(pipe, "refused")
+        return
     try:
         result = await client.probe()
     except NextcloudError as exc:
@@ -225,7 +335,7 @@ async def boot(app: web.Application) -> None:
         )
         _block(pipe, "disabled")
         return
-    pipe.trigger("boot", report=False)
+    pipe.trigger("boot", init=False)
 
 
 def _block(pipe: Pipeline, why: str) -> None:
@@ -285,7 +395,7 @@ def _on_trusted(app: web.Application) -> Any:
             and request.path not in ("/init", "/enabled")
         ):
             pipe.boot_blocked, pipe.blocked_by = False, ""
-            pipe.trigger("trusted-request", report=False)
+            pipe.trigger("trusted-request", init=False)
 
     return seen
 

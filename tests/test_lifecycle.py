@@ -4,21 +4,32 @@ progress reporting with the progress-100 callbacks, warm-up, boot probe and the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from beeflow import keys
+from beeflow.app import make_app
+from beeflow.config import Config
 from beeflow.errors import NextcloudError
-from beeflow.lifecycle import pipeline
+from beeflow.lifecycle import pipeline, unix_peer_pid
+from beeflow.nextcloud import BUDGET_FILE
 from beeflow.state import InitPhase
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
-from tests.helpers import RunningConnector, appapi_headers, wait_for
+from tests.fakes.php_proxy import PhpProxy
+from tests.helpers import SECRET, RunningConnector, appapi_headers, wait_for
 
 
 class Phases:
@@ -51,6 +62,14 @@ class Phases:
 @pytest.fixture
 def phases() -> Phases:
     return Phases()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory for Unix sockets (their paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="bf"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -267,7 +286,7 @@ async def test_enabling_reruns_a_failed_run_but_not_a_finished_one(
 ) -> None:
     phases.fail_at = 60
     pipe = pipeline(conn.app)
-    pipe.trigger("boot", report=False)
+    pipe.trigger("boot", init=False)
     await wait_for(lambda: pipe.run_info.state == "failed")
     phases.fail_at = None
     async with await conn.request("PUT", "/enabled?enabled=1", user="") as resp:
@@ -280,3 +299,263 @@ async def test_enabling_reruns_a_failed_run_but_not_a_finished_one(
         assert resp.status == 200
     assert pipe.run_info.runs == 2  # done stays done; disabling runs nothing
     assert conn.app[keys.NEXTCLOUD].app_enabled is False
+
+
+# ------------------------------------------------------------------ who sees the heartbeat's detail
+
+ADMIN_APPAPI = appapi_headers("admin")
+SERVICE_APPAPI = appapi_headers("")
+HARP_KEY = "harp-key-for-heartbeat-tests"
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        pytest.param({}, False, id="AppAPI's liveness check (no credentials)"),
+        pytest.param(SERVICE_APPAPI, True, id="in the container (doctor): secret, loopback"),
+        pytest.param(
+            {**SERVICE_APPAPI, "x-origin-ip": "203.0.113.9"},
+            False,
+            id="anonymous through the PHP proxy: secret, empty user, x-origin-ip",
+        ),
+        pytest.param(
+            {**SERVICE_APPAPI, "x-origin-ip": ""}, False, id="x-origin-ip present but empty"
+        ),
+        pytest.param(
+            {**SERVICE_APPAPI, "AA-VERSION": "32"},
+            False,
+            id="anonymous through HaRP's direct mode (AA-VERSION forced to 32)",
+        ),
+        pytest.param(appapi_headers("alice"), False, id="a user who is not an admin"),
+        pytest.param(ADMIN_APPAPI, True, id="an administrator"),
+        pytest.param(
+            {**ADMIN_APPAPI, "x-origin-ip": "203.0.113.9"}, True, id="an administrator, proxied"
+        ),
+        pytest.param(
+            appapi_headers("", secret="wrong" * 20), False, id="a wrong secret, empty user"
+        ),
+        pytest.param(
+            appapi_headers("admin", secret="wrong" * 20), False, id="a wrong secret, admin"
+        ),
+    ],
+)
+async def test_heartbeat_details_only_for_administrators_and_the_container(
+    conn: RunningConnector, headers: dict[str, str], detail: bool
+) -> None:
+    """Issue 19 (3a): AppAPI's PHP proxy adds the secret with an empty user to anonymous requests
+    (and HaRP does too): an empty user proves nothing about the caller."""
+    async with await conn.request("GET", "/heartbeat", headers=headers) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["status"] == "ok"
+    assert body["init"]["state"] == "idle"
+    assert ("progress" in body["init"]) is detail
+    assert ("source" in body["bootstrap"]) is detail
+
+
+async def test_heartbeat_detail_needs_a_confirmed_admin(
+    conn: RunningConnector, fake_nc: FakeNextcloud
+) -> None:
+    """The admin check is the ADMIN routes' (an OCS lookup as that user); when it cannot be
+    made, the caller gets the states."""
+    await fake_nc.stop()
+    async with await conn.request("GET", "/heartbeat", headers=ADMIN_APPAPI) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["status"] == "ok"
+    assert "progress" not in body["init"]
+
+
+def _own_name() -> str:
+    return Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("frpc_pid", "frpc_bin", "detail"),
+    [
+        pytest.param("other", "frpc", True, id="frpc is another process: we are local"),
+        pytest.param("none", "frpc", True, id="frpc not running: we are local all the same"),
+        pytest.param("ours", "frpc", False, id="we are the frpc the supervisor runs"),
+        pytest.param("other", "own-name", False, id="we are named like the frpc binary"),
+        pytest.param("none", "own-name", False, id="named like frpc, none running"),
+    ],
+)
+async def test_heartbeat_over_the_harp_socket_trusts_local_processes_not_frpc(
+    make_config: Callable[..., Config],
+    short_dir: Path,
+    frpc_pid: str,
+    frpc_bin: str,
+    detail: bool,
+) -> None:
+    """HaRP mode: everything HaRP forwards arrives through frpc, with the secret and an empty
+    user for anonymous visitors; a process in the container (doctor) connects itself."""
+    sock = str(short_dir / "hb.sock")
+    config = make_config(
+        HP_SHARED_KEY=HARP_KEY,
+        HP_FRP_ADDRESS="127.0.0.1",
+        HP_EXAPP_SOCK=sock,
+        BEEFLOW_FRPC_BIN=str(short_dir / (_own_name() if frpc_bin == "own-name" else frpc_bin)),
+    )
+    app = make_app(config, run_at_boot=False)
+    pid = {"ours": os.getpid(), "other": os.getpid() + 100_000, "none": None}[frpc_pid]
+    app[keys.TUNNEL_STATUS] = lambda: {"state": "connected", "pid": pid}
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, sock).start()
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+            session.get("http://localhost/heartbeat", headers=SERVICE_APPAPI) as resp,
+        ):
+            body = await resp.json()
+        assert ("progress" in body["init"]) is detail
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+            session.get(
+                "http://localhost/heartbeat",
+                headers={**SERVICE_APPAPI, "x-origin-ip": "203.0.113.9"},
+            ) as resp,
+        ):
+            body = await resp.json()
+        assert "progress" not in body["init"]  # AppAPI's PHP proxy, via HaRP
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("extra", "detail"),
+    [
+        pytest.param({"harp-shared-key": HARP_KEY}, True, id="AppAPI's own call via HaRP"),
+        pytest.param({"harp-shared-key": "guessed"}, False, id="a wrong HaRP key"),
+        pytest.param(
+            {"harp-shared-key": HARP_KEY, "x-origin-ip": "203.0.113.9"},
+            False,
+            id="the PHP proxy's forward via HaRP (anonymous visitor)",
+        ),
+    ],
+)
+async def test_heartbeat_through_frpc_trusts_only_appapis_own_calls(
+    make_config: Callable[..., Config],
+    short_dir: Path,
+    extra: dict[str, str],
+    detail: bool,
+) -> None:
+    """Through frpc (here: this process plays it) only the HaRP shared key proves the caller is
+    AppAPI itself; AppAPI's PHP proxy also sends it, with x-origin-ip, for anonymous visitors."""
+    sock = str(short_dir / "hk.sock")
+    config = make_config(HP_SHARED_KEY=HARP_KEY, HP_FRP_ADDRESS="127.0.0.1", HP_EXAPP_SOCK=sock)
+    app = make_app(config, run_at_boot=False)
+    app[keys.TUNNEL_STATUS] = lambda: {"state": "connected", "pid": os.getpid()}
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, sock).start()
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+            session.get("http://localhost/heartbeat", headers={**SERVICE_APPAPI, **extra}) as resp,
+        ):
+            body = await resp.json()
+        assert ("progress" in body["init"]) is detail
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_the_unix_peer_pid_is_read_on_both_event_loops(short_dir: Path, loop_name: str) -> None:
+    """serve runs on uvloop when installed: its transports must give SO_PEERCRED too."""
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    path = str(short_dir / f"{loop_name}.sock")
+    seen: list[int | None] = []
+
+    class Capture(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            seen.append(unix_peer_pid(transport))
+            transport.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_unix_server(Capture, path)
+        async with server:
+            _, writer = await asyncio.open_unix_connection(path)
+            await wait_for(lambda: bool(seen))
+            writer.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert seen == [os.getpid()]
+
+
+# ------------------------------------------------------------------ progress from every run
+
+
+async def test_a_boot_run_reports_its_progress_through_100(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    """Issue 19 (3c): AppAPI may be waiting at progress 0 for an /init that never reached us;
+    the boot run's reports take it to 100 (AppAPI ignores them once init is 100)."""
+    await connector_factory(customise=phases.install, run_at_boot=True)
+    await wait_for(lambda: [p["progress"] for p in fake_nc.progress] == [25, 60, 100])
+    assert [(c.method, c.path) for c in fake_nc.callbacks] == [
+        ("GET", "/heartbeat"),
+        ("PUT", "/enabled?enabled=1"),
+    ]
+    assert all("error" not in p for p in fake_nc.progress)
+
+
+async def test_a_failed_boot_run_reports_no_error(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases
+) -> None:
+    """An error (progress 0) would mark an installed app failed: only /init's runs send one."""
+    phases.fail_at = 60
+    conn = await connector_factory(customise=phases.install, run_at_boot=True)
+    await wait_for(lambda: pipeline(conn.app).run_info.state == "failed")
+    assert [p["progress"] for p in fake_nc.progress] == [25]
+    assert all("error" not in p for p in fake_nc.progress)
+
+
+async def test_refusals_on_record_stop_the_boot_probe(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases, storage: Path
+) -> None:
+    """Issue 19 (3b): the count outlives a restart. With the budget spent on record, boot makes
+    no call at all; AppAPI's /init (the app registered) lets the pipeline through."""
+    now = time.time()
+    record = [{"at": now - 60 * n, "user": "", "attempts": 2} for n in range(4)]
+    (storage / BUDGET_FILE).write_text(json.dumps({"version": 1, "refusals": record}))
+    fake_nc.registered = False
+    conn = await connector_factory(customise=phases.install, run_at_boot=True)
+    await wait_for(lambda: pipeline(conn.app).boot_blocked)
+    assert fake_nc.calls == []
+    assert conn.app[keys.NEXTCLOUD].budget.attempts == 8
+    fake_nc.register()
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
+    assert conn.app[keys.NEXTCLOUD].budget.attempts == 0
+    await wait_for(lambda: json.loads((storage / BUDGET_FILE).read_text())["refusals"] == [])
+
+
+async def test_heartbeat_through_the_php_proxy_stand_in(conn: RunningConnector) -> None:
+    """The same rule through the fake PHP proxy (the lane checks the real one): anonymous
+    visitors and users get the states, an administrator the details."""
+    proxy = PhpProxy(conn.url, secret=SECRET)
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            shown = {}
+            for who, auth in (("anonymous", ""), ("alice", "alice:pw"), ("admin", "admin:pw")):
+                headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+                async with session.get(
+                    proxy.proxy_url("/heartbeat"), headers=headers if auth else {}
+                ) as resp:
+                    assert resp.status == 200
+                    body = await resp.json(content_type=None)
+                shown[who] = "progress" in body["init"]
+        assert proxy.forwarded[0].headers["x-origin-ip"]
+        assert shown == {"anonymous": False, "alice": False, "admin": True}
+    finally:
+        await proxy.stop()

@@ -2,9 +2,20 @@
 
 A real aiohttp app on loopback. It checks AppAPI headers the way `validateExAppRequestToNC` does
 (contract 2.2/2.3), counts failed logins per client IP and locks the IP out like Nextcloud's
-brute-force throttler (nextcloud32-observed.md), answers OCS v1/v2 envelopes with their HTTP
-mappings, gzips when the client offers it, records every call, and on `progress: 100` calls the
-connector's /heartbeat and PUT /enabled while holding its own answer open, like AppAPI.
+brute-force throttler, answers OCS v1/v2 envelopes with their HTTP mappings, gzips when the
+client offers it, records every call, and on `progress: 100` calls the connector's /heartbeat and
+PUT /enabled while holding its own answer open, like AppAPI.
+
+Measured against the real Nextcloud 32.0.1 / AppAPI 32.0.0 (tests/integration/ runs the same test
+bodies against this fake and the real server):
+* a refused AppAPI login adds 2 attempts on AppAPI's own OCS routes (the login is validated
+  twice) and 1 elsewhere; before each validation the throttler refuses (429 "Reached maximum
+  delay", OCS v1 in-band) an IP with more than `lockout_threshold` attempts in the window, valid
+  logins included; a successful login deletes only the attempts of the same app id and user;
+* capabilities answers a request whose AppAPI login was refused (the attempt still counts; a
+  locked-out IP gets 429 there too); status.php does not log anyone in (nothing is counted);
+  WebDAV answers a locked-out IP 500 (Sabre's MaxDelayReached);
+* registering a top-menu entry or a script that exists overwrites it and answers 200.
 
 Personalities (events_listener): "31" stores any registration like AppAPI 31 did, but (as there)
 nothing is ever delivered for it: AppAPI's listener only fired for `eventType: "node_event"`
@@ -73,6 +84,15 @@ class FakeUser:
 
 
 @attrs.frozen
+class Attempt:
+    """One attempt registered by the throttler, with the metadata a success resets by."""
+
+    at: float
+    app_id: str
+    user: str
+
+
+@attrs.frozen
 class Call:
     """One request the fake received."""
 
@@ -114,7 +134,6 @@ class FakeNextcloud:
         warmup_seconds: float = 0.0,
         lockout_threshold: int = 10,
         lockout_window: float = 1800.0,
-        lockout_duration: float = 1800.0,
         expose_instance_id: str | None = None,
         extra_routes: Iterable[web.RouteDef] = (),
     ) -> None:
@@ -126,9 +145,8 @@ class FakeNextcloud:
         self.enabled = enabled
         self.warmup_until = time.monotonic() + warmup_seconds if warmup_seconds else 0.0
         self.init_in_progress = True
-        self.lockout_threshold = lockout_threshold
+        self.lockout_threshold = lockout_threshold  # attempts; MORE than this locks the IP
         self.lockout_window = lockout_window
-        self.lockout_duration = lockout_duration
         self.expose_instance_id = expose_instance_id
         self.theming_name = "Nextcloud"
         self.users: dict[str, FakeUser] = {}
@@ -140,8 +158,9 @@ class FakeNextcloud:
         self.events_listeners: dict[tuple[str, str], dict[str, Any]] = {}
         self.webhooks: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
-        self.failures: dict[str, list[float]] = {}
-        self.locked_until: dict[str, float] = {}
+        self.failures: dict[str, list[float]] = {}  # refused calls per IP (counted ones)
+        self.attempts: dict[str, list[Attempt]] = {}  # the throttler's attempts per IP
+        self.locked_until: dict[str, float] = {}  # a lock-out set by a test, on top
         self.failure_count_total = 0
         self.connector_url: URL | None = None
         self.connector_socket: str | None = None
@@ -189,15 +208,25 @@ class FakeNextcloud:
         ]
 
     def failures_for(self, ip: str = "127.0.0.1") -> int:
+        """Refused calls that the throttler counted (each adds 1 or 2 attempts)."""
         now = time.monotonic()
         return len([t for t in self.failures.get(ip, []) if now - t < self.lockout_window])
 
+    def attempts_for(self, ip: str = "127.0.0.1") -> int:
+        """`occ security:bruteforce:attempts <ip> app_api`: attempts in the window."""
+        now = time.monotonic()
+        return len([a for a in self.attempts.get(ip, []) if now - a.at < self.lockout_window])
+
     def is_locked(self, ip: str = "127.0.0.1") -> bool:
-        return self.locked_until.get(ip, 0.0) > time.monotonic()
+        """Throttler::sleepDelayOrThrowOnMax: MORE than the threshold in the window."""
+        if self.locked_until.get(ip, 0.0) > time.monotonic():
+            return True
+        return self.attempts_for(ip) > self.lockout_threshold
 
     def reset_bruteforce(self, ip: str = "127.0.0.1") -> None:
         """`occ security:bruteforce:reset <ip>`."""
         self.failures.pop(ip, None)
+        self.attempts.pop(ip, None)
         self.locked_until.pop(ip, None)
 
     # ------------------------------------------------------------ lifecycle
@@ -225,52 +254,80 @@ class FakeNextcloud:
     # ------------------------------------------------------------ AppAPI login
 
     def check_appapi(self, request: web.Request) -> tuple[str, str | None]:
-        """validateExAppRequestToNC: returns (verdict, user). verdict: ok | none | refused |
-        locked | disabled. Like Nextcloud's throttler it registers a failed attempt for the IP
-        only for an unknown (unregistered) app or a wrong secret (contract 2.2, issue 11.1);
-        other refusals (no app id, empty version, unknown user, disabled app) are not counted."""
+        """The AppAPI login as Nextcloud runs it: returns (verdict, user). verdict: ok | none |
+        refused | locked | disabled. base.php validates every request carrying the header, and
+        AppAPI's own OCS controllers validate it a second time (#[AppAPIAuth]); each validation
+        first asks the throttler (locked: 429) and registers an attempt for an unknown app id
+        or a wrong secret (contract 2.2). Other refusals (no app id, empty version, unknown
+        user, disabled app) are not counted. A success deletes the attempts of the same app id
+        and user (Throttler::resetDelay with that metadata)."""
         header = request.headers.get("AUTHORIZATION-APP-API")
-        if header is None:
+        if header is None or request.path == "/status.php":  # status.php logs nobody in
             return "none", None
         ip = request.remote or "?"
-        if self.is_locked(ip):
-            return "locked", None
+        validations = 2 if _appapi_route(request.path) else 1
+        counted = False
+        verdict: tuple[str, str | None] = ("refused", None)
+        for _ in range(validations):
+            if self.is_locked(ip):
+                verdict = ("locked", None)
+                break
+            verdict, attempt_user = self._validate(request, header)
+            if attempt_user is None:
+                break  # accepted, or refused without counting: the second pass is the same
+            self._register_attempt(ip, request.headers.get("EX-APP-ID", ""), attempt_user)
+            counted = True
+        if counted:
+            now = time.monotonic()
+            self.failures.setdefault(ip, []).append(now)
+            self.failure_count_total += 1
+        if verdict[0] == "ok":
+            self._reset_attempts(ip, request.headers.get("EX-APP-ID", ""), verdict[1] or "")
+        return verdict
+
+    def _validate(
+        self, request: web.Request, header: str
+    ) -> tuple[tuple[str, str | None], str | None]:
+        """One validateExAppRequestToNC: (verdict, user), and the user part an attempt is
+        registered for (None: nothing registered)."""
         ex_app_id = request.headers.get("EX-APP-ID", "")
         if not ex_app_id:
-            return "refused", None
+            return ("refused", None), None
+        user, _, secret = _split_auth(header)
         if ex_app_id != self.app_id or not self.registered:
-            self._fail(ip)
-            return "refused", None
-        try:
-            user, sep, secret = base64.b64decode(header, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            self._fail(ip)
-            return "refused", None
-        if not sep or secret != self.secret:
-            self._fail(ip)
-            return "refused", None
+            return ("refused", None), user
+        if secret is None or secret != self.secret:
+            return ("refused", None), user
         path = request.path
         disabled = not self.enabled or time.monotonic() < self.warmup_until
         if disabled and not (
             path.endswith("/apps/app_api/ex-app/state")
             or (path.endswith("/apps/app_api/ex-app/status") and self.init_in_progress)
         ):
-            return "disabled", None  # refused, but a registered app's refusal is not counted
+            return (
+                "disabled",
+                None,
+            ), None  # refused, but a registered app's refusal is not counted
         if not request.headers.get("EX-APP-VERSION", ""):
-            return "refused", None
+            return ("refused", None), None
         if user and user not in self.users:
-            return "refused", None
-        self.failures.pop(ip, None)  # a successful login resets the throttle
-        return "ok", user
+            return ("refused", None), None
+        return ("ok", user), None
 
-    def _fail(self, ip: str) -> None:
+    def _register_attempt(self, ip: str, app_id: str, user: str) -> None:
         now = time.monotonic()
-        recent = [t for t in self.failures.get(ip, []) if now - t < self.lockout_window]
-        recent.append(now)
-        self.failures[ip] = recent
-        self.failure_count_total += 1
-        if len(recent) > self.lockout_threshold:
-            self.locked_until[ip] = now + self.lockout_duration
+        recent = [a for a in self.attempts.get(ip, []) if now - a.at < self.lockout_window]
+        recent.append(Attempt(now, app_id, user))
+        self.attempts[ip] = recent
+
+    def _reset_attempts(self, ip: str, app_id: str, user: str) -> None:
+        kept = [a for a in self.attempts.get(ip, []) if (a.app_id, a.user) != (app_id, user)]
+        if kept:
+            self.attempts[ip] = kept
+        else:
+            self.attempts.pop(ip, None)
+        if not kept:
+            self.failures.pop(ip, None)
 
     # ------------------------------------------------------------ plumbing
 
@@ -294,10 +351,10 @@ class FakeNextcloud:
         request[BODY] = body
         if self.down:
             return web.Response(status=503, text="Service Unavailable")
-        if verdict in ("refused", "disabled"):
-            return self._unauthorised(request)
         if verdict == "locked":
-            return self._ocs(request, None, 429, "Reached maximum delay")
+            return self._locked(request)
+        if verdict in ("refused", "disabled") and not _public_page(request.path):
+            return self._unauthorised(request)
         response: web.StreamResponse = await handler(request)
         if (
             isinstance(response, web.Response)
@@ -317,6 +374,20 @@ class FakeNextcloud:
             text='<?xml version="1.0"?><d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'
             "<s:exception>Sabre\\DAV\\Exception\\NotAuthenticated</s:exception></d:error>",
         )
+
+    def _locked(self, request: web.Request) -> web.Response:
+        """MaxDelayReached: OCS answers 429 (v1 in-band), WebDAV lets Sabre turn the exception
+        into a 500 (measured on 32.0.1)."""
+        if "/remote.php/dav" in request.path:
+            return web.Response(
+                status=500,
+                content_type="application/xml",
+                text='<?xml version="1.0" encoding="utf-8"?>\n<d:error xmlns:d="DAV:" '
+                'xmlns:s="http://sabredav.org/ns">\n  <s:exception>OCP\\Security\\'
+                "Bruteforce\\MaxDelayReached</s:exception>\n  <s:message>Reached maximum "
+                "delay</s:message>\n</d:error>\n",
+            )
+        return self._ocs(request, None, 429, "Reached maximum delay")
 
     @staticmethod
     def _ocs(
@@ -390,8 +461,10 @@ class FakeNextcloud:
                 web.get(f"{base}/apps/app_api/api/v1/users", self._appapi_users),
                 web.post(f"{base}/apps/app_api/api/v1/ui/top-menu", self._top_menu_add),
                 web.delete(f"{base}/apps/app_api/api/v1/ui/top-menu", self._top_menu_del),
+                web.get(f"{base}/apps/app_api/api/v1/ui/top-menu", self._top_menu_get),
                 web.post(f"{base}/apps/app_api/api/v1/ui/script", self._script_add),
                 web.delete(f"{base}/apps/app_api/api/v1/ui/script", self._script_del),
+                web.get(f"{base}/apps/app_api/api/v1/ui/script", self._script_get),
                 web.post(f"{base}/apps/app_api/api/v1/events_listener", self._events_listener),
                 web.post(f"{base}/apps/app_api/api/v1/log", self._log),
                 web.post(f"{base}/apps/webhook_listeners/api/v1/webhooks", self._webhook_add),
@@ -591,10 +664,28 @@ class FakeNextcloud:
         name = str(body.get("name", ""))
         if not name or len(name) > 32 or len(str(body.get("displayName", ""))) > 32:
             return self._ocs(request, None, 400, "Invalid top menu entry")
-        if name in self.top_menu:
-            return self._ocs(request, None, 409, "Top menu entry already exists")
-        self.top_menu[name] = body
-        return self._ocs(request, body)
+        # TopMenuService::registerExAppMenuEntry: insertOrUpdate, so a repeat overwrites.
+        self.top_menu[name] = {**body, "icon": str(body.get("icon", "")).lstrip("/")}
+        return self._ocs(request, [])
+
+    async def _top_menu_get(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request, login=False)) is not None:
+            return denied
+        name = str(_json(request).get("name", ""))
+        entry = self.top_menu.get(name)
+        if entry is None:
+            return self._ocs(request, None, 404, "No such Top Menu entry")
+        return self._ocs(
+            request,
+            {
+                "id": list(self.top_menu).index(name) + 1,
+                "appid": self.app_id,
+                "name": name,
+                "display_name": entry.get("displayName", ""),
+                "icon": entry.get("icon", ""),
+                "admin_required": int(entry.get("adminRequired", 0) or 0),
+            },
+        )
 
     async def _top_menu_del(self, request: web.Request) -> web.Response:
         if (denied := self._require(request, login=False)) is not None:
@@ -608,19 +699,50 @@ class FakeNextcloud:
         if (denied := self._require(request, login=False)) is not None:
             return denied
         body = _json(request)
-        key = (str(body.get("type", "")), str(body.get("name", "")), str(body.get("path", "")))
+        key = (
+            str(body.get("type", "")),
+            str(body.get("name", "")),
+            str(body.get("path", "")).lstrip("/"),
+        )
         if not all(key):
             return self._ocs(request, None, 400, "Invalid script")
-        if key in self.scripts:
-            return self._ocs(request, None, 409, "Script already registered")
+        # ScriptsService::setExAppScript: insertOrUpdate, so a repeat overwrites.
         self.scripts[key] = body
-        return self._ocs(request, body)
+        return self._ocs(request, [])
+
+    async def _script_get(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request, login=False)) is not None:
+            return denied
+        body = _json(request)
+        key = (
+            str(body.get("type", "")),
+            str(body.get("name", "")),
+            str(body.get("path", "")).lstrip("/"),
+        )
+        entry = self.scripts.get(key)
+        if entry is None:
+            return self._ocs(request, None, 404, "No such Script")
+        return self._ocs(
+            request,
+            {
+                "id": list(self.scripts).index(key) + 1,
+                "appid": self.app_id,
+                "type": key[0],
+                "name": key[1],
+                "path": key[2],
+                "after_app_id": str(entry.get("afterAppId", "")),
+            },
+        )
 
     async def _script_del(self, request: web.Request) -> web.Response:
         if (denied := self._require(request, login=False)) is not None:
             return denied
         body = _json(request)
-        key = (str(body.get("type", "")), str(body.get("name", "")), str(body.get("path", "")))
+        key = (
+            str(body.get("type", "")),
+            str(body.get("name", "")),
+            str(body.get("path", "")).lstrip("/"),
+        )
         if self.scripts.pop(key, None) is None:
             return self._ocs(request, None, 404, "Not found")
         return self._ocs(request, [])
@@ -672,6 +794,30 @@ def _v2_http(statuscode: int) -> int:
     if mapped is not None:
         return mapped
     return 400 if statuscode < 200 or statuscode > 600 else statuscode
+
+
+def _public_page(path: str) -> bool:
+    """Pages that answer whoever asks: a refused AppAPI login is counted, then ignored."""
+    return path in (
+        "/status.php",
+        "/ocs/v1.php/cloud/capabilities",
+        "/ocs/v2.php/cloud/capabilities",
+    )
+
+
+def _appapi_route(path: str) -> bool:
+    """AppAPI's own OCS controllers, which validate the AppAPI login a second time."""
+    return path.startswith(("/ocs/v1.php/apps/app_api/", "/ocs/v2.php/apps/app_api/"))
+
+
+def _split_auth(header: str) -> tuple[str, str, str | None]:
+    """base64_decode, explode(':', 2): (user, ':', secret); secret None when undecodable."""
+    try:
+        text = base64.b64decode(header, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return "", "", None
+    user, sep, secret = text.partition(":")
+    return (user, sep, secret) if sep else (user, "", None)
 
 
 def _streamed(request: web.Request) -> bool:

@@ -119,12 +119,13 @@ async def test_a_refused_registration_reports_progress_0_with_the_error(
     assert body["init"]["state"] == "failed"
 
 
-async def test_boot_run_provisions_and_registers_without_reporting_progress(
+async def test_boot_run_provisions_registers_and_reports_progress(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud
 ) -> None:
-    """The pipeline also runs once at boot (after one accepted probe), idempotently."""
+    """The pipeline also runs once at boot (after one accepted probe), idempotently, and reports
+    its progress: AppAPI may be waiting for an init whose /init never reached us (issue 19)."""
     conn = await auto_connector(run_at_boot=True)
-    await wait_for(lambda: bool(fake_nc.scripts))
+    await wait_for(lambda: bool(fake_nc.scripts) and len(fake_nc.progress) == 3)
     assert conn.app[keys.TENANT].key == PROVISIONED_KEY
     assert list(fake_nc.top_menu) == ["main"]
-    assert fake_nc.progress == []  # AppAPI is not in an init phase: nothing to report
+    assert [p["progress"] for p in fake_nc.progress] == [25, 60, 100]
