@@ -39,6 +39,7 @@ from beeflow.errors import (
     TooManyRequests,
 )
 from beeflow.middleware import frame_ancestors, json_response
+from beeflow.nextcloud import NcUser
 from beeflow.ratelimit import RateLimiter
 from beeflow.redact import REDACTOR
 from beeflow.setup import store
@@ -223,7 +224,15 @@ _TENANT_ERROR_FIELDS: Final = (
 )
 
 
-_PENDING_FIELDS: Final = ("kind", "maskedEmail", "organizationName", "expiresAt", "attemptsLeft")
+_PENDING_FIELDS: Final = (
+    "kind",
+    "organizationName",
+    "expiresAt",
+    "attemptsLeft",
+    "codeSent",
+    "maskedEmail",
+    "sentVia",
+)
 
 
 def _tenant(app: web.Application) -> dict[str, Any]:
@@ -447,8 +456,8 @@ def _user(request: web.Request) -> str:
 
 
 def _outcome(app: web.Application) -> tuple[dict[str, Any], int]:
-    """After a re-bootstrap: 200 with the new key's fingerprint, or 202 when the service asks for
-    an e-mail verification first (the page then shows the code field)."""
+    """After a re-bootstrap: 200 with the key's fingerprint, or 202 when the service asks for an
+    e-mail verification first (the page then shows the code field and where the code went)."""
     state = app[keys.TENANT]
     body: dict[str, Any] = {
         "ok": True,
@@ -474,7 +483,7 @@ def _bootstrap_error(exc: tenant.BootstrapFailed, *, pairing_code: str = "") -> 
     extra = {"category": category, "remediation": exc.extra.get("remediation", "")}
     if exc.instance_code == "tenant_store_failed" or category == "storage_failed":
         return BeeflowError(message, code="tenant_store_failed", status=500, extra=extra)
-    if pairing_code and category == "saas_auth_rejected":
+    if pairing_code and (category.startswith("pairing_code_") or category == "saas_auth_rejected"):
         return Conflict(
             "The Bee Flow service did not accept this pairing code: " + message,
             code="pairing_code_rejected",
@@ -488,12 +497,17 @@ def _bootstrap_error(exc: tenant.BootstrapFailed, *, pairing_code: str = "") -> 
 def _sub_flow_error(
     result: dict[str, Any], *, verifying: bool, key_kept: bool = False, retargeting: bool = False
 ) -> BeeflowError:
-    """A verify or resend the service did not accept, as our own stable code and status.
-    `key_kept`: the verification belonged to a re-bootstrap and the key in use stays."""
+    """A verify, resend or retarget the service did not accept, as our own stable code and
+    status (the service's answers: auth/connectorBootstrap.js). `key_kept`: the verification
+    belonged to a re-bootstrap and the key in use stays."""
     status = result.get("status")
-    extra: dict[str, Any] = {"serviceCode": str(result.get("code", ""))[:64]}
+    service_code = str(result.get("code", ""))[:64]
+    extra: dict[str, Any] = {"serviceCode": service_code}
     if isinstance(result.get("attemptsLeft"), int):
         extra["attemptsLeft"] = result["attemptsLeft"]
+    ended = status in (404, 410) or (
+        status == 409 and service_code in ("not_verification", "already_bound")
+    )
     if status is None:
         return BeeflowError(
             "The Bee Flow service could not be reached; try again in a moment",
@@ -501,7 +515,7 @@ def _sub_flow_error(
             status=502,
             extra=extra,
         )
-    if status in (404, 410) and key_kept:
+    if ended and key_kept:
         extra["keyKept"] = True
         return BeeflowError(
             "The verification has expired or was ended by the Bee Flow service. No new key was "
@@ -511,26 +525,33 @@ def _sub_flow_error(
             status=410,
             extra=extra,
         )
-    if status in (404, 410):
+    if ended:
         return BeeflowError(
             "The verification has expired or was ended by the Bee Flow service. The connector "
-            "starts over; a new code will be e-mailed.",
+            "starts over; this page sends you the new code when the service asks for one.",
             code="verification_expired",
             status=410,
+            extra=extra,
+        )
+    if status == 429 and service_code == "too_many_attempts":
+        return BeeflowError(
+            "Too many wrong codes: this code no longer works. Send a new code, then enter it.",
+            code="too_many_attempts",
+            status=429,
             extra=extra,
         )
     if status == 429:
         retry = result.get("retryAfter")
         headers = {"Retry-After": str(retry)} if isinstance(retry, int) and retry > 0 else None
         return BeeflowError(
-            "The Bee Flow service asks to wait before trying again",
+            "The Bee Flow service asks to wait before trying again (it sends at most 5 codes in "
+            "15 minutes)",
             code="service_rate_limited",
             status=429,
             headers=headers,
             extra=extra,
         )
     if retargeting and status == 403:
-        service_code = extra["serviceCode"]
         return BeeflowError(
             "The Bee Flow service does not send the code to your address"
             + (
@@ -548,10 +569,18 @@ def _sub_flow_error(
             code="retarget_refused",
             extra=extra,
         )
-    if verifying and 400 <= status < 500:
+    if verifying and status == 400 and service_code == "invalid_code":
         left = extra.get("attemptsLeft")
         suffix = f" ({left} attempt{'s' if left != 1 else ''} left)" if left is not None else ""
         return BadRequest("That code is not right" + suffix, code="wrong_code", extra=extra)
+    if verifying and status == 409 and service_code == "admin_email_conflict":
+        return Conflict(
+            "The code is right, but the administrator's address belongs to a user of another "
+            "Bee Flow organisation, so the service did not connect this Nextcloud. "
+            + tenant.REMEDIATION["admin_email_conflict"],
+            code="admin_email_conflict",
+            extra=extra,
+        )
     return BeeflowError(
         f"The Bee Flow service answered HTTP {status}",
         code="service_error",
@@ -594,23 +623,38 @@ async def resend_email_code(request: web.Request) -> web.Response:
 
 
 async def request_verification_code(request: web.Request) -> web.Response:
-    """POST {}: "Send the code to me instead": the service re-sends the pending verification's
-    code to the Nextcloud e-mail address of the admin making this request (reference 6.4 step
-    5, retarget) -> {ok, expiresAt, maskedEmail, emailSent}. Refused when that account has no
-    e-mail address."""
+    """POST {}: send the pending verification's code to the admin making this request: to their
+    own Nextcloud address when they have one (the service's retarget: it must belong to the
+    organisation), else to the address the service holds (resend). The page calls this by
+    itself when the service has not sent any code yet (it never does on its own) -> {ok,
+    expiresAt, maskedEmail, emailSent, sentVia}."""
     _limit(request, "send")
     await _json_body(request)
     boot = _bootstrapper(request)
     _refuse_busy(request.app)
     if not boot.verification_pending():
         raise Conflict("No e-mail verification is pending", code="no_pending_verification")
+    user = await _fresh_admin(request)
+    result = await boot.send_code(user)
+    answer = _new_code_answer(request, result, retargeting=bool(user.email))
+    log.info(
+        "verification code requested by %s, sent via %s to %s",
+        user.uid,
+        result.get("sentVia"),
+        result.get("maskedEmail"),
+    )
+    return answer
+
+
+async def _fresh_admin(request: web.Request) -> NcUser:
+    """The requesting user as Nextcloud sees them now (address, admin group)."""
     uid = _user(request)
     users = request.app[keys.USERS]
-    users.forget(uid)  # the address as it is now, and a fresh admin check
+    users.forget(uid)
     try:
         user = await users.lookup(uid)
     except NextcloudError as exc:
-        log.warning("request-verification-code: looking up %s failed: %s", uid, exc)
+        log.warning("looking up %s failed: %s", uid, exc)
         raise BeeflowError(
             "Your Nextcloud account could not be read; try again in a moment",
             code="user_lookup_failed",
@@ -618,20 +662,7 @@ async def request_verification_code(request: web.Request) -> web.Response:
         ) from None
     if not user.is_admin:
         raise Forbidden("Only Nextcloud administrators can do this", code="admin_required")
-    if not user.email:
-        raise BadRequest(
-            "Your Nextcloud account has no e-mail address: set one under Personal settings, "
-            "then try again (or use the code sent to the address shown)",
-            code="no_email_address",
-        )
-    result = await boot.retarget(user.email, user.uid, user.display_name or user.uid)
-    answer = _new_code_answer(request, result, retargeting=True)
-    log.info(
-        "verification code requested by %s for their own address (%s)",
-        uid,
-        result.get("maskedEmail"),
-    )
-    return answer
+    return user
 
 
 def _new_code_answer(
@@ -644,7 +675,7 @@ def _new_code_answer(
     return json_response({k: result.get(k) for k in _NEW_CODE_FIELDS})
 
 
-_NEW_CODE_FIELDS: Final = ("ok", "expiresAt", "maskedEmail", "emailSent")
+_NEW_CODE_FIELDS: Final = ("ok", "expiresAt", "maskedEmail", "emailSent", "sentVia")
 
 
 async def apply_pairing_code(request: web.Request) -> web.Response:
@@ -667,7 +698,7 @@ async def apply_pairing_code(request: web.Request) -> web.Response:
         await boot.rebootstrap(pairing_code=code)
     except tenant.BootstrapFailed as exc:
         raise _bootstrap_error(exc, pairing_code=code) from None
-    answer, status = _outcome(request.app)
+    answer, status = await _after_rebootstrap(request, boot)
     return json_response(answer, status=status)
 
 
@@ -687,9 +718,36 @@ async def rotate_tenant_key(request: web.Request) -> web.Response:
         await boot.rebootstrap()
     except tenant.BootstrapFailed as exc:
         raise _bootstrap_error(exc) from None
-    answer, status = _outcome(request.app)
+    answer, status = await _after_rebootstrap(request, boot)
     answer["previousFingerprint"] = previous
+    # The service keeps one key per organisation: a returning binding hands back the same one.
+    answer["keyChanged"] = previous != answer.get("fingerprint")
     return json_response(answer, status=status)
+
+
+async def _after_rebootstrap(
+    request: web.Request, boot: tenant.Bootstrapper
+) -> tuple[dict[str, Any], int]:
+    """The outcome; when the service answered 202, the code goes to the admin who asked right
+    away (the service e-mails nobody by itself), and the answer says where it went."""
+    problem: dict[str, Any] | None = None
+    if boot.verification_pending() and not boot.code_sent():
+        try:
+            user: NcUser | None = await _fresh_admin(request)
+        except BeeflowError:
+            user = None
+        sent = await boot.send_code(user)
+        if sent.get("ok"):
+            log.info("verification code sent via %s to %s", sent["sentVia"], sent["maskedEmail"])
+        else:
+            refusal = _sub_flow_error(
+                sent, verifying=False, key_kept=True, retargeting=bool(user and user.email)
+            )
+            problem = {"code": refusal.instance_code, "error": refusal.message}
+    answer, status = _outcome(request.app)
+    if problem is not None:
+        answer["sendProblem"] = problem
+    return answer, status
 
 
 TENANT_ROUTES: Final = {
