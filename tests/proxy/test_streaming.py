@@ -20,7 +20,7 @@ from tests.fakes.service import FakeService, Piece, StreamPlan, chat_pieces, sse
 from tests.helpers import RunningConnector, appapi_headers
 from tests.proxy.conftest import ProxyFactory, raw_exchange
 
-CHAT = "/api/ai/chat/direct/stream"
+CHAT = "/ai/chat/direct/stream"  # the service's route: routes/ai.js is mounted at /ai
 COMMENT = b": keep-alive\n\n"
 
 
@@ -176,7 +176,7 @@ async def test_legacy_stream_broken_inside_an_event_gets_no_error_event(
 # ------------------------------------------------------------------ framing on the wire
 
 
-def _raw_request(path: str, body: bytes = b"{}", *, extra: str = "") -> bytes:
+def _raw_request(path: str, body: bytes = b'{"message":"hi"}', *, extra: str = "") -> bytes:
     headers = "".join(f"{k}: {v}\r\n" for k, v in appapi_headers("alice").items())
     return (
         f"POST {path} HTTP/1.1\r\nHost: nextcloud.local\r\n{headers}"
