@@ -126,6 +126,23 @@ def url_path(request: web.Request) -> str:
     return request.path[:200]
 
 
+class _Dropped(aiohttp.ClientError):
+    """The connection dropped before an answer (outside aiohttp's own replay, see below)."""
+
+
+async def _one_retry_is_ours(
+    req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """aiohttp replays a GET once by itself when the connection drops; relay() retries every
+    network error once, so aiohttp's replay would make it twice."""
+    try:
+        return await handler(req)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise _Dropped(str(exc) or type(exc).__name__) from exc
+
+
 EMBED: web.AppKey[EmbedHost] = web.AppKey("embed_host")
 
 
@@ -145,6 +162,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": f"ExApp/{config.app_id}/{config.app_version} (beeflow)"},
         skip_auto_headers=("Accept-Encoding",),
+        middlewares=(_one_retry_is_ours,),
     ) as session:
         app[EMBED] = EmbedHost(base, session)
         log.info("UI shell from %s/embed (the bundled UI when it does not answer)", base)
