@@ -592,7 +592,7 @@ class ServiceControl:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return str(peer[0]) if peer else "?"
 
-    async def _capabilities(self, base_url: str, expected: str) -> tuple[str, str] | str:
+    async def verify_instance(self, base_url: str, expected: str) -> tuple[str, str] | str:
         """verifyNcInstance: (themingName, ncVersion), or the failure message."""
         url = f"{base_url}/ocs/v2.php/cloud/capabilities?format=json"
         try:
@@ -696,7 +696,7 @@ class ServiceControl:
         if self.skip_verify:
             theming, nc_version = "Nextcloud (dev)", "unverified"
         else:
-            checked = await self._capabilities(base_url, instance)
+            checked = await self.verify_instance(base_url, instance)
             if isinstance(checked, str):
                 unreachable = re.search(
                     r"unreachable|fetch failed|timeout|ENOTFOUND|ECONNREFUSED", checked, re.I
