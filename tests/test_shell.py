@@ -282,3 +282,16 @@ async def test_the_shell_host_is_not_used_in_the_demo(
     async with await conn.request("GET", "/") as resp:
         assert resp.status == 200
     assert host.asked == []
+
+
+def test_the_images_full_ui_stage_builds_one_ui_per_prefix() -> None:
+    """The Dockerfile's hive stage builds the UI as its repository does (Vite: --base and
+    VITE_API_URL baked in), once per prefix, into the two directories shell.builds() expects."""
+    dockerfile = (REPO_SPA.parent / "Dockerfile").read_text()
+    proxy = "/index.php/apps/app_api/proxy/${APP_ID}"
+    exapps = "/exapps/${APP_ID}"
+    for prefix, out in ((proxy, "dist-proxy"), (exapps, "dist-exapps")):
+        assert f'VITE_API_URL="{prefix}"' in dockerfile
+        assert f'--base="{prefix}/" --outDir={out}' in dockerfile
+    assert f"/hive/dist-proxy/ /spa/{shell.PROXY_BUILD}/" in dockerfile
+    assert f"/hive/dist-exapps/ /spa/{shell.EXAPPS_BUILD}/" in dockerfile
