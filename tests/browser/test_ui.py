@@ -6,13 +6,22 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+from aiohttp import web
 
+from beeflow.app import make_app
+from beeflow.config import Config
+from beeflow.demo import DEMO_TENANT_KEY, Demo
 from beeflow.demo.service import reply_pieces
+from beeflow.setup import store
 from tests.browser.conftest import Console, shot_path
 from tests.demo.stack import DemoStack
+from tests.fakes.service import FakeService, StreamPlan, chat_pieces
+from tests.fakes.service_control import ServiceControl
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -499,3 +508,47 @@ async def test_rename_failure_says_why(browser: Any, stack: DemoStack) -> None:
     assert await page.locator("#notice button.reload").count() == 0
     assert script_errors(console) == []
     await context.close()
+
+
+async def test_chat_round_trip_against_the_strict_fake_service(browser: Any) -> None:
+    """The bundled UI against the fake that follows the real service (its JWT rules, its
+    routes, its strict rename body), not the demo's stand-in: a reply streams in, the rename
+    reaches the service as PATCH and sticks."""
+    service = FakeService(control=ServiceControl(verify_key=DEMO_TENANT_KEY))
+    await service.start()
+    service.sse = StreamPlan(chat_pieces(["Real ", "routes", "."], conversation_id="c-77"))
+    demo = Demo(delay=0.0)
+    env = await demo.start()
+    store.save(Path(env["APP_PERSISTENT_STORAGE"]), "self-hosted", str(service.url))
+    config = attrs.evolve(Config.from_env(env), demo=True)
+    runner = web.AppRunner(make_app(config, run_at_boot=False), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.app_host, config.app_port).start()
+        context = await browser.new_context(viewport={"width": 1100, "height": 720})
+        page = await context.new_page()
+        console = Console()
+        console.attach(page)
+        await page.goto(demo.url)
+        await page.wait_for_selector('#conn[data-state="connected"]')
+        assert (await page.text_content("#conn") or "").startswith("Connected (0f3c2a1b)")
+        await page.fill("#message", "Which routes?")
+        await page.press("#message", "Enter")
+        await page.wait_for_selector('.msg-assistant[data-state="done"]')
+        assert await page.locator(".msg-assistant .text").text_content() == "Real routes."
+        chat = service.last("/ai/chat/direct/stream")
+        assert (chat.auth, chat.user_email) == ("ok", "admin@demo.invalid")
+        assert json.loads(chat.body)["message"] == "Which routes?"
+        await page.fill("#title", "Routes")
+        await page.click("#rename")
+        await page.wait_for_selector('#notice:text("Conversation renamed.")')
+        rename = service.last("/ai/direct/conversations/c-77")
+        assert (rename.method, json.loads(rename.body)) == ("PATCH", {"title": "Routes"})
+        assert service.conversations["c-77"].title == "Routes"
+        await page.screenshot(path=shot_path("chat-strict-fake.png"))
+        assert console.errors == []
+        await context.close()
+    finally:
+        await runner.cleanup()
+        await demo.stop()
+        await service.stop()
