@@ -315,9 +315,9 @@ async def test_save_applies_live_and_rebootstraps(
 
 
 def status_state(running: RunningConnector) -> str:
-    from beeflow.setup import _STATE
+    from beeflow.setup.common import STATE
 
-    rb = running.app[_STATE].rebootstrap
+    rb = running.app[STATE].rebootstrap
     return rb.state if rb is not None else "none"
 
 
