@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from yarl import URL
@@ -738,9 +739,9 @@ async def test_dropped_connection_retry_happens_once_and_only_for_get_head(
 # ------------------------------------------------------------------ the service's whole UI
 
 
-async def chat(conn: RunningConnector, path: str = "/ai/chat/direct/stream", **kw: object) -> str:
+async def chat(conn: RunningConnector, path: str = "/ai/chat/direct/stream", **kw: Any) -> str:
     async with await conn.request(
-        "POST", path, user="alice", json={"message": "hello"}, **kw  # type: ignore[arg-type]
+        "POST", path, user="alice", json={"message": "hello"}, **kw
     ) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -889,9 +890,7 @@ async def test_a_user_without_email_gets_the_connectors_answer(
     assert body["code"] == "nextcloud_email_missing"
     assert "Personal settings" in body["error"]
     navigation = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
-    async with await legacy.request(
-        "GET", "/chat/5", user="noemail", headers=navigation
-    ) as resp:
+    async with await legacy.request("GET", "/chat/5", user="noemail", headers=navigation) as resp:
         assert resp.status == 200  # the UI shell, which shows the sentence from its calls
         assert resp.content_type == "text/html"
     assert service.requests == []
