@@ -9,8 +9,10 @@
 # digest: --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest>.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 ARG NODE_IMAGE=node:22.12.0-bookworm-slim
-# Where the web UI comes from: "local" = this repository's spa/ (default); "hive" = the full
-# Bee Flow UI built from Bee-Flow/hive at the commit HIVE_REF (see the spa-hive stages).
+# The UI bundled in the image (the connector fetches the service's own UI from
+# BEEFLOW_EMBED_BASE_URL first and falls back to this one): "local" = this repository's spa/
+# (default); "hive" = the full Bee Flow UI built from Bee-Flow/hive at the commit HIVE_REF (see the
+# spa-hive stages), once per URL prefix.
 ARG SPA_SOURCE=local
 
 # ------------------------------------------------------------------ frpc (pinned, verified)
@@ -62,15 +64,26 @@ RUN if ! [[ "${HIVE_REF}" =~ ^[0-9a-f]{40}$ ]]; then \
     && git init -q . \
     && git fetch -q --depth=1 "https://github.com/${HIVE_REPO}.git" "${HIVE_REF}" \
     && git checkout -q FETCH_HEAD
-# The UI is served through AppAPI's proxy path in every mode (contract 4: Nextcloud renders
-# scripts via /index.php/apps/app_api/proxy/<appid>/ even with HaRP).
+# Built as the UI repository builds itself (Vite): the prefix is baked in at build time, with
+# --base=<prefix>/ for the asset URLs and VITE_API_URL=<prefix> for its API calls (its vite.config
+# sets no base; its env files are read from the directory above the checkout, none here). One
+# build cannot serve two prefixes, so there are two: the PHP proxy's
+# (/index.php/apps/app_api/proxy/<appid>/, legacy mode and Nextcloud-rendered pages) and HaRP's
+# (/exapps/<appid>/). The connector serves the one matching how a request came in
+# (beeflow/shell.py). Hard-coded leading "/" of the logo src/href are stripped so they resolve
+# under the base, as the Node connector's image does.
 RUN npm ci \
+    && sed -i -E 's#(src|href)="/(bee-flow-logo|BeeFlow-logo)#\1="\2#g' index.html \
     && VITE_API_URL="/index.php/apps/app_api/proxy/${APP_ID}" \
-       npm run build -- --base="/index.php/apps/app_api/proxy/${APP_ID}/" \
-    && test -f dist/index.html
+       npm run build -- --base="/index.php/apps/app_api/proxy/${APP_ID}/" --outDir=dist-proxy \
+    && VITE_API_URL="/exapps/${APP_ID}" \
+       npm run build -- --base="/exapps/${APP_ID}/" --outDir=dist-exapps \
+    && test -f dist-proxy/index.html \
+    && test -f dist-exapps/index.html
 
 FROM scratch AS spa-hive
-COPY --from=spa-hive-build /hive/dist/ /spa/
+COPY --from=spa-hive-build /hive/dist-proxy/ /spa/proxy/
+COPY --from=spa-hive-build /hive/dist-exapps/ /spa/exapps/
 
 # An internal stage chosen by SPA_SOURCE, not a registry image: nothing to tag.
 # hadolint ignore=DL3006
@@ -104,7 +117,8 @@ WORKDIR /app
 RUN for tool in cat mkdir update-ca-certificates; do command -v "$tool" >/dev/null || exit 1; done \
     && test -s /etc/os-release \
     && test -x /usr/local/bin/frpc \
-    && test -f /app/spa/index.html \
+    && { test -f /app/spa/index.html \
+         || { test -f /app/spa/proxy/index.html && test -f /app/spa/exapps/index.html; }; } \
     && python -c "import beeflow, aiohttp"
 EXPOSE 8080
 # Legacy: /heartbeat over TCP. HaRP: /heartbeat over the Unix socket AND frpc running. The first

@@ -77,4 +77,6 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     saas_proxy.setup(app)
     nc_proxy.setup(app)
     static.setup(app)
+    # Last: the USER catch-all forwarding every path no route above took to the service.
+    saas_proxy.setup_catch_all(app)
     return app

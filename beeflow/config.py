@@ -16,6 +16,9 @@ from beeflow.errors import ConfigError
 T = TypeVar("T")
 
 DEFAULT_API_BASE_URL: Final = "https://server.beeflow.nl"
+DEFAULT_EMBED_BASE_URL: Final = "https://beeflow.nl"
+# BEEFLOW_EMBED_BASE_URL=bundled: no front-end host, the UI bundled with the connector only.
+EMBED_BUNDLED: Final = "bundled"
 DEFAULT_SOCKET_PATH: Final = "/tmp/exapp.sock"  # noqa: S108 - fixed by AppAPI/HaRP (contract 9.1)
 DEFAULT_CERT_DIR: Final = "/certs/frp"
 APP_ID_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*[a-z0-9]$")
@@ -86,6 +89,8 @@ class Config:
     client_header_timeout_seconds: float = 60.0
     auth_failure_budget: int = 4
     spa_dir: Path | None = None
+    # The service's front-end host; the UI shell comes from <this>/embed (None: bundled UI only).
+    embed_base_url: URL | None = URL(DEFAULT_EMBED_BASE_URL)  # noqa: RUF009 - immutable
     demo: bool = False
     # -- process (cli): --log-level/--log-format win over these
     log_level: str = "info"
@@ -183,6 +188,7 @@ class Config:
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", _int_range(1, 9)),
             "spa_dir": p.get("BEEFLOW_SPA_DIR", "", _optional(_path)),
+            "embed_base_url": p.get("BEEFLOW_EMBED_BASE_URL", DEFAULT_EMBED_BASE_URL, _embed_url),
             "log_level": p.get("BEEFLOW_LOG_LEVEL", "info", _choice(LOG_LEVELS)),
             "log_format": p.get("BEEFLOW_LOG_FORMAT", "text", _choice(LOG_FORMATS)),
             "event_loop": p.get("BEEFLOW_EVENT_LOOP", "auto", _choice(EVENT_LOOPS)),
@@ -321,6 +327,15 @@ def _http_url(raw: str) -> URL:
     if url.query_string or url.fragment:
         raise _Invalid("must not have a query or fragment")
     return url.with_path(url.path.rstrip("/"))
+
+
+def _embed_url(raw: str) -> URL | None:
+    if raw.strip().lower() == EMBED_BUNDLED:
+        return None
+    try:
+        return _http_url(raw)
+    except _Invalid:
+        raise _Invalid(f'must be an http(s) URL, or "{EMBED_BUNDLED}"') from None
 
 
 def _nextcloud_url(raw: str) -> URL:

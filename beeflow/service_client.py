@@ -137,8 +137,9 @@ class ServiceClient:
     async def post_signed(
         self, path: str, body: Any, *, timeout: float = FORWARD_TIMEOUT
     ) -> ServiceReply:
-        """Reference 7.3: `X-Beeflow-Sig: {ts}.{hex}` over "{ts}\\n{METHOD}\\n{path}\\n{body}",
-        where path is the URL path the service receives and body the exact bytes sent."""
+        """`X-Beeflow-Sig: {ts}.{hex}` over "{ts}\\n{METHOD}\\n{path}\\n{body}": the service's
+        connectorSig.js checks the method on the wire, the path as it receives it WITH its query
+        (not decoded: req.originalUrl) and the exact body text."""
         tenant = self._app[keys.TENANT]
         key = tenant.key
         if not key:
@@ -147,7 +148,7 @@ class ServiceClient:
         text = dumps(body)
         ts = int(time.time())
         headers = {
-            SIG_HEADER: sign_outbound(key, ts, "POST", url.raw_path, text),
+            SIG_HEADER: sign_outbound(key, ts, "POST", url.raw_path_qs, text),
             "X-Beeflow-Source": SOURCE,
             "X-Beeflow-NC-Instance-Id": tenant.instance_id or "",
             "Content-Type": "application/json",

@@ -1,4 +1,5 @@
-"""Static SPA serving: the seeds' PUBLIC shell routes, from one directory, nothing outside it."""
+"""The PUBLIC shell routes: each file from the service's front-end host when one is configured
+(beeflow.shell), else from the bundled UI's directory, nothing outside it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from aiohttp import web
 from aiohttp.helpers import ETAG_ANY, ETag
 
-from beeflow import keys
+from beeflow import keys, shell
 from beeflow.appapi import Access, Handler, add_route
 from beeflow.errors import BeeflowError, NotFound
 
@@ -63,7 +64,12 @@ _MAX_PATH: Final = 1024
 # order). Our catch-alls must never answer for them, whatever the registration order becomes.
 RESERVED: Final = frozenset({"js/embed", "js/embed.js", "img/app.svg"})
 
+# Escapes the embed host would decode into a separator or a dot segment.
+_RAW_ESCAPES: Final = re.compile(r"%(?:2e|2f|5c)|\\", re.IGNORECASE)
+
 _ROOT: web.AppKey[SpaRoot] = web.AppKey("spa_root")
+# A full UI built once per prefix (beeflow.shell.builds): one root per build.
+_BUILDS: web.AppKey[dict[str, SpaRoot]] = web.AppKey("spa_builds")
 
 
 class SpaRoot:
@@ -107,7 +113,7 @@ def candidates(configured: Path | None) -> list[Path]:
 
 def find_spa_dir(configured: Path | None, options: Sequence[Path] | None = None) -> Path | None:
     for path in options if options is not None else candidates(configured):
-        if (path / "index.html").is_file():
+        if (path / "index.html").is_file() or shell.builds(path) is not None:
             return path
     if configured is not None:
         log.warning("BEEFLOW_SPA_DIR %s has no index.html: the web UI will answer 404", configured)
@@ -306,26 +312,67 @@ async def send_file(request: web.Request, path: Path, cache_control: str) -> web
 
 
 def _root(request: web.Request) -> SpaRoot:
+    builds = request.app.get(_BUILDS)
+    if builds:
+        return builds[shell.build_for(request, request.app[keys.CONFIG].harp)]
     return request.app[_ROOT]
 
 
+async def _from_host(
+    request: web.Request, relative: str, bundled: Callable[[], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The embed host's answer for a shell file, else the bundled UI's. Only paths the bundled
+    UI could serve are asked for (no dot segments, no encoded separators, nothing reserved for
+    the connector's own routes)."""
+    host = shell.embed_host(request.app)
+    if host is not None and _askable(request, relative):
+        answer = await host.relay(request)
+        if answer is not None:
+            return answer
+    return await bundled()
+
+
+def _askable(request: web.Request, relative: str) -> bool:
+    if relative in RESERVED or len(relative) > _MAX_PATH:
+        return False
+    if _RAW_ESCAPES.search(request.raw_path.partition("?")[0]):
+        return False
+    return not relative or all(_SEGMENT.match(part) for part in relative.split("/"))
+
+
 async def index(request: web.Request) -> web.StreamResponse:
-    return await send_file(request, _root(request).file("index.html"), NO_STORE)
+    async def bundled() -> web.StreamResponse:
+        return await send_file(request, _root(request).file("index.html"), NO_STORE)
+
+    return await _from_host(request, "", bundled)
 
 
 async def favicon(request: web.Request) -> web.StreamResponse:
-    return await send_file(request, _root(request).file("favicon.ico"), REVALIDATE)
+    async def bundled() -> web.StreamResponse:
+        return await send_file(request, _root(request).file("favicon.ico"), REVALIDATE)
+
+    return await _from_host(request, "favicon.ico", bundled)
 
 
 async def logo(request: web.Request) -> web.StreamResponse:
-    return await send_file(request, _root(request).file(request.match_info["name"]), REVALIDATE)
+    name = request.match_info["name"]
+
+    async def bundled() -> web.StreamResponse:
+        return await send_file(request, _root(request).file(name), REVALIDATE)
+
+    return await _from_host(request, name, bundled)
 
 
 def _under(prefix: str, cache_control: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         relative = f"{prefix}/{request.match_info['path']}"
-        path = _root(request).file(relative)
-        return await send_file(request, path, NO_STORE if path.suffix == ".html" else cache_control)
+
+        async def bundled() -> web.StreamResponse:
+            path = _root(request).file(relative)
+            cache = NO_STORE if path.suffix == ".html" else cache_control
+            return await send_file(request, path, cache)
+
+        return await _from_host(request, relative, bundled)
 
     return handler
 
@@ -334,7 +381,13 @@ def setup(app: web.Application) -> None:
     """Register the shell routes (PUBLIC, GET and HEAD). app.py calls this last, so the
     connector-local `/js/embed(.js)` and `/img/app.svg` registered earlier win the match."""
     config = app[keys.CONFIG]
-    app[_ROOT] = SpaRoot(find_spa_dir(config.spa_dir))
+    directory = find_spa_dir(config.spa_dir)
+    app[_ROOT] = SpaRoot(directory)
+    per_prefix = shell.builds(directory) if directory is not None else None
+    if per_prefix is not None:
+        app[_BUILDS] = {name: SpaRoot(path) for name, path in per_prefix.items()}
+    if not config.demo:
+        shell.setup(app)
     routes: list[tuple[str, Handler]] = [
         ("/", index),
         ("/index.html", index),

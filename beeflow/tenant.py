@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,19 +36,28 @@ from beeflow.tasks import spawn
 log = logging.getLogger(__name__)
 
 KEY_FILE: Final = "tenant-key.json"
+# What of a pending verification may be shown (never its id or URLs).
+PUBLIC_PENDING: Final = (
+    "expiresAt",
+    "organizationName",
+    "codeSent",
+    "maskedEmail",
+    "sentVia",
+)
 PENDING_FILE: Final = "pending-bootstrap.json"
 ERROR_FILE: Final = "bootstrap-last-error.json"
 PREVIOUS_FILE: Final = "tenant-key.previous.json"
 BOOTSTRAP_PATH: Final = "/auth/connector/bootstrap"
 
-PENDING_STATES: Final = frozenset({"awaiting_email_verification", "awaiting_admin_approval"})
+PENDING_STATES: Final = frozenset({"awaiting_email_verification"})
 PENDING_GRACE: Final = 300.0  # a pending state is kept until expiresAt + 5 min (reference 6.3)
 DISCOVERY_BATCH: Final = 5
 GENERIC_REMEDIATION: Final = (
     "Open Bee Flow in Nextcloud as an administrator, or read GET /setup/status, for details."
 )
 
-# Service `code` -> category (reference 6.6).
+# The bootstrap's `code`s (the service's auth/connectorBootstrap.js) -> category. The pairing
+# codes keep their own name: each needs its own fix.
 SERVICE_CODES: Final = {
     "nc_capabilities_unreachable": "nc_not_publicly_reachable",
     "nc_capabilities_mismatch": "nc_capabilities_mismatch",
@@ -57,16 +65,28 @@ SERVICE_CODES: Final = {
     "invalid_admin_email": "admin_email_invalid",
     "admin_email_conflict": "admin_email_conflict",
     "too_many_pending_bindings": "too_many_pending",
-    "pending_admin_approval": "awaiting_admin_approval",
     "org_create_failed": "saas_transient",
     "pairing_required": "pairing_required",
+    "pairing_code_invalid": "pairing_code_invalid",
+    "pairing_code_org_gone": "pairing_code_org_gone",
+    "pairing_code_org_already_bound": "pairing_code_org_already_bound",
+    "pairing_code_race": "pairing_code_race",
 }
+PAIRING_HOW: Final = (
+    "An admin of the Bee Flow organisation creates a pairing code on the service (Settings → "
+    "Organisation → Pair a new Nextcloud); enter it on this connector's setup page (Bind to an "
+    "existing organisation)."
+)
 REMEDIATION: Final = {
     "saas_unreachable": (
         "The connector cannot reach the Bee Flow service. Check BEEFLOW_API_BASE_URL and that the "
         "container can make outbound HTTPS connections (DNS, proxy, firewall)."
     ),
-    "saas_transient": "The Bee Flow service had a temporary problem; the connector retries.",
+    "saas_transient": (
+        "The Bee Flow service had a temporary problem (for a new organisation, usually its "
+        "database); the connector retries on its own. If it keeps failing, tell the service's "
+        "operator."
+    ),
     "nc_not_publicly_reachable": (
         "The Bee Flow service could not fetch this Nextcloud's capabilities. Make Nextcloud "
         "reachable from the service, or set BEEFLOW_NC_PUBLIC_URL to a URL it can reach."
@@ -90,8 +110,11 @@ REMEDIATION: Final = {
         "enter a pairing code from that organisation on the setup page (Bind to an existing "
         "organisation), or give the admin another address."
     ),
-    "too_many_pending": "Too many pending bindings: finish or cancel one on the service first.",
-    "awaiting_admin_approval": "An administrator of the Bee Flow organisation must approve it.",
+    "too_many_pending": (
+        "Five connection attempts for this Bee Flow organisation are already waiting for their "
+        "e-mail code. Finish one with its code, or let them expire (30 minutes), then retry from "
+        "the setup page."
+    ),
     "saas_auth_rejected": (
         "The service refused this connector. Check the pairing code or contact Bee Flow support."
     ),
@@ -101,12 +124,37 @@ REMEDIATION: Final = {
         "to an existing organisation)."
     ),
     "pairing_required": (
-        "The Bee Flow service asks for a pairing code: create one in the organisation's settings "
-        "on the service and enter it on the setup page (Bind to an existing organisation)."
+        "This Bee Flow server creates organisations only for Nextclouds it already knows. "
+        + PAIRING_HOW
+        + " Or its operator opens provisioning to new Nextclouds: BEEFLOW_CONNECTOR_PROVISIONING="
+        "open in the server's environment (or its configuration key "
+        "connector_provisioning_mode=open); Bee Flow Cloud is open."
+    ),
+    "pairing_code_invalid": (
+        "The Bee Flow service does not know this pairing code: it is mistyped, expired or used "
+        "already (each code works once). " + PAIRING_HOW
+    ),
+    "pairing_code_org_gone": (
+        "The organisation this pairing code was made for no longer exists on the Bee Flow "
+        "service. Use a code from an existing organisation, or clear BEEFLOW_PAIRING_CODE to "
+        "let the connector create an organisation."
+    ),
+    "pairing_code_org_already_bound": (
+        "The organisation of this pairing code is connected to another Nextcloud already. "
+        "Disconnect it there first (on the Bee Flow service), or use a code from another "
+        "organisation."
+    ),
+    "pairing_code_race": (
+        "Another request used this pairing code at the same moment, so it is spent. Create a "
+        "fresh code on the service and enter it on the setup page."
     ),
     "verification_expired": (
         "The e-mail verification expired or was ended by the service; the connector starts "
-        "again and the service e-mails a new code."
+        "again. Open the setup page as an administrator: the new code is sent to you."
+    ),
+    "unsupported_answer": (
+        "The Bee Flow service answered in a way this connector does not know (an older server "
+        "asking for approval by polling?). Update the connector or the server."
     ),
     "rotation_not_completed": (
         "The new tenant key was not issued: the e-mail verification expired or was ended by the "
@@ -128,7 +176,15 @@ REMEDIATION: Final = {
 
 # Categories an admin resolves by entering a pairing code on the setup page.
 PAIRING_CATEGORIES: Final = frozenset(
-    {"pairing_required", "admin_email_conflict", "tenant_already_provisioned"}
+    {
+        "pairing_required",
+        "admin_email_conflict",
+        "tenant_already_provisioned",
+        "pairing_code_invalid",
+        "pairing_code_org_gone",
+        "pairing_code_org_already_bound",
+        "pairing_code_race",
+    }
 )
 # Categories where the service answered and said no (as opposed to not answering at all).
 REFUSED_CATEGORIES: Final = frozenset(
@@ -172,13 +228,13 @@ class TenantState:
     instance_id: str | None = None
     nc_version: str | None = None
     bound_api_base_url: str | None = None
-    # ok | initialising | provisioning | awaiting_email_verification | awaiting_admin_approval |
-    # failed
+    # ok | initialising | provisioning | awaiting_email_verification | failed
     status: str = "initialising"
     last_error: dict[str, Any] | None = None
     source: str = "none"  # env | cache | bootstrap | none
     provisioned_at: str | None = None
-    # Public fields of a pending (202) bootstrap: expiresAt, maskedEmail, organizationName.
+    # Public fields of a pending (202) bootstrap: expiresAt, organizationName, and once a code
+    # was sent: codeSent, maskedEmail (where it went), sentVia (retarget | resend).
     pending: dict[str, Any] | None = None
     # Set while the key in memory could not be written to the storage.
     store_error: str | None = None
@@ -395,7 +451,6 @@ class Bootstrapper:
         self.store = store
         self._task: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
-        self._poll_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._rebootstrap_lock = asyncio.Lock()
         self._applied = 0  # keys applied so far (a re-bootstrap's success test)
@@ -406,8 +461,6 @@ class Bootstrapper:
         # Backoff after a failure: retry_base * 2^(n-1), capped (tests shorten these).
         self.retry_base = 60.0
         self.retry_cap = 3600.0
-        self.poll_interval = 30.0
-        self.poll_jitter = 5.0
         # A held key's pending verification ends at expiresAt + grace (checked this often).
         self.pending_grace = PENDING_GRACE
         self.expiry_check = 30.0
@@ -610,7 +663,11 @@ class Bootstrapper:
             return
         message = data.get("error") if isinstance(data.get("error"), str) else ""
         code = data.get("code") if isinstance(data.get("code"), str) else None
+        # Our own remediation for the codes we know (they name this connector's setup page);
+        # the service's words for a code we do not.
         remediation = data.get("remediation") if isinstance(data.get("remediation"), str) else None
+        if code in SERVICE_CODES:
+            remediation = None
         if reply.ok:
             message = message or "the service answered without a tenant key"
         if self.pairing_code and isinstance(message, str) and self.pairing_code in message:
@@ -672,17 +729,24 @@ class Bootstrapper:
         self._pending_record = None
         self._applied += 1
         log.info(
-            "tenant key provisioned (fingerprint %s, organisation %s)",
+            "tenant key provisioned (%s; fingerprint %s, organisation %s)",
+            data.get("code") if isinstance(data.get("code"), str) else "ok",
             state.fingerprint,
             state.organization_name or state.organization_id or "?",
         )
 
     async def _enter_pending(self, data: dict[str, Any], meta: NcMeta) -> None:
-        poll_url = data.get("pollUrl") if isinstance(data.get("pollUrl"), str) else None
+        """202 `pending_verification` (connectorBootstrap.js): an organisation on the service
+        matches the admin's address, and a code e-mailed to an admin proves the binding. The
+        service sends NO e-mail yet: the code goes out only when the connector asks (resend, or
+        retarget to the admin doing the setup), see send_code()."""
         verify_url = data.get("verifyUrl") if isinstance(data.get("verifyUrl"), str) else None
-        if not poll_url and not verify_url and data.get("code") != "email_verification_required":
+        pending_id = data.get("pendingId")
+        if not verify_url and not (isinstance(pending_id, str | int) and str(pending_id)):
             raise BootstrapFailure(
-                "saas_response", "Bee Flow service: 202 without a verification or poll URL"
+                "saas_response",
+                "Bee Flow service: 202 without a verification (pendingId, verifyUrl)",
+                category="unsupported_answer",
             )
         record: dict[str, Any] = {
             k: data[k]
@@ -692,14 +756,13 @@ class Bootstrapper:
                 "verifyUrl",
                 "resendUrl",
                 "retargetUrl",
-                "pollUrl",
                 "expiresAt",
-                "maskedEmail",
                 "organizationName",
             )
             if isinstance(data.get(k), str | int)
         }
-        record["kind"] = "poll" if poll_url and not verify_url else "verification"
+        record["kind"] = "verification"
+        record["codeSent"] = False
         record["ncInstanceId"] = meta.instance_id
         if self.state.key:
             # A re-bootstrap holding the key in use: after a restart, load() restores both only
@@ -717,29 +780,23 @@ class Bootstrapper:
 
     def _use_pending(self, record: dict[str, Any]) -> None:
         state = self.state
-        state.pending = {
-            k: record[k] for k in ("expiresAt", "maskedEmail", "organizationName") if k in record
-        }
-        state.pending["kind"] = record["kind"]
+        state.pending = {k: record[k] for k in PUBLIC_PENDING if k in record}
+        state.pending["kind"] = "verification"
         self._pending_record = record
         state.last_error = None
-        if record["kind"] == "poll":
-            state.status = "awaiting_admin_approval"
-            if self._poll_task is None or self._poll_task.done():
-                self._poll_task = spawn(self._poll(record), name="tenant-bootstrap-poll")
-            log.info("bootstrap waits for approval by the Bee Flow organisation's admin")
+        state.status = "awaiting_email_verification"
+        if record.get("codeSent"):
+            log.info("bootstrap waits for the code e-mailed to %s", record.get("maskedEmail"))
         else:
-            state.status = "awaiting_email_verification"
             log.info(
-                "bootstrap waits for e-mail verification (code sent to %s)",
-                record.get("maskedEmail", "the admin"),
+                "bootstrap waits for e-mail verification; no code was sent yet: an administrator "
+                "opening the setup page gets it"
             )
-            if state.key:
-                # Nothing else ends a held key's verification (ensure() never runs with a key).
-                if self._expiry_task is not None and not self._expiry_task.done():
-                    self._expiry_task.cancel()
-                self._expiry_task = spawn(self._expire(record), name="tenant-pending-expiry")
         if state.key:
+            # Nothing else ends a held key's verification (ensure() never runs with a key).
+            if self._expiry_task is not None and not self._expiry_task.done():
+                self._expiry_task.cancel()
+            self._expiry_task = spawn(self._expire(record), name="tenant-pending-expiry")
             log.info(
                 "the tenant key in use (fingerprint %s) stays until the new one is issued",
                 state.fingerprint,
@@ -762,32 +819,6 @@ class Bootstrapper:
                         "the e-mail verification expired", category="verification_expired"
                     )
             return
-
-    async def _poll(self, record: dict[str, Any]) -> None:
-        """Legacy approval: poll until approved, denied/expired (410) or expiry + 5 min."""
-        expires = _parseiso_utc(record.get("expiresAt"))
-        deadline = (expires + PENDING_GRACE) if expires else time.time() + 24 * 3600
-        client = self._app[service_client.SERVICE]
-        url = client.url(str(record["pollUrl"]))
-        while time.time() < deadline:
-            delay = self.poll_interval + random.uniform(-self.poll_jitter, self.poll_jitter)  # noqa: S311
-            await asyncio.sleep(max(min(self.poll_interval, 5.0), delay))
-            try:
-                reply = await client.request(
-                    "GET", url, headers={"X-Beeflow-Source": service_client.SOURCE}, timeout=10.0
-                )
-            except service_client.ServiceCallError as exc:
-                log.debug("bootstrap poll: %s", exc)
-                continue
-            data = reply.data if isinstance(reply.data, dict) else {}
-            if reply.status == 200 and isinstance(data.get("tenantKey"), str):
-                await self._apply_key(data, None)
-                return
-            if reply.status == 410:
-                why = data.get("code") if isinstance(data.get("code"), str) else "denied_or_expired"
-                await self._abandon_pending(f"the pending bootstrap ended: {why}")
-                return
-        await self._abandon_pending("the pending bootstrap expired")
 
     async def _abandon_pending(self, message: str, category: str = "unknown") -> None:
         state = self.state
@@ -866,8 +897,8 @@ class Bootstrapper:
         return record
 
     def _sub_flow_url(self, record: dict[str, Any], name: str) -> str | None:
-        """`{name}Url` of the 202 answer (a path under the service URL), else the reference's
-        default `/auth/connector/bootstrap/pending/{pendingId}/{name}`."""
+        """`{name}Url` of the 202 answer (a path under the service URL), else the service's
+        `/auth/connector/bootstrap/pending/{pendingId}/{name}`."""
         url = record.get(f"{name}Url")
         if isinstance(url, str) and url.startswith("/"):
             return url
@@ -877,10 +908,14 @@ class Bootstrapper:
         return None
 
     async def _sub_flow_failed(self, reply: service_client.ServiceReply) -> dict[str, Any]:
-        """A verify or resend answer that is not a success; 404/410 end the pending state (the
-        service no longer knows it), which schedules a fresh bootstrap."""
+        """A verify, resend or retarget answer that is not a success. 404 (`not_found`), 410
+        (`expired`, `org_gone`) and 409 `not_verification` / `already_bound` mean the service no
+        longer has this verification: the pending state ends (a fresh bootstrap follows)."""
         data = reply.data if isinstance(reply.data, dict) else {}
-        if reply.status in (404, 410):
+        code = data.get("code")
+        if reply.status in (404, 410) or (
+            reply.status == 409 and code in ("not_verification", "already_bound")
+        ):
             await self._abandon_pending(
                 f"the e-mail verification ended: HTTP {reply.status}"
                 + (f" {data['code']}" if isinstance(data.get("code"), str) else ""),
@@ -920,9 +955,10 @@ class Bootstrapper:
             return out
 
     async def resend(self) -> dict[str, Any]:
-        """POST {resendUrl} (reference 6.4 step 5): the service e-mails a new code. Returns
-        {ok, expiresAt, maskedEmail, emailSent}, or {ok: False, status, code, error}."""
-        return await self._new_code("resend", {}, "sent again")
+        """POST {resendUrl}: the service e-mails a new code to the address its pending row holds
+        (the bootstrap's admin, or whoever it was retargeted to). Returns {ok, expiresAt,
+        maskedEmail, emailSent, sentVia}, or {ok: False, status, code, error}."""
+        return await self._new_code("resend", {}, "sent to the address the service holds")
 
     def verification_pending(self) -> bool:
         """An e-mail verification is waiting for a code (the setup page's code field)."""
@@ -933,11 +969,22 @@ class Bootstrapper:
         return True
 
     async def retarget(self, email: str, uid: str, display_name: str) -> dict[str, Any]:
-        """POST {retargetUrl} {"email", "uid", "displayName"} (reference 6.4 step 5): the service
-        sends the code to the admin actually doing the setup instead. Returns {ok, expiresAt,
-        maskedEmail, emailSent}, or {ok: False, status, code, error}."""
+        """POST {retargetUrl} {"email", "uid", "displayName"}: the service e-mails the code to
+        the admin doing the setup (if that address belongs to the organisation: 403
+        email_not_in_org otherwise). Same answer as resend()."""
         body = {"email": email, "uid": uid, "displayName": display_name}
-        return await self._new_code("retarget", body, "sent to the setup admin instead")
+        return await self._new_code("retarget", body, "sent to the admin doing the setup")
+
+    async def send_code(self, user: NcUser | None) -> dict[str, Any]:
+        """Send the pending verification's code where it helps most: to `user` (the admin doing
+        the setup) when they have an address, else to the address the service holds."""
+        if user is not None and user.email:
+            return await self.retarget(user.email, user.uid, user.display_name or user.uid)
+        return await self.resend()
+
+    def code_sent(self) -> bool:
+        record = self._pending_record
+        return bool(record and record.get("codeSent"))
 
     async def _new_code(self, kind: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         """Ask the service for a new code through the pending record's `kind` URL."""
@@ -954,9 +1001,11 @@ class Bootstrapper:
             data = reply.data if isinstance(reply.data, dict) else {}
             if not reply.ok or data.get("ok") is False:
                 return await self._sub_flow_failed(reply)
-            fresh = {
+            fresh: dict[str, Any] = {
                 k: data[k] for k in ("expiresAt", "maskedEmail") if isinstance(data.get(k), str)
             }
+            fresh["codeSent"] = data.get("emailSent") is not False
+            fresh["sentVia"] = kind
             record.update(fresh)
             await self._persist_pending(record)
             if self.state.pending is not None:
@@ -967,7 +1016,8 @@ class Bootstrapper:
                 "ok": True,
                 "expiresAt": record.get("expiresAt"),
                 "maskedEmail": record.get("maskedEmail"),
-                "emailSent": data.get("emailSent") is not False,
+                "emailSent": fresh["codeSent"],
+                "sentVia": kind,
             }
 
     # -- re-bootstrap (reference 6.7)
@@ -991,9 +1041,8 @@ class Bootstrapper:
         async with self._rebootstrap_lock:
             if self._task is not None and not self._task.done():
                 await asyncio.shield(self._task)
-            for task in (self._retry_task, self._poll_task):
-                if task is not None and not task.done():
-                    task.cancel()
+            if self._retry_task is not None and not self._retry_task.done():
+                self._retry_task.cancel()
             state = self.state
             saved = attrs.evolve(state)
             saved_failures, saved_pairing = self.failures, self.pairing_code
@@ -1116,12 +1165,9 @@ class Bootstrapper:
             state.status = "failed"
 
     def _resumable(self, pending: dict[str, Any]) -> bool:
-        """Reference 6.3: a verification, or a poll with its URL, until expiresAt + 5 min."""
+        """A verification, until expiresAt + 5 min."""
         expires = _parseiso_utc(pending.get("expiresAt"))
-        kind = pending.get("kind")
-        usable = kind in ("poll", "verification") and (
-            kind == "verification" or isinstance(pending.get("pollUrl"), str)
-        )
+        usable = pending.get("kind") == "verification"
         return usable and (expires is None or time.time() <= expires + self.pending_grace)
 
     def _pin_api_base(self) -> None:
@@ -1149,7 +1195,7 @@ class Bootstrapper:
         api_base.source = "bound"
 
     async def close(self) -> None:
-        tasks = (self._task, self._retry_task, self._poll_task, self._expiry_task)
+        tasks = (self._task, self._retry_task, self._expiry_task)
         for task in tasks:
             if task is not None and not task.done():
                 task.cancel()

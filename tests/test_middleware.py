@@ -60,7 +60,9 @@ async def test_rate_limit_error_carries_retry_after(conn: RunningConnector) -> N
 
 
 async def test_unrouted_paths_and_methods_get_json_codes(conn: RunningConnector) -> None:
-    async with await conn.request("GET", "/definitely/not/here") as resp:
+    # Every path outside the connector's own belongs to the service (the USER catch-all): an
+    # unknown one of the connector's is a JSON 404 from the connector itself.
+    async with await conn.request("GET", "/setup/definitely-not-here") as resp:
         assert resp.status == 404
         assert (await resp.json())["code"] == "not_found"
     async with await conn.request("DELETE", "/heartbeat") as resp:

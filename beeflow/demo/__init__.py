@@ -94,6 +94,8 @@ class Demo:
             "APP_PERSISTENT_STORAGE": str(storage),
             "NEXTCLOUD_URL": base,
             "BEEFLOW_TENANT_KEY": self.tenant_key,
+            # The demo serves the UI bundled with the connector, never the network's.
+            "BEEFLOW_EMBED_BASE_URL": "bundled",
         }
 
     async def stop(self) -> None:

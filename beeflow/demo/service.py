@@ -1,6 +1,15 @@
 """DEMO STAND-IN of the Bee Flow service (not the real service): health, a streaming chat reply
-and conversation rename, enough for `serve --demo` and the browser tests. It checks the
-connector's per-user JWT (HS256 with the tenant key) so the demo exercises the real auth path."""
+and conversation rename, on the real service's paths and with its rules for the connector's
+per-user JWT (Bee-Flow/Bee-Flow server/: index.js, routes/ai/directChat/*, auth/connectorJwt.js),
+enough for `serve --demo` and the browser tests:
+
+* `GET /api/health` -> `{status, timestamp, appVersion, otel}`;
+* `POST /ai/chat/direct/stream` -> SSE `conversation_created`, `content {text}`..., `done`;
+  `PATCH /ai/direct/conversations/<id>` with `{title}` -> `{success: true}`;
+* the token counts only with `X-Beeflow-Source: nextcloud-connector`; HS256 with the tenant key;
+  `exp`/`nbf` when present, `iss`/`aud` only when present; no `email` -> 400 "Connector token
+  missing email claim"; no valid token on a user route -> 401 `{"error": "Not authenticated"}`;
+* an unknown `/api/*` or `/auth/*` path -> 404 `{"error": "Not found"}`."""
 
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from yarl import URL
 from beeflow.demo.loopback import serve_loopback
 from beeflow.signing import JWT_AUDIENCE, JWT_ISSUER
 
-VERSION: Final = "demo-1"
+VERSION: Final = "demo-1"  # the stand-in's appVersion (the real one reports its build sha)
 MAX_MESSAGE: Final = 4000
 
 # Awaited before each streamed piece (index from 0); tests replace it to step the stream.
@@ -34,7 +43,8 @@ def _b64decode(part: str) -> bytes:
 
 
 def verify_jwt(token: str, key: str, *, now: float | None = None) -> dict[str, Any] | None:
-    """The claims of a valid HS256 token from the connector, else None."""
+    """The claims of a token the service would accept (connectorJwt.js _verifyHs256), else
+    None."""
     try:
         header_b64, payload_b64, sig_b64 = token.split(".")
         header = json.loads(_b64decode(header_b64))
@@ -44,15 +54,21 @@ def verify_jwt(token: str, key: str, *, now: float | None = None) -> dict[str, A
         return None
     if not isinstance(header, dict) or header.get("alg") != "HS256" or not isinstance(claims, dict):
         return None
+    if header.get("typ") and header.get("typ") != "JWT":
+        return None
     signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
     expected = hmac.new(key.encode("utf-8"), signing_input, hashlib.sha256).digest()
     if not hmac.compare_digest(expected, signature):
         return None
-    moment = time.time() if now is None else now
-    exp = claims.get("exp")
-    if not isinstance(exp, int | float) or exp < moment:
+    moment = int(time.time() if now is None else now)
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    if isinstance(exp, int | float) and exp and moment >= exp:
         return None
-    if claims.get("aud") != JWT_AUDIENCE or claims.get("iss") != JWT_ISSUER:
+    if isinstance(nbf, int | float) and nbf and moment < nbf:
+        return None
+    if claims.get("iss") and claims.get("iss") != JWT_ISSUER:
+        return None
+    if claims.get("aud") and claims.get("aud") != JWT_AUDIENCE:
         return None
     return claims
 
@@ -81,6 +97,18 @@ class Seen:
     claims: dict[str, Any] | None
 
 
+class _Refusal(web.HTTPException):
+    """A JSON `{"error": ...}` answer with any status (the service's error body)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status_code = status
+        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.HTTPException:
+    return _Refusal(status, message)
+
+
 class DemoService:
     """Runs on 127.0.0.1 (ephemeral port). `pace` sets the streaming rhythm."""
 
@@ -106,19 +134,28 @@ class DemoService:
         del self.seen[:-200]
 
     def _user(self, request: web.Request) -> dict[str, Any]:
+        claims: dict[str, Any] | None = None
         auth = request.headers.get("Authorization", "")
-        claims = verify_jwt(auth[7:], self.tenant_key) if auth.startswith("Bearer ") else None
+        marked = request.headers.get("X-Beeflow-Source") == "nextcloud-connector"
+        if marked and auth.lower().startswith("bearer "):
+            claims = verify_jwt(auth[7:].strip(), self.tenant_key)
+            if claims is None:
+                self._record(request, None)
+                raise _error(401, "Connector token rejected: no matching tenant key")
+            if not claims.get("email"):
+                self._record(request, claims)
+                raise _error(400, "Connector token missing email claim")
         self._record(request, claims)
         if claims is None:
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"code": "invalid_token", "error": "Invalid or missing token"}),
-                content_type="application/json",
-            )
+            raise _error(401, "Not authenticated")
         return claims
 
     async def health(self, request: web.Request) -> web.Response:
         self._record(request, None)
-        return web.json_response({"status": "ok", "version": VERSION, "tier": "demo"})
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        return web.json_response(
+            {"status": "ok", "timestamp": stamp, "appVersion": VERSION, "otel": False}
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         claims = self._user(request)
@@ -127,9 +164,12 @@ class DemoService:
         except ValueError:
             body = None
         message = body.get("message") if isinstance(body, dict) else None
-        if not isinstance(message, str) or not message.strip() or len(message) > MAX_MESSAGE:
+        if not isinstance(message, str) or not message.strip():
+            return web.json_response({"error": "Message or attachments required"}, status=400)
+        if len(message) > MAX_MESSAGE:
             return web.json_response(
-                {"code": "invalid_message", "error": "Send {message: text}"}, status=400
+                {"error": f"The demo answers messages of up to {MAX_MESSAGE} characters"},
+                status=400,
             )
         conversation = body.get("conversationId") if isinstance(body, dict) else None
         response = web.StreamResponse(
@@ -157,32 +197,31 @@ class DemoService:
         self._user(request)
         conversation = request.match_info["id"]
         if conversation not in self.conversations:
-            return web.json_response(
-                {"code": "not_found", "error": "No such conversation"}, status=404
-            )
+            return web.json_response({"error": "Conversation not found"}, status=404)
         try:
             body = await request.json()
         except ValueError:
             body = None
-        title = body.get("title") if isinstance(body, dict) else None
-        if not isinstance(title, str) or not title.strip():
-            return web.json_response({"code": "invalid_title", "error": "Send {title}"}, status=400)
-        self.conversations[conversation] = title.strip()[:200]
-        return web.json_response({"id": conversation, "title": self.conversations[conversation]})
+        if not isinstance(body, dict) or set(body) - {"title", "pinned", "labels"}:
+            return web.json_response(
+                {"error": "Send {title}", "code": "invalid_request"}, status=400
+            )
+        title = body.get("title")
+        if isinstance(title, str) and title.strip():
+            self.conversations[conversation] = title.strip()[:200]
+        return web.json_response({"success": True})
 
     async def other(self, request: web.Request) -> web.Response:
         self._record(request, None)
-        return web.json_response(
-            {"code": "not_found", "error": "The demo service only knows chat"}, status=404
-        )
+        return web.json_response({"error": "Not found"}, status=404)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> URL:
         app = web.Application()
         app.router.add_get("/api/health", self.health)
-        app.router.add_post("/api/ai/chat/direct/stream", self.chat)
-        app.router.add_patch("/api/ai/direct/conversations/{id}", self.rename)
+        app.router.add_post("/ai/chat/direct/stream", self.chat)
+        app.router.add_patch("/ai/direct/conversations/{id}", self.rename)
         app.router.add_route("*", "/{tail:.*}", self.other)
         self._runner, self.url = await serve_loopback(app)
         return self.url

@@ -1,10 +1,13 @@
-"""/api/* and /auth/* proxy to the Bee Flow service, as the Nextcloud user, with a per-user JWT."""
+"""The proxy to the Bee Flow service, as the Nextcloud user, with a per-user JWT: every path the
+connector does not own (the service's UI calls /ai, /agents, /components, /reports, /apps, ...
+besides /api and /auth), registered last as the manifest's USER catch-all."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -17,14 +20,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from beeflow import keys
+from beeflow import keys, shell
 from beeflow.appapi import Access, add_route
 from beeflow.config import Config
 from beeflow.errors import (
     BadGateway,
     BadRequest,
     BeeflowError,
+    Forbidden,
+    MethodNotAllowed,
     NextcloudError,
+    NotFound,
     ServiceUnavailable,
 )
 from beeflow.nextcloud import NcUser
@@ -48,9 +54,36 @@ from beeflow.tenant import TenantState
 
 log = logging.getLogger(__name__)
 
-PREFIXES: Final = ("/api", "/auth")
 # HEAD is listed for HaRP (any verb passes it); the PHP proxy has no PATCH and no HEAD.
 METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
+# What the connector serves itself and never forwards, whatever the verb: the UI shell and its
+# files, the setup page, the lifecycle, AppAPI's server-side calls, the hooks and the /nc proxy.
+# Matched case-insensitively on the decoded path with repeated slashes collapsed (Nextcloud's
+# PHP router matches case-insensitively; aiohttp decodes before routing).
+CONNECTOR_OWNED: Final = re.compile(
+    r"^/(?:$|index\.html$|favicon\.ico$|bee-?flow-logo|assets(?:/|$)|js(?:/|$)|img(?:/|$)"
+    r"|setup(?:/|$)|heartbeat(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
+    r"|files-action(?:/|$)|hooks(?:/|$)|webhook(?:/|$)|nc(?:/|$))",
+    re.IGNORECASE,
+)
+_SLASHES: Final = re.compile(r"/{2,}")
+# The same paths as an aiohttp route pattern (`/{tail:...}`), for the refusal route.
+_OWNED_TAIL: Final = (
+    r"(?i:(?:index\.html|favicon\.ico|bee-?flow-logo[^/]*|(?:assets|js|img|setup|heartbeat"
+    r"|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
+)
+# The UI's @nextcloud/l10n asks for these; the service has no use for them (reference 1.2
+# item 17): answered here with no translations.
+L10N_PATHS: Final = (
+    "/api/languages/user/locales",
+    "/api/languages/user/strings/{lang}",
+    "/api/languages/public/strings/{lang}",
+)
+L10N_BODY: Final = {"translations": {}, "pluralForm": "nplurals=2; plural=(n != 1);"}
+EMAIL_REQUIRED: Final = (
+    "Your Nextcloud account has no e-mail address, and Bee Flow signs you in by it. Add one "
+    "under Personal settings in Nextcloud (or ask your administrator to), then reload."
+)
 SERVICE_NAME: Final = "The Bee Flow service"
 SOURCE: Final = "nextcloud-connector"
 # Concurrent connections to the service. Every open chat stream holds one for its lifetime, so
@@ -184,7 +217,7 @@ def effective_method(request: web.BaseRequest) -> str:
 
 def target_url(base: URL, request: web.BaseRequest) -> URL:
     """The service URL for this request: base + the path and query exactly as received, then
-    checked to still lie under base + /api/ or /auth/."""
+    checked to still lie under the base URL."""
     raw_path = request.rel_url.raw_path
     # Decoded once, with "\" read as "/" (browsers' and Node's URL parsers do, for http):
     # "/api/..%2fauth" or "/api/..\admin" must not step out of /api/ at the service either.
@@ -192,7 +225,7 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
         segment in (".", "..") for segment in unquote(raw_path).replace("\\", "/").split("/")
     ):
         raise BadRequest("Dot segments are not allowed in the path", code="bad_path")
-    base_path, allowed = _base_parts(base)
+    base_path = _base_path(base)
     url = URL.build(
         scheme=base.scheme,
         host=base.raw_host or "",
@@ -205,17 +238,21 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
         url.raw_host != base.raw_host
         or url.port != base.port
         or url.scheme != base.scheme
-        or not url.raw_path.startswith(allowed)
+        or not url.raw_path.startswith(base_path + "/")
     ):
         raise BadRequest("This path is not proxied", code="bad_path")
     return url
 
 
 @functools.lru_cache(maxsize=8)
-def _base_parts(base: URL) -> tuple[str, tuple[str, ...]]:
-    """The base path without its trailing slash, and the proxied prefixes under it."""
-    base_path = base.raw_path.rstrip("/")
-    return base_path, tuple(base_path + prefix + "/" for prefix in PREFIXES)
+def _base_path(base: URL) -> str:
+    """The base path without its trailing slash."""
+    return base.raw_path.rstrip("/")
+
+
+def is_connector_owned(path: str) -> bool:
+    """A path the connector answers itself (any verb) and never forwards to the service."""
+    return CONNECTOR_OWNED.match(_SLASHES.sub("/", path)) is not None
 
 
 def upstream_headers(
@@ -277,9 +314,14 @@ def is_navigation(request: web.BaseRequest) -> bool:
     return "text/html" in request.headers.get("Accept", "").lower()
 
 
-def spa_index(config: Config) -> Path:
+def spa_index(config: Config, request: web.BaseRequest) -> Path:
+    """The bundled UI's index.html for this request (the build matching its routing when the
+    UI was built once per prefix)."""
     # beeflow/proxy/saas.py -> the repository (or image) root, where spa/ sits next to beeflow/
     root = config.spa_dir or Path(__file__).resolve().parents[2] / "spa"
+    builds = shell.builds(root)
+    if builds is not None:
+        root = builds[shell.build_for(request, config.harp)]
     return root / "index.html"
 
 
@@ -290,9 +332,9 @@ def _read_shell(path: Path) -> bytes:
         return SHELL_FALLBACK
 
 
-async def shell_response(config: Config) -> web.Response:
+async def shell_response(config: Config, request: web.BaseRequest) -> web.Response:
     """The UI shell while the connector cannot proxy yet: the SPA renders its own notice."""
-    body = await asyncio.to_thread(_read_shell, spa_index(config))
+    body = await asyncio.to_thread(_read_shell, spa_index(config, request))
     return web.Response(
         body=body,
         content_type="text/html",
@@ -305,13 +347,17 @@ async def shell_response(config: Config) -> web.Response:
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
+    if is_connector_owned(request.path):
+        # A verb or a sub-path the connector's own routes do not take (PUT /setup, POST
+        # /assets/x, /nc without a route): answered here, never forwarded.
+        raise NotFound("This path is served by the connector, not forwarded", code="not_found")
     app = request.app
     config = app[keys.CONFIG]
     tenant = app[keys.TENANT]
     key = tenant.key
     if not key:
         if is_navigation(request):
-            return await shell_response(config)
+            return await shell_response(config, request)
         raise ServiceUnavailable(
             "The connector is not connected to the Bee Flow service yet; try again shortly",
             code="tenant_key_missing",
@@ -323,10 +369,16 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     except NextcloudError as exc:
         log.warning("user lookup for the proxy failed (%s)", exc.kind)
         if is_navigation(request):
-            return await shell_response(config)
+            return await shell_response(config, request)
         raise BadGateway(
             "Could not look up the Nextcloud user", code="user_lookup_failed"
         ) from None
+    if not user.email:
+        # The service signs users in by e-mail and refuses a token without one (400 "Connector
+        # token missing email claim"): say why, in words the UI can show, without asking it.
+        if is_navigation(request):
+            return await shell_response(config, request)
+        raise Forbidden(EMAIL_REQUIRED, code="nextcloud_email_missing")
     refuse_encoded_body(request)
     jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
     url = target_url(app[keys.API_BASE].url, request)
@@ -360,13 +412,46 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _l10n(request: web.Request) -> web.Response:
+    return web.json_response(L10N_BODY)
+
+
 def setup(app: web.Application) -> None:
-    """The pooled service client (cleanup_ctx), the token cache, and the USER routes."""
+    """The pooled service client (cleanup_ctx), the token cache and the l10n answers. The
+    forwarding routes come last of all: setup_catch_all()."""
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
     app[_RELAY_OPTIONS] = relay_options(app[keys.CONFIG])  # once, not per request
     app[_STATS] = ProxyStats(harp=app[keys.CONFIG].harp)
     app.setdefault(keys.HEALTH, {})["serviceProxy"] = app[_STATS].health
-    for prefix in PREFIXES:
-        for method in METHODS:
-            add_route(app, method, prefix + "/{tail:.*}", _proxy, Access.USER)
+    for path in L10N_PATHS:
+        add_route(app, "GET", path, _l10n, Access.USER)
+
+
+async def _owned(request: web.Request) -> web.Response:
+    """A connector path no connector route took (a verb its route does not take, a sub-path it
+    does not have): answered here for anyone, never forwarded. 405 with Allow when a connector
+    route has the path under other verbs, else 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        handlers = {route.handler for route in resource}
+        if handlers & {_owned, _proxy}:
+            continue
+        _, methods = await resource.resolve(request)
+        allowed |= methods
+    if allowed:
+        raise MethodNotAllowed(
+            "This connector path does not take " + request.method,
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
+    raise NotFound("No such connector path", code="not_found")
+
+
+def setup_catch_all(app: web.Application) -> None:
+    """The manifest's last route, `^\\/?.*` as USER: everything no other route took. aiohttp
+    tries resources in registration order, so this must be registered after every other
+    feature. Before it, a PUBLIC refusal route takes the rest of the connector's own paths;
+    the forwarding handler checks again (a path aiohttp routes differently, e.g. `//setup`)."""
+    add_route(app, "*", "/{tail:" + _OWNED_TAIL + "}", _owned, Access.PUBLIC)
+    for method in METHODS:
+        add_route(app, method, "/{tail:.*}", _proxy, Access.USER)

@@ -1,4 +1,6 @@
-"""The picker's connectivity test: GET {url}/api/health, 5 s, redirects NOT followed."""
+"""The picker's connectivity test: GET {url}/api/health, 5 s, redirects NOT followed. The
+service answers `{status, timestamp, appVersion, otel}` (its index.js): `appVersion` is the
+build (APP_BUILD_SHA, empty when the operator did not set one)."""
 
 from __future__ import annotations
 
@@ -64,8 +66,7 @@ async def probe(session: aiohttp.ClientSession, base: URL) -> dict[str, Any]:
                 out["error"] = f"The server answered HTTP {resp.status}"
             else:
                 out["ok"] = True
-            out["version"] = _field(body, "version")
-            out["tier"] = _field(body, "tier")
+            out["appVersion"] = _field(body, "appVersion")
     except TimeoutError:
         out["code"], out["error"] = "timeout", f"No answer within {TIMEOUT:g} s"
     except aiohttp.ClientConnectorError as exc:

@@ -18,7 +18,15 @@
     return document.getElementById(id);
   }
 
-  var state = { cloudUrl: "", locked: false, loaded: false, tenant: {}, acting: false, timer: 0 };
+  var state = {
+    cloudUrl: "",
+    locked: false,
+    loaded: false,
+    tenant: {},
+    acting: false,
+    timer: 0,
+    autoSent: false,
+  };
 
   function show(text, kind, id) {
     var el = $(id || "result");
@@ -71,16 +79,13 @@
   function tenantText(tenant) {
     if (tenant.previousKeyInUse) {
       // A rotation (or pairing) waits for the service; the key in use keeps working.
-      return tenant.status === "awaiting_admin_approval"
-        ? "Connected (the new key waits for approval)"
-        : "Connected (the new key waits for e-mail verification)";
+      return "Connected (the new key waits for e-mail verification)";
     }
     var labels = {
       ok: "Connected",
       initialising: "Connecting\u2026",
       provisioning: "Connecting\u2026",
       awaiting_email_verification: "Waiting for e-mail verification",
-      awaiting_admin_approval: "Waiting for approval",
       failed: "Failed",
     };
     return labels[tenant.status] || tenant.status || "unknown";
@@ -97,11 +102,15 @@
     email_not_in_org:
       "The Bee Flow service does not send the code to your address: it does not belong to the organisation.",
     retarget_refused: "The Bee Flow service refused to send the code to your address.",
+    too_many_attempts: "Too many wrong codes: send a new code, then enter the new one.",
+    admin_email_conflict:
+      "The code is right, but the administrator's address belongs to another Bee Flow organisation.",
     user_lookup_failed: "Your Nextcloud account could not be read; try again in a moment.",
     no_pending_verification: "No e-mail verification is pending any more.",
     bootstrap_running: "The connector is provisioning right now; try again in a moment.",
     saas_unreachable: "The Bee Flow service could not be reached; check the service above and try again.",
-    service_rate_limited: "The Bee Flow service asks to wait before trying again.",
+    service_rate_limited:
+      "The Bee Flow service sends at most 5 codes in 15 minutes: wait a few minutes and try again.",
     service_error: "The Bee Flow service had a problem; try again later.",
     rate_limited: "Too many attempts from this account; wait a few minutes and try again.",
     invalid_pairing_code: "A pairing code looks like ABCD-EFGH: 4 letters or digits, a dash, 4 more.",
@@ -121,8 +130,13 @@
     cross_site_request_blocked: "The request was blocked: open this page from Nextcloud itself.",
   };
 
+  // Each bootstrap refusal that a pairing code fixes; the remediation from the connector follows.
   var PAIRING_WHY = {
-    pairing_required: "The Bee Flow service asks for a pairing code before it connects this Nextcloud.",
+    pairing_required: "This Bee Flow server asks for a pairing code before it connects a new Nextcloud.",
+    pairing_code_invalid: "The Bee Flow service did not accept the pairing code.",
+    pairing_code_org_gone: "The organisation of the pairing code no longer exists.",
+    pairing_code_org_already_bound: "The organisation of the pairing code is connected to another Nextcloud.",
+    pairing_code_race: "The pairing code was used by another request at the same moment.",
     admin_email_conflict:
       "The administrator's e-mail address already belongs to another Bee Flow organisation. A " +
       "pairing code from that organisation binds this Nextcloud to it (or give the admin another address).",
@@ -165,8 +179,8 @@
     } else if (tenant.status === "failed" && (err.remediation || err.error)) {
       // With the pairing card on screen its own text explains the fix; elsewhere the remediation.
       var fix = tenant.pairingSuggested ? "Enter a pairing code below." : err.remediation || "";
-      problem.textContent =
-        (err.error ? err.error + ". " : "") + fix + (err.category ? " [" + err.category + "]" : "");
+      var said = err.error ? err.error + (/[.!?]$/.test(err.error) ? " " : ". ") : "";
+      problem.textContent = said + fix + (err.category ? " [" + err.category + "]" : "");
       problem.hidden = false;
     } else {
       problem.hidden = true;
@@ -176,8 +190,12 @@
     var verifying = tenant.status === "awaiting_email_verification" && pending.kind === "verification";
     $("verify-card").hidden = !verifying;
     if (verifying) {
-      $("verify-email").textContent = pending.maskedEmail || "the administrator";
       $("verify-org").textContent = pending.organizationName || tenant.organizationName || "\u2013";
+      $("verify-where").textContent = pending.codeSent
+        ? "A code was sent to " +
+          (pending.maskedEmail || "the administrator") +
+          (pending.sentVia === "retarget" ? " (an administrator's own address)." : " (the address the service holds).")
+        : "No code has been sent yet.";
       var expiry = "";
       if (pending.expired) {
         expiry = "The code has expired: send a new one.";
@@ -194,16 +212,24 @@
     $("verify-form").disabled = locked || busy || state.acting;
 
     $("pair-card").hidden = !tenant.pairingSuggested;
-    $("pair-why").textContent = PAIRING_WHY[err.category] || err.remediation || "";
+    var why = PAIRING_WHY[err.category] || "";
+    $("pair-why").textContent = why && err.remediation ? why + " " + err.remediation : why || err.remediation || "";
     $("pair-form").disabled = locked || busy || state.acting;
 
     $("key-lock").hidden = !locked;
     $("rotate").disabled = locked || busy || state.acting;
 
+    // The service e-mails no code by itself: the first administrator to open this page while
+    // a verification waits gets one (once per page load; the buttons send more).
+    if (verifying && !pending.codeSent && !pending.expired && !locked && !busy && !state.acting && !state.autoSent) {
+      state.autoSent = true;
+      window.setTimeout(requestCode, 0);
+    }
+
     // Follow a running provisioning until it settles.
     window.clearTimeout(state.timer);
-    if (busy || tenant.status === "initialising" || tenant.status === "awaiting_admin_approval") {
-      state.timer = window.setTimeout(refresh, tenant.status === "awaiting_admin_approval" ? 10000 : 1500);
+    if (busy || tenant.status === "initialising") {
+      state.timer = window.setTimeout(refresh, 1500);
     }
   }
 
@@ -278,8 +304,7 @@
 
   function describeProbe(p) {
     if (p.ok) {
-      var extra = [p.version && "version " + p.version, p.tier && "tier " + p.tier].filter(Boolean);
-      return "Connection OK (HTTP " + p.status + (extra.length ? ", " + extra.join(", ") : "") + ")";
+      return "Connection OK (HTTP " + p.status + (p.appVersion ? ", build " + p.appVersion : "") + ")";
     }
     return "Connection failed: " + (p.error || "no answer") + (p.code ? " [" + p.code + "]" : "");
   }
@@ -409,8 +434,8 @@
         return;
       }
       var text = res.data.emailSent
-        ? "A new code was sent to " + (res.data.maskedEmail || "the administrator") + "."
-        : "The service did not send an e-mail; try again later.";
+        ? "A new code was sent to " + (res.data.maskedEmail || "the administrator") + " (the address the service holds)."
+        : "The service could not send the e-mail; try again later.";
       if (res.data.expiresAt) {
         text += " It is valid until " + when(res.data.expiresAt) + ".";
       }
@@ -419,7 +444,7 @@
   }
 
   function requestCode() {
-    return act("verify-result", "Sending a code to your address\u2026", async function () {
+    return act("verify-result", "Sending a code\u2026", async function () {
       var res = await call("POST", "setup/request-verification-code", {});
       if (!res.ok || !res.data) {
         if (!ended(res)) {
@@ -427,14 +452,29 @@
         }
         return;
       }
+      var where =
+        res.data.sentVia === "retarget"
+          ? "your address " + (res.data.maskedEmail || "")
+          : (res.data.maskedEmail || "the administrator") +
+            " (you have no e-mail address in Nextcloud, so it went to the address the service holds)";
       var text = res.data.emailSent
-        ? "A new code was sent to your address " + (res.data.maskedEmail || "") + "."
-        : "The service did not send an e-mail; try again later.";
+        ? "A code was sent to " + where + "."
+        : "The service could not send the e-mail; try again later.";
       if (res.data.expiresAt) {
         text += " It is valid until " + when(res.data.expiresAt) + ".";
       }
       show(text, res.data.emailSent ? "ok" : "error", "verify-result");
     });
+  }
+
+  // Where the code of a new verification went (the connector sent it to the admin who acted).
+  function sentText(data) {
+    var pending = data.pending || {};
+    if (pending.codeSent) {
+      return "a code was sent to " + (pending.maskedEmail || "the administrator") + "; enter it above.";
+    }
+    var problem = data.sendProblem ? " (" + (MESSAGES[data.sendProblem.code] || data.sendProblem.error) + ")" : "";
+    return "no code could be sent yet" + problem + "; use the buttons above.";
   }
 
   function applyPairing() {
@@ -452,7 +492,8 @@
       input.value = "";
       if (res.data.status === "awaiting_email_verification") {
         show(
-          "The service asks to confirm an e-mail address first: see the code field above." +
+          "The service asks to confirm an e-mail address first: " +
+            sentText(res.data) +
             (res.data.previousKeyInUse ? " The current key stays in use until then." : ""),
           "info",
           "pair-result"
@@ -486,7 +527,8 @@
       }
       if (res.data.status === "awaiting_email_verification") {
         show(
-          "The service asks to confirm an e-mail address before it issues the new key: enter the code above." +
+          "The service asks to confirm an e-mail address before it issues the key: " +
+            sentText(res.data) +
             (res.data.previousKeyInUse ? " The current key stays in use until then." : ""),
           "info",
           "rotate-result"
@@ -494,7 +536,11 @@
         return;
       }
       show(
-        "New key in use (fingerprint " + res.data.fingerprint + "; was " + (res.data.previousFingerprint || "none") + ").",
+        res.data.keyChanged === false
+          ? "The Bee Flow service confirmed the key in use (fingerprint " +
+              res.data.fingerprint +
+              "): it keeps one key per organisation."
+          : "New key in use (fingerprint " + res.data.fingerprint + "; was " + (res.data.previousFingerprint || "none") + ").",
         "ok",
         "rotate-result"
       );

@@ -23,7 +23,7 @@ from beeflow.tenant import fingerprint
 from tests.browser.conftest import Console, shot_path
 from tests.demo.stack import DemoStack, start_demo_stack
 from tests.fakes.service import FakeService
-from tests.fakes.service_control import EXPIRES_AT, PAIRED_KEY, PROVISIONED_KEY, ServiceControl
+from tests.fakes.service_control import PAIRED_KEY, PROVISIONED_KEY, ServiceControl
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -70,7 +70,7 @@ async def test_setup_flow(browser: Any, stack: DemoStack) -> None:
     # Test connection: OK.
     await page.click("#test")
     text = await result(page, "ok")
-    assert text == "Connection OK (HTTP 200, version demo-1, tier demo)"
+    assert text == "Connection OK (HTTP 200, build demo-1)"
     await page.screenshot(path=shot_path("setup-test-ok.png"))
 
     # Test connection: nothing listens there.
@@ -173,7 +173,7 @@ class TenantStack:
 
 
 async def start_tenant_stack(control: ServiceControl) -> TenantStack:
-    service = FakeService(extra_routes=control.routes())
+    service = FakeService(control=control)
     await service.start()
     demo = Demo(delay=0.0)
     env = await demo.start()
@@ -202,15 +202,28 @@ def unexpected(console: Console) -> list[str]:
 
 
 async def test_email_verification(browser: Any) -> None:
+    """The service answers 202 and e-mails nobody: the page, opened by an admin, has the code
+    sent to that admin at once and says where it went."""
     control = ServiceControl()
-    control.bootstrap_mode = "verification"
+    control.add_org("Acme", domain="demo.invalid", key=PROVISIONED_KEY)
     stack = await start_tenant_stack(control)
     try:
+        assert control.mails == []
         context, page, console = await open_setup(browser, stack.demo.setup_url)
         assert await page.text_content("#tenant-status") == "Waiting for e-mail verification"
         assert await page.is_visible("#verify-card")
         assert await page.is_hidden("#pair-card")
-        assert await page.text_content("#verify-email") == "a***@example.com"
+        text = await result(page, "ok", "#verify-result")
+        assert text.startswith("A code was sent to your address a•••n@demo.invalid. It is valid")
+        assert [(m.to, m.kind) for m in control.mails] == [("admin@demo.invalid", "retarget")]
+        assert control.retargets == [
+            {"email": "admin@demo.invalid", "uid": "admin", "displayName": "Demo Admin"}
+        ]
+        await page.wait_for_function(
+            "() => document.getElementById('verify-where').textContent.includes('a•••n@demo')"
+        )
+        where = await page.text_content("#verify-where")
+        assert where == "A code was sent to a•••n@demo.invalid (an administrator's own address)."
         assert await page.text_content("#verify-org") == "Acme"
         assert "valid until" in (await page.text_content("#verify-expiry") or "")
         # Accessible names: the inputs are found by their labels, the buttons by their text.
@@ -226,7 +239,8 @@ async def test_email_verification(browser: Any) -> None:
         assert await code.get_attribute("aria-invalid") == "true"
         assert control.verifications == []
 
-        await code.fill("000000")
+        wrong = "000000" if control.last_mail().code != "000000" else "000001"
+        await code.fill(wrong)
         await page.get_by_role("button", name="Verify").click()
         text = await result(page, "error", "#verify-result")
         assert text == "That code is not right (4 attempts left) [wrong_code]"
@@ -235,24 +249,22 @@ async def test_email_verification(browser: Any) -> None:
         )
         await page.screenshot(path=shot_path("setup-verify-wrong.png"))
 
-        await page.get_by_role("button", name="Resend code").click()
+        await page.get_by_role("button", name="Send it to the address the service holds").click()
         text = await result(page, "ok", "#verify-result")
-        assert text.startswith("A new code was sent to a***@example.com. It is valid until")
-        assert len(control.resends) == 1
-
-        # "Send the code to me instead": to the Nextcloud address of the admin on the page.
-        await page.get_by_role("button", name="Send the code to me instead").click()
-        text = await result(page, "ok", "#verify-result")
-        assert text.startswith("A new code was sent to your address a***@demo.invalid. It is valid")
-        assert control.retargets == [
-            {"email": "admin@demo.invalid", "uid": "admin", "displayName": "Demo Admin"}
-        ]
-        await page.wait_for_function(
-            "() => document.getElementById('verify-email').textContent === 'a***@demo.invalid'"
+        assert text.startswith(
+            "A new code was sent to a•••n@demo.invalid (the address the service holds). It is"
         )
+        assert len(control.resends) == 1
+        assert len(control.mails) == 2
+
+        await page.get_by_role("button", name="Send a code to me").click()
+        text = await result(page, "ok", "#verify-result")
+        assert text.startswith("A code was sent to your address a•••n@demo.invalid.")
+        assert len(control.retargets) == 2
         await page.screenshot(path=shot_path("setup-verify-sent-to-me.png"))
 
-        await code.fill("123 456")  # pasted with a space
+        latest = control.last_mail().code
+        await code.fill(latest[:3] + " " + latest[3:])  # pasted with a space
         await page.keyboard.press("Enter")
         text = await result(page, "ok", "#tenant-result")
         fp = fingerprint(PROVISIONED_KEY)
@@ -270,24 +282,28 @@ async def test_email_verification(browser: Any) -> None:
 
 
 async def test_pairing_code(browser: Any) -> None:
+    """A self-hosted server that refuses new organisations: the page explains the pairing code
+    and the server's provisioning setting, and binds with a code."""
     control = ServiceControl()
-    control.bootstrap_mode = "error"
-    control.error_body = {"error": "This instance needs a pairing code", "code": "pairing_required"}
+    control.provisioning = "pairing_only"
     stack = await start_tenant_stack(control)
     try:
         context, page, console = await open_setup(browser, stack.demo.setup_url)
         assert await page.text_content("#tenant-status") == "Failed"
         problem = await page.text_content("#tenant-problem") or ""
         assert problem == (
-            "Bee Flow service: HTTP 400: This instance needs a pairing code. "
-            "Enter a pairing code below. [pairing_required]"
+            "Bee Flow service: HTTP 403: This Bee Flow server does not auto-create "
+            "organisations for new Nextcloud instances. Enter a pairing code below. "
+            "[pairing_required]"
         )
         assert await page.is_visible("#pair-card")
         assert await page.is_hidden("#verify-card")
-        why = await page.text_content("#pair-why")
-        assert (
-            why == "The Bee Flow service asks for a pairing code before it connects this Nextcloud."
+        why = await page.text_content("#pair-why") or ""
+        assert why.startswith(
+            "This Bee Flow server asks for a pairing code before it connects a new Nextcloud. "
         )
+        assert "Pair a new Nextcloud" in why
+        assert "BEEFLOW_CONNECTOR_PROVISIONING=open" in why
         code = page.get_by_label("Pairing code")
         await page.screenshot(path=shot_path("setup-pairing.png"))
 
@@ -297,29 +313,30 @@ async def test_pairing_code(browser: Any) -> None:
         assert text.endswith("[invalid_pairing_code]")
         assert text.startswith("A pairing code looks like ABCD-EFGH")
 
-        control.pairing_code = "QRST-2345"
+        valid = control.issue_pairing_code(control.add_org("Existing Org", key=PAIRED_KEY))
         await code.fill("")
         await code.press_sequentially("wxyz-6789")
         assert await code.input_value() == "WXYZ-6789"  # upper-cased as typed
         await page.get_by_role("button", name="Apply pairing code").click()
         text = await result(page, "error", "#pair-result")
         assert text.startswith("The Bee Flow service did not accept this pairing code.")
+        assert "works once" in text  # the remediation of pairing_code_invalid
         assert text.endswith("[pairing_code_rejected]")
         assert "6789" not in text
         await page.screenshot(path=shot_path("setup-pairing-rejected.png"))
 
-        await code.fill("qrst-2345")
+        await code.fill(valid.lower())
         await page.get_by_role("button", name="Apply pairing code").click()
         text = await result(page, "ok", "#tenant-result")
         fp = fingerprint(PAIRED_KEY)
         assert text == f"Pairing code accepted. Connected to Existing Org (key fingerprint {fp})."
-        assert control.bootstraps[-1].headers["X-Beeflow-Pairing-Code"] == "QRST-2345"
+        assert control.bootstraps[-1].headers["X-Beeflow-Pairing-Code"] == valid
         await page.wait_for_function(
             "() => document.getElementById('tenant-status').textContent === 'Connected'"
         )
         assert await page.is_hidden("#pair-card")
         assert await page.is_hidden("#tenant-problem")
-        assert "QRST" not in await page.content()
+        assert valid[5:] not in await page.content()
         await page.screenshot(path=shot_path("setup-paired.png"), full_page=True)
         assert unexpected(console) == []
         await context.close()
@@ -328,6 +345,7 @@ async def test_pairing_code(browser: Any) -> None:
 
 
 async def test_rotate_tenant_key(browser: Any) -> None:
+    """Against the service that issued it, a rotation confirms the organisation's one key."""
     control = ServiceControl()
     stack = await start_tenant_stack(control)
     try:
@@ -339,7 +357,6 @@ async def test_rotate_tenant_key(browser: Any) -> None:
         rotate = page.get_by_role("button", name="Rotate tenant key")
         assert await rotate.is_enabled()
         assert await page.is_hidden("#key-lock")
-        control.tenant_key = "tk_rotated_aabbccddeeff00112233445566778899"
         messages: list[str] = []
 
         def answer(accept: bool) -> Any:
@@ -358,26 +375,24 @@ async def test_rotate_tenant_key(browser: Any) -> None:
         page.once("dialog", answer(True))
         await rotate.click()
         text = await result(page, "ok", "#rotate-result")
-        after = fingerprint(control.tenant_key)
-        assert text == f"New key in use (fingerprint {after}; was {before})."
-        assert len(control.bootstraps) == 2
-        await page.wait_for_function(
-            "fp => document.getElementById('fingerprint').textContent === fp", arg=after
+        assert text == (
+            f"The Bee Flow service confirmed the key in use (fingerprint {before}): it keeps "
+            "one key per organisation."
         )
+        assert len(control.bootstraps) == 2
+        assert control.bootstraps[-1].answer["code"] == "returning_bind"
         previous = json.loads((stack.storage / "tenant-key.previous.json").read_text())
         assert previous["tenantKey"] == PROVISIONED_KEY
         await page.screenshot(path=shot_path("setup-rotated.png"), full_page=True)
 
-        # The service refuses the next rotation: the message and remediation are shown.
-        control.bootstrap_mode = "error"
-        control.error_status = 503
-        control.error_body = {"error": "maintenance"}
+        # The service fails the next rotation: the message and remediation are shown.
+        control.fault = (503, {"error": "maintenance"})
         page.once("dialog", answer(True))
         await rotate.click()
         text = await result(page, "error", "#rotate-result")
         assert text.startswith("Provisioning a new key failed; the previous state is kept.")
         assert text.endswith("[bootstrap_failed]")
-        assert stack.app[keys.TENANT].key == control.tenant_key
+        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
         assert unexpected(console) == []
         await context.close()
     finally:
@@ -385,21 +400,32 @@ async def test_rotate_tenant_key(browser: Any) -> None:
 
 
 async def test_rotation_waiting_for_the_code_keeps_the_old_key(browser: Any) -> None:
+    """The service no longer has this Nextcloud's organisation (deleted there) and another with
+    the admin's domain exists: a rotation waits for the e-mailed code, the key in use stays
+    until then, and the code goes to the admin who clicked."""
     control = ServiceControl()
     stack = await start_tenant_stack(control)
     try:
         old = fingerprint(PROVISIONED_KEY)
+        (bound,) = control.orgs.values()
+        del control.orgs[bound.id]
+        control.users = {e: u for e, u in control.users.items() if u.org_id != bound.id}
+        new_key = "tk_rotated_aabbccddeeff00112233445566778899"
+        control.add_org("Acme", domain="demo.invalid", key=new_key)
         context, page, console = await open_setup(browser, stack.demo.setup_url)
         await page.get_by_text("Advanced").click()
         rotate = page.get_by_role("button", name="Rotate tenant key")
-        control.bootstrap_mode = "verification"
         page.on("dialog", lambda dialog: dialog.accept())
         await rotate.click()
         await page.wait_for_function(
-            "() => document.getElementById('rotate-result').textContent.includes('code above')"
+            "() => document.getElementById('rotate-result').textContent.includes('enter it above')"
         )
         text = str(await page.text_content("#rotate-result"))
-        assert text.endswith("enter the code above. The current key stays in use until then.")
+        assert text == (
+            "The service asks to confirm an e-mail address before it issues the key: a code was "
+            "sent to a•••n@demo.invalid; enter it above. The current key stays in use until then."
+        )
+        assert [(m.to, m.kind) for m in control.mails] == [("admin@demo.invalid", "retarget")]
         await page.wait_for_selector("#verify-card", state="visible")
         status = "Connected (the new key waits for e-mail verification)"
         assert await page.text_content("#tenant-status") == status
@@ -411,9 +437,9 @@ async def test_rotation_waiting_for_the_code_keeps_the_old_key(browser: Any) -> 
         await page.screenshot(path=shot_path("setup-rotation-pending.png"), full_page=True)
 
         # Nobody enters the code in time: the old key stays, the page says why.
-        control.expire_now()
+        control.expire_pending()
         code = page.get_by_label("Verification code")
-        await code.fill("123456")
+        await code.fill(control.last_mail().code)
         await page.get_by_role("button", name="Verify").click()
         await page.wait_for_selector("#verify-card", state="hidden")
         await page.wait_for_selector("#tenant-problem", state="visible")
@@ -426,21 +452,19 @@ async def test_rotation_waiting_for_the_code_keeps_the_old_key(browser: Any) -> 
         assert stack.app[keys.TENANT].key == PROVISIONED_KEY
         await page.screenshot(path=shot_path("setup-rotation-expired.png"), full_page=True)
 
-        # Again, and this time the code is entered: the new key replaces the old one.
-        control.expires_at = EXPIRES_AT
-        control.tenant_key = "tk_rotated_aabbccddeeff00112233445566778899"
+        # Again, and this time the code is entered: the organisation's key replaces the old one.
         await rotate.click()
         await page.wait_for_selector("#verify-card", state="visible")
-        await code.fill("123456")
+        await code.fill(control.last_mail().code)
         await page.get_by_role("button", name="Verify").click()
         text = await result(page, "ok", "#tenant-result")
-        new = fingerprint(control.tenant_key)
+        new = fingerprint(new_key)
         assert text == f"E-mail address confirmed. Connected to Acme (key fingerprint {new})."
         await page.wait_for_selector("#verify-card", state="hidden")
         assert await page.text_content("#tenant-status") == "Connected"
         assert await page.text_content("#fingerprint") == new
         assert await page.is_hidden("#tenant-problem")
-        assert stack.app[keys.TENANT].key == control.tenant_key
+        assert stack.app[keys.TENANT].key == new_key
         assert unexpected(console) == []
         await context.close()
     finally:

@@ -6,13 +6,22 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+from aiohttp import web
 
+from beeflow.app import make_app
+from beeflow.config import Config
+from beeflow.demo import DEMO_TENANT_KEY, Demo
 from beeflow.demo.service import reply_pieces
+from beeflow.setup import store
 from tests.browser.conftest import Console, shot_path
 from tests.demo.stack import DemoStack
+from tests.fakes.service import FakeService, StreamPlan, chat_pieces
+from tests.fakes.service_control import ServiceControl
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -143,7 +152,7 @@ async def test_rename_uses_post_with_method_override(browser: Any, stack: DemoSt
     await page.click("#rename")
     await page.wait_for_selector('#notice:text("Conversation renamed.")')
     assert service.conversations == {"demo-1": "Weekly plan"}
-    renames = [r for r in seen if "/api/ai/direct/conversations/" in r.url]
+    renames = [r for r in seen if "/ai/direct/conversations/" in r.url]
     assert [(r.method, r.headers.get("x-http-method-override")) for r in renames] == [
         ("POST", "PATCH")
     ]
@@ -376,11 +385,12 @@ CHAT_FAILURES = [
         True,
     ),
     (
-        "jwt-expired-401",
+        # The service's connectorJwt when no tenant key of its own verifies the token.
+        "no-matching-key-401",
         401,
-        {"message": "jwt expired"},
+        {"error": "Connector token rejected: no matching tenant key"},
         None,
-        "Could not send: " + SESSION + " (jwt expired)",
+        "Could not send: " + SESSION + " (Connector token rejected: no matching tenant key)",
         True,
     ),
     (
@@ -392,19 +402,41 @@ CHAT_FAILURES = [
         False,
     ),
     (
-        "fastapi-detail-422",
-        422,
-        {"detail": [{"loc": ["body", "message"], "msg": "field required"}]},
+        # The service's streamTurn.js refusal of an empty turn.
+        "service-400",
+        400,
+        {"error": "Message or attachments required"},
         None,
-        "Could not send: field required",
+        "Could not send: Message or attachments required",
         False,
     ),
     (
-        "service-detail-500",
+        # terminalErrorHandler.js: an unexpected failure, with a correlation id.
+        "service-500",
         500,
-        {"detail": "Internal model error"},
+        {"error": "Internal server error", "correlationId": "7b0e"},
         None,
-        "Could not send: Internal model error",
+        "Could not send: Internal server error",
+        False,
+    ),
+    (
+        # connectorJwt.js before the organisation's admin finished the onboarding wizard.
+        "onboarding-pending-403",
+        403,
+        {"error": "Setup in progress", "code": "NC_ONBOARDING_PENDING"},
+        None,
+        "Could not send: Bee Flow is being set up by your administrator \u2014 try again in a "
+        "few minutes [NC_ONBOARDING_PENDING]",
+        False,
+    ),
+    (
+        # The connector's own answer for a Nextcloud account without an e-mail address.
+        "no-email-403",
+        403,
+        {"error": "no address", "code": "nextcloud_email_missing"},
+        None,
+        "Could not send: Your Nextcloud account has no e-mail address \u2014 add one under "
+        "Personal settings, then reload [nextcloud_email_missing]",
         False,
     ),
 ]
@@ -427,7 +459,7 @@ async def test_send_failure_says_why(
     """Issue (review 5): "Could not send: HTTP 404" told nobody anything."""
     context, page, console, _ = await open_ui(browser, stack, "harp")
     await page.wait_for_selector('#conn[data-state="connected"]')
-    await page.route("**/api/ai/chat/direct/stream", fulfil(status, body, ctype))
+    await page.route("**/ai/chat/direct/stream", fulfil(status, body, ctype))
     await page.fill("#message", "hello?")
     await page.press("#message", "Enter")
     await page.wait_for_selector('.msg-assistant[data-state="error"]')
@@ -453,7 +485,7 @@ async def test_rename_failure_says_why(browser: Any, stack: DemoStack) -> None:
     await page.press("#message", "Enter")
     await page.wait_for_selector('.msg-assistant[data-state="done"]')
     await page.route(
-        "**/api/ai/direct/conversations/*",
+        "**/ai/direct/conversations/*",
         fulfil(404, "<html><body>Page not found</body></html>"),
     )
     await page.fill("#title", "Weekly plan")
@@ -463,9 +495,9 @@ async def test_rename_failure_says_why(browser: Any, stack: DemoStack) -> None:
     assert await page.text_content("#notice") == "Rename failed: " + SESSION + " Reload"
     await page.screenshot(path=shot_path("rename-failed-session.png"))
     # A JSON error of ours: its own words and code, no reload button.
-    await page.unroute("**/api/ai/direct/conversations/*")
+    await page.unroute("**/ai/direct/conversations/*")
     await page.route(
-        "**/api/ai/direct/conversations/*",
+        "**/ai/direct/conversations/*",
         fulfil(400, {"code": "invalid_body", "error": "The title is too long"}),
     )
     await page.click("#rename")
@@ -476,3 +508,47 @@ async def test_rename_failure_says_why(browser: Any, stack: DemoStack) -> None:
     assert await page.locator("#notice button.reload").count() == 0
     assert script_errors(console) == []
     await context.close()
+
+
+async def test_chat_round_trip_against_the_strict_fake_service(browser: Any) -> None:
+    """The bundled UI against the fake that follows the real service (its JWT rules, its
+    routes, its strict rename body), not the demo's stand-in: a reply streams in, the rename
+    reaches the service as PATCH and sticks."""
+    service = FakeService(control=ServiceControl(verify_key=DEMO_TENANT_KEY))
+    await service.start()
+    service.sse = StreamPlan(chat_pieces(["Real ", "routes", "."], conversation_id="c-77"))
+    demo = Demo(delay=0.0)
+    env = await demo.start()
+    store.save(Path(env["APP_PERSISTENT_STORAGE"]), "self-hosted", str(service.url))
+    config = attrs.evolve(Config.from_env(env), demo=True)
+    runner = web.AppRunner(make_app(config, run_at_boot=False), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.app_host, config.app_port).start()
+        context = await browser.new_context(viewport={"width": 1100, "height": 720})
+        page = await context.new_page()
+        console = Console()
+        console.attach(page)
+        await page.goto(demo.url)
+        await page.wait_for_selector('#conn[data-state="connected"]')
+        assert (await page.text_content("#conn") or "").startswith("Connected (0f3c2a1b)")
+        await page.fill("#message", "Which routes?")
+        await page.press("#message", "Enter")
+        await page.wait_for_selector('.msg-assistant[data-state="done"]')
+        assert await page.locator(".msg-assistant .text").text_content() == "Real routes."
+        chat = service.last("/ai/chat/direct/stream")
+        assert (chat.auth, chat.user_email) == ("ok", "admin@demo.invalid")
+        assert json.loads(chat.body)["message"] == "Which routes?"
+        await page.fill("#title", "Routes")
+        await page.click("#rename")
+        await page.wait_for_selector('#notice:text("Conversation renamed.")')
+        rename = service.last("/ai/direct/conversations/c-77")
+        assert (rename.method, json.loads(rename.body)) == ("PATCH", {"title": "Routes"})
+        assert service.conversations["c-77"].title == "Routes"
+        await page.screenshot(path=shot_path("chat-strict-fake.png"))
+        assert console.errors == []
+        await context.close()
+    finally:
+        await runner.cleanup()
+        await demo.stop()
+        await service.stop()

@@ -88,7 +88,7 @@ async def test_chat_through_the_real_auth_path(stack: DemoStack) -> None:
     async with (
         aiohttp.ClientSession(cookies={"nc_session": "browser-cookie"}) as session,
         session.post(
-            demo.url + "api/ai/chat/direct/stream",
+            demo.url + "ai/chat/direct/stream",
             json={"message": "What is on my calendar?"},
             headers={"Authorization": "Basic YWRtaW46cGFzc3dvcmQ="},
         ) as resp,
@@ -102,7 +102,7 @@ async def test_chat_through_the_real_auth_path(stack: DemoStack) -> None:
     assert set(names[1:-1]) == {"content"}
     text = "".join(data["text"] for name, data in events if name == "content")
     assert text == "".join(reply_pieces("Demo Admin", "What is on my calendar?"))
-    seen = [s for s in demo.service.seen if s.path == "/api/ai/chat/direct/stream"][-1]
+    seen = [s for s in demo.service.seen if s.path == "/ai/chat/direct/stream"][-1]
     assert seen.claims is not None
     assert seen.claims["sub"] == "admin"
     assert seen.claims["nc_admin"] is True
@@ -111,13 +111,45 @@ async def test_chat_through_the_real_auth_path(stack: DemoStack) -> None:
     assert "cookie" not in lowered
     assert demo.secret not in json.dumps(seen.headers)
     assert "browser-cookie" not in json.dumps(seen.headers)
+    assert lowered["x-beeflow-source"] == "nextcloud-connector"
+
+
+async def test_the_old_api_prefixed_chat_path_is_the_services_404(stack: DemoStack) -> None:
+    """The service serves chat at /ai/... only: /api/ai/... is an unknown /api path there."""
+    demo = stack.demo
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(demo.url + "api/ai/chat/direct/stream", json={"message": "hi"}) as resp,
+    ):
+        assert resp.status == 404
+        assert await resp.json() == {"error": "Not found"}
+
+
+async def test_the_stand_in_refuses_tokens_the_service_would(stack: DemoStack) -> None:
+    """No X-Beeflow-Source: the token is not even looked at (401 Not authenticated); a token
+    without e-mail: 400 (the connector never sends one: it answers such users itself)."""
+    demo = stack.demo
+    assert demo.service is not None
+    url = str(demo.service.url) + "/ai/chat/direct/stream"
+    claims = {"sub": "x", "email": "", "iat": 1, "exp": 2**31}
+    token = mint_jwt(demo.tenant_key, claims)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            url, json={"message": "hi"}, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            assert resp.status == 401
+            assert await resp.json() == {"error": "Not authenticated"}
+        marked = {"Authorization": f"Bearer {token}", "X-Beeflow-Source": "nextcloud-connector"}
+        async with session.post(url, json={"message": "hi"}, headers=marked) as resp:
+            assert resp.status == 400
+            assert await resp.json() == {"error": "Connector token missing email claim"}
 
 
 async def test_patch_is_tunnelled(stack: DemoStack) -> None:
     demo = stack.demo
     assert demo.service is not None
     demo.service.conversations["demo-x"] = "old"
-    url = demo.url + "api/ai/direct/conversations/demo-x"
+    url = demo.url + "ai/direct/conversations/demo-x"
     async with aiohttp.ClientSession() as session:
         async with session.patch(url, json={"title": "new"}) as resp:
             assert resp.status == 405  # like AppAPI's PHP proxy
@@ -125,7 +157,7 @@ async def test_patch_is_tunnelled(stack: DemoStack) -> None:
             url, json={"title": "renamed"}, headers={"X-HTTP-Method-Override": "PATCH"}
         ) as resp:
             assert resp.status == 200
-            assert await resp.json() == {"id": "demo-x", "title": "renamed"}
+            assert await resp.json() == {"success": True}
         # The HaRP-style front passes PATCH itself.
         async with session.patch(
             demo.harp_url + url.split("/bee_flow/")[1], json={"title": "h"}
@@ -152,7 +184,8 @@ async def test_setup_works_against_the_stand_ins(stack: DemoStack) -> None:
         ) as resp:
             probe = await resp.json()
         assert probe["ok"] is True
-        assert probe["version"] == "demo-1"
+        assert probe["appVersion"] == "demo-1"
+        assert "version" not in probe
         async with session.post(
             demo.url + "setup", json={"mode": "self-hosted", "apiBaseUrl": str(demo.service.url)}
         ) as resp:
@@ -190,6 +223,10 @@ def test_stand_in_service_verifies_tokens() -> None:
     assert verify_jwt(token[:-2] + "xx", DEMO_TENANT_KEY) is None
     assert verify_jwt("not.a.jwt", DEMO_TENANT_KEY) is None
     assert verify_jwt(mint_jwt(DEMO_TENANT_KEY, {**claims, "aud": "x"}), DEMO_TENANT_KEY) is None
+    assert verify_jwt(mint_jwt(DEMO_TENANT_KEY, {**claims, "iss": "x"}), DEMO_TENANT_KEY) is None
+    # Like the service: iss and aud are checked only when present, exp only when present.
+    bare = {"sub": "admin", "email": "a@b.c"}
+    assert verify_jwt(mint_jwt(DEMO_TENANT_KEY, bare), DEMO_TENANT_KEY) == bare
 
 
 def demo_dirs(parent: Path) -> list[str]:

@@ -1,30 +1,48 @@
 """A fake Bee Flow service: a real aiohttp app on a loopback socket that records every request.
 
-Serves (each path also without the /api prefix where the real service has no prefix):
-    GET  /api/health                    {"status": "ok"}
+It follows the real service (`Bee-Flow/Bee-Flow`, folder `server/`) route by route for what the
+connector touches; each rule cites the file it copies:
+
+* `index.js` @5301a721, in its order: a request whose `Origin` is not an allowed front-end is
+  refused 403 `{"error": "Origin not allowed"}` before anything else (the connector strips
+  Origin); `auth/connectorJwt.js` runs on EVERY request (see service_control.py); `GET
+  /api/health` is `{status: "ok", timestamp, appVersion, otel}` (no version, no tier);
+  `GET /api/session-token` needs a session; the `/auth` routes; `/ai` (routes/ai.js); `/agents`;
+  then every unmatched `/api/*` or `/auth/*` path is JSON 404 `{"error": "Not found"}` and every
+  other unmatched path gets the web UI's `index.html` (200, no-store), whatever the method.
+* `routes/ai/directChat/streamTurn.js` @c84312de: `POST /ai/chat/direct/stream` (requireAuth;
+  400 "Message or attachments required" without either) streams SSE (`text/event-stream`,
+  `no-cache`, `X-Accel-Buffering: no`): `conversation_created {conversationId}`, `content
+  {text}`..., `done`. `POST /agents/<id>/chat/stream` likewise (routes/agents/chat.js).
+* `routes/ai/directChat/conversationRoutes.js` @7b2a66b0: `GET /ai/direct/conversations`,
+  `GET|PATCH|DELETE /ai/direct/conversations/<id>` (404 "Conversation not found"); PATCH takes
+  only title, pinned, labels, knowledgeBaseIds (`.strict()`: anything else is 400
+  `invalid_request`) and answers `{success: true}`. There is no POST on that path: a tunnelled
+  PATCH that arrives as POST falls through to the index.html fallback.
+* Session gates (auth/permissions.js @43666134): no session -> 401 `{"error": "Not
+  authenticated"}`. Errors a route raises on purpose are `{error, code, details?}`
+  (core/http/terminalErrorHandler.js @3c2dabd9).
+
+NOT the service (test instruments, `instruments=True`, the default): the generic proxy tests need
+an upstream that echoes, streams bytes, stalls, resets or redirects. These paths do not exist on
+the real service, need no token, and are listed here so nobody mistakes them for its contract:
+
     ANY  /api/json                      JSON (application/json; charset=utf-8, no Cache-Control)
     GET  /api/cached                    JSON with its own Cache-Control: private, max-age=60
-    GET  /api/download?size=N&chunk=M[&length=1]   N deterministic bytes (pattern_bytes), in
-                                        chunks of M, chunked unless length=1
+    GET  /api/download?size=N&chunk=M[&length=1]   N deterministic bytes (pattern_bytes)
     ANY  /api/echo                      the request body back (same Content-Type) + X-Echo-*
     GET  /api/cookies                   two Set-Cookie headers
     GET  /api/slow?delay=S              headers only after S seconds
     ANY  /api/reset                     the connection is aborted before any answer
     GET  /api/redirect                  302 to /api/json (a proxy must not follow it)
     ANY  /api/status/{code}             that status with a JSON body
-    POST [/api]/ai/chat/direct/stream   SSE chat stream per `service.sse` (a StreamPlan)
-    POST [/api]/agents/{id}/chat/stream the same
-    GET  /api/stream                    the same, as a GET
-Anything else: 404 JSON (still recorded).
+    GET  /api/stream                    the `service.sse` plan, as a GET
 
-Behaviour knobs: `service.sse` (StreamPlan: pieces with delays or gates, gzip, end or hold),
-`service.gate` (a queue the test feeds to release gated pieces), `service.drop_reused = n`
-(the next n requests arriving on an already used keep-alive connection are aborted unanswered:
-a stale pooled connection as the client sees it).
-
-Extension hook: `FakeService(extra_routes=[web.post("/auth/x", handler), ...])` or
-`service.add_routes([...])` before start(); extra routes are recorded like the built-in ones and
-take precedence over the catch-all.
+Knobs: `service.sse` (StreamPlan: pieces with delays or gates, gzip, end or hold) shapes every
+stream; `service.gate` releases gated pieces; `service.drop_reused = n` aborts the next n
+requests that arrive on a reused keep-alive connection. The tenant/auth half is
+`service.control` (a ServiceControl; pass your own with `FakeService(control=...)`).
+`FakeService(extra_routes=[...])` adds routes in front of all others.
 """
 
 from __future__ import annotations
@@ -35,14 +53,26 @@ import json
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
+from tests.fakes.service_control import AuthRefused, ServiceControl, Session
+from tests.helpers import TENANT_KEY
+
 Handler = Callable[[web.Request], Any]
+SESSION: Final = web.RequestKey[Session | None]("bee_flow_session")
+RECORD: Final = web.RequestKey["Recorded"]("bee_flow_recorded")
+# index.js: CORS_ORIGIN defaults to the UI's dev server.
+ALLOWED_ORIGINS: Final = frozenset({"http://localhost:5173"})
+INDEX_HTML: Final = (
+    b'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Bee Flow</title>'
+    b'</head><body><div id="root"></div></body></html>'
+)
+PATCH_KEYS: Final = frozenset({"title", "pinned", "labels", "knowledgeBaseIds"})
 
 
 def pattern_bytes(size: int) -> bytes:
@@ -123,22 +153,54 @@ class Recorded:
     arrived_at: float
     connection_request_no: int
     dropped: bool = False
+    # connectorJwt's verdict: "none" (no connector token looked at), "ok", or the refusal status.
+    auth: str = "none"
+    user_email: str | None = None
+    claims: dict[str, Any] | None = None
     # Set when the handler finished; `cancelled` if it ended because the client went away.
     finished: asyncio.Event = attrs.field(factory=asyncio.Event)
     cancelled: bool = False
     finished_at: float | None = None
 
 
+@attrs.define
+class Conversation:
+    id: str
+    owner: str
+    title: str
+    pinned: bool = False
+    labels: list[str] = attrs.field(factory=list)
+
+
 class FakeService:
     """Build, start on 127.0.0.1 (ephemeral port), record, stop."""
 
-    def __init__(self, *, extra_routes: Iterable[web.AbstractRouteDef] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        control: ServiceControl | None = None,
+        extra_routes: Iterable[web.AbstractRouteDef] = (),
+        instruments: bool = True,
+        app_version: str = "0f3c2a1b",
+    ) -> None:
+        self._extra: list[web.AbstractRouteDef] = list(extra_routes)
+        if control is None:
+            # Routes of a ServiceControl passed the old way (extra_routes=control.routes()).
+            owners = [getattr(getattr(r, "handler", None), "__self__", None) for r in self._extra]
+            found = [o for o in owners if isinstance(o, ServiceControl)]
+            control = found[0] if found else ServiceControl(verify_key=TENANT_KEY)
+            self._mount_control = not found
+        else:
+            self._mount_control = True
+        self.control = control
+        self.instruments = instruments
+        self.app_version = app_version
         self.requests: list[Recorded] = []
         self.streams: list[StreamLog] = []
+        self.conversations: dict[str, Conversation] = {}
         self.sse = StreamPlan()
         self.gate: asyncio.Queue[None] = asyncio.Queue()
         self.drop_reused = 0
-        self._extra: list[web.AbstractRouteDef] = list(extra_routes)
         self._per_conn: dict[object, int] = {}
         self._arrival = asyncio.Condition()
         self._closing = asyncio.Event()
@@ -222,24 +284,35 @@ class FakeService:
     # ------------------------------------------------------------------ the app
 
     def _build(self) -> web.Application:
-        app = web.Application(middlewares=[self._record], client_max_size=1024**3)
-        app.router.add_routes(self._extra)
+        app = web.Application(
+            middlewares=[self._record, self._origin, self._connector_jwt],
+            client_max_size=1024**3,
+        )
         r = app.router
-        for prefix in ("/api", ""):
-            r.add_post(prefix + "/ai/chat/direct/stream", self._stream)
-            r.add_post(prefix + r"/agents/{agent}/chat/stream", self._stream)
+        r.add_routes(self._extra)
+        if self._mount_control:
+            r.add_routes(self.control.routes())
         r.add_get("/api/health", self._health)
-        r.add_route("*", "/api/json", self._json)
-        r.add_get("/api/cached", self._cached)
-        r.add_get("/api/download", self._download)
-        r.add_route("*", "/api/echo", self._echo)
-        r.add_get("/api/cookies", self._cookies)
-        r.add_get("/api/slow", self._slow)
-        r.add_route("*", "/api/reset", self._reset)
-        r.add_get("/api/redirect", self._redirect)
-        r.add_route("*", r"/api/status/{code:\d{3}}", self._status)
-        r.add_get("/api/stream", self._stream)
-        r.add_route("*", "/{tail:.*}", self._not_found)
+        r.add_get("/api/session-token", self._session_token)
+        r.add_post("/ai/chat/direct/stream", self._chat)
+        r.add_post(r"/agents/{agent}/chat/stream", self._chat)
+        r.add_get("/ai/direct/conversations", self._list_conversations)
+        conv = "/ai/direct/conversations/{cid}"
+        r.add_get(conv, self._get_conversation)
+        r.add_patch(conv, self._patch_conversation)
+        r.add_delete(conv, self._delete_conversation)
+        if self.instruments:
+            r.add_route("*", "/api/json", self._json)
+            r.add_get("/api/cached", self._cached)
+            r.add_get("/api/download", self._download)
+            r.add_route("*", "/api/echo", self._echo)
+            r.add_get("/api/cookies", self._cookies)
+            r.add_get("/api/slow", self._slow)
+            r.add_route("*", "/api/reset", self._reset)
+            r.add_get("/api/redirect", self._redirect)
+            r.add_route("*", r"/api/status/{code:\d{3}}", self._status)
+            r.add_get("/api/stream", self._stream)
+        r.add_route("*", "/{tail:.*}", self._unmatched)
         return app
 
     @web.middleware
@@ -266,6 +339,7 @@ class FakeService:
             connection_request_no=count,
             dropped=drop,
         )
+        request[RECORD] = rec
         async with self._arrival:
             self.requests.append(rec)
             self._arrival.notify_all()
@@ -281,8 +355,121 @@ class FakeService:
             rec.finished_at = time.monotonic()
             rec.finished.set()
 
+    @web.middleware
+    async def _origin(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin and origin.rstrip("/") not in ALLOWED_ORIGINS:
+            return web.json_response(
+                {"error": "Origin not allowed"}, status=403, headers={"Vary": "Origin"}
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    @web.middleware
+    async def _connector_jwt(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        rec = request[RECORD]
+        try:
+            session = self.control.authenticate(request)
+        except AuthRefused as exc:
+            rec.auth = str(exc.response.status)
+            return exc.response
+        request[SESSION] = session
+        if session is not None:
+            rec.auth, rec.user_email, rec.claims = "ok", session.user.email, session.claims
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    # ------------------------------------------------------------------ the service's routes
+
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response(
+            {
+                "status": "ok",
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                "appVersion": self.app_version,
+                "otel": False,
+            }
+        )
+
+    async def _session_token(self, request: web.Request) -> web.Response:
+        session = _require(request)
+        return web.json_response({"token": "st-" + session.user.id, "expiresIn": 3600})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        session = _require(request)
+        body = await _json_object(request)
+        message = body.get("message")
+        attachments = body.get("attachments")
+        if message is not None and not isinstance(message, str):
+            raise _HttpError(400, "message must be text.", "invalid_request")
+        if not message and not attachments:
+            return web.json_response({"error": "Message or attachments required"}, status=400)
+        if not body.get("conversationId"):
+            for piece in self.sse.pieces:
+                cid = _created_id(piece.data)
+                if cid is not None:
+                    title = (message or "")[:50]
+                    self.conversations[cid] = Conversation(cid, session.user.id, title)
+                    break
+        # streamTurn.js writes these with the SSE status line.
+        return await self._stream(request, {"X-Accel-Buffering": "no"})
+
+    def _conversation(self, request: web.Request) -> tuple[Session, Conversation]:
+        session = _require(request)
+        conv = self.conversations.get(request.match_info["cid"])
+        if conv is None or conv.owner != session.user.id:
+            raise _HttpError(404, "Conversation not found")
+        return session, conv
+
+    async def _list_conversations(self, request: web.Request) -> web.Response:
+        session = _require(request)
+        return web.json_response(
+            [attrs.asdict(c) for c in self.conversations.values() if c.owner == session.user.id]
+        )
+
+    async def _get_conversation(self, request: web.Request) -> web.Response:
+        _, conv = self._conversation(request)
+        return web.json_response({**attrs.asdict(conv), "knowledgeBaseIds": []})
+
+    async def _patch_conversation(self, request: web.Request) -> web.Response:
+        _require(request)
+        body = await _json_object(request)
+        extra = sorted(set(body) - PATCH_KEYS)
+        if extra:
+            keys = ", ".join(f"'{k}'" for k in extra)
+            raise _HttpError(400, f"Unrecognized key(s) in object: {keys}", "invalid_request")
+        if "title" in body and not isinstance(body["title"], str):
+            raise _HttpError(400, "A conversation title must be text.", "invalid_request")
+        if "pinned" in body and not isinstance(body["pinned"], bool):
+            raise _HttpError(400, "pinned is true or false.", "invalid_request")
+        _, conv = self._conversation(request)
+        if "title" in body:
+            conv.title = body["title"]
+        if "pinned" in body:
+            conv.pinned = body["pinned"]
+        return web.json_response({"success": True})
+
+    async def _delete_conversation(self, request: web.Request) -> web.Response:
+        _, conv = self._conversation(request)
+        del self.conversations[conv.id]
+        return web.json_response({"success": True})
+
+    async def _unmatched(self, request: web.Request) -> web.Response:
+        path = request.path
+        if path.startswith(("/api/", "/auth/")):
+            return web.json_response({"error": "Not found"}, status=404)
+        # The production SPA fallback answers every other path with the web UI.
+        return web.Response(
+            body=INDEX_HTML,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-cache, no-store, must-revalidate",
+                "Pragma": "no-cache",
+                "Expires": "0",
+            },
+        )
+
+    # ------------------------------------------------------------------ instruments
 
     async def _json(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -343,16 +530,15 @@ class FakeService:
         code = int(request.match_info["code"])
         return web.json_response({"status": code}, status=code)
 
-    async def _not_found(self, request: web.Request) -> web.Response:
-        return web.json_response({"error": "no such route"}, status=404)
-
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, extra: dict[str, str] | None = None
+    ) -> web.StreamResponse:
         plan = self.sse
         log = StreamLog(path=request.path, opened_at=time.monotonic())
         async with self._arrival:
             self.streams.append(log)
             self._arrival.notify_all()
-        headers = {"Content-Type": plan.content_type, "Cache-Control": "no-cache"}
+        headers = {"Content-Type": plan.content_type, "Cache-Control": "no-cache", **(extra or {})}
         if plan.gzip:
             headers["Content-Encoding"] = "gzip"
         resp = web.StreamResponse(headers=headers)
@@ -387,6 +573,47 @@ class FakeService:
             log.closed_at = time.monotonic()
             log.ended.set()
         return resp
+
+
+class _HttpError(web.HTTPException):
+    """An HttpError a route throws: terminalErrorHandler's `{error, code?}` body."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        self.status_code = status
+        body: dict[str, Any] = {"error": message}
+        if code is not None:
+            body["code"] = code
+        super().__init__(text=json.dumps(body), content_type="application/json")
+
+
+def _require(request: web.Request) -> Session:
+    session: Session | None = request.get(SESSION)
+    if session is None:
+        raise _HttpError(401, "Not authenticated")
+    return session
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The global JSON body parser: application/json only, malformed -> 400."""
+    if request.content_type != "application/json":
+        return {}
+    try:
+        body = json.loads(await request.read() or b"null")
+    except ValueError:
+        raise _HttpError(400, "Invalid JSON body") from None
+    if not isinstance(body, dict):
+        raise _HttpError(400, "Expected an object", "invalid_request")
+    return body
+
+
+def _created_id(data: bytes) -> str | None:
+    if not data.startswith(b"event: conversation_created\n"):
+        return None
+    for line in data.decode().splitlines():
+        if line.startswith("data: "):
+            value = json.loads(line[6:]).get("conversationId")
+            return str(value) if value else None
+    return None
 
 
 def _abort(request: web.Request) -> web.Response:

@@ -77,7 +77,7 @@ async def test_api_call_as_bob_carries_a_jwt_and_no_credentials(lane: Lane) -> N
 
 
 async def test_sse_reply_as_bob_arrives_whole_through_the_php_proxy(lane: Lane) -> None:
-    url = lane.base / "api/ai/chat/direct/stream"
+    url = lane.base / "ai/chat/direct/stream"
     async with (
         _session() as session,
         session.post(url, json={"message": "hi"}, headers=lane.nc.bob) as resp,
@@ -90,7 +90,7 @@ async def test_sse_reply_as_bob_arrives_whole_through_the_php_proxy(lane: Lane) 
     ]
     assert events == ["conversation_created", "content", "content", "content", "done"]
     assert '"text":"Hello"' in body
-    sent = lane.service.service.find("/api/ai/chat/direct/stream", "POST")[-1]
+    sent = lane.service.service.find("/ai/chat/direct/stream", "POST")[-1]
     assert json.loads(sent.body) == {"message": "hi"}
     _no_credentials(lane, sent.headers)
 

@@ -3,12 +3,15 @@ gets the access the seeds' route table wants, and no answer depends on route ord
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import Final
 
 import attrs
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_urldispatcher import AbstractRoute
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +20,7 @@ from beeflow import keys
 from beeflow.app import make_app
 from beeflow.appapi import Access
 from beeflow.config import Config
+from beeflow.proxy import saas
 from tests.manifest.manifest import (
     ADMIN,
     LEVEL_NAMES,
@@ -55,17 +59,29 @@ CALLERS: Final = (ANON, A_USER, AN_ADMIN)
 
 @attrs.frozen
 class Row:
-    """A path, the level the seeds want (None: not routed), and the verbs the route lists.
-    `harp_level` differs only where HaRP's case-sensitive match sees no route at all."""
+    """A path, the level of the connector-owned route that serves it (None: the USER catch-all,
+    i.e. the path belongs to the service), and the verbs that route lists."""
 
     path: str
     level: int | None
-    verbs: frozenset[str] = frozenset()
+    verbs: frozenset[str] = CRUD
     case_variant: bool = False
+    # Reaches the connector through the catch-all but is the connector's (a near miss of its
+    # own paths): answered there, never forwarded.
+    kept: bool = False
+
+    @property
+    def owned(self) -> bool:
+        return self.level is not None
+
+    @property
+    def forwarded(self) -> bool:
+        return not self.owned and not self.kept
 
 
-# The seeds' route table ("Routes and access levels"), with paths a browser, AppAPI or the
-# Bee Flow service really sends, and near misses that must not be routed.
+SERVICE: Final = None  # served by the catch-all, forwarded to the Bee Flow service
+
+# Paths a browser, AppAPI or the Bee Flow service really sends, and near misses.
 TABLE: Final = (
     Row("/", PUBLIC, GET),
     Row("/index.html", PUBLIC, GET),
@@ -77,11 +93,6 @@ TABLE: Final = (
     Row("/bee-flow-logo.png", PUBLIC, GET),
     Row("/bee-flow-logo-dark.svg", PUBLIC, GET),
     Row("/BeeFlow-logo.png", PUBLIC, GET),
-    Row("/api/ai/chat/direct/stream", USER, CRUD),
-    Row("/api/agents/7/chat/stream", USER, CRUD),
-    Row("/api/", USER, CRUD),
-    Row("/auth/me", USER, CRUD),
-    Row("/auth/oauth/google/callback", USER, CRUD),
     Row("/heartbeat", PUBLIC, GET),
     Row("/init", ADMIN, frozenset({"POST"})),
     Row("/enabled", ADMIN, frozenset({"PUT"})),
@@ -98,35 +109,43 @@ TABLE: Final = (
     Row("/nc/remote.php/dav/files/bob/", PUBLIC, NC_VERBS),
     Row("/nc/ocs/v2.php/cloud/users/alice", PUBLIC, NC_VERBS),
     Row("/nc/index.php/apps/deck/api/v1.0/boards", PUBLIC, NC_VERBS),
-    # near misses: no route, 404 for everyone
-    Row("/api", None),
-    Row("/auth", None),
-    Row("/nc", None),
-    Row("/ncx/ocs/", None),
-    Row("/webhook", None),
-    Row("/heartbeat/", None),
-    Row("/heartbeats", None),
-    Row("/init/x", None),
-    Row("/enabledx", None),
-    Row("/setup/statusx", None),
-    Row("/setup/diagnostics", None),
-    Row("/setup/verify-email-code/", None),
-    Row("/setup/verify-email", None),
-    Row("/setup/rotate-tenant-keys", None),
-    Row("/setup/apply-pairing-code/x", None),
-    Row("/setup/request-verification-code/", None),
-    Row("/setup/request-verification", None),
-    Row("/setup/test/rotate-tenant-key", None),
-    Row("/setup/x/status", None),
-    Row("/index.htm", None),
-    Row("/favicon.icon", None),
-    Row("/static/app.js", None),
-    Row("/hooks/nextcloud", None),
-    Row("/xapi/x", None),
-    Row("/v1/api/x", None),
-    # PHP matches case-insensitively, HaRP does not: the connector's own router is
-    # case-sensitive, so these reach nothing there either.
-    Row("/API/x", USER, CRUD, case_variant=True),
+    # The service's paths (its UI's calls): the USER catch-all.
+    Row("/ai/chat/direct/stream", SERVICE),
+    Row("/ai/direct/conversations/c1", SERVICE),
+    Row("/agents/7/chat/stream", SERVICE),
+    Row("/components/list", SERVICE),
+    Row("/reports/weekly", SERVICE),
+    Row("/apps/a1", SERVICE),
+    Row("/versions/v2", SERVICE),
+    Row("/api/health", SERVICE),
+    # The UI's l10n calls: under the catch-all in the manifest, answered by the connector.
+    Row("/api/languages/user/locales", SERVICE),
+    Row("/api/languages/user/strings/de", SERVICE),
+    Row("/api/languages/public/strings/nl", SERVICE),
+    Row("/api/", SERVICE),
+    Row("/auth/me", SERVICE),
+    Row("/auth/oauth/google/callback", SERVICE),
+    # near misses of connector routes: the catch-all's in the manifest; those still under a
+    # connector prefix are kept by the connector
+    Row("/api", SERVICE),
+    Row("/nc", SERVICE, kept=True),
+    Row("/ncx/ocs/", SERVICE),
+    Row("/webhook", SERVICE, kept=True),
+    Row("/heartbeat/", SERVICE, kept=True),
+    Row("/heartbeats", SERVICE),
+    Row("/init/x", SERVICE, kept=True),
+    Row("/enabledx", SERVICE),
+    Row("/setup/statusx", SERVICE, kept=True),
+    Row("/setup/diagnostics", SERVICE, kept=True),
+    Row("/setup/verify-email-code/", SERVICE, kept=True),
+    Row("/setup/rotate-tenant-keys", SERVICE, kept=True),
+    Row("/setup/test/rotate-tenant-key", SERVICE, kept=True),
+    Row("/index.htm", SERVICE),
+    Row("/favicon.icon", SERVICE),
+    Row("/hooks/studio-menus", SERVICE, kept=True),
+    Row("/xapi/x", SERVICE),
+    # PHP matches case-insensitively, HaRP does not.
+    Row("/API/x", SERVICE, case_variant=True),
     Row("/Setup/status", ADMIN, GET_POST, case_variant=True),
     Row("/setup/Rotate-Tenant-Key", ADMIN, GET_POST, case_variant=True),
     Row("/NC/ocs/v2.php/cloud/capabilities", PUBLIC, NC_VERBS, case_variant=True),
@@ -134,18 +153,44 @@ TABLE: Final = (
 )
 
 MANIFEST: Final = routes()
+CATCH_ALL: Final = MANIFEST[-1]
 
 
-def expected(row: Row, matcher: str, verb: str, caller: int) -> bool:
-    """Allowed? PHP matchers check the verb; HaRP ignores it and is case-sensitive."""
-    if row.level is None:
-        return False
+def owner(row: Row, matcher: str) -> int | None:
+    """The level of the route this matcher finds first for the row's path (None: the catch-all).
+    HaRP is case-sensitive: a case variant of an owned path is the catch-all's there."""
+    if matcher == "harp" and row.case_variant:
+        return None
+    return row.level
+
+
+def expected(row: Row, matcher: str, verb: str, caller: int) -> int | None:
+    """The access level of the route that lets (verb, caller) through to the connector, or None
+    when AppAPI / HaRP refuses it. PHP: a verb the owned route does not list falls to the
+    catch-all; a failed access check falls through only on 32.0.0 (old_php). HaRP ignores
+    verbs: the first URL match decides."""
+    level = owner(row, matcher)
+    catch_all = USER if verb in CATCH_ALL.verb_list and caller >= USER else None
     if matcher == "harp":
-        return not row.case_variant and caller >= row.level
-    return verb in row.verbs and caller >= row.level
+        if level is None:
+            return USER if caller >= USER else None
+        return level if level == PUBLIC or caller >= level else None
+    if level is None or verb not in row.verbs:
+        return catch_all
+    if caller >= level:
+        return level
+    return catch_all if matcher == "old_php" else None
 
 
 MATCHERS: Final[dict[str, Matcher]] = {"old_php": old_php, "new_php": new_php, "harp": harp}
+
+
+def test_the_catch_all_is_last_user_and_crud() -> None:
+    assert CATCH_ALL.url == r"^\/?.*"
+    assert CATCH_ALL.access == USER
+    assert set(CATCH_ALL.verb_list) == CRUD
+    assert all(r.url != CATCH_ALL.url for r in MANIFEST[:-1])
+    assert all(r.access != PUBLIC or r.url != CATCH_ALL.url for r in MANIFEST)
 
 
 @pytest.mark.parametrize("matcher", sorted(MATCHERS))
@@ -155,15 +200,17 @@ def test_table_under_each_matcher(row: Row, matcher: str) -> None:
     wrong = []
     for verb in ALL_VERBS:
         for caller in CALLERS:
-            got = match(MANIFEST, row.path, verb, caller) is not None
-            if got != expected(row, matcher, verb, caller):
-                wrong.append(f"{verb} as {LEVEL_NAMES[caller]}: allowed={got}")
+            route = match(MANIFEST, row.path, verb, caller)
+            got = None if route is None else route.access
+            want = expected(row, matcher, verb, caller)
+            if got != want:
+                wrong.append(f"{verb} as {LEVEL_NAMES[caller]}: {got} (want {want})")
     assert not wrong, f"{matcher} {row.path}: " + "; ".join(wrong)
 
 
-@pytest.mark.parametrize("row", [r for r in TABLE if r.level is not None], ids=lambda r: r.path)
-def test_the_route_that_serves_a_path_has_the_seeds_level(row: Row) -> None:
-    """Not only allowed/denied: the route doing it carries the seeds' level and verbs."""
+@pytest.mark.parametrize("row", [r for r in TABLE if r.owned], ids=lambda r: r.path)
+def test_the_route_that_serves_an_owned_path_has_its_level(row: Row) -> None:
+    """Not only allowed/denied: the route doing it carries the level and verbs."""
     verb = sorted(row.verbs)[0]
     for name, match in MATCHERS.items():
         if name == "harp" and row.case_variant:
@@ -174,12 +221,14 @@ def test_the_route_that_serves_a_path_has_the_seeds_level(row: Row) -> None:
         assert set(route.verb_list) == set(row.verbs), (name, row.path, route.url)
 
 
-@pytest.mark.parametrize("row", [r for r in TABLE if r.level is not None], ids=lambda r: r.path)
-def test_exactly_one_route_matches_each_path(row: Row) -> None:
-    """Disjoint routes: order can never decide, so AppAPI's fall-through change is moot."""
+@pytest.mark.parametrize("row", TABLE, ids=lambda r: r.path)
+def test_owned_routes_do_not_overlap(row: Row) -> None:
+    """Among the connector's own routes at most one matches a path (order never decides
+    between them); the catch-all matches everything and is last."""
     path = row.path.lower()
-    hits = [r.url for r in MANIFEST if re.match(f"^(?:{r.url})", path, re.IGNORECASE)]
-    assert len(hits) == 1, (row.path, hits)
+    hits = [r.url for r in MANIFEST[:-1] if re.match(f"^(?:{r.url})", path, re.IGNORECASE)]
+    assert len(hits) == (1 if row.owned else 0), (row.path, hits)
+    assert re.match(f"^(?:{CATCH_ALL.url})", path)
 
 
 def test_bare_path_fallback_changes_nothing() -> None:
@@ -231,23 +280,29 @@ paths = st.builds(
 
 @settings(max_examples=400, deadline=None)
 @given(path=paths, verb=st.sampled_from(ALL_VERBS), caller=st.sampled_from(CALLERS))
-def test_old_and_new_php_agree_everywhere(path: str, verb: str, caller: int) -> None:
-    """No request's fate depends on 32.0.0's fall-through."""
-    assert old_php(MANIFEST, path, verb, caller) == new_php(MANIFEST, path, verb, caller)
+def test_old_and_new_php_differ_only_by_falling_through_to_the_catch_all(
+    path: str, verb: str, caller: int
+) -> None:
+    """32.0.0's fall-through can only hand a refused owned path to the USER catch-all (where
+    the connector's own ADMIN check refuses it): never to another owned route."""
+    old = old_php(MANIFEST, path, verb, caller)
+    new = new_php(MANIFEST, path, verb, caller)
+    if old != new:
+        assert new is None, (path, verb, caller, old)
+        assert old is CATCH_ALL, (path, verb, caller, old)
 
 
 @settings(max_examples=400, deadline=None)
 @given(path=paths, caller=st.sampled_from(CALLERS))
-def test_harp_agrees_with_php_on_the_verbs_a_route_lists(path: str, caller: int) -> None:
-    """HaRP ignores verbs: it admits exactly what some listed verb admits in PHP."""
+def test_harp_and_php_pick_the_same_first_route(path: str, caller: int) -> None:
+    """HaRP ignores verbs; for each path it picks the route PHP picks for a verb that route
+    lists (lower-case paths: HaRP is case-sensitive, PHP is not)."""
     if path != path.lower():
-        return  # HaRP is case-sensitive, PHP is not (the connector's router is case-sensitive)
-    # Without the deprecated bare-path fallback: with it, "//" reaches the shell root in PHP.
-    php = any(
-        new_php(MANIFEST, path, verb, caller, bare_fallback=False)
-        for verb in sorted(NC_VERBS | {"HEAD"})
-    )
-    assert (harp(MANIFEST, path, "GET", caller) is not None) == php
+        return
+    route = harp(MANIFEST, path, "GET", ADMIN)
+    assert route is not None  # the catch-all matches everything
+    verb = route.verb_list[0]
+    assert new_php(MANIFEST, path, verb, ADMIN, bare_fallback=False) == route
 
 
 @settings(max_examples=300, deadline=None)
@@ -293,7 +348,23 @@ def test_old_php_verb_check_is_a_substring_test() -> None:
 APPAPI_DIRECT: Final = ("/trigger", "/hooks/")
 
 
-SAMPLES: Final = tuple(r.path for r in TABLE if r.level is not None and not r.case_variant)
+SAMPLES: Final = tuple(r.path for r in TABLE if not r.case_variant)
+
+
+def _app() -> web.Application:
+    config = Config.from_env(
+        {
+            "APP_SECRET": "s" * 32,
+            "NEXTCLOUD_URL": "http://nc.invalid",
+            "BEEFLOW_TENANT_KEY": "k" * 32,
+            "BEEFLOW_EMBED_BASE_URL": "bundled",
+        }
+    )
+    return make_app(config, run_at_boot=False)
+
+
+def _is_catch_all(route: AbstractRoute) -> bool:
+    return route.handler is saas._proxy
 
 
 def _samples(route: AbstractRoute) -> list[str]:
@@ -308,17 +379,16 @@ def _samples(route: AbstractRoute) -> list[str]:
 def test_every_connector_route_has_the_manifests_level() -> None:
     """Each route the app registers through add_route is reachable through the manifest with the
     same access level (AppAPI's gate and the connector's own check agree)."""
-    config = Config.from_env(
-        {
-            "APP_SECRET": "s" * 32,
-            "NEXTCLOUD_URL": "http://nc.invalid",
-            "BEEFLOW_TENANT_KEY": "k" * 32,
-        }
-    )
-    app = make_app(config, run_at_boot=False)
+    app = _app()
     problems = []
     for route, policy in app[keys.ROUTE_POLICIES].items():
         method = route.method if route.method not in ("*", "HEAD") else "GET"
+        if _is_catch_all(route):
+            if policy.access is not Access.USER:
+                problems.append(f"{method} catch-all: {policy.access.name}, not USER")
+            continue
+        if route.handler is saas._owned:
+            continue  # refuses, for anyone: the level of whatever route let it through stands
         samples = _samples(route)
         if not samples:
             problems.append(f"{method} {route.resource}: no sample path in TABLE; add one")
@@ -334,3 +404,41 @@ def test_every_connector_route_has_the_manifests_level() -> None:
                     f"connector {policy.access.name}"
                 )
     assert not problems
+
+
+def test_the_catch_all_is_the_last_route_of_the_connector() -> None:
+    """aiohttp tries resources in registration order: anything after the catch-all is dead."""
+    app = _app()
+    resources = [r for r in app.router.resources() if r.get_info()]
+    last = resources[-1]
+    assert all(_is_catch_all(route) for route in last), last
+    assert {route.method for route in last} >= CRUD
+
+
+@pytest.mark.parametrize("row", TABLE, ids=lambda r: r.path)
+def test_owned_paths_are_known_to_the_proxy(row: Row) -> None:
+    """Whatever verb brings an owned path to the catch-all (a verb its route does not list, a
+    case variant, 32.0.0's fall-through), the proxy recognises it and does not forward it."""
+    assert saas.is_connector_owned(row.path) is not row.forwarded
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["//setup", "/setup//status", "/%73etup", "/assets", "/hooks", "/hooks/nextcloud", "/trigger"],
+)
+def test_disguised_owned_paths_are_owned(path: str) -> None:
+    decoded = path.replace("%73", "s")  # aiohttp routes on the decoded path
+    assert saas.is_connector_owned(decoded)
+
+
+@pytest.mark.parametrize("verb", sorted(ALL_VERBS))
+@pytest.mark.parametrize("row", [r for r in TABLE if r.owned], ids=lambda r: r.path)
+def test_an_owned_path_never_resolves_to_forwarding(row: Row, verb: str) -> None:
+    """For every verb, the connector's router gives an owned path to a connector handler or to
+    the catch-all, whose handler refuses owned paths before it looks at anything else."""
+    app = _app()
+    path = row.path
+    request = make_mocked_request(verb, path, app=app)
+    match = asyncio.run(app.router.resolve(request))
+    handler = getattr(match, "handler", None)
+    assert handler is not saas._proxy, (verb, path)

@@ -11,7 +11,7 @@ import aiohttp
 
 from tests.helpers import RunningConnector
 
-CHAT: Final = "/api/ai/chat/direct/stream"
+CHAT: Final = "/ai/chat/direct/stream"  # the service's route: routes/ai.js is mounted at /ai
 COMMENT: Final = b": keep-alive\n\n"
 
 

@@ -19,7 +19,7 @@ from tests.proxy.conftest import ProxyFactory, raw_exchange
 from tests.proxy.streams import CHAT, chat
 
 
-def _raw_request(path: str, body: bytes = b"{}", *, extra: str = "") -> bytes:
+def _raw_request(path: str, body: bytes = b'{"message":"hi"}', *, extra: str = "") -> bytes:
     headers = "".join(f"{k}: {v}\r\n" for k, v in appapi_headers("alice").items())
     return (
         f"POST {path} HTTP/1.1\r\nHost: nextcloud.local\r\n{headers}"

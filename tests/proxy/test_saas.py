@@ -1,4 +1,5 @@
-"""The /api and /auth proxy over real sockets: identity, headers, bodies, errors, tenant key."""
+"""The proxy to the service over real sockets: what reaches it (every path the connector does not
+own, as the user, with a JWT the service accepts), identity, headers, bodies, errors, tenant key."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from yarl import URL
@@ -363,18 +365,27 @@ async def test_user_lookup_failure_is_502_json(
 
 
 async def test_patch_tunnel(legacy: RunningConnector, service: FakeService) -> None:
+    """The UI renames a conversation with POST + X-HTTP-Method-Override: PATCH (AppAPI's PHP
+    proxy has no PATCH); the service has only PATCH on that path and renames it."""
+    async with await legacy.request(
+        "POST", "/ai/chat/direct/stream", user="alice", json={"message": "hi"}
+    ) as resp:
+        assert resp.status == 200
+        await resp.read()  # conversation_created conv-1
     async with await legacy.request(
         "POST",
-        "/api/ai/direct/conversations/c1",
+        "/ai/direct/conversations/conv-1",
         user="alice",
         json={"title": "Renamed"},
         headers={"X-HTTP-Method-Override": "patch"},
     ) as resp:
-        assert resp.status == 404  # the fake has no such route; the method is what matters
+        assert resp.status == 200
+        assert await resp.json() == {"success": True}
     rec = service.last()
     assert rec.method == "PATCH"
     assert rec.body == b'{"title": "Renamed"}'
     assert "X-HTTP-Method-Override" not in rec.headers
+    assert service.conversations["conv-1"].title == "Renamed"
 
 
 @pytest.mark.parametrize("override", ["DELETE", "PUT", "GET", "PROPFIND"])
@@ -684,7 +695,10 @@ async def test_service_base_url_with_a_path_prefix(
 ) -> None:
     legacy.app[keys.API_BASE].url = service.url / "tenant-a"
     async with await legacy.request("GET", "/api/json?q=1", user="alice") as resp:
-        assert resp.status == 404  # the fake serves nothing under the prefix, and records it
+        # Nothing of the service's lives under the prefix: its web UI answers (the fallback
+        # the real service gives every unmatched path outside /api and /auth).
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
     assert service.last().raw_path == "/tenant-a/api/json?q=1"
 
 
@@ -720,3 +734,193 @@ async def test_dropped_connection_retry_happens_once_and_only_for_get_head(
         if method != "HEAD":
             assert (await resp.json())["code"] == "upstream_disconnected"
     assert len(service.find("/api/reset")) == arrivals
+
+
+# ------------------------------------------------------------------ the service's whole UI
+
+
+async def chat(conn: RunningConnector, path: str = "/ai/chat/direct/stream", **kw: Any) -> str:
+    async with await conn.request(
+        "POST", path, user="alice", json={"message": "hello"}, **kw
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        return await resp.text()
+
+
+async def test_chat_reaches_the_service_with_a_jwt_it_accepts(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    """The service's chat route (routes/ai.js at /ai), as the user, with the token its
+    connectorJwt verifies against the tenant keys it holds."""
+    text = await chat(legacy)
+    assert "event: done" in text
+    rec = service.last("/ai/chat/direct/stream")
+    assert rec.auth == "ok"
+    assert rec.user_email == "alice@example.com"
+    assert rec.claims is not None
+    assert (rec.claims["sub"], rec.claims["iss"], rec.claims["aud"]) == (
+        "alice",
+        "nextcloud-connector",
+        "beeflow.nl",
+    )
+    assert rec.headers["X-Beeflow-Source"] == "nextcloud-connector"
+    assert rec.headers["X-Beeflow-NC-Uid"] == "alice"
+
+
+async def test_the_old_api_chat_path_is_the_services_404(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    """What the connector's UI used to call: the service answers its JSON 404, relayed."""
+    async with await legacy.request(
+        "POST", "/api/ai/chat/direct/stream", user="alice", json={"message": "hi"}
+    ) as resp:
+        assert resp.status == 404
+        assert await resp.json() == {"error": "Not found"}
+    assert service.last().path == "/api/ai/chat/direct/stream"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/agents/7/chat/stream",
+        "/components/list",
+        "/reports/weekly",
+        "/apps/a1",
+        "/versions/v2",
+        "/uploads/x.png",
+        "/share/t0k3n",
+        "/w/page",
+        "/verify/c3rt",
+        "/mcp",
+        "/api/session-token",
+    ],
+)
+async def test_every_path_of_the_service_is_forwarded(
+    legacy: RunningConnector, service: FakeService, path: str
+) -> None:
+    """Not just /api and /auth: the UI's /agents, /components, /reports, ... (USER)."""
+    async with await legacy.request("GET", path, user="alice") as resp:
+        assert resp.status in (200, 404), await resp.text()
+    rec = service.last()
+    assert (rec.path, rec.auth, rec.user_email) == (path, "ok", "alice@example.com")
+
+
+async def test_agent_chat_streams(legacy: RunningConnector, service: FakeService) -> None:
+    assert "event: done" in await chat(legacy, "/agents/7/chat/stream")
+    assert service.last().path == "/agents/7/chat/stream"
+
+
+async def test_the_service_rejects_a_key_it_does_not_hold(
+    proxy_factory: ProxyFactory, service: FakeService
+) -> None:
+    """connectorJwt: no tenant key of the service verifies the token -> 401, relayed."""
+    conn = await proxy_factory(BEEFLOW_TENANT_KEY="tk_unknown_to_the_service_0123456789")
+    async with await conn.request("GET", "/api/health", user="alice") as resp:
+        assert resp.status == 401
+        assert await resp.json() == {"error": "Connector token rejected: no matching tenant key"}
+    assert service.last().auth == "401"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("PUT", "/setup", 405),
+        ("DELETE", "/setup/status", 405),
+        ("GET", "/setup/diagnostics", 404),
+        ("GET", "/SETUP/status", 404),
+        ("GET", "//setup/status", 404),
+        ("POST", "/assets/x.js", 405),
+        ("PUT", "/index.html", 405),
+        ("GET", "/hooks/studio-menus", 404),
+        ("POST", "/hooks/studio-menus", 404),
+        ("GET", "/trigger", 404),
+        ("POST", "/heartbeat/", 404),
+        ("PATCH", "/init", 405),
+        ("GET", "/nc", 404),
+        ("GET", "/webhook/nc-events", 405),
+        ("GET", "/js/embed.js?x=1", 200),
+        ("GET", "/img/app.svg", 200),
+    ],
+)
+async def test_connector_paths_are_never_forwarded(
+    legacy: RunningConnector, service: FakeService, method: str, path: str, status: int
+) -> None:
+    """Whatever verb, case or slashes bring one of the connector's paths to it (the catch-all
+    in AppAPI's table, 32.0.0's fall-through), it is answered here, as JSON, for anyone."""
+    for user in ("alice", "admin", None):
+        async with await legacy.request(method, path, user=user) as resp:
+            if resp.status == 403:  # an admin path for alice: refused by the connector itself
+                assert (await resp.json())["code"] == "admin_required"
+                continue
+            if path.startswith("//") and user is None:
+                assert resp.status == 401  # the catch-all's USER check comes first
+                continue
+            assert resp.status == status, (user, await resp.text())
+            if status >= 400:
+                assert resp.content_type == "application/json"
+    assert service.requests == []
+
+
+async def test_an_admin_path_refused_to_a_user_never_reaches_the_service(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    """AppAPI 32.0.0 hands bob's refused /setup to the USER catch-all: the connector's own ADMIN
+    check refuses it."""
+    for method, path in (("GET", "/setup"), ("POST", "/setup/rotate-tenant-key")):
+        async with await legacy.request(
+            method, path, user="alice", json={}, headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["code"] == "admin_required"
+    assert service.requests == []
+
+
+async def test_a_user_without_email_gets_the_connectors_answer(
+    legacy: RunningConnector, service: FakeService, fake_nc: FakeNextcloud
+) -> None:
+    """The service refuses a token without e-mail (400 "Connector token missing email claim");
+    the connector says why, in a sentence, and asks the service nothing."""
+    fake_nc.add_user("noemail", email=None, display_name="No Mail", groups=["staff"])
+    async with await legacy.request(
+        "POST", "/ai/chat/direct/stream", user="noemail", json={"message": "hi"}
+    ) as resp:
+        assert resp.status == 403
+        body = await resp.json()
+    assert body["code"] == "nextcloud_email_missing"
+    assert "Personal settings" in body["error"]
+    navigation = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
+    async with await legacy.request("GET", "/chat/5", user="noemail", headers=navigation) as resp:
+        assert resp.status == 200  # the UI shell, which shows the sentence from its calls
+        assert resp.content_type == "text/html"
+    assert service.requests == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/languages/user/locales",
+        "/api/languages/user/strings/de",
+        "/api/languages/public/strings/nl",
+    ],
+)
+async def test_l10n_calls_are_answered_here(
+    legacy: RunningConnector, service: FakeService, path: str
+) -> None:
+    async with await legacy.request("GET", path, user="alice") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {
+            "translations": {},
+            "pluralForm": "nplurals=2; plural=(n != 1);",
+        }
+    assert service.requests == []
+
+
+async def test_the_service_refuses_a_browser_origin_the_connector_strips(
+    legacy: RunningConnector, service: FakeService
+) -> None:
+    """The service 403s any Origin it does not serve (index.js): the connector must not pass
+    the browser's on."""
+    headers = {"Origin": "https://cloud.example.com", "Referer": "https://cloud.example.com/x"}
+    assert "event: done" in await chat(legacy, headers=headers)
+    assert "Origin" not in service.last().headers

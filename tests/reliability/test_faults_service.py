@@ -160,7 +160,7 @@ async def test_sse_stream_dying_midway(
     sent = b"".join(p.data for p in pieces)
     results = await asyncio.gather(
         *(
-            call(session, stack, "POST", "/api/ai/chat/direct/stream", json={"q": "x"})
+            call(session, stack, "POST", "/ai/chat/direct/stream", json={"message": "x"})
             for _ in range(CONCURRENCY)
         )
     )
@@ -179,7 +179,7 @@ async def test_sse_stream_dying_midway(
     assert len(broke) == CONCURRENCY  # once per stream, not per chunk
     stack.service.sse = StreamPlan(chat_pieces(["fine"]))
     status, body, error = await call(
-        session, stack, "POST", "/api/ai/chat/direct/stream", json={"q": "x"}
+        session, stack, "POST", "/ai/chat/direct/stream", json={"message": "x"}
     )
     assert (status, error) == (200, None)
     assert b"event: done" in body

@@ -82,9 +82,9 @@ async def test_sigterm_with_100_sse_streams_and_an_upload_in_flight(w: World) ->
 
     async with w.session(env, limit=0) as session:
         base = w.base(env)
-        chat = f"{base}/api/ai/chat/direct/stream"
+        chat = f"{base}/ai/chat/direct/stream"
         streams = [
-            await session.post(chat, json={"q": i}, headers=appapi_headers("alice"))
+            await session.post(chat, json={"message": str(i)}, headers=appapi_headers("alice"))
             for i in range(STREAMS)
         ]
         firsts = await asyncio.gather(*(read_events(r) for r in streams))

@@ -86,8 +86,8 @@ class Load:
         if kind == "api":
             method, path, headers = "GET", f"/api/json?n={rng.randrange(1000)}", appapi_headers(uid)
         elif kind == "sse":
-            method, path = "POST", "/api/ai/chat/direct/stream"
-            headers, kw = appapi_headers(uid), {"json": {"q": "soak"}}
+            method, path = "POST", "/ai/chat/direct/stream"
+            headers, kw = appapi_headers(uid), {"json": {"message": "soak"}}
         elif kind == "nc":
             verb = rng.choice(["GET", "PROPFIND"])
             method, path = verb, NC_FILE

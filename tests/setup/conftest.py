@@ -34,7 +34,10 @@ class HealthServer:
             raise web.HTTPFound(str(self.url / "elsewhere" / "api" / "health"))
         if self.mode == "html":
             return web.Response(text="<html>not json</html>", content_type="text/html")
-        return web.json_response({"status": "ok", "version": "9.8.7", "tier": "test"})
+        return web.json_response(
+            {"status": "ok", "timestamp": "2026-11-22T10:00:00.000Z", "appVersion": "9f8e7d6"}
+            | {"otel": False}
+        )
 
     async def _other(self, request: web.Request) -> web.StreamResponse:
         self.seen.append((request.path, request.headers))
@@ -75,7 +78,7 @@ def control() -> ServiceControl:
 
 @pytest.fixture
 async def service(control: ServiceControl) -> AsyncIterator[FakeService]:
-    async with FakeService(extra_routes=control.routes()) as svc:
+    async with FakeService(control=control) as svc:
         yield svc
 
 

@@ -201,8 +201,10 @@ async def test_probe_ok(connector: RunningConnector, health: HealthServer) -> No
     assert status == 200
     assert body["ok"] is True
     assert body["status"] == 200
-    assert body["version"] == "9.8.7"
-    assert body["tier"] == "test"
+    # The service's health is {status, timestamp, appVersion, otel}: appVersion is its build.
+    assert body["appVersion"] == "9f8e7d6"
+    assert "version" not in body
+    assert "tier" not in body
     assert body["url"] == str(health.url) + "/api/health"
     assert [path for path, _ in health.seen] == ["/api/health"]
 
@@ -313,9 +315,9 @@ async def test_save_applies_live_and_rebootstraps(
 
 
 def status_state(running: RunningConnector) -> str:
-    from beeflow.setup import _STATE
+    from beeflow.setup.common import STATE
 
-    rb = running.app[_STATE].rebootstrap
+    rb = running.app[STATE].rebootstrap
     return rb.state if rb is not None else "none"
 
 

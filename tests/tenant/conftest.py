@@ -53,17 +53,15 @@ def control() -> ServiceControl:
 
 @pytest.fixture
 async def service(control: ServiceControl) -> AsyncIterator[FakeService]:
-    async with FakeService(extra_routes=control.routes()) as svc:
+    async with FakeService(control=control) as svc:
         yield svc
 
 
 def fast_retries(app: web.Application) -> None:
-    """Shorten the bootstrap's backoff and polling so the tests see several attempts."""
+    """Shorten the bootstrap's backoff so the tests see several attempts."""
     boot = app[tenant.BOOTSTRAPPER]
     boot.retry_base = 0.05
     boot.retry_cap = 0.2
-    boot.poll_interval = 0.05
-    boot.poll_jitter = 0.0
 
 
 AutoFactory = Callable[..., Awaitable[RunningConnector]]

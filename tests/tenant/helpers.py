@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,10 @@ async def heartbeat(conn: RunningConnector, *, trusted: bool | None) -> dict[str
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from beeflow import keys, tenant
@@ -24,7 +26,14 @@ from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import TENANT_KEY
 from tests.tenant.conftest import AutoFactory
-from tests.tenant.helpers import heartbeat, progress_values, read_json, run_init, wait_for
+from tests.tenant.helpers import (
+    dead_port,
+    heartbeat,
+    progress_values,
+    read_json,
+    run_init,
+    wait_for,
+)
 
 CACHED_KEY = "tk_cached_00112233445566778899aabbccddeeff"
 
@@ -152,10 +161,14 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
     assert (state.source, state.status) == ("bootstrap", "ok")
     path = storage / "tenant-key.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # A fresh organisation, named as the service names it (theming name and host).
+    assert call.status == 200
+    assert (call.answer["code"], call.answer["isNew"]) == ("fresh_org", True)
+    assert call.answer["ncVersion"] == "32.0.1"  # from the service's own capabilities fetch
     record = read_json(path)
     assert record["tenantKey"] == PROVISIONED_KEY
-    assert record["organizationId"] == "org-42"
-    assert record["organizationName"] == "Acme"
+    assert record["organizationId"] == call.answer["organizationId"]
+    assert record["organizationName"] == f"Nextcloud (127.0.0.1:{port})"
     assert record["ncInstanceId"] == f"nc-host:127.0.0.1:{port}"
     assert record["ncVersion"] == "32.0.1"
     assert record["boundApiBaseUrl"] == str(service.url)
@@ -209,7 +222,7 @@ async def test_instance_id_from_capabilities_when_exposed(
 async def test_host_instance_id_is_stable_across_restarts(
     auto_connector: AutoFactory, control: ServiceControl
 ) -> None:
-    control.bootstrap_mode = "error"
+    control.fault = (503, {"error": "Service unavailable"})
     first = await auto_connector(slow_retries=True)
     await tenant.bootstrapper(first.app).ensure()
     second = await auto_connector(slow_retries=True)
@@ -261,27 +274,25 @@ async def test_admin_without_email_is_a_categorised_error_and_nothing_is_invente
 async def test_service_error_is_categorised_persisted_and_retried_with_backoff(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud, storage: Path, control: ServiceControl
 ) -> None:
-    control.bootstrap_mode = "error"
-    control.error_status = 400
-    control.error_body = {
-        "error": "Cannot reach your Nextcloud",
-        "code": "nc_capabilities_unreachable",
-    }
-    conn = await auto_connector()
+    """The service fetches the capabilities at the public URL the connector names (its
+    anti-spoof check): an unreachable one is its 403 nc_capabilities_unreachable."""
+    conn = await auto_connector(BEEFLOW_NC_PUBLIC_URL=f"http://127.0.0.1:{dead_port()}")
     boot = tenant.bootstrapper(conn.app)
     await boot.ensure()
     state = conn.app[keys.TENANT]
     assert state.status == "failed"
+    assert control.bootstraps[0].status == 403
     assert state.last_error is not None
     assert state.last_error["category"] == "nc_not_publicly_reachable"
     assert state.last_error["phase"] == "saas_response"
-    assert "Cannot reach your Nextcloud" in state.last_error["error"]
+    assert "Could not verify NC instance ownership" in state.last_error["error"]
+    assert "BEEFLOW_NC_PUBLIC_URL" in state.last_error["remediation"]
     assert read_json(storage / "bootstrap-last-error.json")["category"] == (
         "nc_not_publicly_reachable"
     )
-    # The backoff retries on its own; once the service answers, the key arrives.
+    # The backoff retries on its own; once the service gets past the check, the key arrives.
     await wait_for(lambda: len(control.bootstraps) >= 2)
-    control.bootstrap_mode = "ok"
+    control.skip_verify = True
     await wait_for(lambda: state.key == PROVISIONED_KEY)
     assert state.status == "ok"
     assert not (storage / "bootstrap-last-error.json").exists()
@@ -290,28 +301,138 @@ async def test_service_error_is_categorised_persisted_and_retried_with_backoff(
 @pytest.mark.parametrize(
     ("status", "body", "category"),
     [
+        # Answers without a code of the bootstrap: categorised by status.
         (409, {"error": "exists"}, "tenant_already_provisioned"),
         (403, {"error": "no"}, "saas_auth_rejected"),
-        (400, {"error": "x", "code": "pairing_required"}, "pairing_required"),
         (503, {"error": "busy"}, "saas_transient"),
         (200, {"nothing": True}, "unknown"),
     ],
 )
-async def test_error_categories(
+async def test_error_categories_without_a_code(
     auto_connector: AutoFactory,
     control: ServiceControl,
     status: int,
     body: dict[str, object],
     category: str,
 ) -> None:
-    control.bootstrap_mode = "error"
-    control.error_status = status
-    control.error_body = body
+    control.fault = (status, body)
     conn = await auto_connector(slow_retries=True)
     await tenant.bootstrapper(conn.app).ensure()
     error = conn.app[keys.TENANT].last_error
     assert error is not None
     assert error["category"] == category
+
+
+def _pairing_required(control: ServiceControl) -> str | None:
+    control.provisioning = "pairing_only"
+    return None
+
+
+def _org_create_failed(control: ServiceControl) -> str | None:
+    control.org_create_fails = True
+    return None
+
+
+def _code_invalid(control: ServiceControl) -> str | None:
+    return "ZZZZ-9999"
+
+
+def _org_gone(control: ServiceControl) -> str | None:
+    org = control.add_org("Gone")
+    code = control.issue_pairing_code(org)
+    del control.orgs[org.id]
+    return code
+
+
+def _already_bound(control: ServiceControl) -> str | None:
+    return control.issue_pairing_code(control.add_org("Taken", instance_id="oc-elsewhere"))
+
+
+def _race(control: ServiceControl) -> str | None:
+    control.pairing_race = True
+    return control.issue_pairing_code(control.add_org("Raced"))
+
+
+def _email_conflict(control: ServiceControl) -> str | None:
+    # The admin's address is a member of another organisation that is bound elsewhere.
+    control.add_org("Other", emails=("admin@example.com",), instance_id="oc-other")
+    return None
+
+
+def _too_many(control: ServiceControl) -> str | None:
+    control.add_org("Acme", domain="example.com")
+    return None
+
+
+@pytest.mark.parametrize(
+    ("prepare", "status", "code", "category", "in_remediation"),
+    [
+        (_pairing_required, 403, "pairing_required", "pairing_required",
+         "BEEFLOW_CONNECTOR_PROVISIONING=open"),
+        (_org_create_failed, 500, "org_create_failed", "saas_transient", "retries on its own"),
+        (_code_invalid, 401, "pairing_code_invalid", "pairing_code_invalid", "works once"),
+        (_org_gone, 410, "pairing_code_org_gone", "pairing_code_org_gone", "no longer exists"),
+        (_already_bound, 409, "pairing_code_org_already_bound",
+         "pairing_code_org_already_bound", "another Nextcloud"),
+        (_race, 409, "pairing_code_race", "pairing_code_race", "fresh code"),
+        (_email_conflict, 409, "admin_email_conflict", "admin_email_conflict", "pairing code"),
+    ],
+    ids=lambda v: v.__name__ if callable(v) else None,
+)  # fmt: skip
+async def test_every_bootstrap_code_gets_a_remediation_an_admin_can_act_on(
+    auto_connector: AutoFactory,
+    control: ServiceControl,
+    prepare: Callable[[ServiceControl], str | None],
+    status: int,
+    code: str,
+    category: str,
+    in_remediation: str,
+) -> None:
+    """The service's real branches (auth/connectorBootstrap.js), one per refusal: the category
+    is the connector's, the remediation names what to do here (not the service's text, which
+    says to reinstall the connector)."""
+    pairing = prepare(control)
+    env = {"BEEFLOW_PAIRING_CODE": pairing} if pairing else {}
+    conn = await auto_connector(slow_retries=True, **env)
+    await tenant.bootstrapper(conn.app).ensure()
+    answer = control.bootstraps[-1]
+    assert (answer.status, answer.answer.get("code")) == (status, code)
+    error = conn.app[keys.TENANT].last_error
+    assert error is not None
+    assert error["category"] == category
+    assert in_remediation in error["remediation"]
+    assert "reinstall" not in error["remediation"]
+    if pairing:
+        assert pairing not in json.dumps(error)
+
+
+async def test_too_many_pending_verifications_is_its_own_category(
+    auto_connector: AutoFactory,
+    control: ServiceControl,
+    service: FakeService,
+    fake_nc: FakeNextcloud,
+) -> None:
+    """Five verifications already wait for the organisation: the sixth bootstrap is 429."""
+    _too_many(control)
+    headers = {
+        "X-Beeflow-NC-Instance-Id": tenant.host_instance_id(fake_nc.url),
+        "X-Beeflow-NC-Base-Url": str(fake_nc.url),
+        "X-Beeflow-NC-Admin-Uid": "admin",
+        "X-Beeflow-NC-Admin-Email": "admin@example.com",
+    }
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):
+            async with session.post(
+                service.url / "auth/connector/bootstrap", json={}, headers=headers
+            ) as resp:
+                assert resp.status == 202
+    conn = await auto_connector(slow_retries=True)
+    await tenant.bootstrapper(conn.app).ensure()
+    assert control.bootstraps[-1].status == 429
+    error = conn.app[keys.TENANT].last_error
+    assert error is not None
+    assert error["category"] == "too_many_pending"
+    assert "30 minutes" in error["remediation"]
 
 
 async def test_unreachable_service_is_saas_unreachable(
@@ -332,21 +453,31 @@ async def test_unreachable_service_is_saas_unreachable(
 async def test_202_email_verification_is_persisted_restored_and_completed(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud, storage: Path, control: ServiceControl
 ) -> None:
-    control.bootstrap_mode = "verification"
+    """An organisation on the service with the admin's domain: 202, no e-mail sent by the
+    service; the state survives a restart; the code (sent on the connector's request) binds."""
+    control.add_org("Acme", domain="example.com", key=PROVISIONED_KEY)
     conn = await auto_connector()
     await run_init(conn, fake_nc)
     state = conn.app[keys.TENANT]
     assert state.status == "awaiting_email_verification"
+    answer = control.bootstraps[0].answer
+    assert answer["status"] == "pending_verification"
+    assert "maskedEmail" not in answer
+    assert control.mails == []
     pending = read_json(storage / "pending-bootstrap.json")
     assert pending["kind"] == "verification"
-    assert pending["verifyUrl"] == "/auth/connector/bootstrap/pending/p-1/verify"
+    assert pending["verifyUrl"] == f"/auth/connector/bootstrap/pending/{answer['pendingId']}/verify"
     assert pending["ncInstanceId"].startswith("nc-host:")
+    assert pending["codeSent"] is False
     assert stat.S_IMODE((storage / "pending-bootstrap.json").stat().st_mode) == 0o600
     anonymous = await heartbeat(conn, trusted=None)
     assert anonymous["bootstrap"] == {
         "state": "awaiting_email_verification",
-        "expiresAt": "2099-01-01T00:00:00Z",
+        "expiresAt": answer["expiresAt"],
     }
+    trusted = await heartbeat(conn, trusted=True)
+    assert trusted["bootstrap"]["codeSent"] is False
+    assert trusted["bootstrap"]["organizationName"] == "Acme"
     # Another trigger does not provision again while the verification is pending.
     await tenant.bootstrapper(conn.app).ensure()
     assert len(control.bootstraps) == 1
@@ -356,12 +487,16 @@ async def test_202_email_verification_is_persisted_restored_and_completed(
     state2 = again.app[keys.TENANT]
     assert state2.status == "awaiting_email_verification"
     assert state2.pending is not None
-    assert state2.pending["maskedEmail"] == "a***@example.com"
+    assert state2.pending["codeSent"] is False
     boot = tenant.bootstrapper(again.app)
-    wrong = await boot.verify_code("000000")
+    sent = await boot.resend()
+    assert (sent["ok"], sent["maskedEmail"]) == (True, "a•••n@example.com")
+    assert state2.pending["maskedEmail"] == "a•••n@example.com"
+    code = control.last_mail().code
+    wrong = await boot.verify_code("000000" if code != "000000" else "000001")
     assert wrong["ok"] is False
     assert wrong["code"] == "invalid_code"
-    right = await boot.verify_code("123456")
+    right = await boot.verify_code(code)
     assert right == {"ok": True, "fingerprint": fingerprint(PROVISIONED_KEY)}
     assert state2.key == PROVISIONED_KEY
     assert state2.status == "ok"
@@ -369,33 +504,18 @@ async def test_202_email_verification_is_persisted_restored_and_completed(
     assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
 
 
-async def test_202_legacy_approval_is_polled_until_approved(
-    auto_connector: AutoFactory, control: ServiceControl, storage: Path
+async def test_returning_binding_hands_back_the_same_key(
+    auto_connector: AutoFactory, storage: Path, control: ServiceControl
 ) -> None:
-    control.bootstrap_mode = "poll"
-    control.approve_on_poll = 3
+    """The service keeps one key per organisation: the same Nextcloud bootstrapping again (a
+    lost key file, a reinstall) gets its key back (`returning_bind`), not a new one."""
     conn = await auto_connector()
     await tenant.bootstrapper(conn.app).ensure()
-    state = conn.app[keys.TENANT]
-    assert state.status in ("awaiting_admin_approval", "ok")
-    await wait_for(lambda: state.key == PROVISIONED_KEY)
-    assert control.polls == 3
-    assert not (storage / "pending-bootstrap.json").exists()
-
-
-async def test_202_legacy_denied_becomes_a_failure(
-    auto_connector: AutoFactory, control: ServiceControl
-) -> None:
-    control.bootstrap_mode = "poll"
-    control.deny_polls = True
-    conn = await auto_connector(slow_retries=True)
-    boot = tenant.bootstrapper(conn.app)
-    boot.poll_interval = 0.01
-    await boot.ensure()
-    state = conn.app[keys.TENANT]
-    await wait_for(lambda: state.status == "failed")
-    assert state.last_error is not None
-    assert "denied" in state.last_error["error"]
+    (storage / "tenant-key.json").unlink()
+    again = await auto_connector()
+    await tenant.bootstrapper(again.app).ensure()
+    assert [c.answer["code"] for c in control.bootstraps] == ["fresh_org", "returning_bind"]
+    assert again.app[keys.TENANT].key == PROVISIONED_KEY
 
 
 # ------------------------------------------------------------------ single flight
@@ -455,8 +575,7 @@ async def test_bootstrap_against_an_unregistered_app_stays_within_the_budget(
 async def test_heartbeat_discloses_details_only_with_the_secret(
     auto_connector: AutoFactory, control: ServiceControl, service: FakeService
 ) -> None:
-    control.bootstrap_mode = "error"
-    control.error_body = {"error": f"cannot fetch {service.url}/secret-path", "code": "x"}
+    control.fault = (400, {"error": f"cannot fetch {service.url}/secret-path", "code": "x"})
     conn = await auto_connector(slow_retries=True)
     await tenant.bootstrapper(conn.app).ensure()
     for trusted in (None, False):
@@ -477,6 +596,8 @@ async def test_heartbeat_discloses_details_only_with_the_secret(
 async def test_rebootstrap_provisions_a_new_key_and_keeps_the_old_file(
     auto_connector: AutoFactory, storage: Path, control: ServiceControl
 ) -> None:
+    """A cached key the service does not know (another service): the re-bootstrap gets this
+    Nextcloud a fresh organisation and its key."""
     write_cache(storage)
     conn = await auto_connector()
     assert conn.app[keys.TENANT].key == CACHED_KEY
@@ -489,42 +610,41 @@ async def test_rebootstrap_provisions_a_new_key_and_keeps_the_old_file(
     assert len(control.bootstraps) == 1
 
 
-@pytest.mark.parametrize("denied", [True, False], ids=["denied", "approved"])
-async def test_rebootstrap_waiting_for_approval_keeps_the_old_key(
+@pytest.mark.parametrize("finished", [True, False], ids=["verified", "expired"])
+async def test_rebootstrap_waiting_for_verification_keeps_the_old_key(
     auto_connector: AutoFactory,
     storage: Path,
     control: ServiceControl,
     service: FakeService,
-    denied: bool,
+    finished: bool,
 ) -> None:
-    """The legacy approval 202 holds the key in use like the e-mail verification: polled until
-    approved (then the new key), or denied (then the old key simply stays)."""
+    """A re-bootstrap answered 202 holds the key in use: the code binds (then the new key), or
+    the verification ends unfinished (then the old key simply stays)."""
     write_cache(storage, bound=str(service.url))
-    control.deny_polls = denied
-    control.bootstrap_mode = "poll"
-    control.approve_on_poll = 0  # the first polls find it pending
+    control.add_org("Acme", domain="example.com", key=PROVISIONED_KEY)
     conn = await auto_connector()
     state = conn.app[keys.TENANT]
     assert state.key == CACHED_KEY
     await conn.app[keys.REBOOTSTRAP]()
-    assert (state.key, state.status) == (CACHED_KEY, "awaiting_admin_approval")
+    assert (state.key, state.status) == (CACHED_KEY, "awaiting_email_verification")
     assert state.previous_key_in_use
     body = await heartbeat(conn, trusted=False)
     assert body["bootstrap"]["previousKeyInUse"] is True
-    if denied:
-        await wait_for(lambda: state.status == "ok")
-        assert state.key == CACHED_KEY
+    boot = tenant.bootstrapper(conn.app)
+    await boot.resend()
+    if finished:
+        assert (await boot.verify_code(control.last_mail().code))["ok"] is True
+        assert (state.key, state.status) == (PROVISIONED_KEY, "ok")
+        assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
+        assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
+    else:
+        control.expire_pending()
+        result = await boot.verify_code(control.last_mail().code)
+        assert (result["status"], result["code"]) == (410, "expired")
+        assert (state.key, state.status) == (CACHED_KEY, "ok")
         assert (state.last_error or {})["category"] == "rotation_not_completed"
         assert not (storage / "pending-bootstrap.json").exists()
         assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
-    else:
-        await wait_for(lambda: control.polls >= 2)
-        assert state.key == CACHED_KEY  # still pending: the old key serves
-        control.approve_on_poll = control.polls + 1
-        await wait_for(lambda: state.key == PROVISIONED_KEY)
-        assert state.status == "ok"
-        assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
-        assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
 
 
 async def test_rebootstrap_failure_restores_the_old_state(
@@ -533,9 +653,7 @@ async def test_rebootstrap_failure_restores_the_old_state(
     path = write_cache(storage)
     original = path.read_bytes()
     conn = await auto_connector()
-    control.bootstrap_mode = "error"
-    control.error_status = 409
-    control.error_body = {"error": "already provisioned"}
+    control.fault = (409, {"error": "already provisioned"})
     with pytest.raises(BootstrapFailed) as info:
         await conn.app[keys.REBOOTSTRAP]()
     assert info.value.extra["category"] == "tenant_already_provisioned"

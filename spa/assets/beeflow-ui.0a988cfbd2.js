@@ -7,8 +7,9 @@
 (function () {
   "use strict";
 
-  var CHAT_PATH = "api/ai/chat/direct/stream";
-  var CONVERSATION_PATH = "api/ai/direct/conversations/";
+  /* The service's own routes (its routes/ai.js is mounted at /ai, not under /api). */
+  var CHAT_PATH = "ai/chat/direct/stream";
+  var CONVERSATION_PATH = "ai/direct/conversations/";
 
   /* The directory of this document: ".../bee_flow/index.html" and ".../bee_flow/" give
    * ".../bee_flow/". (".../bee_flow" without the slash never gets here: its relative asset
@@ -54,8 +55,8 @@
     }
   }
 
-  /* The server's own words from a JSON error body: `error` (the connector), `message` or
-   * `detail` (the service, FastAPI style: a string or a list of {msg}). */
+  /* The server's own words from a JSON error body: `error` (the connector and the service), or
+   * `message` / `detail` from anything in between. */
   function serverMessage(body) {
     if (!body || typeof body !== "object") {
       return "";
@@ -84,6 +85,12 @@
 
   /* Plain sentences for the codes a person can act on (the code itself stays in the tooltip). */
   function codeSentence(code) {
+    if (code === "nextcloud_email_missing") {
+      return "Your Nextcloud account has no e-mail address \u2014 add one under Personal settings, then reload";
+    }
+    if (code === "NC_ONBOARDING_PENDING") {
+      return "Bee Flow is being set up by your administrator \u2014 try again in a few minutes";
+    }
     if (code === "tenant_key_missing" || code === "tenant_unavailable") {
       return "Not connected to the Bee Flow service yet \u2014 an administrator has to finish the setup";
     }
@@ -165,8 +172,9 @@
     }
     var body = await readJson(health);
     if (health.ok) {
-      var version = body && body.version ? " (" + body.version + ")" : "";
-      setConnection("connected", "Connected" + version, "Bee Flow service answered");
+      // The service's health: {status, timestamp, appVersion (its build), otel}.
+      var build = body && body.appVersion ? " (" + body.appVersion + ")" : "";
+      setConnection("connected", "Connected" + build, "Bee Flow service answered");
       return;
     }
     var failure = describeFailure(health.status, body);
