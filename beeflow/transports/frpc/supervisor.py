@@ -373,6 +373,7 @@ class FrpcSupervisor:
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
             "last_error": self.tunnel.last_error,
+            "cause": self.tunnel.cause,
             "remedy": self.tunnel.remedy,
             "connected_since": self.tunnel.connected_since,
             "started_at": self.started_at,
