@@ -3,6 +3,7 @@ tunnels to, and supervisors stopped at the end of each test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -72,3 +73,17 @@ async def start(
 async def until(sup: FrpcSupervisor, predicate: Callable[[], bool], timeout: float = 10) -> None:
     if not await sup.wait_until(predicate, timeout):
         raise AssertionError(f"timed out; status: {sup.status()}")
+
+
+def rendered_configs() -> list[int]:
+    """Our open in-memory frpc configs (memfds named frpc.toml), by descriptor."""
+    found = []
+    for entry in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(entry)
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if target.startswith("/memfd:frpc.toml"):
+            found.append(int(entry.name))
+    return sorted(found)
+
