@@ -39,6 +39,7 @@ async def check_running(ctx: Context) -> Check:
         return Check(name, SKIP, f"no connector answers on {where} (not running here)")
     if not isinstance(data, dict) or data.get("status") != "ok":
         return Check(name, FAIL, f"the connector on {where} answered an unexpected heartbeat")
+    ctx.heartbeat = data
     problems: list[tuple[str, str, str]] = []  # (status, what, remedy)
     auth = data.get("appapiAuth") or {}
     if auth.get("spent"):
