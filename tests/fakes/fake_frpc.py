@@ -7,8 +7,10 @@ It parses FILE strictly (contract 5.4's keys plus `log.disablePrintColor`; unkno
 errors), prints frpc's lines (ANSI colours unless disabled), logs in to `serverAddr:serverPort`
 (a FakeFrps from tests/fakes/frp.py: one JSON line each way, saying whether it speaks TLS; or
 no server at all with FAKE_FRPC_SERVER=none), retries by itself like `loginFailExit = false`
-(a connection closed before the answer is `connect to server error: EOF`, as with a plain client
-against HaRP's TLS-forced frps; a proxy frps refuses is `[<name>] start error: <why>`), listens on
+(a connection closed before the answer is one of the words real frpc uses for a plain client
+against HaRP's TLS-forced frps, in turn: `EOF`, `session shutdown`, `stream closed`, a reset, a
+broken pipe; a proxy frps refuses is `[<name>] start error: <why>`, asked again every 30 s like
+frpc 0.61.1 does, e.g. `proxy [<name>] already exists` while another frpc holds it), listens on
 127.0.0.1:remotePort like frps does for HaRP and relays each connection to `unixPath`, dialling
 the socket once per connection. A refused dial leaves the caller hanging, like 0.61.x. TERM and
 INT are not handled: the process dies by the signal, printing nothing, cutting every relay.
@@ -26,7 +28,8 @@ Environment knobs:
   FAKE_FRPC_IGNORE_TERM=1   ignore SIGTERM (only KILL stops it)
   FAKE_FRPC_IGNORE_INT=1    ignore SIGINT (as when started in a non-interactive shell's background)
   FAKE_FRPC_SERVER=none     do not dial serverAddr: pretend the login succeeded
-  FAKE_FRPC_RETRY_SCALE=f   scale frpc's retry delays (2.1, 4.5, 9.2, then 10 s) by f
+  FAKE_FRPC_RETRY_SCALE=f   scale frpc's retry delays (2.1, 4.5, 9.2, then 10 s, and 30 s for a
+                            refused proxy) by f
   FAKE_FRPC_FORCE_COLOR=1   colour codes even with log.disablePrintColor = true
   FAKE_FRPC_ECHO_TOKEN=1    print a line holding the token (as a debug dump of the config would)
 """
@@ -52,6 +55,21 @@ VERSION = os.environ.get("FAKE_FRPC_VERSION", "0.61.1")
 RECORD = os.environ.get("FAKE_FRPC_RECORD", "")
 RETRY_SCALE = float(os.environ.get("FAKE_FRPC_RETRY_SCALE", "1"))
 RETRY_DELAYS = (2.1, 4.5, 9.2, 10.0)
+PROXY_RETRY = 30.0  # frpc 0.61.1 asks again for a proxy frps refused after this long
+
+
+def closed_before_login(attempt: int, local: str, remote: str) -> str:
+    """What frpc 0.61.1 says when a TLS-forcing frps drops its plain connection: the words
+    depend on a race (frp-observed.md), so the stand-in goes through them in turn."""
+    words = (
+        "EOF",
+        "session shutdown",
+        "stream closed",
+        f"write tcp {local}->{remote}: write: connection reset by peer",
+        f"write tcp {local}->{remote}: write: broken pipe",
+    )
+    return words[attempt % len(words)]
+
 
 # The schema: contract 5.4's keys, plus log.disablePrintColor. A dict is a table; a list of one
 # dict is an array of tables; a type is a leaf. Anything else is an unknown field.
@@ -270,7 +288,7 @@ class Frpc:
         addr, port = self.doc["serverAddr"], self.doc.get("serverPort", 7000)
         while True:
             self.line("I", "client/service.go:295", "try to connect to server...", run_id=False)
-            error = await self.session(addr, port)
+            error = await self.session(addr, port, attempt)
             if error is not None:
                 self.logged_in = False
                 self.line("W", "client/service.go:298", f"connect to server error: {error}")
@@ -285,7 +303,7 @@ class Frpc:
             attempt += 1
             await asyncio.sleep(delay)
 
-    async def session(self, addr: str, port: int) -> str | None:
+    async def session(self, addr: str, port: int, attempt: int) -> str | None:
         """Log in and hold the session; the error that ended it."""
         tls = self.doc.get("transport", {}).get("tls", {})
         if tls.get("enable", True):
@@ -299,6 +317,8 @@ class Frpc:
             reader, writer = await asyncio.open_connection(addr, port)
         except OSError as exc:
             return f"dial tcp {addr}:{port}: connect: {go_error(exc)}"
+        host, local_port = writer.get_extra_info("sockname")[:2]
+        local = f"{host}:{local_port}"
         try:
             hello = {
                 "token": self.doc["metadatas"]["token"],
@@ -312,11 +332,28 @@ class Frpc:
             await writer.drain()
             answer = await reader.readline()
             if not answer:
-                return "EOF"
+                return closed_before_login(attempt, local, f"{addr}:{port}")
             verdict = json.loads(answer)
             if not verdict.get("ok"):
                 return str(verdict.get("error", "login refused"))
-            await self.logged_in_now(proxy_error=verdict.get("proxy_error"))
+            await self.logged_in_now()
+            proxy_error = verdict.get("proxy_error")
+            while proxy_error:
+                # frps refused the proxy: frpc stays logged in, says why, asks again later.
+                record("proxy_refused", error=proxy_error)  # first: whoever reads may look
+                self.line("W", "client/control.go:166", f"[{self.name}] start error: {proxy_error}")
+                try:  # frps says nothing until asked; it only goes away
+                    await asyncio.wait_for(reader.read(), PROXY_RETRY * RETRY_SCALE)
+                    return "session shutdown"
+                except TimeoutError:
+                    pass
+                writer.write(b'{"retry_proxy": true}\n')
+                await writer.drain()
+                again = await reader.readline()
+                if not again:
+                    return "session shutdown"
+                proxy_error = json.loads(again).get("proxy_error")
+            await self.start_proxy()
             await reader.read()  # until frps goes away
             return "session shutdown"
         except (OSError, ValueError) as exc:
@@ -327,7 +364,7 @@ class Frpc:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def logged_in_now(self, proxy_error: str | None = None) -> None:
+    async def logged_in_now(self) -> None:
         self.logged_in = True
         self.ever_in = True
         self.line(
@@ -335,12 +372,10 @@ class Frpc:
         )
         record("login", token=self.doc["metadatas"]["token"], run_id=self.run_id)
         self.line("I", "proxy/proxy_manager.go:173", f"proxy added: [{self.name}]")
-        if proxy_error:
-            # frps refused the proxy (e.g. remotePort outside allowPorts): frpc stays logged
-            # in, says why once, and does not retry the proxy on this session.
-            record("proxy_refused", error=proxy_error)  # first: whoever reads the line may look
-            self.line("W", "client/control.go:172", f"[{self.name}] start error: {proxy_error}")
-            return
+        if os.environ.get("FAKE_FRPC_SERVER") == "none":
+            await self.start_proxy()
+
+    async def start_proxy(self) -> None:
         try:
             self.server = await asyncio.start_server(
                 self.relay, "127.0.0.1", self.proxy["remotePort"], reuse_address=True

@@ -114,8 +114,9 @@ class FakeFrps:
     does not speak TLS is disconnected before any answer (`transport.tls.force = true`; frpc
     logs `connect to server error: EOF`), the token is checked byte for byte, and a proxy
     outside `allowPorts` is refused after the login (frpc logs `[<name>] start error: port not
-    allowed`). `tls_required=False` is HaRP with HP_FRP_DISABLE_TLS=true; `allow_ports=None`
-    allows any port. The session is held until dropped."""
+    allowed`), and so is a proxy name another session holds (`proxy [<name>] already exists`)
+    until that session ends. `tls_required=False` is HaRP with HP_FRP_DISABLE_TLS=true;
+    `allow_ports=None` allows any port. The session is held until dropped."""
 
     token: str | None = None
     tls_required: bool = True
@@ -126,6 +127,8 @@ class FakeFrps:
     port: int = 0
     _server: asyncio.Server | None = None
     _sessions: set[asyncio.StreamWriter] = attrs.field(factory=set)
+    # Proxy names registered, and by which session (frps refuses a second one of a name).
+    proxies: dict[str, asyncio.StreamWriter] = attrs.field(factory=dict)
     _login: asyncio.Condition = attrs.field(factory=asyncio.Condition)
 
     async def start(self, port: int = 0) -> FakeFrps:
@@ -153,8 +156,9 @@ class FakeFrps:
             return
         ok = self.token is None or hello.get("token") == self.token
         answer: dict[str, Any] = {"ok": ok} if ok else {"ok": False, "error": "invalid token"}
-        if ok and not self.port_allowed(hello.get("remotePort")):
-            answer["proxy_error"] = "port not allowed"
+        name = str(hello.get("proxy"))
+        if ok and (error := self._proxy_error(name, hello.get("remotePort"), writer)):
+            answer["proxy_error"] = error
         writer.write(json.dumps(answer).encode() + b"\n")
         async with self._login:
             self.logins.append(hello)
@@ -164,12 +168,27 @@ class FakeFrps:
             return
         self._sessions.add(writer)
         try:
-            await reader.read()
+            # The only thing frpc sends later: asking again for a refused proxy (every 30 s).
+            while await reader.readline():
+                error = self._proxy_error(name, hello.get("remotePort"), writer)
+                writer.write(json.dumps({"proxy_error": error}).encode() + b"\n")
         except OSError:
             pass
         finally:
             self._sessions.discard(writer)
+            if self.proxies.get(name) is writer:
+                del self.proxies[name]
             writer.close()
+
+    def _proxy_error(self, name: str, port: object, session: asyncio.StreamWriter) -> str:
+        """Why frps refuses the proxy (its allowPorts, a name another client holds), or ""
+        after registering it for `session`."""
+        if not self.port_allowed(port):
+            return "port not allowed"
+        if name in self.proxies:
+            return f"proxy [{name}] already exists"
+        self.proxies[name] = session
+        return ""
 
     async def wait_refused(self, count: int, timeout: float = 10.0) -> None:
         async with self._login:

@@ -24,8 +24,27 @@ import aiohttp
 from beeflow import __version__, tenant
 from beeflow.config import Config
 from beeflow.errors import ConfigError
-from beeflow.ops.doctor import clocks, connector, harp, local, nextcloud, service, tenant_key
-from beeflow.ops.doctor.result import FAIL, PASS, SKIP, WARN, Check, Clock, Context, read_json_file
+from beeflow.ops.doctor import (
+    clocks,
+    connector,
+    daemon,
+    harp,
+    local,
+    nextcloud,
+    service,
+    tenant_key,
+)
+from beeflow.ops.doctor.result import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    Check,
+    Clock,
+    Context,
+    Deployment,
+    read_json_file,
+)
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -59,6 +78,7 @@ async def run_all(ctx: Context) -> list[Check]:
         )
     checks.append(tenant_key.check_tenant_key(ctx))
     checks.append(await connector.check_running(ctx))
+    checks.append(daemon.check_deploy_daemon(ctx))
     if config.harp:
         checks.append(await harp.check_harp_socket(ctx))
         checks.append(harp.check_harp_port(ctx))
@@ -146,7 +166,8 @@ async def run_checks(
         config = Config.from_env(env)
     except ConfigError as exc:
         return [config_failure(exc)], None
-    return await run_all(Context(config, clock=clock, timeout=timeout)), config
+    context = Context(config, clock=clock, timeout=timeout, deployment=Deployment.from_env(env))
+    return await run_all(context), config
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:

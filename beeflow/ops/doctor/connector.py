@@ -7,9 +7,10 @@ import aiohttp
 from yarl import URL
 
 from beeflow.nextcloud import appapi_headers
-from beeflow.ops.doctor.harp import tunnel_refused
+from beeflow.ops.doctor.harp import tunnel_cause
 from beeflow.ops.doctor.result import FAIL, PASS, SKIP, WARN, Check, Context, remedy_bruteforce
-from beeflow.transports.frpc.diagnose import diagnose
+from beeflow.transports.frpc.diagnose import LASTING
+from beeflow.transports.frpc.diagnose import remedy as remedy_for
 
 
 async def check_running(ctx: Context) -> Check:
@@ -38,6 +39,7 @@ async def check_running(ctx: Context) -> Check:
         return Check(name, SKIP, f"no connector answers on {where} (not running here)")
     if not isinstance(data, dict) or data.get("status") != "ok":
         return Check(name, FAIL, f"the connector on {where} answered an unexpected heartbeat")
+    ctx.heartbeat = data
     problems: list[tuple[str, str, str]] = []  # (status, what, remedy)
     auth = data.get("appapiAuth") or {}
     if auth.get("spent"):
@@ -57,12 +59,14 @@ async def check_running(ctx: Context) -> Check:
     if state == "exited":
         problems.append((FAIL, f"frpc exited ({last_error})", "Read the frpc log lines."))
     elif state in ("retrying", "starting") and c.harp:
-        specific = diagnose(last_error, c)
+        cause = tunnel_cause(c, tunnel)
+        specific = str(tunnel.get("remedy") or "") or remedy_for(cause, c)
         problems.append(
             (
-                # frps refused our port, or our plain connection while it forces TLS: the
-                # tunnel never comes up by itself. Anything else frpc retries.
-                FAIL if specific and tunnel_refused(ctx.config, last_error) else WARN,
+                # frps refused our port, our plain connection while it forces TLS, or the
+                # proxy name another frpc holds: the tunnel never comes up by itself.
+                # Anything else frpc retries.
+                FAIL if cause in LASTING else WARN,
                 f"the HaRP tunnel is {state} ({last_error or 'not connected yet'})",
                 specific
                 or "frpc retries by itself; check that HaRP runs and HP_SHARED_KEY matches.",

@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from beeflow.config import Config
 from beeflow.ops.doctor.result import FAIL, PASS, WARN, Check, Context
@@ -21,18 +22,20 @@ from beeflow.transports.frpc.binary import (
     resolve_binary,
 )
 from beeflow.transports.frpc.config import ENGINE_PORTS, EXAPP_PORTS, port_problem
-from beeflow.transports.frpc.diagnose import certs_remedy, port_remedy
+from beeflow.transports.frpc.diagnose import TLS_REQUIRED, certs_remedy, classify, port_remedy
 
 CERT_FILES: Final = ("ca.crt", "client.crt", "client.key")
 
 
-def tunnel_refused(config: Config, last_error: str) -> bool:
-    """frps turned the tunnel down for good: a port outside allowPorts, or a connection
-    without TLS closed (EOF) while the certificates are missing."""
-    error = last_error.lower()
-    if "port not allowed" in error:
-        return True
-    return error.endswith("eof") and not config.frp_cert_dir.is_dir()
+def tunnel_cause(config: Config, tunnel: Mapping[str, Any]) -> str:
+    """Why the running connector's tunnel is down (diagnose's codes), from its status: the
+    supervisor's own `cause` (it follows frpc's lines, and keeps a TLS refusal's diagnosis
+    until a login succeeds), else what the last error's words say."""
+    cause = tunnel.get("cause")
+    if isinstance(cause, str):
+        return cause
+    logged_in = bool(tunnel.get("logins"))
+    return classify(str(tunnel.get("last_error") or ""), config, logged_in=logged_in)
 
 
 async def check_harp_socket(ctx: Context) -> Check:
@@ -131,8 +134,8 @@ def check_frp_certs(ctx: Context) -> Check:
     name = "frp_certs"
     reinstall = certs_remedy(ctx.config.app_id, directory)
     if not directory.exists():
-        last_error = str(ctx.tunnel.get("last_error") or "")
-        if tunnel_refused(ctx.config, last_error) and "port not allowed" not in last_error:
+        if tunnel_cause(ctx.config, ctx.tunnel) == TLS_REQUIRED:
+            last_error = str(ctx.tunnel.get("last_error") or "")
             return Check(
                 name,
                 FAIL,

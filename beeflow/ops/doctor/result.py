@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,6 +56,28 @@ class Probe:
     location: str | None = None
 
 
+@attrs.frozen
+class Deployment:
+    """What the container's environment says about how it was deployed (no secret kept)."""
+
+    harp_tunnel: bool = False  # HP_SHARED_KEY set
+    kubernetes: bool = False  # KUBERNETES_SERVICE_HOST set
+    appapi_version: str = ""  # AA_VERSION, set for Docker and Kubernetes deploys only
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Deployment:
+        return cls(
+            harp_tunnel=bool(env.get("HP_SHARED_KEY", "").strip()),
+            kubernetes=bool(env.get("KUBERNETES_SERVICE_HOST", "").strip()),
+            appapi_version=env.get("AA_VERSION", "").strip(),
+        )
+
+    @property
+    def appapi_major(self) -> int | None:
+        match = re.match(r"(\d+)\.", self.appapi_version)
+        return int(match.group(1)) if match else None
+
+
 @attrs.define
 class Context:
     """One doctor run: the config, the clock and the per-check network timeout (both for tests),
@@ -65,8 +88,12 @@ class Context:
     timeout: float = 10.0
     nc_probe: Probe | None = None
     service_probe: Probe | None = None
-    # The running connector's tunnel status (its heartbeat), when one answered.
+    # The running connector's heartbeat (with the secret) and its tunnel status, when one
+    # answered.
+    heartbeat: dict[str, Any] = attrs.field(factory=dict)
     tunnel: dict[str, Any] = attrs.field(factory=dict)
+    # What the environment says about the deploy daemon (daemon.py).
+    deployment: Deployment = attrs.field(factory=Deployment)
 
 
 async def probe_get(ctx: Context, session: aiohttp.ClientSession, url: URL) -> Probe:

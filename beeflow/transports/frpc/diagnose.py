@@ -83,59 +83,52 @@ def _after(line: str, marker: str) -> str:
     return line[idx + len(marker) :].strip() if idx >= 0 else ""
 
 
-class Tunnel:
-    """The tunnel as frpc's lines tell it: state, counters, the last error and its remedy."""
+# Why the tunnel is down, when frpc's words tell: stable codes for the status, the log and doctor
+# (docs/transports.md, "Tunnel state").
+TLS_REQUIRED: Final = "tls_required"  # frps forces TLS; without certificates we connect in clear
+CERTS_UNUSABLE: Final = "certs_unusable"  # TLS on, but frpc cannot use the certificates
+PORT_NOT_ALLOWED: Final = "port_not_allowed"  # APP_PORT outside frps's allowPorts
+PROXY_TAKEN: Final = "proxy_taken"  # another frpc holds the proxy name at frps
+KEY_REFUSED: Final = "key_refused"  # HaRP's login plugin refused HP_SHARED_KEY
+FRPS_UNREACHABLE: Final = "frps_unreachable"  # nothing answers at HP_FRP_ADDRESS:HP_FRP_PORT
+# The causes that never clear by themselves: frpc retries for ever, and doctor fails on them.
+LASTING: Final = frozenset({TLS_REQUIRED, CERTS_UNUSABLE, PORT_NOT_ALLOWED, PROXY_TAKEN})
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.state = EXITED
-        self.connected_since: float | None = None
-        self.last_error = ""
-        self.remedy = ""  # what to do about last_error, when diagnose() knows
-        self.logins = 0
-        self.connect_errors = 0
-        self.socket_errors = 0
-        self._advised: set[str] = set()  # remedies already logged (frpc repeats its errors)
+# How frpc 0.61.1 reports a connection that HaRP's frps (`transport.tls.force = true`) closed
+# because it did not start with TLS. The same cause, several words: frps closes while frpc is
+# still writing or reading its login, and which of these frpc sees is a race
+# (frp-observed.md: 40 tries gave EOF, "session shutdown", "stream closed", and "write tcp
+# ...: connection reset by peer" or "...: broken pipe").
+CLOSED_BEFORE_LOGIN: Final = (
+    "eof",
+    "session shutdown",
+    "stream closed",
+    "connection reset by peer",
+    "broken pipe",
+)
 
-    def started(self) -> None:
-        self.state, self.connected_since = STARTING, None
 
-    def exited(self) -> None:
-        self.state, self.connected_since = EXITED, None
-
-    def observe(self, line: str) -> None:
-        """Follow the tunnel's state from one clean frpc line."""
-        if "login to server success" in line:
-            self.logins += 1
-            if self.state != CONNECTED:
-                self.state = STARTING
-        elif "start proxy success" in line:
-            self.state = CONNECTED
-            self.connected_since = time.time()
-            self.last_error = self.remedy = ""
-        elif "connect to server error" in line:
-            self.connect_errors += 1
-            self.state, self.connected_since = RETRYING, None
-            self._failed(_after(line, "error:") or line)
-        elif "login to the server failed" in line:  # only with loginFailExit = true: it exits
-            self.connect_errors += 1
-            self._failed(_after(line, "failed:").split(". With loginFailExit")[0] or line)
-        elif "start error" in line:
-            # frps refused the proxy (e.g. `port not allowed`): frpc stays logged in and does
-            # not register it again until its next login.
-            self.state, self.connected_since = RETRYING, None
-            self._failed(line[line.index("start error") :])
-        elif "dial to uds" in line:
-            # The app's socket refused frpc's dial: with 0.61.x the caller now hangs.
-            self.socket_errors += 1
-
-    def _failed(self, error: str) -> None:
-        """Record the tunnel's error and, once per distinct remedy, log what to do about it."""
-        self.last_error = error
-        self.remedy = diagnose(error, self.config)
-        if self.remedy and self.remedy not in self._advised:
-            self._advised.add(self.remedy)
-            log.warning("HaRP tunnel: %s. %s", error, self.remedy)
+def classify(error: str, config: Config, *, logged_in: bool) -> str:
+    """The cause behind one of frpc's errors, or "" when its words say nothing specific.
+    `logged_in`: a login succeeded before (then frps accepts us as we connect, and a closed
+    session is frps going away, not a refusal)."""
+    error = error.lower()
+    if not error:
+        return ""
+    if "port not allowed" in error:
+        return PORT_NOT_ALLOWED
+    if "already exists" in error:
+        return PROXY_TAKEN
+    tls = config.frp_cert_dir.is_dir()
+    if not tls and not logged_in and error.endswith(CLOSED_BEFORE_LOGIN):
+        return TLS_REQUIRED
+    if tls and ("no such file" in error or "certificate" in error or "tls" in error):
+        return CERTS_UNUSABLE
+    if "token" in error or "reject" in error or "plugin" in error:
+        return KEY_REFUSED
+    if "dial tcp" in error or "connection refused" in error or "no such host" in error:
+        return FRPS_UNREACHABLE
+    return ""
 
 
 def port_remedy(app_id: str) -> str:
@@ -155,37 +148,114 @@ def certs_remedy(app_id: str, cert_dir: Path) -> str:
     )
 
 
-def diagnose(last_error: str, config: Config) -> str:
-    """What to do about the tunnel's last error (docs/transports.md, "Tunnel state"), for the
-    log and doctor; "" when the error says nothing specific."""
-    error = last_error.lower()
-    if not error:
-        return ""
-    if "port not allowed" in error:
-        return f"{port_problem(config.app_port) or 'frps refused APP_PORT'}. " + port_remedy(
-            config.app_id
-        )
-    tls = config.frp_cert_dir.is_dir()
-    if error.endswith("eof") and not tls:
+def proxy_taken_remedy(app_id: str) -> str:
+    return (
+        f"HaRP's frps already has a tunnel named {app_id}: another frpc with this app's name is "
+        "still connected: one that outlived a killed connector process of an older release, or "
+        "a second container of the same app. This frpc asks again every 30 s and takes over "
+        "once that one is gone; to end it now, restart this container (a leftover frpc dies "
+        "with it) or stop the other one."
+    )
+
+
+def remedy(cause: str, config: Config) -> str:
+    """What to do about a cause (docs/transports.md, "Tunnel state"); "" for none."""
+    if cause == PORT_NOT_ALLOWED:
+        why = port_problem(config.app_port) or "frps refused APP_PORT"
+        return f"{why}. " + port_remedy(config.app_id)
+    if cause == PROXY_TAKEN:
+        return proxy_taken_remedy(config.app_id)
+    if cause == TLS_REQUIRED:
         # HaRP's frps forces TLS (transport.tls.force = true) unless HP_FRP_DISABLE_TLS=true:
-        # it closes a plain connection without a word, and frpc reads EOF.
+        # it drops a plain connection without answering.
         return (
             "frps closed the connection before the login: HaRP forces TLS, and "
             f"{config.frp_cert_dir} is missing, so frpc connects without TLS. "
             + certs_remedy(config.app_id, config.frp_cert_dir)
         )
-    if tls and ("no such file" in error or "certificate" in error or "tls" in error):
+    if cause == CERTS_UNUSABLE:
         return "frpc cannot use the frp certificates. " + certs_remedy(
             config.app_id, config.frp_cert_dir
         )
-    if "token" in error or "reject" in error or "plugin" in error:
+    if cause == KEY_REFUSED:
         return (
             "HaRP refused the login: HP_SHARED_KEY must equal HaRP's shared key (the deploy "
             "daemon's --harp_shared_key)."
         )
-    if "dial tcp" in error or "connection refused" in error or "no such host" in error:
+    if cause == FRPS_UNREACHABLE:
         return (
             f"frps at {config.hp_frp_address}:{config.hp_frp_port} is not reachable: HaRP must "
             "run, on the same Docker network, at the daemon's --harp_frp_address."
         )
     return ""
+
+
+def diagnose(last_error: str, config: Config, *, logged_in: bool = False) -> str:
+    """What to do about one error of frpc's, for callers that have only its words."""
+    return remedy(classify(last_error, config, logged_in=logged_in), config)
+
+
+class Tunnel:
+    """The tunnel as frpc's lines tell it: state, counters, the last error, its cause and the
+    remedy."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = EXITED
+        self.connected_since: float | None = None
+        self.last_error = ""
+        self.cause = ""  # classify()'s code for the error the remedy is about
+        self.remedy = ""  # what to do about it, when the cause is known
+        self.logins = 0
+        self.connect_errors = 0
+        self.socket_errors = 0
+        self._advised: set[str] = set()  # remedies already logged (frpc repeats its errors)
+
+    def started(self) -> None:
+        self.state, self.connected_since = STARTING, None
+
+    def exited(self) -> None:
+        self.state, self.connected_since = EXITED, None
+
+    def observe(self, line: str) -> None:
+        """Follow the tunnel's state from one clean frpc line."""
+        if "login to server success" in line:
+            self.logins += 1
+            if self.state != CONNECTED:
+                self.state = STARTING
+            if self.cause == TLS_REQUIRED:  # frps took our login: TLS was not the problem
+                self.cause = self.remedy = ""
+        elif "start proxy success" in line:
+            self.state = CONNECTED
+            self.connected_since = time.time()
+            self.last_error = self.cause = self.remedy = ""
+        elif "connect to server error" in line:
+            self.connect_errors += 1
+            self.state, self.connected_since = RETRYING, None
+            self._failed(_after(line, "error:") or line)
+        elif "login to the server failed" in line:  # only with loginFailExit = true: it exits
+            self.connect_errors += 1
+            self._failed(_after(line, "failed:").split(". With loginFailExit")[0] or line)
+        elif "start error" in line:
+            # frps refused the proxy (`port not allowed`, `proxy [...] already exists`): frpc
+            # stays logged in and asks again 30 s later.
+            self.state, self.connected_since = RETRYING, None
+            self._failed(line[line.index("start error") :])
+        elif "dial to uds" in line:
+            # The app's socket refused frpc's dial: with 0.61.x the caller now hangs.
+            self.socket_errors += 1
+
+    def _failed(self, error: str) -> None:
+        """Record the tunnel's error and its cause; log each distinct remedy once.
+
+        A plain connection dropped by a TLS-forcing frps keeps its diagnosis until a login
+        succeeds, whatever frpc says in between: its words for that refusal vary from one try
+        to the next, and an unrelated error on the way (frps restarting) does not fix it."""
+        self.last_error = error
+        cause = classify(error, self.config, logged_in=self.logins > 0)
+        if self.cause == TLS_REQUIRED and cause != TLS_REQUIRED:
+            cause = TLS_REQUIRED
+        self.cause, self.remedy = cause, remedy(cause, self.config)
+        if self.remedy and self.remedy not in self._advised:
+            self._advised.add(self.remedy)
+            log.warning("HaRP tunnel: %s. %s", error, self.remedy)

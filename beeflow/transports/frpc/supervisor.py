@@ -10,9 +10,7 @@ import contextlib
 import logging
 import os
 import random
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any, Final
 from beeflow.config import Config
 from beeflow.tasks import spawn
 from beeflow.transports.frpc.binary import FrpcError, pin_warning, read_version, resolve_binary
-from beeflow.transports.frpc.config import port_problem, render, write_config
+from beeflow.transports.frpc.config import port_problem, render
 from beeflow.transports.frpc.diagnose import (
     Tunnel,
     clean_line,
@@ -31,6 +29,7 @@ from beeflow.transports.frpc.diagnose import (
     message_of,
     port_remedy,
 )
+from beeflow.transports.frpc.launch import RenderedConfig, start_frpc
 
 log = logging.getLogger(__name__)
 # frpc's own lines get their own logger so operators can filter or silence them.
@@ -90,9 +89,8 @@ class FrpcSupervisor:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._budget = budget or LogBudget()
         self._binary: str | None = None
-        self._config_dir: Path | None = None
-        self._own_dir = False
-        self.config_file: Path | None = None
+        self._rendered: RenderedConfig | None = None
+        self.config_file: Path | None = None  # what frpc reads (-c): see launch.RenderedConfig
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._version_task: asyncio.Task[None] | None = None
@@ -103,6 +101,7 @@ class FrpcSupervisor:
         self._failures = 0  # consecutive short-lived runs: drives the backoff
         self._masks = masks(config.hp_shared_key)
         self._problem = ""  # the last warning/error line of the current run
+        self._warned: set[str] = set()
         # status
         self.tunnel = Tunnel(config)
         self.restarts = 0
@@ -140,12 +139,10 @@ class FrpcSupervisor:
             await self.preflight()
         if problem := port_problem(self.config.app_port):
             log.warning("%s. %s", problem, port_remedy(self.config.app_id))
-        if self.config.frpc_config_dir is not None:
-            self._config_dir = self.config.frpc_config_dir
-        else:
-            self._config_dir = Path(tempfile.mkdtemp(prefix="beeflow-frpc-"))
-            self._own_dir = True
-        self.config_file = write_config(render(self.config, self.unix_path), self._config_dir)
+        self._rendered = RenderedConfig.create(
+            render(self.config, self.unix_path), self.config.frpc_config_dir
+        )
+        self.config_file = self._rendered.path
         first = asyncio.get_running_loop().create_future()
         self._task = spawn(self._supervise(first), name="frpc-supervisor")
         self._version_task = spawn(self.check_version(), name="frpc-version")
@@ -164,21 +161,14 @@ class FrpcSupervisor:
     async def _supervise(self, first: asyncio.Future[str | None]) -> None:
         loop = asyncio.get_running_loop()
         assert self._binary is not None
-        assert self.config_file is not None
+        assert self._rendered is not None
         while not self._stop_requested():
             began = loop.time()
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    self._binary,
-                    "-c",
-                    str(self.config_file),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    # Its own session: a Ctrl-C on our terminal must not kill the tunnel
-                    # before our requests drained (we stop it ourselves, in order).
-                    start_new_session=True,
-                )
+                # Its own session (a Ctrl-C on our terminal must not kill the tunnel before
+                # our requests drained: we stop it ourselves, in order), and tied to us: if
+                # we are killed, so is frpc, and no orphan keeps the proxy name at HaRP.
+                proc = await start_frpc(self._binary, self._rendered, on_warning=self._warn_once)
             except OSError as exc:
                 message = f"cannot start {self._binary}: {exc.strerror or exc}"
                 if not first.done():
@@ -343,12 +333,13 @@ class FrpcSupervisor:
         self._remove_config()
 
     def _remove_config(self) -> None:
-        if self.config_file is not None:
-            with contextlib.suppress(OSError):
-                self.config_file.unlink()
-        if self._own_dir and self._config_dir is not None:
-            shutil.rmtree(self._config_dir, ignore_errors=True)
-            self._own_dir = False
+        if self._rendered is not None:
+            self._rendered.close()
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
 
     # ------------------------------------------------------------------ status
 
@@ -373,6 +364,7 @@ class FrpcSupervisor:
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
             "last_error": self.tunnel.last_error,
+            "cause": self.tunnel.cause,
             "remedy": self.tunnel.remedy,
             "connected_since": self.tunnel.connected_since,
             "started_at": self.started_at,

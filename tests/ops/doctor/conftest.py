@@ -38,6 +38,7 @@ LEGACY_CHECKS = [
     "clock_service",
     "tenant_key",
     "connector",
+    "deploy_daemon",
 ]
 # No connector runs in these tests unless one is started: its check is skipped.
 NOT_RUNNING = {"connector": SKIP}

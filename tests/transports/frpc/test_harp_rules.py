@@ -16,7 +16,7 @@ from beeflow.config import Config
 from beeflow.ops.doctor.command import run_checks
 from beeflow.ops.doctor.result import FAIL, PASS, Check
 from beeflow.transports.frpc.config import harp_allows_port, port_problem
-from beeflow.transports.frpc.diagnose import CONNECTED, RETRYING
+from beeflow.transports.frpc.diagnose import CONNECTED, RETRYING, TLS_REQUIRED
 from beeflow.transports.frpc.supervisor import FrpcSupervisor
 from tests.fakes.frp import FakeFrps, events, free_port
 from tests.procs import ServeProcess
@@ -56,34 +56,75 @@ def warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 # ------------------------------------------------------------------ tls.force
 
 
-async def test_without_certs_tls_forcing_frps_drops_frpc_with_eof(
+async def test_without_certs_every_word_frpc_has_for_the_tls_refusal_gets_one_diagnosis(
     make_harp_config: Callable[..., Config],
     sockdir: Path,
     frps: FakeFrps,
     supervisors: list[FrpcSupervisor],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """No /certs/frp: frpc logs in without TLS; HaRP's frps closes the connection unanswered,
-    frpc says `connect to server error: EOF` and retries, forever."""
+    """No /certs/frp: frpc connects without TLS; HaRP's frps closes the connection unanswered,
+    and frpc reports it in one of several words (EOF, session shutdown, stream closed, a reset,
+    a broken pipe) and retries, forever. Each of them gets the same cause and remedy, from the
+    first error on, and the remedy is logged once."""
     caplog.set_level(logging.INFO)
     missing = sockdir / "no-certs"
     sup = await start(
         supervisors, make_harp_config(BEEFLOW_FRP_CERT_DIR=str(missing)), sockdir / "s.sock"
     )
-    await frps.wait_refused(3)
-    await until(sup, lambda: sup.tunnel.connect_errors >= 3)
+    seen = []
+    for n in range(1, 7):
+        await until(sup, lambda n=n: sup.tunnel.connect_errors >= n)  # type: ignore[misc]
+        seen.append(sup.tunnel.last_error)
+        assert sup.tunnel.cause == TLS_REQUIRED, seen
+        assert sup.status()["cause"] == TLS_REQUIRED
     assert frps.logins == []  # the login plugin never saw it
+    assert len(frps.refused) >= 6
     assert sup.tunnel.state == RETRYING
-    assert sup.tunnel.last_error == "EOF"
     assert sup.restarts == 0  # frpc retries by itself
     frpc_lines = [r.getMessage() for r in caplog.records if r.name == "beeflow.frpc"]
-    assert any(line.endswith("connect to server error: EOF") for line in frpc_lines)
+    said = {line.split("connect to server error: ")[-1] for line in frpc_lines if "error" in line}
+    assert {"EOF", "session shutdown", "stream closed"} <= said
+    assert any(w.endswith("connection reset by peer") for w in said), said
+    assert any(w.endswith("broken pipe") for w in said), said
     # The remedy names the certificates and the redeploy, once, not per retry.
     assert str(missing) in sup.tunnel.remedy
     assert "occ app_api:app:unregister bee_flow" in sup.tunnel.remedy
     assert "HP_FRP_DISABLE_TLS=true" in sup.tunnel.remedy
     assert sup.status()["remedy"] == sup.tunnel.remedy
     assert len(warnings(caplog, sup.tunnel.remedy)) == 1
+
+
+async def test_the_tls_diagnosis_stays_until_a_login_succeeds(
+    make_harp_config: Callable[..., Config],
+    sockdir: Path,
+    frps: FakeFrps,
+    supervisors: list[FrpcSupervisor],
+) -> None:
+    """frps going away in between (connection refused) does not clear the diagnosis; the
+    first login does (here HaRP restarted with HP_FRP_DISABLE_TLS=true)."""
+    sup = await start(
+        supervisors,
+        make_harp_config(BEEFLOW_FRP_CERT_DIR=str(sockdir / "no-certs")),
+        sockdir / "s.sock",
+    )
+    await until(sup, lambda: sup.tunnel.cause == TLS_REQUIRED)
+    port = frps.port
+    await frps.stop()
+    await until(sup, lambda: "connection refused" in sup.tunnel.last_error)
+    assert sup.tunnel.cause == TLS_REQUIRED
+    assert "HP_FRP_DISABLE_TLS=true" in sup.tunnel.remedy
+    plain = await FakeFrps(token=SHARED_KEY, tls_required=False).start(port)
+    try:
+        await until(sup, lambda: sup.tunnel.state == CONNECTED)
+        assert sup.tunnel.cause == sup.tunnel.remedy == sup.tunnel.last_error == ""
+        # Once frps took a plain login, a dropped session is frps going away, not TLS.
+        plain.drop_sessions()
+        await until(sup, lambda: sup.tunnel.state == RETRYING)
+        assert sup.tunnel.last_error == "session shutdown"
+        assert sup.tunnel.cause == ""
+    finally:
+        await plain.stop()
 
 
 async def test_with_certs_frpc_speaks_tls_and_connects(

@@ -21,7 +21,7 @@ from beeflow.transports.frpc.diagnose import CONNECTED, EXITED, RETRYING, STARTI
 from beeflow.transports.frpc.supervisor import FrpcSupervisor, LogBudget
 from tests.fakes.frp import FakeFrps, events, free_port, pid_alive
 from tests.transports.conftest import SHARED_KEY
-from tests.transports.frpc.conftest import start, until
+from tests.transports.frpc.conftest import rendered_configs, start, until
 
 
 async def test_connects_tunnels_and_stops_by_term(
@@ -48,9 +48,8 @@ async def test_connects_tunnels_and_stops_by_term(
     ):
         assert resp.status == 200
         assert await resp.json() == {"pong": True}
-    config_file = sup.config_file
-    assert config_file is not None
-    assert config_file.exists()
+    # The config (it holds the shared key) is an in-memory file, frpc's -c /proc/self/fd/N.
+    assert sup.config_file == Path(f"/proc/self/fd/{rendered_configs()[0]}")
     began = time.monotonic()
     await sup.stop()
     assert time.monotonic() - began < config.frpc_stop_grace_seconds  # no KILL needed
@@ -59,7 +58,7 @@ async def test_connects_tunnels_and_stops_by_term(
     assert not sup.running
     assert sup.restarts == 0
     assert len(events(record, "term")) == 1
-    assert not config_file.exists()  # it held the shared key
+    assert rendered_configs() == []  # closed: it held the shared key
 
 
 async def test_frps_down_means_retrying_not_restarting(
@@ -241,11 +240,8 @@ async def test_binary_lost_after_preflight_fails_start_without_loop(
     with pytest.raises(FrpcError, match="cannot start"):
         await sup.start()
     assert sup.restarts == 0
-    # The rendered config holds the shared key: a failed start removes it and its directory.
-    config_file = sup.config_file
-    assert config_file is not None
-    assert not config_file.exists()
-    assert not config_file.parent.exists()
+    # The rendered config holds the shared key: a failed start forgets it.
+    assert rendered_configs() == []
 
 
 async def test_output_is_logged_clean_and_masked(
