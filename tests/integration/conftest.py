@@ -36,7 +36,10 @@ BOOT_DONE: Final = (
     "Nextcloud not reachable at boot",
     "init pipeline started (boot)",
 )
-ADMIN_EMAIL: Final = "admin@example.com"
+# A fresh install's users have no e-mail address. The bootstrap needs the admin's, and the
+# service signs users in by e-mail (it refuses a JWT without one), so both get one; a user
+# without one is the e-mail-less case, a third user its test adds itself.
+EMAILS: Final = {"admin": "admin@example.com", "bob": "bob@example.com"}
 # What the lane's set-up took, for the terminal summary (the lane's wall time is part of CI's).
 TIMINGS: dict[str, float] = {}
 
@@ -101,6 +104,8 @@ class Lane:
             "APP_PERSISTENT_STORAGE": str(self.storage),
             "NEXTCLOUD_URL": str(self.nc.url),
             "BEEFLOW_API_BASE_URL": str(self.service.url),
+            # The bundled UI only: nothing in the lane may reach a front-end host on the internet.
+            "BEEFLOW_EMBED_BASE_URL": "bundled",
             "BEEFLOW_TENANT_KEY": "auto",
             "BEEFLOW_SPOOL_DIR": str(self.root / "spool"),
             "BEEFLOW_SHUTDOWN_GRACE_SECONDS": "1",
@@ -176,8 +181,8 @@ def lane(nextcloud: NcServer) -> Iterator[Lane]:
     lane.timings["nextcloud_up"] = nextcloud.up_seconds
     try:
         nextcloud.reset_bruteforce()
-        # A fresh admin has no e-mail; the bootstrap needs one (nextcloud32-observed.md).
-        nextcloud.occ("user:setting", "admin", "settings", "email", ADMIN_EMAIL)
+        for user, email in EMAILS.items():
+            nextcloud.occ("user:setting", user, "settings", "email", email)
         _restart_phase(lane)
         _register(lane)
         lane.timings["setup_after_up"] = time.monotonic() - started

@@ -1,26 +1,29 @@
-"""The Bee Flow service for the lane: the repository's fake service (with its bootstrap and
-user-sync endpoints) on its own event loop in a thread, so one instance serves the whole
-session, plus the service's side of a signed `/nc` call (its v2 signer, written from the
-service's `integrations/ncSigning.js`: see bee-flow-service.md "(A)")."""
+"""The Bee Flow service for the lane: the repository's fake service (tests/fakes/service.py, which
+follows the real service route by route) on its own event loop in a thread, so one instance
+serves the whole session while the connector runs as a separate process.
+
+The fake starts with no organisation and no tenant key, and without the test instruments (the
+generic proxy tests' /api/json, /api/echo...), so it answers only as the service does: the
+connector's bootstrap creates the organisation, the key it hands out is the one the tests check
+JWTs and `/nc` signatures against, and an unknown `/api/*` path is the service's JSON 404."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import threading
-import time
 from collections.abc import Coroutine
 from typing import Any, Final, TypeVar
-from urllib.parse import unquote
 
 from yarl import URL
 
-from tests.fakes.service import FakeService
-from tests.fakes.service_control import ServiceControl
+from tests.fakes.service import FakeService, Recorded
+from tests.fakes.service_control import Org, ServiceControl
 
 T = TypeVar("T")
 START_TIMEOUT: Final = 10.0
+# What the connector itself calls on the service (tenant.py's bootstrap and its pending
+# verification, service_client.py's user sync): never a user's request passed on.
+CONNECTOR_CALLS: Final = ("/auth/connector/bootstrap", "/auth/webhook/nc-user-sync")
 
 
 class ServiceThread:
@@ -32,15 +35,14 @@ class ServiceThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-service")
         self._thread.daemon = True
         self._thread.start()
-        self.control: ServiceControl = self.call(self._make_control())
         self.service: FakeService = self.call(self._make_service())
+        self.control: ServiceControl = self.service.control
         self.url: URL = self.call(self.service.start(), timeout=START_TIMEOUT)
 
-    async def _make_control(self) -> ServiceControl:
-        return ServiceControl()
-
     async def _make_service(self) -> FakeService:
-        return FakeService(extra_routes=self.control.routes())
+        # verify_key=None: no organisation is bound to this Nextcloud before the bootstrap.
+        control = ServiceControl(verify_key=None)
+        return FakeService(control=control, instruments=False)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -54,31 +56,24 @@ class ServiceThread:
             self._loop.close()
 
     @property
+    def organization(self) -> Org:
+        """The organisation the connector's bootstrap created (the only one the fake holds)."""
+        (org,) = self.control.orgs.values()
+        return org
+
+    @property
     def tenant_key(self) -> str:
-        return self.control.tenant_key
+        key = self.organization.key
+        assert key, "the bootstrap handed out no tenant key"
+        return key
+
+    def forwarded(self) -> list[Recorded]:
+        """The requests that reached the service on a user's behalf: everything but the
+        connector's own calls (which run in the background whenever they are due). A proxied
+        request always carries the user's JWT, so a user's request to those paths still counts."""
+        return [r for r in self.service.requests if not _connector_call(r)]
 
 
-def sign_nc(
-    tenant_key: str, method: str, path: str, uid: str, body: bytes = b"", ts: int | None = None
-) -> dict[str, str]:
-    """The headers the service sends on a `/nc` call: `path` is '/nc' + the rest after the
-    callback base URL, query included; the message uses its percent-decoded form."""
-    stamp = str(int(time.time()) if ts is None else ts)
-    message = "\n".join(
-        [stamp, method.upper(), unquote(path), uid, hashlib.sha256(body).hexdigest()]
-    )
-    digest = hmac.new(tenant_key.encode(), message.encode(), hashlib.sha256).hexdigest()
-    return {"X-Beeflow-Sig": f"{stamp}.{digest}", "X-Beeflow-NC-Uid": uid}
-
-
-def nc_request(
-    tenant_key: str, method: str, path: str, uid: str, body: bytes = b""
-) -> tuple[str, dict[str, str]]:
-    """(wire method, headers) as the service sends them: every verb but GET and POST goes as
-    POST with X-HTTP-Method-Override, and the signature covers the real verb."""
-    headers = sign_nc(tenant_key, method, path, uid, body)
-    wire = method.upper()
-    if wire not in ("GET", "POST"):
-        headers["X-HTTP-Method-Override"] = wire
-        wire = "POST"
-    return wire, headers
+def _connector_call(request: Recorded) -> bool:
+    bearer = request.headers.get("Authorization", "").lower().startswith("bearer ")
+    return request.path.startswith(CONNECTOR_CALLS) and not bearer

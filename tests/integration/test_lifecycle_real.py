@@ -97,7 +97,7 @@ async def test_the_heartbeat_shows_details_only_to_administrators(lane: Lane) ->
 
         status, as_admin = await _get_json(session, url, headers=lane.nc.admin)
         assert status == 200
-        assert as_admin["bootstrap"]["organizationName"] == lane.service.control.organization_name
+        assert as_admin["bootstrap"]["organizationName"] == lane.service.organization.name
         assert "fingerprint" in as_admin["bootstrap"]
         assert as_admin["init"]["progress"] == 100
 
@@ -150,17 +150,21 @@ async def test_disable_and_enable(lane: Lane) -> None:
     app (404); `enable` calls heartbeat and PUT /enabled?enabled=1 and it serves again."""
     assert lane.connector is not None
     since = lane.connector.mark()
-    url = lane.base / "api/json"
+    url = lane.base / "api/session-token"  # the service's: 200 only for an accepted JWT
     bob = lane.nc.bob
     async with aiohttp.ClientSession() as session:
         lane.nc.occ("app_api:app:disable", APP_ID)
         lane.connector.wait_line("AppAPI set enabled=0", since=since)
+        reached = len(lane.service.service.find("/api/session-token"))
         async with session.get(url, headers=bob) as resp:
             assert resp.status == 404
+        assert len(lane.service.service.find("/api/session-token")) == reached
         lane.nc.occ("app_api:app:enable", APP_ID)
         lane.connector.wait_line("AppAPI set enabled=1", since=since)
         async with session.get(url, headers=bob) as resp:
             assert resp.status == 200, await resp.text()
+        (served,) = lane.service.service.find("/api/session-token")[reached:]
+        assert (served.auth, served.user_email) == ("ok", "bob@example.com")
     row = lane.nc.ex_app(APP_ID)
     assert row is not None
     assert row["enabled"] is True

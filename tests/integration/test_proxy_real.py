@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from tests.fakes.service_control import callback_request
 from tests.integration.conftest import APP_ID, Lane
 from tests.integration.exapp import INFO_XML, json_info, wait_until
 from tests.integration.server import kill_group
-from tests.integration.service import nc_request, sign_nc
 
 pytestmark = [pytest.mark.nextcloud, pytest.mark.timeout(120)]
 
@@ -57,17 +57,21 @@ def _no_credentials(lane: Lane, headers: Any) -> None:
 
 
 async def test_api_call_as_bob_carries_a_jwt_and_no_credentials(lane: Lane) -> None:
-    url = lane.base / "api/json"
+    """`GET /api/session-token`, one of the service's own `/api` routes: it answers only a
+    signed-in user, so a 200 is the service accepting the JWT as bob's."""
+    url = lane.base / "api/session-token"
     async with _session() as session:
         for _ in range(2):  # the second call carries Nextcloud's session cookies
             async with session.get(url.with_query(q="1"), headers=lane.nc.bob) as resp:
                 body = await resp.json(content_type=None)
                 assert resp.status == 200, body
-        assert body["method"] == "GET"
+        assert set(body) == {"token", "expiresIn"}
         assert len(session.cookie_jar) > 0
-    seen = lane.service.service.find("/api/json", "GET")[-2:]
+    seen = lane.service.service.find("/api/session-token", "GET")[-2:]
     assert len(seen) == 2
     for request in seen:
+        assert request.raw_path == "/api/session-token?q=1"
+        assert (request.auth, request.user_email) == ("ok", "bob@example.com")
         auth = request.headers["Authorization"]
         assert auth.startswith("Bearer ")
         claims = _jwt_claims(auth.removeprefix("Bearer "), lane.tenant_key)
@@ -97,23 +101,38 @@ async def test_sse_reply_as_bob_arrives_whole_through_the_php_proxy(lane: Lane) 
 
 async def test_patch_goes_through_the_method_override_tunnel(lane: Lane) -> None:
     """Nextcloud's proxy has no PATCH route (405); the UI sends POST + X-HTTP-Method-Override and
-    the service receives a PATCH."""
-    url = lane.base / "api/echo"
+    the service receives a PATCH: bob renames the conversation his chat created (the service's
+    PATCH /ai/direct/conversations/<id>, which has no POST)."""
+    bob = lane.nc.bob
     async with _session() as session:
-        async with session.patch(url, data=b"direct", headers=lane.nc.bob) as resp:
+        async with session.post(
+            lane.base / "ai/chat/direct/stream", json={"message": "name me"}, headers=bob
+        ) as resp:
+            stream = await resp.text()
+            assert resp.status == 200, stream
+        created = next(line for line in stream.splitlines() if line.startswith("data: "))
+        cid = json.loads(created.removeprefix("data: "))["conversationId"]
+        url = lane.base / "ai/direct/conversations" / cid
+        async with session.patch(url, data=b"direct", headers=bob) as resp:
             assert resp.status == 405
-        headers = {**lane.nc.bob, "X-HTTP-Method-Override": "PATCH"}
-        payload = b'{"name":"renamed"}'
+        headers = {**bob, "X-HTTP-Method-Override": "PATCH"}
+        payload = b'{"title":"renamed"}'
         async with session.post(
             url, data=payload, headers={**headers, "Content-Type": "application/json"}
         ) as resp:
-            echoed = await resp.read()
-            assert resp.status == 200, echoed
-    assert echoed == payload
-    got = lane.service.service.find("/api/echo", "PATCH")
-    assert got
+            answer = await resp.json(content_type=None)
+            assert resp.status == 200, answer
+        assert answer == {"success": True}
+        async with session.get(url, headers=bob) as resp:
+            conversation = await resp.json(content_type=None)
+            assert resp.status == 200, conversation
+        assert conversation["title"] == "renamed"
+    got = lane.service.service.find(f"/ai/direct/conversations/{cid}", "PATCH")
+    assert len(got) == 1
     assert got[-1].body == payload
+    assert got[-1].auth == "ok"
     assert "X-HTTP-Method-Override" not in got[-1].headers
+    assert not lane.service.service.find(f"/ai/direct/conversations/{cid}", "POST")
 
 
 # ------------------------------------------------------------------ /nc, as the service
@@ -131,7 +150,7 @@ async def _nc(
     key: str | None = None,
 ) -> tuple[int, bytes, str]:
     """A signed `/nc` call through Nextcloud's proxy, as the service makes it."""
-    wire, signed = nc_request(key or lane.tenant_key, method, path, uid, body)
+    wire, signed = callback_request(key or lane.tenant_key, method, path, uid=uid, body=body)
     url = URL(str(lane.base) + path, encoded=True)
     data = io.BytesIO(body) if body else None  # a large body streams (no loop-blocking copy)
     async with session.request(wire, url, data=data, headers={**signed, **(headers or {})}) as resp:
@@ -208,7 +227,9 @@ async def test_a_forged_nc_signature_is_refused_and_reaches_nothing(lane: Lane) 
         assert content_type.startswith("application/json")
         assert json.loads(body)["code"] == "signature_mismatch"
         # A well-formed but expired signature is refused the same way.
-        old = sign_nc(lane.tenant_key, "GET", "/nc" + target, "bob", ts=1_000_000_000)
+        _, old = callback_request(
+            lane.tenant_key, "GET", "/nc" + target, uid="bob", ts=1_000_000_000
+        )
         async with session.get(
             URL(str(lane.base) + "/nc" + target, encoded=True), headers=old
         ) as resp:
@@ -233,7 +254,10 @@ def test_an_info_xml_registration_drops_headers_to_exclude(lane: Lane) -> None:
     as [] for every route of an --info-xml registration (the app store's path): the manifest
     cannot keep the user's credentials away from the connector."""
     stored = {r["url"]: r["headers_to_exclude"] for r in lane.nc.ex_app_routes(APP_ID)}
-    assert stored[r"^\/?api\/"] == ["authorization"]
+    manifest = {r["url"]: r["headers_to_exclude"] for r in json_info(lane.secret, 0)["routes"]}
+    assert stored == manifest
+    # The last route, USER, carries every request a user makes to the service.
+    assert stored[r"^\/?.*"] == ["authorization"]
     probe = "bee_flow_probe"
     xml = INFO_XML.read_text().replace(f"<id>{APP_ID}</id>", f"<id>{probe}</id>")
     path = lane.root / "probe-info.xml"
@@ -266,13 +290,16 @@ async def test_with_nothing_excluded_the_connector_still_drops_bobs_credentials(
         done = lane.register(info=info)
         assert done.returncode == 0, done.stdout + done.stderr
         assert all(r["headers_to_exclude"] == [] for r in lane.nc.ex_app_routes(APP_ID))
-        url = lane.base / "api/json"
+        url = lane.base / "api/session-token"
         async with _session() as session:
             for _ in range(2):
                 async with session.get(url, headers=lane.nc.bob) as resp:
                     assert resp.status == 200, await resp.text()
-        for request in lane.service.service.find("/api/json", "GET")[-2:]:
+        seen = lane.service.service.find("/api/session-token", "GET")[-2:]
+        assert len(seen) == 2
+        for request in seen:
             assert request.headers["Authorization"].startswith("Bearer ")
+            assert (request.auth, request.user_email) == ("ok", "bob@example.com")
             _no_credentials(lane, request.headers)
     finally:
         lane.nc.occ("app_api:app:unregister", APP_ID, check=False)
