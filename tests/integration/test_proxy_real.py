@@ -267,7 +267,10 @@ def test_an_info_xml_registration_drops_headers_to_exclude(lane: Lane) -> None:
         "app_api:app:register", probe, "manual_install", "--info-xml", str(path)
     )
     try:
-        wait_until(lambda: bool(lane.nc.ex_app_routes(probe)), 60, "the probe's routes")
+        # AppAPI stores the routes one row at a time: wait for all of them, not the first.
+        wait_until(
+            lambda: len(lane.nc.ex_app_routes(probe)) >= len(stored), 60, "the probe's routes"
+        )
         routes = lane.nc.ex_app_routes(probe)
     finally:
         kill_group(register)
