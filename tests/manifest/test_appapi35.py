@@ -229,19 +229,25 @@ def test_each_path_matches_with_its_leading_slash_alone(
 
 @pytest.mark.parametrize("row", TABLE, ids=lambda r: r.path)
 def test_appapi_35_and_harp_pick_the_same_route(row: Any, registered: list[dict[str, Any]]) -> None:
-    """For every verb a route lists, AppAPI 35 and HaRP decide alike (HaRP matches case-
-    sensitively, so the case variants reach no route there)."""
+    """For every verb a route lists, AppAPI 35 and HaRP decide alike. HaRP matches case-
+    sensitively, so a case variant of a connector-owned path reaches only the USER catch-all
+    there: a logged-in user at least, and the connector refuses its own paths in any case
+    (tests/manifest/test_routes.py, tests/proxy/test_saas.py), never forwarding them."""
     harp = match_harp(registered, row.path)
     for verb in sorted(row.verbs) or ["GET"]:
         php = match35(registered, row.path, verb)
         if row.case_variant:
-            assert harp is None
+            assert harp is not None
+            assert harp["url"] == CATCH_ALL, (row.path, harp["url"])
+            assert harp["access_level"] == 1
             continue
         assert php == harp, (verb, row.path)
 
 
 # ------------------------------------------------------------------ the replay's own rules
 
+
+CATCH_ALL = "^\\/?.*"  # the manifest's last route: USER, forwarded to the service
 
 VALID = {
     "url": "^\\/?api\\/",
@@ -340,8 +346,13 @@ def test_the_replay_catches_what_35_would_break(tmp_path: Path) -> None:
     bare.write_text(text.replace("<url>^\\/?api\\/</url>", "<url>^api\\/</url>"))
     routes = normalize_routes(collapse_routes(load(bare)))
     assert match35(routes, "/api/x", "GET") is not None  # only thanks to the fallback
-    assert match35(routes, "/api/x", "GET", fallback=False) is None
-    assert match_harp(routes, "/api/x") is None  # and HaRP never matched it
+    # without the fallback (and on HaRP) only the catch-all is left to take it
+    slash_only = match35(routes, "/api/x", "GET", fallback=False)
+    assert slash_only is not None
+    assert slash_only["url"] == CATCH_ALL
+    harp = match_harp(routes, "/api/x")
+    assert harp is not None
+    assert harp["url"] == CATCH_ALL
     children = tmp_path / "children.xml"
     children.write_text(
         text.replace(
@@ -350,5 +361,10 @@ def test_the_replay_catches_what_35_would_break(tmp_path: Path) -> None:
             1,
         )
     )
-    with pytest.raises(RouteRejected, match="route '\\^\\\\/\\?heartbeat\\$'"):
+    first = ET.parse(INFO_XML).find(".//route/url")  # noqa: S314
+    assert first is not None
+    assert first.text is not None
+    with pytest.raises(
+        RouteRejected, match=f"route '{re.escape(first.text)}': 'headers_to_exclude'"
+    ):
         normalize_routes(collapse_routes(load(children)))
