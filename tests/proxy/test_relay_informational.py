@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
@@ -16,6 +17,8 @@ from yarl import URL
 from beeflow.middleware import error_middleware
 from beeflow.proxy.relay import RelayOptions, relay
 from beeflow.proxy.upstream import NO_BODY, PoolSettings, UpstreamClient, upstream_client
+from tests.conftest import ConnectorFactory
+from tests.proxy.nc.caller import NcCaller, outcome
 from tests.reliability.rawhttp import exchange, request_bytes
 
 SWITCH = (
@@ -109,3 +112,22 @@ async def test_103_before_the_answer_is_skipped(
     resp = await exchange("127.0.0.1", port, request_bytes("GET", "/r"))
     assert resp.status == 200
     assert resp.body == b"ok"
+
+
+async def test_101_from_nextcloud_on_nc(
+    connector_factory: ConnectorFactory,
+    raw_upstream: Callable[[bytes], Awaitable[URL]],
+) -> None:
+    """End to end on /nc: the signed call gets 502 nextcloud_bad_response and the caller's
+    keep-alive connection still speaks HTTP to the connector afterwards."""
+    nextcloud = await raw_upstream(SWITCH)
+    conn = await connector_factory(NEXTCLOUD_URL=str(nextcloud))
+    async with aiohttp.ClientSession() as session:
+        caller = NcCaller(session, conn.url)
+        target = "/nc/remote.php/dav/files/alice/a.txt"
+        assert await outcome(await caller.request("GET", target)) == (
+            502,
+            "nextcloud_bad_response",
+        )
+        async with session.get(conn.url / "heartbeat") as resp:
+            assert resp.status == 200
