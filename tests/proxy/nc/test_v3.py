@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from beeflow.proxy.nc.sigv3 import canonical_query, message_v3
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud_dav import FakeDav
-from tests.helpers import RunningConnector
+from tests.fakes.php_proxy import PROXY_PREFIX, PhpProxy
+from tests.helpers import SECRET, RunningConnector
 from tests.proxy.nc.caller import NcCaller, outcome, v3_query, v3_signature
 from tests.reliability.rawhttp import exchange, request_bytes
 
@@ -266,3 +268,41 @@ async def test_admin_can_require_v3(
         resp = await caller.request("GET", f"{DAV}/r.txt", version=version)
         assert await outcome(resp) == (401, "signature_version_refused")
     assert await outcome(await caller.request("GET", f"{DAV}/r.txt", version=3)) == (200, b"r")
+
+
+# ------------------------------------------------------------ through AppAPI's PHP proxy
+
+
+@pytest.fixture
+async def via_php(
+    session: aiohttp.ClientSession, nc_conn: RunningConnector
+) -> AsyncIterator[NcCaller]:
+    proxy = PhpProxy(nc_conn.url, secret=SECRET)
+    await proxy.start()
+    yield NcCaller(session, proxy.url, prefix=PROXY_PREFIX + "bee_flow")
+    await proxy.stop()
+
+
+async def test_v3_through_the_php_proxy(via_php: NcCaller, dav: FakeDav) -> None:
+    """The path arrives decoded once (`%40` as `@`), the query re-serialised by PHP: v3 still
+    verifies, and Nextcloud gets the file the service meant."""
+    put = await via_php.request("PUT", f"{DAV}/a%40b%20caf%C3%A9.txt", body=b"p", version=3)
+    assert (await outcome(put))[0] == 201
+    assert dav.file("alice", "a@b caf\u00e9.txt").read_bytes() == b"p"
+    listing = await via_php.request(
+        "PROPFIND", f"{DAV}/", version=3, tunnel=True, signed_headers={"Depth": "1"}
+    )
+    assert (await outcome(listing))[0] == 207
+    echo = await via_php.request("GET", "/nc/ocs/v2.php/apps/echo/q?q=a%20b&empty", version=3)
+    assert (await outcome(echo))[0] == 200
+
+
+async def test_v3_never_names_one_file_and_reaches_another(via_php: NcCaller, dav: FakeDav) -> None:
+    """The service means the file literally named `My%20Report.pdf` and sends
+    `My%2520Report.pdf`; the PHP proxy passes `My%20Report.pdf`, which Nextcloud would read as
+    `My Report.pdf`. v3 signs what Nextcloud acts on, so this cannot verify."""
+    (dav.root / "alice" / "My Report.pdf").write_bytes(b"the wrong file")
+    resp = await via_php.request("DELETE", f"{DAV}/My%2520Report.pdf", version=3)
+    assert await outcome(resp) == (401, "signature_mismatch")
+    assert (dav.root / "alice" / "My Report.pdf").exists()
+    assert not any(r.method == "DELETE" for r in dav.seen)
