@@ -69,6 +69,7 @@ from beeflow.proxy.upstream import (
     upstream_client,
 )
 from beeflow.signing import SIG_HEADER, UID_HEADER
+from beeflow.state import HealthProvider
 
 # The manifest's verbs for ^nc/, then the other WebDAV/HTTP verbs Nextcloud serves: PROPPATCH
 # (properties, tags), SEARCH, LOCK/UNLOCK, OPTIONS, HEAD, CalDAV's MKCALENDAR. Every one has a
@@ -394,13 +395,17 @@ async def _cut(request: web.Request, exc: BeeflowError) -> web.StreamResponse:
 
 
 def _refuse_repeated(request: web.Request) -> None:
+    """400 header_repeated when a header of SINGLE_HEADERS appears twice."""
     headers = request.headers
     for name in SINGLE_HEADERS:
         if len(headers.getall(name, ())) > 1:
             raise BadRequest(f"{name} must appear at most once", code="header_repeated")
 
 
-def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> Any:
+def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider:
+    """ncCallbacks in the heartbeat: the signature counters, and for trusted callers what the
+    unverified uploads hold."""
+
     def provide(trusted: bool) -> dict[str, Any]:
         out = guard.stats.health(trusted)
         if trusted:

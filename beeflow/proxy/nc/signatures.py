@@ -143,7 +143,7 @@ class SignatureGuard:
 
     # -------------------------------------------------------------- from the head
 
-    def parse_header(self, request: web.Request, skew_seconds: float | None = None) -> Claim:
+    def parse_header(self, request: web.Request) -> Claim:
         """The signature header, well formed and within the allowed clock skew."""
         value = request.headers.get(SIG_HEADER)
         if value is None or not value.strip():
@@ -157,8 +157,7 @@ class SignatureGuard:
                 exc.code,
                 f"{SIG_HEADER} must be '<unixSeconds>.<64 hex>' or 'v3.<unixSeconds>.<64 hex>'",
             )
-        skew = self.policy.skew_seconds if skew_seconds is None else skew_seconds
-        if abs(time.time() - sig.ts) > skew:
+        if abs(time.time() - sig.ts) > self.policy.skew_seconds:
             self.fail(
                 request,
                 "signature_expired",
