@@ -103,7 +103,7 @@ async def test_unfinished_heads_are_capped(w: World) -> None:
 
 async def test_connections_are_bounded_per_transport(w: World) -> None:
     """300 connections that send nothing, against a limit of 100: 200 get 503 at once and the
-    process holds no more than the limit."""
+    process holds no more than the limit. Before, it held all 300 (3,000 in the full run)."""
     env = attack_env(w, BEEFLOW_MAX_CONNECTIONS="100")
     async with target(w, env) as proc:
         pid = proc.proc.pid
@@ -111,7 +111,10 @@ async def test_connections_are_bounded_per_transport(w: World) -> None:
         held = await idle_connections(int(env["APP_PORT"]), 300)
         try:
             await held.closed_by_server(2)
-            assert held.statuses() == {"503": 200}, held.statuses()
+            # 200, or a few more when the process holds a connection of its own at the time.
+            refused = held.statuses()
+            assert set(refused) == {"503"}, refused
+            assert 200 <= refused["503"] <= 205, refused
             now = await settled(pid, lambda u: u.sockets <= before.sockets + 100, 5)
             assert now.sockets <= before.sockets + 100, (before, now)
             assert b"too_many_connections" in held.answers[0]
