@@ -1480,6 +1480,23 @@ CASES: Final[list[Case]] = [
         check=dav_untouched,
     ),
     Case(
+        "nc-php-decoded-question-mark",
+        G_NCSIG,
+        "signed (v2) `DELETE .../report?v=2.pdf` arriving through AppAPI's PHP proxy: the "
+        "service sent `report%3Fv%3D2.pdf` (the file `report?v=2.pdf`) and the proxy decoded "
+        "the `?` into a query",
+        400,
+        "path_ambiguous_via_php_proxy",
+        signed(
+            "DELETE",
+            f"{ALICE}/report?v=2.pdf",
+            extra=[*app_headers(""), ("x-origin-ip", "203.0.113.7")],
+        ),
+        note="it verified and deleted `report`; WebDAV calls through the PHP proxy carry no "
+        "query otherwise (measured on Nextcloud 32.0.1)",
+        check=dav_untouched,
+    ),
+    Case(
         "nc-uid-repeated",
         G_NCSIG,
         "two `X-Beeflow-NC-Uid` headers",

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 FAILURE_LIMIT: Final = 60
 FAILURE_WINDOW: Final = 60.0
 WARN_AT_CONSECUTIVE: Final = 5
+DAV_PREFIX: Final = "/remote.php/dav/"
 # Verbs whose signatures may be used again within the skew window: the safe methods (RFC 9110
 # 9.2.1; WebDAV's PROPFIND, REPORT and SEARCH are reads too). The service lists the same folder
 # twice within a second as a matter of course, and a repeated read changes nothing (its answer
@@ -181,6 +182,17 @@ class SignatureGuard:
                     "The path holds an encoded '?' or '#' (%3F, %23): a v1/v2 signature cannot "
                     "tell it from a query; sign with v3",
                     code="path_ambiguous",
+                )
+            if target.query and target.upstream.startswith(DAV_PREFIX) and via_php_proxy(request):
+                # AppAPI's PHP proxy decodes the path before passing it on: a file name's %3F
+                # arrives as a real '?', and the rest of the name as a query (measured on
+                # Nextcloud 32.0.1). The v1/v2 message reads the same either way, so the call
+                # would verify and reach another file; WebDAV calls carry no query otherwise.
+                raise BadRequest(
+                    "A WebDAV call through AppAPI's PHP proxy arrived with a query: the proxy "
+                    "decodes an encoded '?' in a file name into one. Sign with v3 (it refuses the "
+                    "mismatch) and use HaRP or a direct callback URL for such names",
+                    code="path_ambiguous_via_php_proxy",
                 )
             return
         if js_decode_uri_component(target.path) is None:

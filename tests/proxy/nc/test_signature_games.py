@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -14,7 +15,8 @@ from beeflow.proxy.nc.replay import MemoryReplayCache, ReplayCacheFull
 from beeflow.proxy.nc.signatures import GUARD
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud_dav import FakeDav
-from tests.helpers import TENANT_KEY, RunningConnector
+from tests.fakes.php_proxy import PROXY_PREFIX, PhpProxy
+from tests.helpers import SECRET, TENANT_KEY, RunningConnector
 from tests.proxy.conftest import dead_port
 from tests.proxy.nc.caller import NcCaller, nc_signature, outcome
 
@@ -216,3 +218,40 @@ async def test_a_full_cache_answers_503(nc_conn: RunningConnector, caller: NcCal
     second = await caller.request("POST", "/nc/ocs/v2.php/apps/echo/a", body=b"2")
     status, code = await outcome(second)
     assert (status, code) == (503, "replay_cache_full")
+
+
+# ------------------------------------------------------------ an encoded '?' through the PHP proxy
+
+
+@pytest.fixture
+async def via_php(
+    session: aiohttp.ClientSession, nc_conn: RunningConnector
+) -> AsyncIterator[NcCaller]:
+    proxy = PhpProxy(nc_conn.url, secret=SECRET)
+    await proxy.start()
+    yield NcCaller(session, proxy.url, prefix=PROXY_PREFIX + "bee_flow")
+    await proxy.stop()
+
+
+async def test_an_encoded_question_mark_through_the_php_proxy_never_reaches_another_file(
+    via_php: NcCaller, dav: FakeDav
+) -> None:
+    """The service deletes the file `report?v=2.pdf` (it sends `report%3Fv%3D2.pdf`, signed
+    over the decoded form). AppAPI's PHP proxy decodes the path: the connector receives
+    `report` with the query `v=2.pdf`, which the v2 message reads the same, so it verified
+    and deleted `report`. Now refused; v3 does not verify (its path and query are apart)."""
+    (dav.root / "alice" / "report").write_bytes(b"another file")
+    target = f"{DAV}/report%3Fv%3D2.pdf"
+    v2 = await via_php.request("DELETE", target, tunnel=True)
+    assert await outcome(v2) == (400, "path_ambiguous_via_php_proxy")
+    v3 = await via_php.request("DELETE", target, tunnel=True, version=3)
+    assert await outcome(v3) == (401, "signature_mismatch")
+    hashed = await via_php.request("DELETE", f"{DAV}/a%23b.txt", tunnel=True)
+    assert await outcome(hashed) == (401, "signature_mismatch")  # '#' cut the URL short
+    assert (dav.root / "alice" / "report").exists()
+    assert not any(r.method == "DELETE" for r in dav.seen)
+
+
+async def test_queries_off_webdav_still_pass_the_php_proxy(via_php: NcCaller) -> None:
+    resp = await via_php.request("GET", "/nc/ocs/v2.php/apps/echo/q?format=json")
+    assert (await outcome(resp))[0] == 200
