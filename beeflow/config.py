@@ -87,6 +87,22 @@ class Config:
     # A client connection must deliver a complete request head within this time after it opened
     # or after its previous response (slow clients, idle keep-alive).
     client_header_timeout_seconds: float = 60.0
+    # A request head, once its first byte arrived, must be complete within this time, and may
+    # hold at most this many bytes (HAProxy in front of HaRP refuses heads over 16 KiB itself,
+    # and it and AppAPI's PHP proxy send whole heads at once; transports/guard.py).
+    head_timeout_seconds: float = 10.0
+    max_head_bytes: int = 32 * 1024
+    # Connections open at once per listener; more get 503 too_many_connections.
+    max_connections: int = 2048
+    # /nc request bodies: cut when no byte arrives for this long (408 body_timeout).
+    nc_body_idle_seconds: float = 30.0
+    # /nc bodies read before their signature can be checked (v2): at most this many at once,
+    # holding at most this many bytes together (503 unverified_uploads_full).
+    nc_unverified_uploads: int = 8
+    nc_unverified_bytes: int = 1024**3
+    # /nc signature versions: v1 (no body hash) accepted; v3 required.
+    nc_signature_v1: bool = True
+    nc_signature_require_v3: bool = False
     auth_failure_budget: int = 4
     spa_dir: Path | None = None
     # The service's front-end host; the UI shell comes from <this>/embed (None: bundled UI only).
@@ -187,6 +203,21 @@ class Config:
                 "BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "60", _float_range(1, 3600)
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", _int_range(1, 9)),
+            "head_timeout_seconds": p.get(
+                "BEEFLOW_HEAD_TIMEOUT_SECONDS", "10", _float_range(0.05, 3600)
+            ),
+            "max_connections": p.get("BEEFLOW_MAX_CONNECTIONS", "2048", _int_range(1, 1 << 20)),
+            "nc_body_idle_seconds": p.get(
+                "BEEFLOW_NC_BODY_IDLE_SECONDS", "30", _float_range(0.05, 3600)
+            ),
+            "nc_unverified_uploads": p.get(
+                "BEEFLOW_NC_UNVERIFIED_UPLOADS", "8", _int_range(1, 4096)
+            ),
+            "nc_unverified_bytes": p.get(
+                "BEEFLOW_NC_UNVERIFIED_BYTES", str(1024**3), _int_range(0, 1 << 44)
+            ),
+            "nc_signature_v1": p.get("BEEFLOW_NC_SIGNATURE_V1", "1", _flag),
+            "nc_signature_require_v3": p.get("BEEFLOW_NC_SIGNATURE_REQUIRE_V3", "0", _flag),
             "spa_dir": p.get("BEEFLOW_SPA_DIR", "", _optional(_path)),
             "embed_base_url": p.get("BEEFLOW_EMBED_BASE_URL", DEFAULT_EMBED_BASE_URL, _embed_url),
             "log_level": p.get("BEEFLOW_LOG_LEVEL", "info", _choice(LOG_LEVELS)),
@@ -285,6 +316,19 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise _Invalid("must be 1 or 0 (or true/false, yes/no, on/off)")
 
 
 def _float_range(low: float, high: float) -> Callable[[str], float]:

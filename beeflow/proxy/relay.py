@@ -5,6 +5,8 @@ Knows no peer: what differs between the /api and /nc proxies comes in RelayOptio
     RelayOptions(keepalive_seconds, idle_limit_seconds, close_delimited_sse,
                  default_cache_control, keepalive_comment, error_events)
     await relay(request, upstream, options, edit_headers=None, method=None) -> web.StreamResponse
+        An informational status (1xx, e.g. 101 Switching Protocols) is never relayed: 502
+        upstream_bad_response, the upstream connection closed. Otherwise
         prepare() then chunk iteration: each chunk goes to the client as it arrives. Status and
         headers are copied as a multidict minus hop-by-hop/framing headers; Content-Length is
         kept when the upstream gave one. text/event-stream gets `X-Accel-Buffering: no` and
@@ -115,6 +117,15 @@ async def relay(
     head = (method or request.method) == "HEAD"
     complete = False
     try:
+        if upstream.status < 200:
+            # aiohttp's client skips 100/102/103 before a final status, but hands over a 101
+            # (or a 1xx the upstream never followed up): relayed, it would switch the client's
+            # connection to whatever the upstream speaks next.
+            log.warning("upstream answered %d as its final status", upstream.status)
+            raise BadGateway(
+                "The upstream answered with an informational status (1xx) instead of an answer",
+                code="upstream_bad_response",
+            )
         headers, sse = _response_headers(upstream, options)
         if edit_headers is not None:
             edit_headers(upstream, headers)

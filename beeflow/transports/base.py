@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from beeflow.config import Config
+from beeflow.transports.guard import ConnectionGuard
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ class Transport(abc.ABC):
     def __init__(self, config: Config) -> None:
         self.config = config
         self._runner: web.AppRunner | None = None
+        # Connection count and request-head limits of this transport's listener.
+        self.guard = ConnectionGuard(
+            max_connections=config.max_connections,
+            max_head_bytes=config.max_head_bytes,
+            head_timeout=config.head_timeout_seconds,
+        )
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -67,4 +74,8 @@ class Transport(abc.ABC):
 
     def status(self) -> dict[str, Any]:
         """Advisory fields for the heartbeat, setup status and doctor."""
-        return {"mode": self.name, "listening": self.describe()}
+        return {
+            "mode": self.name,
+            "listening": self.describe(),
+            "connections": self.guard.status(),
+        }

@@ -18,6 +18,7 @@ from beeflow.config import Config
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.frpc import supervisor as frpc
 from beeflow.transports.frpc.supervisor import FrpcSupervisor
+from beeflow.transports.guard import GuardedSite
 
 SOCKET_MODE = 0o600
 FLUSH_TIMEOUT_SECONDS = 1.0
@@ -101,7 +102,7 @@ class HarpTransport(Transport):
         super().__init__(config)
         self.socket_path = config.socket_path
         self.supervisor = supervisor or FrpcSupervisor(config, self.socket_path)
-        self._site: web.SockSite | None = None
+        self._site: GuardedSite | None = None
         self._inode: int | None = None
 
     def describe(self) -> str:
@@ -112,7 +113,7 @@ class HarpTransport(Transport):
         await self.supervisor.preflight()
         sock = bind_unix(self.socket_path)
         self._inode = os.stat(self.socket_path).st_ino
-        self._site = web.SockSite(runner, sock)
+        self._site = GuardedSite(runner, self.guard, sock=sock)
         await self._site.start()
 
     async def _started(self) -> None:
@@ -159,4 +160,9 @@ class HarpTransport(Transport):
         self._inode = None
 
     def status(self) -> dict[str, Any]:
-        return {"mode": self.name, "socket": str(self.socket_path), **self.supervisor.status()}
+        return {
+            "mode": self.name,
+            "socket": str(self.socket_path),
+            "connections": self.guard.status(),
+            **self.supervisor.status(),
+        }

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from beeflow.transports.base import Transport, TransportError
+from beeflow.transports.guard import GuardedSite
 
 
 class TcpTransport(Transport):
@@ -14,7 +15,7 @@ class TcpTransport(Transport):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._site: web.TCPSite | None = None
+        self._site: GuardedSite | None = None
 
     def describe(self) -> str:
         host = self.config.app_host
@@ -32,8 +33,8 @@ class TcpTransport(Transport):
         return None
 
     async def _start(self, runner: web.AppRunner) -> None:
-        self._site = web.TCPSite(
-            runner, self.config.app_host, self.config.app_port, reuse_address=True
+        self._site = GuardedSite(
+            runner, self.guard, host=self.config.app_host, port=self.config.app_port
         )
         try:
             await self._site.start()
@@ -46,6 +47,7 @@ class TcpTransport(Transport):
     def status(self) -> dict[str, Any]:
         return {
             "mode": self.name,
+            "connections": self.guard.status(),
             "advice": (
                 "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; "
                 "streamed chat replies need HaRP (Nextcloud 32+)."

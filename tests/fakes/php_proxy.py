@@ -13,7 +13,8 @@ Usage (a real aiohttp app on loopback):
 What it does to a request, in order:
 - Only GET, POST, PUT and DELETE have routes (anything else, PATCH included: 405 HTML).
 - Path: the router decodes the path once, then Guzzle re-encodes only what is illegal in a path
-  (so `%40` arrives as `@`, `%2F` as `/`, while `%20` and `%C3%A9` stay encoded).
+  (so `%40` arrives as `@`, `%2F` as `/`, while `%20` and `%C3%A9` stay encoded), except `?`,
+  which arrives as a query separator, and `#`, which cuts the URL (`php_path`).
   `reject_dot_segments=True` models AppAPI >= 32.0.10, which answers 404 to `..` segments.
 - Query: PHP's `$_GET` re-serialised with `http_build_query` (`a=1&a=2` -> `a=2`; dots and
   spaces in keys -> `_`; `arr[]=x&arr[]=y` -> `arr%5B0%5D=x&arr%5B1%5D=y`; `empty` -> `empty=`;
@@ -193,12 +194,19 @@ def php_requery(query: str) -> str:
 
 
 def php_path(raw: str) -> str:
-    """The router's one decode, then Guzzle's re-encoding of what a path may not contain."""
-    decoded = unquote(raw, errors="surrogateescape")
+    """The router's one decode, then Guzzle's re-encoding of what a path may not contain. A
+    decoded `?` is NOT re-encoded: it reaches the connector as a query separator (the rest of
+    the name arrives as a query), and a decoded `#` ends the URL there (a fragment, never sent):
+    both measured on Nextcloud 32.0.1 with a WebDAV name holding `%3F` or `%23`."""
+    decoded = unquote(raw, errors="surrogateescape").split("#", 1)[0]
     out: list[str] = []
     i = 0
     while i < len(decoded):
         ch = decoded[i]
+        if ch == "?":
+            out.append(ch)
+            i += 1
+            continue
         if ch == "%" and _is_hex(decoded[i + 1 : i + 3]):
             out.append(decoded[i : i + 3])  # looks like an escape: Guzzle leaves it alone
             i += 3
@@ -315,7 +323,9 @@ class PhpProxy:
         if self.reject_dot_segments and any(s in ("..", ".") for s in path.split("/")):
             return _nc_404()
         query = php_requery(request.query_string)
-        target = "/" + path + (f"?{query}" if query else "")
+        # (A '?' decoded out of the path already starts a query; with a query of its own too,
+        # how the two join was not measured: '&' is assumed.)
+        target = "/" + path + (("&" if "?" in path else "?") + query if query else "")
         uid = self._user(request)
         body_size = request.content_length if request.body_exists else None
         data: Any = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
+import hashlib
 import json
 import sys
 import time
@@ -19,7 +20,8 @@ from typing import Final
 
 import attrs
 
-from tests.helpers import SECRET
+from tests.helpers import SECRET, TENANT_KEY
+from tests.proxy.nc.caller import nc_signature, v3_signature
 from tests.reliability.rawhttp import RawResponse, request_bytes
 from tests.reliability.stack import SPA_JS, SPA_JS_BODY, Stack, app_headers, nc_headers
 
@@ -161,6 +163,68 @@ def signed(
     return build
 
 
+def v3_signed(
+    method: str,
+    target: str,
+    *,
+    body: bytes = b"",
+    signed_headers: list[tuple[str, str]] | None = None,
+    sent_headers: list[tuple[str, str]] | None = None,
+    sent_body: bytes | None = None,
+    content_hash: str | None = None,
+    extra: list[tuple[str, str]] | None = None,
+) -> Callable[[Stack], Wire]:
+    """A /nc call with a v3 signature over `signed_headers`, sent with `sent_headers` (the same
+    unless given) and `sent_body`; `content_hash` replaces X-Beeflow-Content-SHA256 ("" drops
+    it)."""
+
+    def build(_stack: Stack) -> Wire:
+        digest = hashlib.sha256(body).hexdigest()
+        covered = dict(signed_headers or [])
+        sig = v3_signature(
+            TENANT_KEY, int(time.time()), method, target, "alice", digest, headers=covered
+        )
+        hdrs = [("X-Beeflow-Sig", sig), ("X-Beeflow-NC-Uid", "alice")]
+        declared = digest if content_hash is None else content_hash
+        if declared:
+            hdrs.append(("X-Beeflow-Content-SHA256", declared))
+        hdrs += sent_headers if sent_headers is not None else list(covered.items())
+        return request_bytes(
+            method, target, [*hdrs, *(extra or [])], body if sent_body is None else sent_body
+        )
+
+    return build
+
+
+def signed_as(signed_target: str, sent_target: str, *, uid: str = "") -> Callable[[Stack], Wire]:
+    """A v2 GET signature over `signed_target` (decoded, as the service signs it), sent for
+    `sent_target` with the uid `uid`."""
+
+    def build(_stack: Stack) -> Wire:
+        sig = nc_signature(TENANT_KEY, int(time.time()), "GET", signed_target, "", EMPTY_SHA256)
+        return request_bytes(
+            "GET", sent_target, [("X-Beeflow-Sig", sig), ("X-Beeflow-NC-Uid", uid)]
+        )
+
+    return build
+
+
+def forged_upload(
+    length: int, *, uid: str = "alice", sent: bytes = b"", v3: bool = False
+) -> Callable[[Stack], Wire]:
+    """A /nc PUT announcing `length` bytes with a well-formed forged signature; only `sent` of
+    the body is ever sent."""
+
+    def build(_stack: Stack) -> Wire:
+        sig = f"{'v3.' if v3 else ''}{int(time.time())}.{'ab' * 32}"
+        hdrs = [("X-Beeflow-Sig", sig), ("X-Beeflow-NC-Uid", uid), ("Content-Length", str(length))]
+        if v3:
+            hdrs.append(("X-Beeflow-Content-SHA256", "cd" * 32))
+        return request_bytes("PUT", f"{ALICE}/forged.bin", hdrs, sent)
+
+    return build
+
+
 def slow(data: bytes, pause: float) -> Callable[[Stack], Wire]:
     """Send `data` one byte at a time with `pause` before each byte."""
 
@@ -225,6 +289,8 @@ def dav_untouched(stack: Stack, resp: RawResponse) -> None:
 
 ALICE = "/nc/remote.php/dav/files/alice"
 API = "/api/json"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+OCS_USER = "/nc/ocs/v2.php/cloud/user?format=json"
 
 
 # ------------------------------------------------------------------ the rows
@@ -239,6 +305,7 @@ G_SLOW = "Slow clients"
 G_RANGE = "Absurd Range headers on static files"
 G_STATIC = "Traversal on static files"
 G_NC = "Traversal and allow-list on /nc"
+G_NCSIG = "Signature games and unverified bodies on /nc"
 
 _WEBHOOK_CREATED = "OCP\\User\\Events\\UserCreatedEvent"
 _WEBHOOK_ADDED = "OCP\\Group\\Events\\UserAddedEvent"
@@ -1378,6 +1445,139 @@ CASES: Final[list[Case]] = [
         ),
         note="bodies are read as sent (no decoding on the way in); browsers never compress them",
         check=no_service_request,
+    ),
+    # -------------------------------------------------------------- /nc signature games
+    Case(
+        "nc-query-lf-shift",
+        G_NCSIG,
+        "a v2 signature over `GET " + OCS_USER + "` (no user) sent for the same query plus "
+        "`%0A`, with `X-Beeflow-NC-Uid` set to the empty body's hash (the v2 message read "
+        "as a v1 one)",
+        400,
+        "query_invalid",
+        signed_as(OCS_USER, OCS_USER + "%0A", uid=EMPTY_SHA256),
+        note="CR, LF and NUL are refused in every decoded form of the query",
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-query-double-encoded-lf",
+        G_NCSIG,
+        "signed `GET .../?q=a%250Ab` (a line break after two decodings)",
+        400,
+        "query_invalid",
+        signed("GET", f"{ALICE}/?q=a%250Ab"),
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-path-encoded-question-mark",
+        G_NCSIG,
+        "signed (v2) `GET .../report%3Fv=2.pdf`: the decoded path `report?v=2.pdf` reads the "
+        "same as `report` with the query `v=2.pdf`",
+        400,
+        "path_ambiguous",
+        signed("GET", f"{ALICE}/report%3Fv=2.pdf"),
+        note="such names need a v3 signature (path and query are separate fields there)",
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-php-decoded-question-mark",
+        G_NCSIG,
+        "signed (v2) `DELETE .../report?v=2.pdf` arriving through AppAPI's PHP proxy: the "
+        "service sent `report%3Fv%3D2.pdf` (the file `report?v=2.pdf`) and the proxy decoded "
+        "the `?` into a query",
+        400,
+        "path_ambiguous_via_php_proxy",
+        signed(
+            "DELETE",
+            f"{ALICE}/report?v=2.pdf",
+            extra=[*app_headers(""), ("x-origin-ip", "203.0.113.7")],
+        ),
+        note="it verified and deleted `report`; WebDAV calls through the PHP proxy carry no "
+        "query otherwise (measured on Nextcloud 32.0.1)",
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-uid-repeated",
+        G_NCSIG,
+        "two `X-Beeflow-NC-Uid` headers",
+        400,
+        "header_repeated",
+        signed("GET", f"{ALICE}/", extra=[("X-Beeflow-NC-Uid", "admin")]),
+        note="also `X-Beeflow-Sig`, `Destination`, `Overwrite`, `Depth` and the v3 headers",
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-uid-before-body",
+        G_NCSIG,
+        "a forged upload announcing 50 MB with `X-Beeflow-NC-Uid: a:b`, no body sent",
+        400,
+        "uid_invalid",
+        forged_upload(50_000_000, uid="a:b"),
+        note="checked from the head, before a byte of the body is read",
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-v3-forged-head-only",
+        G_NCSIG,
+        "a forged v3 upload announcing 900 KB (under this test's 1 MiB limit), no body sent",
+        401,
+        "signature_mismatch",
+        forged_upload(900_000, v3=True),
+        note="v3 verifies from the head (the body hash is declared): refused at once",
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-v3-destination-swapped",
+        G_NCSIG,
+        "a v3 `MOVE` signed for one `Destination` and sent with another",
+        401,
+        "signature_mismatch",
+        v3_signed(
+            "MOVE",
+            f"{ALICE}/a.txt",
+            signed_headers=[("Destination", "/remote.php/dav/files/alice/b.txt")],
+            sent_headers=[("Destination", "/remote.php/dav/files/alice/elsewhere.txt")],
+        ),
+        note="v3 covers `Destination`, `Overwrite` and `Depth`",
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-v3-no-content-hash",
+        G_NCSIG,
+        "a v3 signature without `X-Beeflow-Content-SHA256`",
+        401,
+        "signature_content_hash_invalid",
+        v3_signed("GET", f"{ALICE}/", content_hash=""),
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-v3-body-swapped",
+        G_NCSIG,
+        "a v3 `PUT` whose body is not the one its declared hash names",
+        401,
+        "signature_content_hash_mismatch",
+        v3_signed("PUT", f"{ALICE}/s.txt", body=b"declared", sent_body=b"swapped!"),
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-v3-nonce-invalid",
+        G_NCSIG,
+        "`X-Beeflow-Nonce: has space`",
+        400,
+        "nonce_invalid",
+        v3_signed("GET", f"{ALICE}/", extra=[("X-Beeflow-Nonce", "has space")]),
+        check=dav_untouched,
+    ),
+    Case(
+        "nc-body-stalled",
+        G_NCSIG,
+        "a forged upload announcing 1,000 bytes that sends 10 and stops",
+        408,
+        "body_timeout",
+        forged_upload(1000, sent=b"0123456789"),
+        note=f"cut after `BEEFLOW_NC_BODY_IDLE_SECONDS` ({HEADER_TIMEOUT:g} s in this test, 30 s "
+        "by default); the connection is closed",
+        check=dav_untouched,
     ),
 ]
 

@@ -29,7 +29,11 @@ TRACE_MARKERS = ("Traceback (most recent call last)", 'File "/', "line ", '.py"'
 
 
 def short_header_timeout(config: Config) -> Config:
-    return attrs.evolve(config, client_header_timeout_seconds=HEADER_TIMEOUT)
+    return attrs.evolve(
+        config,
+        client_header_timeout_seconds=HEADER_TIMEOUT,
+        nc_body_idle_seconds=HEADER_TIMEOUT,
+    )
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -268,3 +269,48 @@ async def test_abort_leaves_nothing_behind(
     assert await sup.wait_until(lambda: not sup.running, 5)
     assert sup.last_exit_code == -9
     await transport.stop()
+
+
+async def test_both_transports_put_their_listener_behind_the_connection_guard(
+    make_harp_config: Callable[..., Config],
+    runner_for: Callable[[Config], web.AppRunner],
+    storage: Path,
+    frps: FakeFrps,
+) -> None:
+    """One connection more than BEEFLOW_MAX_CONNECTIONS gets 503 too_many_connections on the
+    HaRP socket and on the TCP port alike, and the status shows the guard's counters."""
+    config = make_harp_config(BEEFLOW_MAX_CONNECTIONS="1")
+    runner = runner_for(config)
+    await runner.setup()
+    transport = harp(config)
+    await transport.start(runner)
+    _, writer = await asyncio.open_unix_connection(str(config.socket_path))
+    status, body = await unix_get(config.socket_path, "/heartbeat")
+    assert (status, body["code"]) == (503, "too_many_connections")
+    assert transport.status()["connections"] == {
+        "open": 1,
+        "limit": 1,
+        "refused": 1,
+        "headsRefused": 0,
+    }
+    writer.close()
+    await transport.stop()
+
+    port = free_port()
+    tcp_config = Config.from_env(
+        base_env(UNREACHABLE_NC, storage, APP_PORT=str(port), BEEFLOW_MAX_CONNECTIONS="1")
+    )
+    tcp_runner = runner_for(tcp_config)
+    await tcp_runner.setup()
+    tcp = TcpTransport(tcp_config)
+    await tcp.start(tcp_runner)
+    _, held = await asyncio.open_connection("127.0.0.1", port)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/heartbeat") as resp,
+    ):
+        assert resp.status == 503
+        assert (await resp.json())["code"] == "too_many_connections"
+    assert tcp.status()["connections"]["refused"] == 1
+    held.close()
+    await tcp.stop()

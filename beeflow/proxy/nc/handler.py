@@ -1,22 +1,29 @@
 """The /nc/* route: the Bee Flow service reaches Nextcloud (Files, Calendar, Mail...) as a user
 through AppAPI impersonation, once its HMAC signature verified (docs/nc-proxy.md).
 
-Order of work for one request, cheapest refusal first:
+Order of work for one request, cheapest refusal first; everything up to 6 runs before a byte
+of the body is read (and before `100 Continue`):
  1. method: the wire verb, or POST + X-HTTP-Method-Override naming one of VERBS (else 405);
- 2. target: allow-list and traversal checks on the raw target (404 / 400, path.py);
- 3. signature header: present, well formed, within the clock skew, tenant key loaded (401);
- 4. body: spooled and hashed at constant memory (413 over the limit, spool.py);
- 5. signature: v2 (body hash) then v1, decoded path then raw, constant time (401,
-    signatures.py);
- 6. X-Beeflow-NC-Uid and Destination checked (destination.py); headers rebuilt for Nextcloud;
-    a 503 instead while Nextcloud refuses the connector's AppAPI logins;
- 7. the spool streamed upstream with a Content-Length; the answer streamed back (relay.py).
+ 2. target: allow-list, traversal and control-byte checks on the raw target (404 / 400,
+    path.py); no signed header repeated;
+ 3. signature header: present, well formed, within the clock skew, tenant key loaded, a version
+    the policy accepts and the target can be expressed in (401 / 400, signatures.py);
+ 4. X-Beeflow-NC-Uid syntax, body encoding, declared size; a write's signature not used before;
+ 5. what verifies from the head: v3 (declared body hash), v1 (no body hash) (401);
+ 6. otherwise (v2) a slot among the unverified uploads (503, uploads.py);
+ 7. body: spooled and hashed at constant memory, cut when it stalls (413 / 408, spool.py);
+ 8. signature: v2 over the body hash, or the v3 body checked against its declared hash (401);
+    a write's signature recorded as used (replay.py);
+ 9. Destination checked (destination.py); headers rebuilt for Nextcloud; a 503 instead while
+    Nextcloud refuses the connector's AppAPI logins;
+10. the spool streamed upstream with a Content-Length; the answer streamed back (relay.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import attrs
@@ -49,8 +56,10 @@ from beeflow.proxy.headers import (
 )
 from beeflow.proxy.nc.destination import reads_destination, rewrite_destination
 from beeflow.proxy.nc.path import NC_PREFIX, NcTarget, PathRejected, check_target
-from beeflow.proxy.nc.signatures import GUARD, SignatureGuard
+from beeflow.proxy.nc.signatures import GUARD, Claim, SignatureGuard, SignaturePolicy
+from beeflow.proxy.nc.sigv3 import CONTENT_SHA256_HEADER, NONCE_HEADER, SIGNED_HEADERS
 from beeflow.proxy.nc.spool import SPOOLS, Spool, SpoolDir, SpoolReplay, read_body, too_large
+from beeflow.proxy.nc.uploads import UPLOADS, Ticket, UnverifiedUploads
 from beeflow.proxy.relay import RelayOptions, relay
 from beeflow.proxy.upstream import (
     NO_BODY,
@@ -59,7 +68,8 @@ from beeflow.proxy.upstream import (
     UpstreamClient,
     upstream_client,
 )
-from beeflow.signing import UID_HEADER, ParsedSig
+from beeflow.signing import SIG_HEADER, UID_HEADER
+from beeflow.state import HealthProvider
 
 # The manifest's verbs for ^nc/, then the other WebDAV/HTTP verbs Nextcloud serves: PROPPATCH
 # (properties, tags), SEARCH, LOCK/UNLOCK, OPTIONS, HEAD, CalDAV's MKCALENDAR. Every one has a
@@ -106,6 +116,25 @@ ROUTE_PATH: Final = NC_PREFIX + "/{tail:.*}"
 MAX_UID_LENGTH: Final = 255
 # A spooled body up to this size goes upstream as one bytes object (aiohttp warns above 1 MiB).
 INLINE_BODY_BYTES: Final = 1024 * 1024
+# Headers that must appear at most once: a signature covers (or names) one value, and a second
+# copy could be read by Nextcloud instead of the one that was checked.
+SINGLE_HEADERS: Final = (
+    SIG_HEADER,
+    UID_HEADER,
+    CONTENT_SHA256_HEADER,
+    NONCE_HEADER,
+    *SIGNED_HEADERS,
+    OVERRIDE_HEADER,
+)
+# A refused request with more body than this still to come is cut off instead of drained, this
+# long after its answer.
+LINGER_BODY_BYTES: Final = 64 * 1024
+CUT_GRACE_SECONDS: Final = 0.5
+# Codes of upstream failures where Nextcloud never received the request: its signature may be
+# used again.
+_NEVER_SENT: Final = frozenset(
+    {"upstream_unreachable", "upstream_connect_timeout", "upstream_tls_error"}
+)
 
 # Request headers that never reach Nextcloud (besides hop-by-hop, framing, empty values): the
 # caller's credentials and browser context, what AppAPI/HaRP/proxies add, our own X-Beeflow-*.
@@ -136,9 +165,18 @@ _SLOW_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_slow_client")
 
 def setup(app: web.Application) -> None:
     """Register /nc/{tail} for every verb of VERBS; any other verb gets 405 JSON."""
-    guard = SignatureGuard()
+    config = app[keys.CONFIG]
+    guard = SignatureGuard(
+        SignaturePolicy(
+            v1=config.nc_signature_v1,
+            require_v3=config.nc_signature_require_v3,
+            skew_seconds=config.sig_skew_seconds,
+        )
+    )
     app[GUARD] = guard
-    app.setdefault(keys.HEALTH, {})["ncCallbacks"] = guard.stats.health
+    uploads = UnverifiedUploads(config.nc_unverified_uploads, config.nc_unverified_bytes)
+    app[UPLOADS] = uploads
+    app.setdefault(keys.HEALTH, {})["ncCallbacks"] = _health(guard, uploads)
     for method in VERBS:
         add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC, expect_handler=_expect)
     add_route(app, "*", ROUTE_PATH, _other_verb, Access.PUBLIC)
@@ -186,33 +224,57 @@ async def _other_verb(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------ the handler
 
 
-def _precheck(request: web.Request) -> tuple[str, NcTarget, str, ParsedSig]:
-    """Every check that needs no body: verb, path, tenant key, signature header and clock,
-    body encoding, declared size. Runs in the handler, and before `100 Continue` (_expect)."""
+@attrs.frozen
+class _Head:
+    """What the head of a request told, once checked."""
+
+    method: str
+    target: NcTarget
+    key: str
+    claim: Claim
+    uid: str
+    user: str
+
+
+def _precheck(request: web.Request) -> _Head:
+    """Every check that needs no body: verb, path, tenant key, signature header, clock and
+    version, uid syntax, body encoding, declared size, a write's signature not used before.
+    Runs in the handler, and before `100 Continue` (_expect)."""
     app = request.app
     config = app[keys.CONFIG]
     guard = app[GUARD]
     method = signed_verb(request)
     target = _check_target(request.raw_path)
+    _refuse_repeated(request)
     key = app[keys.TENANT].key
     if not key:
         guard.no_key()
-    sig = guard.parse_header(request, config.sig_skew_seconds)
+    claim = guard.parse_header(request)
+    guard.check_form(request, claim, target)
+    uid = _signed_uid(request)
+    user = _impersonated_user(uid)
     refuse_encoded_body(request)
     declared = request.content_length
     if declared is not None and declared > config.nc_max_body_bytes:
         raise too_large(config.nc_max_body_bytes)
-    return method, target, key, sig
+    guard.refuse_used(request, claim, method)
+    return _Head(method, target, key, claim, uid, user)
 
 
 async def _expect(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue` (Nextcloud's Guzzle sends it on PUTs over 1 MiB): refuse a forged,
-    stale or oversized upload before its body is sent, instead of spooling it first. Runs before
-    the middleware chain, so errors are rendered here."""
+    stale, oversized or (when the unverified uploads are full) unverifiable upload before its
+    body is sent, instead of spooling it first. Runs before the middleware chain, so errors are
+    rendered here."""
     if request.headers.get("Expect", "").lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
     try:
-        _precheck(request)
+        head = _precheck(request)
+        guard = request.app[GUARD]
+        if not guard.verify_head(
+            request, head.key, head.claim, head.method, head.target, head.uid, record=False
+        ):
+            request.app[UPLOADS].check()
     except BeeflowError as exc:
         response = error_response(exc)
         response.force_close()  # the client may still send the body it announced
@@ -223,18 +285,43 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _proxy(request)
+    except BeeflowError as exc:
+        if exc.instance_code == "body_timeout" or _body_left(request) > LINGER_BODY_BYTES:
+            return await _cut(request, exc)
+        raise
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
     config = app[keys.CONFIG]
-    method, target, key, sig = _precheck(request)
+    guard = app[GUARD]
+    head = _precheck(request)
+    method, target, key, claim, uid = head.method, head.target, head.key, head.claim, head.uid
+    verified = guard.verify_head(request, key, claim, method, target, uid)
+    claimed = forwarded = False
     spool = app[SPOOLS].spool(
         memory_limit=config.spool_memory_bytes, max_bytes=config.nc_max_body_bytes
     )
     try:
-        uid = _signed_uid(request)
-        await read_body(request, spool, config.nc_max_body_bytes)
-        app[GUARD].verify(request, key, sig, method, target, uid, spool.sha256)
-        user = _impersonated_user(uid)
-        headers = nextcloud_headers(request, config, user, target.upstream)
+        if verified:
+            claimed = await guard.claim(request, claim, method)
+        ticket = None if verified or not request.body_exists else app[UPLOADS].admit()
+        try:
+            await read_body(
+                request,
+                spool,
+                config.nc_max_body_bytes,
+                idle_seconds=config.nc_body_idle_seconds,
+                on_bytes=None if ticket is None else ticket.add,
+            )
+        finally:
+            _release(ticket)
+        guard.verify_body(request, key, claim, method, target, uid, spool.sha256, verified=verified)
+        if not verified:
+            claimed = await guard.claim(request, claim, method)
+        headers = nextcloud_headers(request, config, head.user, target.upstream)
         if "Destination" in request.headers and reads_destination(method, target):
             headers["Destination"] = rewrite_destination(
                 request.headers["Destination"], config, request.host
@@ -242,22 +329,90 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         _check_auth_budget(app)
         body = _outbound(spool)
         url = URL(str(config.nextcloud_url) + target.upstream, encoded=True)
+        forwarded = True
         try:
             client = app[_SLOW_CLIENT] if method in SLOW_VERBS else app[_CLIENT]
             upstream = await client.send(method, url, headers, body)
         except BeeflowError as exc:
+            forwarded = exc.instance_code not in _NEVER_SENT
             raise _as_nextcloud_error(exc) from None
         # A HEAD tunnelled in a POST is answered without a body and with Nextcloud's length
         # in relay.TUNNELLED_HEAD_LENGTH (X-Beeflow-Content-Length).
-        return await relay(
-            request,
-            upstream,
-            _RELAY_OPTIONS,
-            edit_headers=_edit_response_headers,
-            method=method,
-        )
+        try:
+            return await relay(
+                request,
+                upstream,
+                _RELAY_OPTIONS,
+                edit_headers=_edit_response_headers,
+                method=method,
+            )
+        except BeeflowError as exc:  # raised before anything was sent to the caller
+            raise _as_nextcloud_error(exc) from None
     finally:
         spool.close()
+        if claimed and not forwarded:
+            # Refused after the signature was recorded, before Nextcloud saw the request: the
+            # service may send it again.
+            await guard.release(claim)
+
+
+def _release(ticket: Ticket | None) -> None:
+    if ticket is not None:
+        ticket.release()
+
+
+def _body_left(request: web.Request) -> int:
+    """Bytes of the request body not read yet (a body of unknown length counts as large)."""
+    if not request.body_exists:
+        return 0
+    content = request.content
+    if content.is_eof():
+        return 0
+    length = request.content_length
+    if length is None:
+        return LINGER_BODY_BYTES + 1
+    return max(0, length - content.total_bytes)
+
+
+async def _cut(request: web.Request, exc: BeeflowError) -> web.StreamResponse:
+    """A refusal with a large body still to come, or a stalled one: the answer, a half-close,
+    and the connection closed CUT_GRACE_SECONDS later. aiohttp would otherwise read and
+    discard the rest for up to 10 s, buffering up to ~0.5 MiB per connection meanwhile: an
+    unauthenticated sender could hold that on every connection it opens. The grace lets a
+    client that is still sending read the answer before the close resets the connection. A
+    small rest is left to aiohttp (large genuine uploads wait for `100 Continue`, where the
+    refusal comes before the body)."""
+    response = error_response(exc)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    transport = request.transport
+    if transport is not None:
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(CUT_GRACE_SECONDS, transport.close)
+    return response
+
+
+def _refuse_repeated(request: web.Request) -> None:
+    """400 header_repeated when a header of SINGLE_HEADERS appears twice."""
+    headers = request.headers
+    for name in SINGLE_HEADERS:
+        if len(headers.getall(name, ())) > 1:
+            raise BadRequest(f"{name} must appear at most once", code="header_repeated")
+
+
+def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider:
+    """ncCallbacks in the heartbeat: the signature counters, and for trusted callers what the
+    unverified uploads hold."""
+
+    def provide(trusted: bool) -> dict[str, Any]:
+        out = guard.stats.health(trusted)
+        if trusted:
+            out["unverifiedUploads"] = uploads.health()
+        return out
+
+    return provide
 
 
 def signed_verb(request: web.Request) -> str:

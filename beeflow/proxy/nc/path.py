@@ -18,12 +18,17 @@ ALLOWED_PREFIXES: Final = ("/ocs/", "/remote.php/dav/", "/index.php/apps/")
 # %252e%252e needs two decodes, %25252e three; anything still changing after that is refused.
 MAX_DECODE_DEPTH: Final = 3
 MAX_TARGET_LENGTH: Final = 8192
+# A query value may itself be an encoded URL holding an encoded URL...: more layers than the path.
+MAX_QUERY_DECODE_DEPTH: Final = 8
 
 _PCT_RUN: Final = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 _STRAY_PCT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Printable ASCII without space, '#' and backslash: what a well-formed request target holds.
 _TARGET_CHARS: Final = re.compile(r"^[\x21\x22\x24-\x5b\x5d-\x7e]*$")
 _ARRAY_INDEX: Final = re.compile(r"\[\d*\]")
+# Bytes that would split a field of a signed message (each field is one line) or end a C
+# string: refused in every decoded form of the query (the path refuses every control byte).
+_LINE_BREAKERS: Final = (b"\r", b"\n", b"\0")
 
 
 class PathRejected(ValueError):
@@ -75,6 +80,13 @@ class NcTarget:
     def has_escapes(self) -> bool:
         """The path (not the query) holds percent escapes."""
         return "%" in self.path
+
+    @property
+    def decoded_path_splits(self) -> bool:
+        """The decoded path holds '?' or '#' (from %3F, %23): in a v1/v2 message, where path and
+        query are one field, `a%3Fb=1` and `a` with the query `b=1` would read the same."""
+        upper = self.path.upper()
+        return "%3F" in upper or "%23" in upper
 
 
 def js_decode_uri_component(text: str) -> str | None:
@@ -145,12 +157,29 @@ def _check_level(level: bytes, slashes: int) -> None:
         raise _not_proxied()
 
 
+def _check_query(query: str) -> None:
+    """CR, LF and NUL are refused in the query and in each of its decoded forms: a line break
+    in a signed field would shift the fields after it (a v2 message read as a v1 one)."""
+    level = query.encode("ascii")
+    for _ in range(MAX_QUERY_DECODE_DEPTH + 1):
+        if any(bad in level for bad in _LINE_BREAKERS):
+            raise PathRejected(
+                "query_invalid", "The query holds a line break or NUL (percent-encoded)", 400
+            )
+        decoded = unquote_to_bytes(level)
+        if decoded == level:
+            return
+        level = decoded
+    raise PathRejected("query_invalid", "The query has too many layers of percent-encoding", 400)
+
+
 def check_target(raw_target: str) -> NcTarget:
     """Check a raw request target (`/nc/...?...` exactly as received). Raises PathRejected.
 
     Traversal is rejected, never normalised: '.' and '..' segments, backslashes, control bytes,
     and encoded slashes, in the raw form and after each of up to three percent-decodings; the
-    allow-listed prefix must hold for every form; the fully decoded path must be UTF-8."""
+    allow-listed prefix must hold for every form; the fully decoded path must be UTF-8. The
+    query may hold no CR, LF or NUL in any decoded form."""
     if len(raw_target) > MAX_TARGET_LENGTH:
         raise PathRejected("path_invalid", "Request target too long", 400)
     path, _, query = raw_target.partition("?")
@@ -177,6 +206,7 @@ def check_target(raw_target: str) -> NcTarget:
             except UnicodeDecodeError:
                 raise PathRejected("path_invalid", "The path is not UTF-8", 400) from None
         level = decoded
+    _check_query(query)
     upstream = raw_target[len(NC_PREFIX) :]
     candidates = _candidates(raw_target)
     return NcTarget(

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final, TypeVar
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from beeflow.errors import BadRequest, BeeflowError, PayloadTooLarge
@@ -295,24 +295,59 @@ def too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-async def read_body(request: web.Request, spool: Spool, limit: int) -> None:
+async def read_body(
+    request: web.Request,
+    spool: Spool,
+    limit: int,
+    *,
+    idle_seconds: float | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> None:
     """Spool the whole body (the v2 signature covers its hash) at constant memory: 413 over
-    `limit`, 400 for a malformed body, 507/500 when it cannot be written."""
+    `limit`, 400 for a malformed body, 408 when no byte arrives for `idle_seconds`, 507/500
+    when it cannot be written. `on_bytes(n)` is told of each chunk before it is kept (and may
+    refuse it by raising)."""
     try:
         if request.body_exists:
-            reader = request.content
             try:
-                while chunk := await reader.readany():
-                    await spool.feed(chunk)
+                await _read_chunks(request.content, spool, idle_seconds, on_bytes)
             except SpoolTooLarge:
                 raise too_large(limit) from None
             except (HttpProcessingError, web.RequestPayloadError):
                 raise BadRequest(
                     "The request body is malformed or incomplete", code="body_incomplete"
                 ) from None
+            except TimeoutError:
+                raise BadRequest(
+                    f"The request body stalled: no byte for {idle_seconds:g} s",
+                    code="body_timeout",
+                    status=408,
+                ) from None
         await spool.finish()
     except SpoolWriteError as exc:
         raise _spool_failed(request, spool, exc) from None
+
+
+async def _read_chunks(
+    reader: StreamReader,
+    spool: Spool,
+    idle_seconds: float | None,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    """The read loop. The idle timer runs only while waiting for the client (one timer moved
+    per chunk), never while a chunk is written to the spool."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as timer:
+        while True:
+            if idle_seconds is not None:
+                timer.reschedule(loop.time() + idle_seconds)
+            chunk = await reader.readany()
+            timer.reschedule(None)
+            if not chunk:
+                return
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            await spool.feed(chunk)
 
 
 def _spool_failed(request: web.Request, spool: Spool, exc: SpoolWriteError) -> BeeflowError:

@@ -42,6 +42,57 @@ def decoded(target: str) -> str:
     return unquote(target, errors="strict")
 
 
+_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _v3_encode(text: str) -> str:
+    return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in text.encode("utf-8"))
+
+
+def v3_query(query: str) -> str:
+    """The canonical query of docs/nc-proxy.md ("The v3 signature"), written from the doc:
+    each non-empty `&` part split at its first `=`, form-decoded, re-encoded byte by byte."""
+    out = []
+    for part in filter(None, query.split("&")):
+        key, _, value = part.partition("=")
+        pair = [unquote(x.replace("+", " "), errors="strict") for x in (key, value)]
+        out.append(_v3_encode(pair[0]) + "=" + _v3_encode(pair[1]))
+    return "&".join(out)
+
+
+def v3_signature(
+    key: str,
+    ts: int | str,
+    method: str,
+    target: str,
+    uid: str,
+    body_sha256: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    nonce: str = "",
+) -> str:
+    """`v3.{ts}.{hex}` over the eleven lines of the v3 message for `target` (raw, as sent)."""
+    path, _, query = target.partition("?")
+    signed = headers or {}
+    message = "\n".join(
+        [
+            "beeflow-nc-v3",
+            str(ts),
+            method,
+            unquote(path, errors="strict"),
+            v3_query(query),
+            uid,
+            body_sha256,
+            signed.get("Destination", ""),
+            signed.get("Overwrite", ""),
+            signed.get("Depth", ""),
+            nonce,
+        ]
+    )
+    mac = hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+    return f"v3.{ts}.{mac}"
+
+
 class NcCaller:
     """Sends signed /nc requests to `base` (the connector, or a PHP proxy URL prefix)."""
 
@@ -75,8 +126,27 @@ class NcCaller:
         sign_uid: str | None = None,
         ts: int | None = None,
         key: str | None = None,
+        signed_headers: Mapping[str, str] | None = None,
+        nonce: str = "",
     ) -> dict[str, str]:
+        """The signature headers. `version=3` signs `signed_headers` (Destination, Overwrite,
+        Depth) too and sends the body hash in X-Beeflow-Content-SHA256 (and the nonce)."""
         digest = body_sha256 or hashlib.sha256(body).hexdigest()
+        if version == 3:
+            v3 = v3_signature(
+                key or self.key,
+                int(time.time()) if ts is None else ts,
+                sign_method or method,
+                target if sign_target is None else sign_target,
+                uid if sign_uid is None else sign_uid,
+                digest,
+                headers=signed_headers,
+                nonce=nonce,
+            )
+            out = {"X-Beeflow-Sig": v3, "X-Beeflow-NC-Uid": uid, "X-Beeflow-Content-SHA256": digest}
+            if nonce:
+                out["X-Beeflow-Nonce"] = nonce
+            return out
         sig = nc_signature(
             key or self.key,
             int(time.time()) if ts is None else ts,
@@ -104,6 +174,8 @@ class NcCaller:
         hdrs = self.headers(method, target, body=body, body_sha256=body_sha256, **sign)
         if tunnel:
             hdrs["X-HTTP-Method-Override"] = method
+        if sign.get("signed_headers"):
+            hdrs.update(sign["signed_headers"])
         if headers:
             hdrs.update(headers)
         payload: bytes | io.BytesIO | AsyncIterable[bytes] | None = data

@@ -32,9 +32,10 @@ async def test_forged_flood_then_the_genuine_call_succeeds(
     assert body["retryAfter"] == retry_after
     assert dav.seen == []
 
-    # Verification comes first: the genuine caller is never refused by the limiter.
-    for _ in range(3):
-        resp = await caller.request("PUT", TARGET, body=b"genuine")
+    # Verification comes first: the genuine caller is never refused by the limiter. (Three
+    # different bodies: the same signed PUT twice would be a replay.)
+    for i in range(3):
+        resp = await caller.request("PUT", TARGET, body=b"genuin%d" % i)
         async with resp:
             assert resp.status == 200
             assert (await resp.json())["ocs"]["data"]["bodySize"] == 7

@@ -95,8 +95,8 @@ async def test_idle_connections_are_retired_before_apaches_5_seconds(
     nc, url = slow_nc
     conn = await connector_factory(NEXTCLOUD_URL=str(url))
     caller = NcCaller(session, conn.url)
-    for _ in range(2):  # back to back: the pooled connection is reused
-        assert (await outcome(await caller.request("PUT", f"{DAV}/a", body=b"a")))[0] == 201
+    for body in (b"a", b"b"):  # back to back: the pooled connection is reused
+        assert (await outcome(await caller.request("PUT", f"{DAV}/a", body=body)))[0] == 201
     assert nc.seen[0][1] == nc.seen[1][1]
     await asyncio.sleep(KEEPALIVE_SECONDS + 0.3)  # the idle time under test
     assert (await outcome(await caller.request("PUT", f"{DAV}/a", body=b"a")))[0] == 201
