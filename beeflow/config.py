@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
+from aiohttp import web
 from yarl import URL
 
 from beeflow.errors import ConfigError
@@ -428,3 +429,7 @@ def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
         return parse(raw)
 
     return wrapped
+
+
+# The app's one Config, set by make_app.
+CONFIG: web.AppKey[Config] = web.AppKey("config")

@@ -8,10 +8,9 @@ import logging
 import pytest
 from aiohttp import web
 
-from beeflow.appapi import Access, add_route, decode_auth_header
 from beeflow.errors import Unauthorized
-from beeflow.keys import IDENTITY
-from beeflow.middleware import json_response
+from beeflow.web.auth import IDENTITY, Access, add_route, decode_auth_header
+from beeflow.web.responses import json_response
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import SECRET, RunningConnector, appapi_headers

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from beeflow import keys
-from beeflow.appapi import Access, add_route
 from beeflow.errors import TooManyRequests
-from beeflow.middleware import json_response
+from beeflow.web.auth import Access, add_route
+from beeflow.web.draining import DRAINING
+from beeflow.web.responses import json_response
 from tests.conftest import ConnectorFactory
 from tests.helpers import RunningConnector
 
@@ -104,7 +104,7 @@ async def test_cross_site_writes_are_refused_reads_are_not(conn: RunningConnecto
 
 
 async def test_draining_answers_503_shutting_down(conn: RunningConnector) -> None:
-    conn.app[keys.DRAINING].begin()
+    conn.app[DRAINING].begin()
     async with await conn.request("GET", "/heartbeat") as resp:
         assert resp.status == 503
         assert resp.headers["Retry-After"] == "5"

@@ -13,19 +13,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beeflow import keys
 from beeflow.config import Config
 from beeflow.errors import NextcloudError
-from beeflow.nextcloud import (
+from beeflow.nextcloud.budget import (
     ATTEMPTS_PER_REFUSAL,
     BRUTEFORCE_WINDOW,
     BUDGET_FILE,
     NC_MAX_ATTEMPTS,
     AuthBudget,
-    appapi_headers,
-    parse_ocs,
-    user_from_ocs,
 )
+from beeflow.nextcloud.client import NEXTCLOUD
+from beeflow.nextcloud.ocs import appapi_headers, parse_ocs
+from beeflow.nextcloud.users import USERS, user_from_ocs
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import SECRET
@@ -95,7 +94,7 @@ async def test_network_errors_are_retried_within_the_warmup_budget(
     connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
 ) -> None:
     conn = await connector_factory()
-    client = conn.app[keys.NEXTCLOUD]
+    client = conn.app[NEXTCLOUD]
     await fake_nc.stop()
     started = time.monotonic()
     with pytest.raises(NextcloudError) as err:
@@ -110,7 +109,7 @@ async def test_lockout_answers_count_as_refusals_and_stop_retries(
     connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
 ) -> None:
     conn = await connector_factory()
-    client = conn.app[keys.NEXTCLOUD]
+    client = conn.app[NEXTCLOUD]
     fake_nc.locked_until["127.0.0.1"] = time.monotonic() + 60
     started = time.monotonic()
     v1 = await client.ocs("GET", "/ocs/v1.php/apps/app_api/ex-app/state", warmup=5)
@@ -130,7 +129,7 @@ async def test_anonymous_calls_carry_no_appapi_headers(
     connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
 ) -> None:
     conn = await connector_factory()
-    result = await conn.app[keys.NEXTCLOUD].ocs("GET", "/ocs/v2.php/cloud/capabilities", user=None)
+    result = await conn.app[NEXTCLOUD].ocs("GET", "/ocs/v2.php/cloud/capabilities", user=None)
     assert result.ok
     call = fake_nc.calls_to("/ocs/v2.php/cloud/capabilities")[-1]
     assert "AUTHORIZATION-APP-API" not in call.headers
@@ -178,7 +177,7 @@ async def test_a_disabled_users_refusal_is_theirs_not_a_spent_budget(
     for n in range(8):
         fake_nc.add_user(f"off{n}", enabled=False)
     conn = await connector_factory(BEEFLOW_AUTH_FAILURE_BUDGET=limit)
-    client = conn.app[keys.NEXTCLOUD]
+    client = conn.app[NEXTCLOUD]
     assert (await client.probe()).ok  # a success: the credentials are proven
     assert client.budget.user_slack == slack
     for n in range(8):
@@ -191,7 +190,7 @@ async def test_a_disabled_users_refusal_is_theirs_not_a_spent_budget(
     assert len(fake_nc.calls_to(STATE)) == 1 + 8 // (slack + 1)
     assert fake_nc.failure_count_total == 0
     with pytest.raises(NextcloudError) as err:
-        await conn.app[keys.USERS].lookup("off0")
+        await conn.app[USERS].lookup("off0")
     assert err.value.kind == "user_refused"
 
 
@@ -200,7 +199,7 @@ async def test_impersonated_refusals_before_any_success_count(
 ) -> None:
     fake_nc.add_user("off", enabled=False)
     conn = await connector_factory()
-    client = conn.app[keys.NEXTCLOUD]
+    client = conn.app[NEXTCLOUD]
     result = await client.ocs("GET", USER_INFO.format("off"), user="off")
     assert (result.auth_refused, result.user_refused) == (True, False)
     assert client.budget.used == 1  # nothing proved the secret yet: it may be the secret
@@ -212,7 +211,7 @@ async def test_a_secret_gone_bad_after_a_success_stays_under_the_lockout(
     """The trust in the last success is bounded: Nextcloud counts the refusals taken on trust
     plus the ones we count, and that stays within its threshold."""
     conn = await connector_factory()
-    client = conn.app[keys.NEXTCLOUD]
+    client = conn.app[NEXTCLOUD]
     assert (await client.probe()).ok
     fake_nc.secret = "re-registered with another secret"
     kinds: list[str] = []
@@ -342,20 +341,20 @@ async def test_the_budget_survives_a_restart(
     fake_nc.registered = False
     first = await connector_factory()
     for _ in range(2):
-        result = await first.app[keys.NEXTCLOUD].probe()
+        result = await first.app[NEXTCLOUD].probe()
         assert result.auth_refused
     assert fake_nc.attempts_for() == 4
     saved = json.loads((storage / BUDGET_FILE).read_text())
     assert [r["attempts"] for r in saved["refusals"]] == [2, 2]
     assert (storage / BUDGET_FILE).stat().st_mode & 0o777 == 0o600
     second = await connector_factory()
-    budget = second.app[keys.NEXTCLOUD].budget
+    budget = second.app[NEXTCLOUD].budget
     assert (budget.used, budget.attempts) == (2, 4)
     for _ in range(2):
-        await second.app[keys.NEXTCLOUD].probe()
+        await second.app[NEXTCLOUD].probe()
     assert budget.spent
     with pytest.raises(NextcloudError):
-        await second.app[keys.NEXTCLOUD].probe()
+        await second.app[NEXTCLOUD].probe()
     assert fake_nc.attempts_for() == 8 < NC_MAX_ATTEMPTS
 
 
@@ -369,7 +368,7 @@ async def test_an_unwritable_storage_keeps_the_budget_in_memory(
     blocker.write_text("")
     fake_nc.registered = False
     conn = await connector_factory(APP_PERSISTENT_STORAGE=str(blocker))
-    client = conn.app[keys.NEXTCLOUD]
+    client = conn.app[NEXTCLOUD]
     for _ in range(2):
         await client.probe()
     assert client.budget.attempts == 4

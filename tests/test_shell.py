@@ -14,8 +14,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from beeflow import shell
 from beeflow.config import Config
+from beeflow.web import shell, spa
 from tests.conftest import ConnectorFactory
 from tests.helpers import SECRET, RunningConnector, appapi_headers
 
@@ -271,7 +271,7 @@ async def test_the_build_matching_the_route_answers(
 
 
 def test_builds_needs_both() -> None:
-    assert shell.builds(REPO_SPA) is None  # one build for every prefix
+    assert spa.builds(REPO_SPA) is None  # one build for every prefix
 
 
 async def test_the_shell_host_is_not_used_in_the_demo(
@@ -286,12 +286,12 @@ async def test_the_shell_host_is_not_used_in_the_demo(
 
 def test_the_images_full_ui_stage_builds_one_ui_per_prefix() -> None:
     """The Dockerfile's hive stage builds the UI as its repository does (Vite: --base and
-    VITE_API_URL baked in), once per prefix, into the two directories shell.builds() expects."""
+    VITE_API_URL baked in), once per prefix, into the two directories spa.builds() expects."""
     dockerfile = (REPO_SPA.parent / "Dockerfile").read_text()
     proxy = "/index.php/apps/app_api/proxy/${APP_ID}"
     exapps = "/exapps/${APP_ID}"
     for prefix, out in ((proxy, "dist-proxy"), (exapps, "dist-exapps")):
         assert f'VITE_API_URL="{prefix}"' in dockerfile
         assert f'--base="{prefix}/" --outDir={out}' in dockerfile
-    assert f"/hive/dist-proxy/ /spa/{shell.PROXY_BUILD}/" in dockerfile
-    assert f"/hive/dist-exapps/ /spa/{shell.EXAPPS_BUILD}/" in dockerfile
+    assert f"/hive/dist-proxy/ /spa/{spa.PROXY_BUILD}/" in dockerfile
+    assert f"/hive/dist-exapps/ /spa/{spa.EXAPPS_BUILD}/" in dockerfile

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from beeflow import static
 from beeflow.config import Config
 from beeflow.errors import NotFound
+from beeflow.web import spa, static
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import RunningConnector
@@ -500,11 +500,11 @@ def test_spa_dir_resolution(tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     second.mkdir()
     (second / "index.html").write_text("x", encoding="utf-8")
-    assert static.find_spa_dir(None, [first, second]) == second
-    assert static.find_spa_dir(first, [first]) is None
+    assert spa.find_spa_dir(None, [first, second]) == second
+    assert spa.find_spa_dir(first, [first]) is None
     # Without configuration, a source checkout finds the repository's spa/.
-    assert static.find_spa_dir(None) == REPO_SPA
-    assert static.candidates(first) == [first]
+    assert spa.find_spa_dir(None) == REPO_SPA
+    assert spa.candidates(first) == [first]
 
 
 async def test_default_serves_the_repository_ui(connector: RunningConnector) -> None:
@@ -569,14 +569,13 @@ def test_content_type_table_covers_repository_ui() -> None:
 
 def test_app_routes_are_public(make_config: Callable[..., Config]) -> None:
     from beeflow.app import make_app
-    from beeflow.appapi import Access
-    from beeflow.keys import ROUTE_POLICIES
+    from beeflow.web.auth import ROUTE_POLICIES, Access
 
     app: web.Application = make_app(make_config(), run_at_boot=False)
     paths = {
         route.resource.canonical: policy.access
         for route, policy in app[ROUTE_POLICIES].items()
-        if route.handler.__module__ == "beeflow.static"
+        if route.handler.__module__ == "beeflow.web.static"
     }
     assert set(paths) >= {"/", "/index.html", "/favicon.ico", "/assets/{path}", "/js/{path}"}
     assert set(paths.values()) == {Access.PUBLIC}

@@ -8,6 +8,7 @@ import base64
 import gzip
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,9 +17,12 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from beeflow import keys
-from beeflow.nextcloud import NcUser
-from beeflow.proxy.saas import SHELL_FALLBACK, TokenCache
+from beeflow.nextcloud.users import NcUser
+from beeflow.proxy.service import TokenCache
+from beeflow.service_client import SERVICE_URL
+from beeflow.tenant.state import TENANT
+from beeflow.web import spa
+from beeflow.web.shell import SHELL_FALLBACK
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService, pattern_bytes
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector, appapi_headers
@@ -67,7 +71,7 @@ async def test_api_base_url_change_applies_to_the_next_request(
     legacy: RunningConnector, service: FakeService
 ) -> None:
     async with FakeService() as other:
-        legacy.app[keys.API_BASE].url = other.url
+        legacy.app[SERVICE_URL].url = other.url
         async with await legacy.request("GET", "/api/health", user="alice") as resp:
             assert resp.status == 200
         assert other.find("/api/health")
@@ -183,7 +187,7 @@ async def test_headers_reaching_the_service_one_by_one(
     """Issue 10 fact 2 / issue 3 item 4: what the browser, AppAPI and HaRP send, and what the
     service gets. Every header is accounted for."""
     caplog.set_level(logging.DEBUG)
-    legacy.app[keys.TENANT].instance_id = "nc-host:cloud.example.com"
+    legacy.app[TENANT].instance_id = "nc-host:cloud.example.com"
     sent = {
         **appapi_headers("alice"),
         "AA-REQUEST-ID": "puykcxkab7f47fz6XDHE",
@@ -552,7 +556,7 @@ async def test_nothing_but_get_head_is_replayed(
 
 @pytest.fixture
 def keyless(legacy: RunningConnector) -> RunningConnector:
-    legacy.app[keys.TENANT].key = None
+    legacy.app[TENANT].key = None
     return legacy
 
 
@@ -581,7 +585,7 @@ async def test_no_tenant_key_navigation_gets_the_spa_shell(
     spa.mkdir()
     (spa / "index.html").write_text("<!doctype html><title>shell-marker</title>")
     conn = await proxy_factory(BEEFLOW_SPA_DIR=str(spa))
-    conn.app[keys.TENANT].key = None
+    conn.app[TENANT].key = None
     for headers in ({"Sec-Fetch-Mode": "navigate"}, {"Accept": "text/html,application/xhtml+xml"}):
         async with await conn.request(
             "GET", "/auth/callback", user="alice", headers=headers
@@ -597,7 +601,7 @@ async def test_no_tenant_key_without_spa_files_uses_the_built_in_page(
     proxy_factory: ProxyFactory, tmp_path: Path
 ) -> None:
     conn = await proxy_factory(BEEFLOW_SPA_DIR=str(tmp_path / "missing"))
-    conn.app[keys.TENANT].key = None
+    conn.app[TENANT].key = None
     async with await conn.request(
         "GET", "/api/x", user="alice", headers={"Sec-Fetch-Mode": "navigate"}
     ) as resp:
@@ -693,7 +697,7 @@ async def test_client_leaving_while_waiting_for_headers_cancels_the_upstream_cal
 async def test_service_base_url_with_a_path_prefix(
     legacy: RunningConnector, service: FakeService
 ) -> None:
-    legacy.app[keys.API_BASE].url = service.url / "tenant-a"
+    legacy.app[SERVICE_URL].url = service.url / "tenant-a"
     async with await legacy.request("GET", "/api/json?q=1", user="alice") as resp:
         # Nothing of the service's lives under the prefix: its web UI answers (the fallback
         # the real service gives every unmatched path outside /api and /auth).
@@ -924,3 +928,28 @@ async def test_the_service_refuses_a_browser_origin_the_connector_strips(
     headers = {"Origin": "https://cloud.example.com", "Referer": "https://cloud.example.com/x"}
     assert "event: done" in await chat(legacy, headers=headers)
     assert "Origin" not in service.last().headers
+
+
+async def test_an_installed_connector_serves_the_installed_ui_as_its_shell(
+    proxy_factory: ProxyFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip-installed, without BEEFLOW_SPA_DIR: the package sits in site-packages and the UI in
+    the wheel's data files (<prefix>/share/beeflow/spa); the shell comes from there, as the
+    static routes' files do (one place finds the UI: beeflow.web.spa)."""
+    prefix = tmp_path / "venv"
+    installed = prefix / "share" / "beeflow" / "spa"
+    installed.mkdir(parents=True)
+    (installed / "index.html").write_text("<!doctype html><title>installed-marker</title>")
+    site = prefix / "lib" / "python3" / "site-packages" / "beeflow" / "web"
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    monkeypatch.setattr(spa, "__file__", str(site / "spa.py"))
+    conn = await proxy_factory()
+    assert conn.app[spa.SPA_DIR] == installed
+    conn.app[TENANT].key = None
+    async with await conn.request(
+        "GET", "/api/x", user="alice", headers={"Sec-Fetch-Mode": "navigate"}
+    ) as resp:
+        assert resp.status == 200
+        assert "installed-marker" in await resp.text()
+    async with await conn.request("GET", "/index.html") as resp:
+        assert "installed-marker" in await resp.text()

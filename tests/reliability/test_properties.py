@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from beeflow import events, signing
-from beeflow.appapi import AuthFailure, authenticate, decode_auth_header
+from beeflow import signing
 from beeflow.config import Config
 from beeflow.errors import ConfigError
+from beeflow.integrations import events
+from beeflow.integrations.userevents import USER_EVENTS
 from beeflow.proxy.nc.path import ALLOWED_PREFIXES, PathRejected, check_target
-from beeflow.service_client import USER_EVENTS
+from beeflow.web.auth import AuthFailure, authenticate, decode_auth_header
 from tests.fakes.service_control import expected_signature
 from tests.proxy.conftest import verify_jwt
 

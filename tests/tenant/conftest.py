@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beeflow import tenant
+from beeflow.tenant.wiring import BOOTSTRAPPER
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
@@ -59,7 +59,7 @@ async def service(control: ServiceControl) -> AsyncIterator[FakeService]:
 
 def fast_retries(app: web.Application) -> None:
     """Shorten the bootstrap's backoff so the tests see several attempts."""
-    boot = app[tenant.BOOTSTRAPPER]
+    boot = app[BOOTSTRAPPER]
     boot.retry_base = 0.05
     boot.retry_cap = 0.2
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from beeflow import keys, service_client
+from beeflow.integrations.userevents import RECENT_FILE, USER_EVENTS_SINK
+from beeflow.tenant.state import TENANT
 from tests.conftest import ConnectorFactory
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import ServiceControl, expected_signature
@@ -84,7 +85,7 @@ async def test_each_class_is_mapped_and_forwarded_signed(
     assert "Authorization" not in delivery.headers
     assert "AUTHORIZATION-APP-API" not in delivery.headers
     # Remembered for the reconciliation (no duplicate within the interval), 0600.
-    recent = storage / service_client.RECENT_FILE
+    recent = storage / RECENT_FILE
     await wait_for(recent.exists)
     assert read_json(recent)["events"][0][:3] == [event, "alice", group or ""]
     assert stat.S_IMODE(recent.stat().st_mode) == 0o600
@@ -218,7 +219,7 @@ async def test_a_failed_forward_is_logged_not_dropped_silently(
         conn, {"eventType": "OCP\\User\\Events\\UserDeletedEvent", "userId": "alice"}
     )
     assert status == 200
-    stats = conn.app[service_client.USER_EVENTS_SINK].stats["webhook"]
+    stats = conn.app[USER_EVENTS_SINK].stats["webhook"]
     await wait_for(lambda: stats.failed == 1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     expected = "HTTP 500" if failure == "http_500" else "HTTP 401"
@@ -242,7 +243,7 @@ async def test_without_a_tenant_key_the_event_is_ignored_and_logged(
     auto_connector: AutoFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn = await auto_connector(slow_retries=True)
-    assert conn.app[keys.TENANT].key is None
+    assert conn.app[TENANT].key is None
     status, body = await post_event(
         conn, {"eventType": "OCP\\User\\Events\\UserCreatedEvent", "userId": "x"}
     )

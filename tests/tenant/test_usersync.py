@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beeflow import keys, usersync
+from beeflow.integrations import userrecords, usersync
+from beeflow.nextcloud.client import NEXTCLOUD
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
@@ -236,7 +237,7 @@ async def test_a_refused_listing_stays_within_the_budget_and_sends_nothing(
     conn = await start()
     await sync(conn)
     fake_nc.registered = False  # e.g. unregistered: every AppAPI login is refused and counted
-    budget = conn.app[keys.NEXTCLOUD].budget
+    budget = conn.app[NEXTCLOUD].budget
     runner = conn.app[usersync.USER_SYNC]
     # Periodic runs (not a trusted inbound request, which would reset the budget).
     states = []
@@ -300,7 +301,7 @@ async def test_disabled_users_keep_their_record_and_spend_no_budget(
         fake_nc.add_user(n, email=f"{n}@example.com", enabled=False)
     fake_nc.add_user("zoe", email="zoe@example.com", display_name="Zoe", groups=["admin"])
     conn = await start()
-    budget = conn.app[keys.NEXTCLOUD].budget
+    budget = conn.app[NEXTCLOUD].budget
     first = await sync(conn)
     assert (first["state"], first["usersSeen"], first["usersUnreadable"]) == ("baseline", 8, 0)
     snapshot = conn.app[usersync.USER_SYNC].snapshot
@@ -329,7 +330,7 @@ async def test_a_disabled_user_nobody_can_read_keeps_the_last_record(
     body = await sync(conn)
     assert (body["state"], body["readAs"], body["usersUnreadable"]) == ("ok", None, 1)
     assert received(control) == [("group.member_removed", "admin", "admin")]  # alice stays
-    assert conn.app[keys.NEXTCLOUD].budget.used == 0
+    assert conn.app[NEXTCLOUD].budget.used == 0
 
 
 async def test_one_impersonated_call_per_500_users_and_old_snapshots_still_load(
@@ -356,7 +357,7 @@ async def test_a_disabled_app_skips_the_run_until_enabled(
     start: Callable[..., Any], fake_nc: FakeNextcloud, control: ServiceControl
 ) -> None:
     conn = await start()
-    client = conn.app[keys.NEXTCLOUD]
+    client = conn.app[NEXTCLOUD]
     fake_nc.enabled = False
     client.app_enabled = False  # as PUT /enabled?enabled=0 or the boot probe leave it
     mark = len(fake_nc.calls)
@@ -399,10 +400,10 @@ async def test_no_tenant_key_waits(
 
 
 def test_diff_is_pure_and_ordered() -> None:
-    rec = usersync.UserRecord
+    rec = userrecords.UserRecord
     old = {"a": rec("a@x", "A", ("g1",)), "b": rec(None, "B", ())}
     new = {"a": rec("a@x", "A", ("g2",)), "c": rec(None, "C", ("g1", "g3"))}
-    assert usersync.diff(old, new) == [
+    assert userrecords.diff(old, new) == [
         ("group.member_added", "a", "g2"),
         ("group.member_removed", "a", "g1"),
         ("user.deleted", "b", None),
@@ -410,4 +411,4 @@ def test_diff_is_pure_and_ordered() -> None:
         ("group.member_added", "c", "g1"),
         ("group.member_added", "c", "g3"),
     ]
-    assert usersync.diff(new, new) == []
+    assert userrecords.diff(new, new) == []

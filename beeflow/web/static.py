@@ -7,18 +7,19 @@ import asyncio
 import logging
 import os
 import re
-import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from aiohttp import web
 from aiohttp.helpers import ETAG_ANY, ETag
 
-from beeflow import keys, shell
-from beeflow.appapi import Access, Handler, add_route
+from beeflow.config import CONFIG
 from beeflow.errors import BeeflowError, NotFound
+from beeflow.web import shell, spa
+from beeflow.web.auth import Access, add_route
+from beeflow.web.responses import Handler
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ RESERVED: Final = frozenset({"js/embed", "js/embed.js", "img/app.svg"})
 _RAW_ESCAPES: Final = re.compile(r"%(?:2e|2f|5c)|\\", re.IGNORECASE)
 
 _ROOT: web.AppKey[SpaRoot] = web.AppKey("spa_root")
-# A full UI built once per prefix (beeflow.shell.builds): one root per build.
+# A full UI built once per prefix (beeflow.web.spa.builds): one root per build.
 _BUILDS: web.AppKey[dict[str, SpaRoot]] = web.AppKey("spa_builds")
 
 
@@ -100,26 +101,6 @@ class SpaRoot:
 
 def _not_found() -> NotFound:
     return NotFound("No such file", code="static_not_found")
-
-
-def candidates(configured: Path | None) -> list[Path]:
-    """Where the UI may live, first match wins: BEEFLOW_SPA_DIR; `spa/` beside the package (a
-    source checkout or editable install); the wheel's data files (`<prefix>/share/beeflow/spa`)."""
-    if configured is not None:
-        return [configured]
-    package = Path(__file__).resolve().parent
-    return [package.parent / "spa", Path(sys.prefix) / "share" / "beeflow" / "spa"]
-
-
-def find_spa_dir(configured: Path | None, options: Sequence[Path] | None = None) -> Path | None:
-    for path in options if options is not None else candidates(configured):
-        if (path / "index.html").is_file() or shell.builds(path) is not None:
-            return path
-    if configured is not None:
-        log.warning("BEEFLOW_SPA_DIR %s has no index.html: the web UI will answer 404", configured)
-    else:
-        log.warning("no web UI found (looked in %s)", ", ".join(map(str, candidates(None))))
-    return None
 
 
 def content_type(path: Path) -> str:
@@ -314,7 +295,7 @@ async def send_file(request: web.Request, path: Path, cache_control: str) -> web
 def _root(request: web.Request) -> SpaRoot:
     builds = request.app.get(_BUILDS)
     if builds:
-        return builds[shell.build_for(request, request.app[keys.CONFIG].harp)]
+        return builds[spa.build_for(request, request.app[CONFIG].harp)]
     return request.app[_ROOT]
 
 
@@ -380,10 +361,10 @@ def _under(prefix: str, cache_control: str) -> Handler:
 def setup(app: web.Application) -> None:
     """Register the shell routes (PUBLIC, GET and HEAD). app.py calls this last, so the
     connector-local `/js/embed(.js)` and `/img/app.svg` registered earlier win the match."""
-    config = app[keys.CONFIG]
-    directory = find_spa_dir(config.spa_dir)
+    config = app[CONFIG]
+    directory = spa.locate(app, config.spa_dir)
     app[_ROOT] = SpaRoot(directory)
-    per_prefix = shell.builds(directory) if directory is not None else None
+    per_prefix = spa.builds(directory) if directory is not None else None
     if per_prefix is not None:
         app[_BUILDS] = {name: SpaRoot(path) for name, path in per_prefix.items()}
     if not config.demo:

@@ -1,4 +1,5 @@
-"""Inbound AppAPI authentication and the access levels of the manifest, enforced per route."""
+"""Inbound AppAPI authentication: the access levels of the manifest, enforced per route, and the
+signal a request with the valid secret sends."""
 
 from __future__ import annotations
 
@@ -7,21 +8,21 @@ import binascii
 import enum
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
-from beeflow import keys
+from beeflow.config import CONFIG
 from beeflow.errors import BadGateway, Forbidden, NextcloudError, Unauthorized
+from beeflow.limits import Interval
+from beeflow.nextcloud.users import USERS
 from beeflow.redact import loggable_path
+from beeflow.web.responses import Handler
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The AppAPI header is base64 of "<uid>:<secret>" with a 128-char secret: 4 KiB is generous.
 MAX_AUTH_HEADER: Final = 4096
@@ -47,6 +48,9 @@ class RoutePolicy:
     # /init and /enabled: a caller without a valid secret gets the same answer, budgeted by the
     # handler (the Node reference found AppAPI 5.x sending no headers on lifecycle calls).
     lifecycle: bool = False
+    # A call to this route has no side effects, whoever makes it: even with the valid secret it
+    # does not announce a trusted caller (the heartbeat).
+    passive: bool = False
 
 
 @attrs.frozen
@@ -65,6 +69,20 @@ class AuthFailure(Unauthorized):
     """401 with a code naming the failed check."""
 
 
+ROUTE_POLICIES: web.AppKey[dict[Any, RoutePolicy]] = web.AppKey("route_policies")
+# Per request: who AppAPI says is calling, set by the middleware on every routed request.
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
+# Called (cheaply, synchronously) whenever a request bears the valid AppAPI secret, except on a
+# passive route: AppAPI knows this connector again.
+TrustedReceiver = Callable[[web.Request], None]
+TRUSTED_REQUEST: web.AppKey[list[TrustedReceiver]] = web.AppKey("trusted_request")
+
+
+def on_trusted_request(app: web.Application, receiver: TrustedReceiver) -> None:
+    """Subscribe `receiver` to every request that bears the valid secret."""
+    app.setdefault(TRUSTED_REQUEST, []).append(receiver)
+
+
 def add_route(
     app: web.Application,
     method: str,
@@ -74,12 +92,13 @@ def add_route(
     *,
     service_ok: bool = False,
     lifecycle: bool = False,
+    passive: bool = False,
     name: str | None = None,
     expect_handler: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None,
 ) -> AbstractRoute:
     """Register a route together with the access level the middleware enforces on it."""
     route = app.router.add_route(method, path, handler, name=name, expect_handler=expect_handler)
-    app.setdefault(keys.ROUTE_POLICIES, {})[route] = RoutePolicy(access, service_ok, lifecycle)
+    app.setdefault(ROUTE_POLICIES, {})[route] = RoutePolicy(access, service_ok, lifecycle, passive)
     return route
 
 
@@ -121,27 +140,13 @@ def authenticate(request: web.Request, app_id: str, app_secret: str) -> Identity
     return Identity(user_id=user, trusted=True)
 
 
-@attrs.define
-class _WarnLimiter:
-    """At most one warning a minute for secret mismatches (a flood must not flood the log)."""
-
-    interval: float = 60.0
-    last: float = -1e18
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            return True
-        return False
-
-
-_WARN: web.AppKey[_WarnLimiter] = web.AppKey("appapi_warn")
+# At most one warning a minute for refused secrets (a flood must not flood the log).
+_WARN: web.AppKey[Interval] = web.AppKey("appapi_warn")
 
 
 def policy_for(request: web.Request) -> RoutePolicy | None:
     route = request.match_info.route
-    return request.app.get(keys.ROUTE_POLICIES, {}).get(route)
+    return request.app.get(ROUTE_POLICIES, {}).get(route)
 
 
 @web.middleware
@@ -149,21 +154,21 @@ async def appapi_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Authenticate by the route's policy; unrouted requests (404/405) pass to aiohttp."""
     policy = policy_for(request)
     if policy is None:
-        request[keys.IDENTITY] = Identity()
+        request[IDENTITY] = Identity()
         return await handler(request)
-    config = request.app[keys.CONFIG]
+    config = request.app[CONFIG]
     try:
         identity = authenticate(request, config.app_id, config.app_secret)
     except AuthFailure as exc:
         if policy.access is Access.PUBLIC or policy.lifecycle:
-            request[keys.IDENTITY] = Identity()
+            request[IDENTITY] = Identity()
             return await handler(request)
         _warn(request, exc)
         raise
-    request[keys.IDENTITY] = identity
-    on_trusted = request.app.get(keys.ON_TRUSTED)
-    if on_trusted is not None:
-        on_trusted(request)
+    request[IDENTITY] = identity
+    if not policy.passive:
+        for receiver in request.app.get(TRUSTED_REQUEST, ()):
+            receiver(request)
     if policy.access is Access.USER and not identity.user_id:
         raise AuthFailure(
             "This route needs a logged-in Nextcloud user", code="appapi_user_required"
@@ -177,7 +182,7 @@ async def appapi_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _require_admin(request: web.Request, user_id: str) -> None:
     try:
-        user = await request.app[keys.USERS].lookup(user_id)
+        user = await request.app[USERS].lookup(user_id)
     except NextcloudError as exc:
         log.warning("admin check for a user failed: %s", exc.kind)
         raise BadGateway(
@@ -193,7 +198,7 @@ def _warn(request: web.Request, exc: AuthFailure) -> None:
         return
     if limiter.ready():
         if exc.instance_code == "appapi_secret_mismatch":
-            app_id = request.app[keys.CONFIG].app_id
+            app_id = request.app[CONFIG].app_id
             log.warning(
                 "AppAPI auth failed (%s): %s", exc.instance_code, REPAIR_HINT.format(app_id=app_id)
             )
@@ -206,7 +211,9 @@ def _warn(request: web.Request, exc: AuthFailure) -> None:
             )
 
 
-def setup(app: web.Application) -> None:
-    """Install the per-app state the middleware needs (app.py places the middleware)."""
-    app[_WARN] = _WarnLimiter()
-    app.setdefault(keys.ROUTE_POLICIES, {})
+def install(app: web.Application) -> None:
+    """The middleware (innermost: it needs the matched route) and the state it keeps."""
+    app[_WARN] = Interval(60.0)
+    app.setdefault(ROUTE_POLICIES, {})
+    app.setdefault(TRUSTED_REQUEST, [])
+    app.middlewares.append(appapi_middleware)

@@ -4,14 +4,12 @@ besides /api and /auth), registered last as the manifest's USER catch-all."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -20,9 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from beeflow import keys, shell
-from beeflow.appapi import Access, add_route
-from beeflow.config import Config
+from beeflow.config import CONFIG, Config
 from beeflow.errors import (
     BadGateway,
     BadRequest,
@@ -33,7 +29,8 @@ from beeflow.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from beeflow.nextcloud import NcUser
+from beeflow.health import provide
+from beeflow.nextcloud.users import USERS, NcUser
 from beeflow.proxy.headers import (
     APPAPI,
     APPAPI_PREFIXES,
@@ -49,8 +46,12 @@ from beeflow.proxy.relay import RelayOptions, relay
 from beeflow.proxy.sse import ErrorEvents
 from beeflow.proxy.upstream import PoolSettings, UpstreamClient, outbound_body, upstream_client
 from beeflow.serde import iso_utc
+from beeflow.service_client import SERVICE_URL
 from beeflow.signing import mint_jwt, user_claims
-from beeflow.tenant import TenantState
+from beeflow.tenant.state import TENANT, TenantState
+from beeflow.web import spa
+from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.shell import is_navigation, keyless_shell
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +107,10 @@ _DROP_SETS: Final = (
 )
 _DROP_PREFIXES: Final = (*APPAPI_PREFIXES, "x-beeflow-")
 
-SHELL_FALLBACK: Final = (
-    b"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-    b"<title>Bee Flow</title></head><body><main><h1>Bee Flow is being set up</h1>"
-    b"<p>The connector is not connected to the Bee Flow service yet. "
-    b"Reload this page in a minute; if it stays like this, ask your administrator to open "
-    b"the Bee Flow setup page.</p></main></body></html>"
-)
-
-_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("saas_client")
-_TOKENS: web.AppKey[TokenCache] = web.AppKey("saas_tokens")
-_STATS: web.AppKey[ProxyStats] = web.AppKey("saas_stats")
-_RELAY_OPTIONS: web.AppKey[RelayOptions] = web.AppKey("saas_relay_options")
+_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("service_proxy_client")
+_TOKENS: web.AppKey[TokenCache] = web.AppKey("service_proxy_tokens")
+_STATS: web.AppKey[ProxyStats] = web.AppKey("service_proxy_stats")
+_RELAY_OPTIONS: web.AppKey[RelayOptions] = web.AppKey("service_proxy_relay_options")
 
 STREAMING_LEGACY: Final = (
     "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
@@ -300,49 +293,6 @@ def relay_options(config: Config) -> RelayOptions:
     )
 
 
-# ------------------------------------------------------------------ navigation and the shell
-
-
-def is_navigation(request: web.BaseRequest) -> bool:
-    """Reference 2 (1.0.2 fix): a document navigation is a GET/HEAD whose Sec-Fetch-Mode is
-    `navigate`, or, without Sec-Fetch-Mode, whose Accept names text/html."""
-    if request.method not in ("GET", "HEAD"):
-        return False
-    mode = request.headers.get("Sec-Fetch-Mode")
-    if mode is not None:
-        return mode.strip().lower() == "navigate"
-    return "text/html" in request.headers.get("Accept", "").lower()
-
-
-def spa_index(config: Config, request: web.BaseRequest) -> Path:
-    """The bundled UI's index.html for this request (the build matching its routing when the
-    UI was built once per prefix)."""
-    # beeflow/proxy/saas.py -> the repository (or image) root, where spa/ sits next to beeflow/
-    root = config.spa_dir or Path(__file__).resolve().parents[2] / "spa"
-    builds = shell.builds(root)
-    if builds is not None:
-        root = builds[shell.build_for(request, config.harp)]
-    return root / "index.html"
-
-
-def _read_shell(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return SHELL_FALLBACK
-
-
-async def shell_response(config: Config, request: web.BaseRequest) -> web.Response:
-    """The UI shell while the connector cannot proxy yet: the SPA renders its own notice."""
-    body = await asyncio.to_thread(_read_shell, spa_index(config, request))
-    return web.Response(
-        body=body,
-        content_type="text/html",
-        charset="utf-8",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
 # ------------------------------------------------------------------ the handler
 
 
@@ -352,24 +302,24 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         # /assets/x, /nc without a route): answered here, never forwarded.
         raise NotFound("This path is served by the connector, not forwarded", code="not_found")
     app = request.app
-    config = app[keys.CONFIG]
-    tenant = app[keys.TENANT]
+    config = app[CONFIG]
+    tenant = app[TENANT]
     key = tenant.key
     if not key:
         if is_navigation(request):
-            return await shell_response(config, request)
+            return await keyless_shell(app, request)
         raise ServiceUnavailable(
             "The connector is not connected to the Bee Flow service yet; try again shortly",
             code="tenant_key_missing",
             headers={"Retry-After": "10"},
         )
-    uid = request[keys.IDENTITY].user_id
+    uid = request[IDENTITY].user_id
     try:
-        user = await app[keys.USERS].lookup(uid)
+        user = await app[USERS].lookup(uid)
     except NextcloudError as exc:
         log.warning("user lookup for the proxy failed (%s)", exc.kind)
         if is_navigation(request):
-            return await shell_response(config, request)
+            return await keyless_shell(app, request)
         raise BadGateway(
             "Could not look up the Nextcloud user", code="user_lookup_failed"
         ) from None
@@ -377,11 +327,11 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         # The service signs users in by e-mail and refuses a token without one (400 "Connector
         # token missing email claim"): say why, in words the UI can show, without asking it.
         if is_navigation(request):
-            return await shell_response(config, request)
+            return await keyless_shell(app, request)
         raise Forbidden(EMAIL_REQUIRED, code="nextcloud_email_missing")
     refuse_encoded_body(request)
     jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
-    url = target_url(app[keys.API_BASE].url, request)
+    url = target_url(app[SERVICE_URL].url, request)
     headers = upstream_headers(request, config, tenant, user, jwt)
     body = await outbound_body(request, buffer_when_unsized=_is_json)
     stats = app[_STATS]
@@ -399,7 +349,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
+    config = app[CONFIG]
     settings = PoolSettings(
         name=SERVICE_NAME,
         connect_timeout=config.upstream_connect_timeout,
@@ -419,11 +369,12 @@ async def _l10n(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """The pooled service client (cleanup_ctx), the token cache and the l10n answers. The
     forwarding routes come last of all: setup_catch_all()."""
+    spa.locate(app, app[CONFIG].spa_dir)
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
-    app[_RELAY_OPTIONS] = relay_options(app[keys.CONFIG])  # once, not per request
-    app[_STATS] = ProxyStats(harp=app[keys.CONFIG].harp)
-    app.setdefault(keys.HEALTH, {})["serviceProxy"] = app[_STATS].health
+    app[_RELAY_OPTIONS] = relay_options(app[CONFIG])  # once, not per request
+    app[_STATS] = ProxyStats(harp=app[CONFIG].harp)
+    provide(app, "serviceProxy", app[_STATS].health)
     for path in L10N_PATHS:
         add_route(app, "GET", path, _l10n, Access.USER)
 

@@ -1,28 +1,26 @@
-"""Nextcloud UI registration (top-bar entry + embed script, /init progress 60) and the embed
-script and icon the connector serves itself (reference 8.1, 8.2)."""
+"""The top-menu registration surface: the top-bar entry and its embed script, registered with
+AppAPI at /init progress 60, and the script and icon the connector serves for them."""
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from typing import Any, Final
 
 from aiohttp import web
 
-from beeflow import keys
-from beeflow.appapi import Access, add_route
-from beeflow.config import Config
-from beeflow.errors import NextcloudError
-from beeflow.state import InitPhase
-
-log = logging.getLogger(__name__)
+from beeflow.config import CONFIG, Config
+from beeflow.nextcloud import surface
+from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
+from beeflow.phases import InitPhase
+from beeflow.web.auth import Access, add_route
 
 TOP_MENU_PATH: Final = "/ocs/v1.php/apps/app_api/api/v1/ui/top-menu"
 SCRIPT_PATH: Final = "/ocs/v1.php/apps/app_api/api/v1/ui/script"
 MENU_NAME: Final = "main"
 DISPLAY_NAME: Final = "Bee Flow"  # varchar(32) in oc_ex_ui_top_menu
-# AppAPI answers 997 for a few seconds after install (reference 5.4): retry within this budget.
+# AppAPI answers 997 for a few seconds after install (docs/nextcloud-measured.md, "Warm-up"):
+# retry for this long.
 WARMUP_SECONDS: Final = 60.0
 REVALIDATE: Final = "no-cache"
 ICON_CACHE: Final = "public, max-age=86400"
@@ -136,74 +134,37 @@ async def app_svg(request: web.Request) -> web.Response:
     )
 
 
-# ------------------------------------------------------------------ /init phase (60)
-
-
-class Registration:
-    """What the last registration run did, per item (for the heartbeat of trusted callers)."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, str] = {}
-
-    def snapshot(self) -> dict[str, Any]:
-        return dict(self.items)
-
-
-_REGISTRATION: web.AppKey[Registration] = web.AppKey("ui_registration")
-
-
-def _register(
-    app: web.Application, item: str, path: str, body: dict[str, Any]
-) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        client = app[keys.NEXTCLOUD]
-        status = app[_REGISTRATION].items
-        try:
-            result = await client.ocs(
-                "POST", path, json_body=body, timeout=5.0, warmup=WARMUP_SECONDS
-            )
-        except NextcloudError as exc:
-            status[item] = "failed"
-            raise RuntimeError(f"registering the {item} failed: {exc}") from None
-        if result.exists:
-            status[item] = "registered"  # 409: already there from an earlier run
-            return
-        if result.ok:
-            status[item] = "registered"
-            log.info("registered the %s with AppAPI", item)
-            return
-        status[item] = "failed"
-        detail = f"HTTP {result.http_status}"
-        if result.statuscode is not None:
-            detail += f", OCS {result.statuscode}"
-        if result.message:
-            detail += f": {result.message[:200]}"
-        raise RuntimeError(f"registering the {item} failed ({detail})")
-
-    return run
-
-
-def _health(app: web.Application) -> Callable[[bool], dict[str, Any]]:
-    def provide(trusted: bool) -> dict[str, Any]:
-        return app[_REGISTRATION].snapshot() if trusted else {}
-
-    return provide
+# ------------------------------------------------------------------ the surface
 
 
 def setup(app: web.Application) -> None:
     """Routes for the embed script and icon (PUBLIC: Nextcloud loads them for the page), and
     the two registrations, run in parallel at progress 60."""
-    config = app[keys.CONFIG]
+    config = app[CONFIG]
     app[_SCRIPT] = embed_script(config).encode("utf-8")
-    app[_REGISTRATION] = Registration()
     add_route(app, "GET", "/js/embed", embed_js, Access.PUBLIC)
     add_route(app, "GET", "/js/embed.js", embed_js, Access.PUBLIC)
     add_route(app, "GET", "/img/app.svg", app_svg, Access.PUBLIC)
-    phases = app.setdefault(keys.INIT_PHASES, [])
-    phases.append(
-        InitPhase("top-menu", 60, _register(app, "top-menu", TOP_MENU_PATH, TOP_MENU_BODY))
+    status = surface.Registrations()
+
+    def client() -> NextcloudClient:
+        return app[NEXTCLOUD]
+
+    def phase(name: str, item: str, path: str, body: Mapping[str, Any]) -> InitPhase:
+        run = surface.register_item(client, status, item, path, body, warmup=WARMUP_SECONDS)
+        return InitPhase(name, 60, run)
+
+    surface.install(
+        app,
+        surface.Surface(
+            name="ui",
+            phases=[
+                phase("top-menu", "top-menu", TOP_MENU_PATH, TOP_MENU_BODY),
+                phase("embed-script", "embed script", SCRIPT_PATH, SCRIPT_BODY),
+            ],
+            health=status.health,
+            # Nothing to undo on disable: the entries stay registered with AppAPI, which
+            # removes them itself when the app is unregistered.
+            teardown=None,
+        ),
     )
-    phases.append(
-        InitPhase("embed-script", 60, _register(app, "embed script", SCRIPT_PATH, SCRIPT_BODY))
-    )
-    app.setdefault(keys.HEALTH, {})["ui"] = _health(app)

@@ -1,9 +1,10 @@
-"""The web UI shell: the service's own UI, fetched from its front-end host
-(BEEFLOW_EMBED_BASE_URL + `/embed` + the shell path), and the UI bundled with the connector when
-that host does not answer; plus which build of a bundled UI fits the way a request was routed."""
+"""The web UI shell from the service's front-end host (BEEFLOW_EMBED_BASE_URL + `/embed` + the
+shell path); the bundled UI (beeflow.web.spa) answers when that host does not; and the shell a
+browser navigation gets while the connector has no tenant key yet."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from beeflow import keys
+from beeflow.config import CONFIG
+from beeflow.web import spa
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,6 @@ INDEX_PATHS: Final = frozenset({"/", "/index.html"})
 CONNECT_TIMEOUT: Final = 5.0
 READ_TIMEOUT: Final = 15.0
 CHUNK: Final = 64 * 1024
-
-# One build of the full UI per URL prefix (Vite bakes the prefix in): the PHP proxy's and HaRP's.
-PROXY_BUILD: Final = "proxy"
-EXAPPS_BUILD: Final = "exapps"
 
 
 class EmbedHost:
@@ -151,7 +149,7 @@ def embed_host(app: web.Application) -> EmbedHost | None:
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
+    config = app[CONFIG]
     base = config.embed_base_url
     if base is None:
         yield
@@ -174,21 +172,45 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_session_ctx)
 
 
-# ------------------------------------------------------------------ which bundled build
+# ------------------------------------------------------------------ without a tenant key
+
+SHELL_FALLBACK: Final = (
+    b"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+    b"<title>Bee Flow</title></head><body><main><h1>Bee Flow is being set up</h1>"
+    b"<p>The connector is not connected to the Bee Flow service yet. "
+    b"Reload this page in a minute; if it stays like this, ask your administrator to open "
+    b"the Bee Flow setup page.</p></main></body></html>"
+)
 
 
-def builds(root: Path) -> dict[str, Path] | None:
-    """The per-prefix layout of a full UI (`<root>/proxy/` and `<root>/exapps/`, each with its
-    own index.html), or None for one build at `<root>` that works under any prefix."""
-    found = {name: root / name for name in (PROXY_BUILD, EXAPPS_BUILD)}
-    if all((path / "index.html").is_file() for path in found.values()):
-        return found
-    return None
+def is_navigation(request: web.BaseRequest) -> bool:
+    """A document navigation is a GET/HEAD whose Sec-Fetch-Mode is `navigate`, or, without
+    Sec-Fetch-Mode, whose Accept names text/html (fetch()'s `*/*` is not one)."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode.strip().lower() == "navigate"
+    return "text/html" in request.headers.get("Accept", "").lower()
 
 
-def build_for(request: web.BaseRequest, harp: bool) -> str:
-    """The build whose baked prefix matches how this request came in: Nextcloud's PHP proxy
-    always adds `X-Origin-IP` (and drops the client's); HaRP's /exapps/ route adds none."""
-    if harp and "X-Origin-IP" not in request.headers:
-        return EXAPPS_BUILD
-    return PROXY_BUILD
+def _read_shell(path: Path | None) -> bytes:
+    if path is None:
+        return SHELL_FALLBACK
+    try:
+        return path.read_bytes()
+    except OSError:
+        return SHELL_FALLBACK
+
+
+async def keyless_shell(app: web.Application, request: web.BaseRequest) -> web.Response:
+    """The UI shell while the connector cannot proxy yet: the SPA renders its own notice. The
+    bundled UI comes from where beeflow.web.spa found it (an installed wheel's share/ too)."""
+    index = spa.index_for(app.get(spa.SPA_DIR), request, app[CONFIG].harp)
+    body = await asyncio.to_thread(_read_shell, index)
+    return web.Response(
+        body=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -1,5 +1,5 @@
-"""User/group events from Nextcloud: the `POST /webhook/nc-events` forwarder (seeds, reference
-7.4, contract 6.6), and why nothing is registered to feed it.
+"""User/group events from Nextcloud: the `POST /webhook/nc-events` forwarder, and why nothing is
+registered to feed it (docs/nextcloud-measured.md, "User and group events").
 
 No Nextcloud version delivers user/group events to an ExApp: AppAPI's events_listener (up to
 NC 31) stored any `eventType` but only ever fired for `node_event` (file events), it is gone on
@@ -18,10 +18,12 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
-from beeflow import keys, service_client
-from beeflow.appapi import Access, add_route
-from beeflow.middleware import json_response
+from beeflow.health import provide
+from beeflow.integrations.userevents import USER_EVENTS, USER_EVENTS_SINK
 from beeflow.tasks import cancel_all, running, spawn
+from beeflow.tenant.state import TENANT
+from beeflow.web.auth import Access, add_route
+from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ MAX_QUEUED: Final = 1000
 FORWARD_CONCURRENCY: Final = 8
 
 
-# ------------------------------------------------------------------ listeners: none (contract 6.6)
+# ------------------------------------------------------------------ listeners: none
 
 LISTENERS_STATE: Final = "not_used"
 LISTENERS_REASON: Final = (
@@ -108,14 +110,12 @@ class UserEvent:
 
 
 def map_event(data: Mapping[str, Any]) -> UserEvent | str:
-    """Lenient extraction (reference 7.4 plus the newer shapes); a string says why not."""
+    """Lenient extraction of every shape Nextcloud has sent; a string says why not."""
     event_class = _first_str(data, _CLASS_PATHS)
     if event_class is None:
         return "no_event_class"
     suffix = event_class.rsplit("\\", 1)[-1]
-    event = BY_SUFFIX.get(suffix) or (
-        event_class if event_class in service_client.USER_EVENTS else None
-    )
+    event = BY_SUFFIX.get(suffix) or (event_class if event_class in USER_EVENTS else None)
     if event is None:
         return event_class[:200]
     # In webhook_listeners' envelope the top-level `user` is the actor; the subject is inside
@@ -158,7 +158,7 @@ async def nc_events(request: web.Request) -> web.Response:
         log.warning("webhook %s without a group id ignored", mapped.event)
         return _ignored(mapped.event_class, "group_missing", event=mapped.event)
     app = request.app
-    if not app[keys.TENANT].key:
+    if not app[TENANT].key:
         log.warning(
             "webhook %s not forwarded: no tenant key yet (the reconciliation sends it later)",
             mapped.event,
@@ -167,7 +167,7 @@ async def nc_events(request: web.Request) -> web.Response:
     queue = app[_QUEUE]
     if queue.waiting >= MAX_QUEUED:
         log.warning("webhook %s not forwarded: %d events already queued", mapped.event, MAX_QUEUED)
-        app[service_client.USER_EVENTS_SINK].stats["webhook"].failed += 1
+        app[USER_EVENTS_SINK].stats["webhook"].failed += 1
         return _ignored(mapped.event_class, "queue_full", event=mapped.event)
     queue.waiting += 1
     spawn(_forward(app, mapped), name=f"events-forward-{mapped.event}")
@@ -187,7 +187,7 @@ _QUEUE: web.AppKey[_Queue] = web.AppKey("events_queue")
 
 async def _forward(app: web.Application, event: UserEvent) -> None:
     queue = app[_QUEUE]
-    sink = app[service_client.USER_EVENTS_SINK]
+    sink = app[USER_EVENTS_SINK]
     try:
         async with queue.semaphore:
             assert event.uid is not None
@@ -227,15 +227,16 @@ def _health(app: web.Application) -> Callable[[bool], dict[str, Any]]:
         out: dict[str, Any] = {"listeners": LISTENERS_STATE}
         if trusted:
             out["reason"] = LISTENERS_REASON
-            out["webhook"] = app[service_client.USER_EVENTS_SINK].stats["webhook"].snapshot()
+            out["webhook"] = app[USER_EVENTS_SINK].stats["webhook"].snapshot()
         return out
 
     return provide
 
 
-def setup(app: web.Application) -> None:
-    service_client.setup(app)
+def install(app: web.Application) -> None:
+    """The route, its queue (drained at shutdown, before the service session closes) and its
+    health fields. Needs the user-event forwarder (userevents.install) first."""
     app[_QUEUE] = _Queue()
     app.cleanup_ctx.append(_queue_ctx)
     add_route(app, "POST", "/webhook/nc-events", nc_events, Access.ADMIN, service_ok=True)
-    app.setdefault(keys.HEALTH, {})["events"] = _health(app)
+    provide(app, "events", _health(app))

@@ -1,5 +1,5 @@
 """Periodic user/group reconciliation with Nextcloud: the only user/group sync that works on
-Nextcloud 32+ (issue 5 item 7, issue 10 fact 7), and a safety net on 31.
+Nextcloud 32+ (docs/nextcloud-measured.md, "User and group events"), and a safety net on 31.
 
 Every `sync_interval_seconds` (or when triggered) it lists the users through AppAPI (the only
 source that decides who exists), finds an enabled administrator (the remembered one, checked by
@@ -16,24 +16,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-import attrs
 from aiohttp import web
 
-from beeflow import keys, service_client, storage
-from beeflow.appapi import Access, add_route
+from beeflow import storage
+from beeflow.config import Config
 from beeflow.errors import NextcloudError
-from beeflow.middleware import json_response
-from beeflow.nextcloud import AuthBudget, OcsResult, user_from_ocs
-from beeflow.serde import iso_utc
-from beeflow.state import InitPhase
-from beeflow.tasks import spawn
+from beeflow.health import provide
+from beeflow.integrations.userevents import USER_EVENTS, UserEvents
+from beeflow.integrations.userrecords import (
+    Event,
+    Snapshot,
+    SyncAborted,
+    SyncStatus,
+    UserRecord,
+    aborted_by,
+    details_page,
+    diff,
+    gather_reads,
+    read_state,
+    status_fields,
+    stop_state,
+)
+from beeflow.nextcloud.client import NextcloudClient
+from beeflow.nextcloud.ocs import OcsResult
+from beeflow.phases import InitPhase, add_phase
+from beeflow.tasks import Slot, spawn
+from beeflow.tenant.state import TenantState
+from beeflow.web.auth import Access, add_route
+from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
 
@@ -46,162 +64,39 @@ SEND_CONCURRENCY: Final = 4
 PERSIST_EVERY: Final = 25  # sent events between two writes of the remaining queue
 PENDING_MAX: Final = 50_000
 
-Event = tuple[str, str, str | None]  # (event, uid, groupId)
-
-
-@attrs.frozen
-class UserRecord:
-    email: str | None
-    display_name: str
-    groups: tuple[str, ...]
-    enabled: bool | None = None  # None: not known (snapshots written before it was kept)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "email": self.email,
-            "displayName": self.display_name,
-            "groups": list(self.groups),
-        }
-        if self.enabled is not None:
-            out["enabled"] = self.enabled
-        return out
-
-    @classmethod
-    def from_json(cls, data: Any) -> UserRecord | None:
-        if not isinstance(data, dict):
-            return None
-        email = data.get("email")
-        name = data.get("displayName")
-        groups = data.get("groups")
-        enabled = data.get("enabled")
-        if not isinstance(name, str) or not isinstance(groups, list):
-            return None
-        return cls(
-            email if isinstance(email, str) and email else None,
-            name,
-            tuple(sorted(str(g) for g in groups)),
-            enabled if isinstance(enabled, bool) else None,
-        )
-
-    @classmethod
-    def from_ocs(cls, uid: str, data: Any) -> UserRecord | None:
-        """None for the `{"id": uid}` placeholder Nextcloud puts where the caller may not see a
-        user (or the account vanished from its backend)."""
-        if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
-            return None
-        user = user_from_ocs(uid, data)
-        enabled = data.get("enabled")
-        return cls(
-            user.email,
-            user.display_name,
-            tuple(sorted(set(user.groups))),
-            enabled if isinstance(enabled, bool) else None,
-        )
-
-    @property
-    def usable_admin(self) -> bool:
-        return "admin" in self.groups and self.enabled is not False
-
-
-Snapshot = dict[str, UserRecord]
-
-
-def diff(old: Snapshot, new: Snapshot) -> list[Event]:
-    """The events that turn `old` into `new`, in the order Nextcloud fires them: a new user is
-    created, then added to its groups; a deleted user leaves its groups, then is deleted."""
-    events: list[Event] = []
-    for uid in sorted(old.keys() | new.keys()):
-        before, after = old.get(uid), new.get(uid)
-        if before is None and after is not None:
-            events.append(("user.created", uid, None))
-            events += [("group.member_added", uid, g) for g in after.groups]
-        elif after is None and before is not None:
-            events += [("group.member_removed", uid, g) for g in before.groups]
-            events.append(("user.deleted", uid, None))
-        elif before is not None and after is not None:
-            if (before.email, before.display_name) != (after.email, after.display_name):
-                events.append(("user.updated", uid, None))
-            events += [
-                ("group.member_added", uid, g) for g in after.groups if g not in before.groups
-            ]
-            events += [
-                ("group.member_removed", uid, g) for g in before.groups if g not in after.groups
-            ]
-    return events
-
-
-class SyncAborted(Exception):
-    """The run stopped before it had a complete picture; nothing is diffed or sent."""
-
-    def __init__(self, message: str, *, state: str = "failed") -> None:
-        self.state = state
-        super().__init__(message)
-
-
-@attrs.define
-class SyncStatus:
-    # idle | running | baseline | ok | failed | paused | waiting_for_tenant_key | app_disabled
-    state: str = "idle"
-    last_run_at: float | None = None
-    last_success_at: float | None = None
-    next_run_at: float | None = None
-    baseline_at: float | None = None
-    users_seen: int | None = None
-    events_sent: int = 0  # in the last run
-    events_sent_total: int = 0
-    events_dropped_total: int = 0
-    events_skipped: int = 0  # in the last run: already delivered by the webhook
-    users_unreadable: int = 0  # in the last run: listed but not readable, last record kept
-    read_as: str | None = None  # the administrator the last run read users as
-    runs: int = 0
-    last_error: str = ""
-
 
 class UserSync:
     """The reconciliation loop and its persisted state (snapshot + events still to send)."""
 
-    def __init__(self, app: web.Application, path: Path) -> None:
-        self._app = app
+    def __init__(
+        self,
+        config: Config,
+        path: Path,
+        tenant: TenantState,
+        nextcloud: NextcloudClient,
+        sink: UserEvents,
+    ) -> None:
+        self._interval = config.sync_interval_seconds
+        self._tenant = tenant
+        self._client = nextcloud
+        self._sink = sink
         self.path = path
         self.snapshot: Snapshot | None = None
         self.taken_at: float | None = None
         self.pending: list[Event] = []
         self.status = SyncStatus()
         self._wake = asyncio.Event()
-        self._run: asyncio.Task[None] | None = None
+        self.run_slot = Slot("usersync-run")
         self._write_lock = asyncio.Lock()
 
     # -- persistence
 
     def load(self) -> None:
-        data = storage.read_json(self.path)
-        if not isinstance(data, dict):
-            return
-        snap = data.get("snapshot")
-        if isinstance(snap, dict) and isinstance(snap.get("users"), dict):
-            users: Snapshot = {}
-            for uid, raw in snap["users"].items():
-                record = UserRecord.from_json(raw)
-                if record is not None:
-                    users[str(uid)] = record
-            taken = snap.get("takenAt")
-            self.snapshot = users
-            self.taken_at = float(taken) if isinstance(taken, int | float) else None
-            baseline = data.get("baselineAt")
-            self.status.baseline_at = (
-                float(baseline) if isinstance(baseline, int | float) else self.taken_at
-            )
-        pending = data.get("pending")
-        if isinstance(pending, list):
-            for row in pending:
-                if (
-                    isinstance(row, list)
-                    and len(row) == 3
-                    and row[0] in service_client.USER_EVENTS
-                    and isinstance(row[1], str)
-                    and (row[2] is None or isinstance(row[2], str))
-                ):
-                    self.pending.append((row[0], row[1], row[2]))
+        state = read_state(storage.read_json(self.path), USER_EVENTS)
+        if state.snapshot is not None:
+            self.snapshot, self.taken_at = state.snapshot, state.taken_at
+            self.status.baseline_at = state.baseline_at
+        self.pending.extend(state.pending)
         if self.pending:
             log.info("user sync resumes with %d event(s) still to send", len(self.pending))
 
@@ -235,7 +130,7 @@ class UserSync:
         self._wake.set()
 
     async def loop(self) -> None:
-        interval = self._app[keys.CONFIG].sync_interval_seconds
+        interval = self._interval
         while True:
             self.status.next_run_at = time.time() + interval
             with contextlib.suppress(TimeoutError):
@@ -245,9 +140,10 @@ class UserSync:
 
     async def run(self) -> None:
         """Single-flight: a run in progress is joined."""
-        if self._run is None or self._run.done():
-            self._run = spawn(self._run_once(), name="usersync-run")
-        await asyncio.shield(self._run)
+        task = self.run_slot.task if self.run_slot.running else None
+        if task is None:
+            task = self.run_slot.start(self._run_once())
+        await asyncio.shield(task)
 
     # -- one run
 
@@ -275,9 +171,8 @@ class UserSync:
             log.exception("user sync crashed")
 
     async def _reconcile(self) -> None:
-        app = self._app
         status = self.status
-        if not app[keys.TENANT].key:
+        if not self._tenant.key:
             raise SyncAborted("no tenant key yet", state="waiting_for_tenant_key")
         if self.pending:
             await self._send()
@@ -285,7 +180,7 @@ class UserSync:
                 raise SyncAborted(
                     f"{len(self.pending)} event(s) could not be delivered; retrying next run"
                 )
-        client = app[keys.NEXTCLOUD]
+        client = self._client
         if client.budget.spent:
             raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
         if client.app_enabled is False:
@@ -293,7 +188,7 @@ class UserSync:
             try:
                 client.app_enabled = client.enabled_flag(await client.probe())
             except NextcloudError as exc:
-                raise _aborted(exc) from None
+                raise aborted_by(exc) from None
             if client.app_enabled is False:
                 raise SyncAborted("the app is disabled in Nextcloud", state="app_disabled")
         started = time.time()
@@ -309,7 +204,7 @@ class UserSync:
             return
         events = diff(self.snapshot, current)
         since = self.taken_at or 0.0
-        sink = app[service_client.USER_EVENTS_SINK]
+        sink = self._sink
         fresh = [e for e in events if not sink.delivered_since((e[0], e[1], e[2] or ""), since)]
         status.events_skipped = len(events) - len(fresh)
         self.pending = (self.pending + fresh)[-PENDING_MAX:]
@@ -332,16 +227,16 @@ class UserSync:
             )
 
     async def _list(self) -> Snapshot:
-        client = self._app[keys.NEXTCLOUD]
+        client = self._client
         try:
             # No warm-up retries: the next interval is the retry, and each refusal costs budget.
             listing = await client.ocs("GET", "/ocs/v2.php/apps/app_api/api/v1/users", timeout=15.0)
         except NextcloudError as exc:
-            raise _aborted(exc) from None
+            raise aborted_by(exc) from None
         if not listing.ok or not isinstance(listing.data, list):
             raise SyncAborted(
                 f"AppAPI user list: HTTP {listing.http_status} OCS {listing.statuscode}",
-                state=_stop_state(client.budget),
+                state=stop_state(client.budget),
             )
         uids = sorted({str(u) for u in listing.data if isinstance(u, str | int) and str(u)})
         users: Snapshot = {}
@@ -388,7 +283,7 @@ class UserSync:
 
         for start in range(0, len(rest), LOOKUP_CONCURRENCY):
             batch = rest[start : start + LOOKUP_CONCURRENCY]
-            found = await self._gather([read(uid) for uid in batch])
+            found = await gather_reads([read(uid) for uid in batch])
             for uid, record in found:
                 if record is not None:
                     users[uid] = record
@@ -423,7 +318,7 @@ class UserSync:
             )
             if not result.ok:
                 raise self._stop(f"user details as {admin}", result)
-            page = _details(result.data)
+            page = details_page(result.data)
             if page is None:
                 raise SyncAborted(f"user details as {admin}: unexpected answer")
             new = set(page) - got
@@ -452,37 +347,25 @@ class UserSync:
     async def _get(
         self, path: str, user: str, *, params: dict[str, str] | None = None, timeout: float = 10.0
     ) -> OcsResult:
-        client = self._app[keys.NEXTCLOUD]
+        client = self._client
         if client.budget.spent:
             raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
         try:
             return await client.ocs("GET", path, user=user, params=params, timeout=timeout)
         except NextcloudError as exc:
-            raise _aborted(exc) from None
+            raise aborted_by(exc) from None
 
     def _stop(self, what: str, result: OcsResult) -> SyncAborted:
         """Anything unexpected leaves a hole that would read as a deletion: stop, diff nothing."""
-        state = _stop_state(self._app[keys.NEXTCLOUD].budget)
+        state = stop_state(self._client.budget)
         return SyncAborted(
             f"{what}: HTTP {result.http_status} OCS {result.statuscode}", state=state
         )
 
-    @staticmethod
-    async def _gather(
-        calls: list[Coroutine[Any, Any, tuple[str, UserRecord | None]]],
-    ) -> list[tuple[str, UserRecord | None]]:
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(call) for call in calls]
-        except* SyncAborted as aborted:
-            # The first reason is enough; the other reads were cancelled with it.
-            raise _first(aborted) from None
-        return [t.result() for t in tasks]
-
     async def _send(self) -> None:
         """Send the queue: one user's events in order, several users at once. Events that failed
         for a retryable reason stay queued; rejected ones are dropped (and were logged)."""
-        sink = self._app[service_client.USER_EVENTS_SINK]
+        sink = self._sink
         queue = list(self.pending)
         by_user: dict[str, list[Event]] = {}
         for event in queue:
@@ -520,58 +403,7 @@ class UserSync:
     # -- status
 
     def snapshot_status(self, trusted: bool) -> dict[str, Any]:
-        s = self.status
-        out: dict[str, Any] = {"state": s.state, "lastRunAt": iso_utc(s.last_run_at)}
-        if not trusted:
-            return out
-        out.update(
-            {
-                "intervalSeconds": self._app[keys.CONFIG].sync_interval_seconds,
-                "lastSuccessAt": iso_utc(s.last_success_at),
-                "nextRunAt": iso_utc(s.next_run_at),
-                "baselineAt": iso_utc(s.baseline_at),
-                "usersSeen": s.users_seen,
-                "eventsSent": s.events_sent,
-                "eventsSentTotal": s.events_sent_total,
-                "eventsSkippedAsDelivered": s.events_skipped,
-                "eventsDroppedTotal": s.events_dropped_total,
-                "eventsPending": len(self.pending),
-                "usersUnreadable": s.users_unreadable,
-                "readAs": s.read_as,
-                "runs": s.runs,
-            }
-        )
-        if s.last_error:
-            out["lastError"] = s.last_error
-        return out
-
-
-def _first(group: BaseExceptionGroup[SyncAborted]) -> SyncAborted:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first(exc)
-        return exc
-    return SyncAborted("user lookups failed")
-
-
-def _details(data: Any) -> dict[str, Any] | None:
-    """`users` of a cloud/users/details answer: a map uid -> details; PHP sends an empty map,
-    or one keyed 0..n-1 (numeric uids), as a list, whose entries carry their `id`."""
-    users = data.get("users") if isinstance(data, dict) else None
-    if isinstance(users, dict):
-        return {str(uid): details for uid, details in users.items()}
-    if isinstance(users, list):
-        return {str(d.get("id", i)): d for i, d in enumerate(users) if isinstance(d, dict)}
-    return None
-
-
-def _stop_state(budget: AuthBudget) -> str:
-    return "paused" if budget.spent else "failed"
-
-
-def _aborted(exc: NextcloudError) -> SyncAborted:
-    state = "paused" if exc.kind == "auth_budget_spent" else "failed"
-    return SyncAborted(f"Nextcloud: {exc}", state=state)
+        return status_fields(self.status, self._interval, len(self.pending), trusted)
 
 
 # ------------------------------------------------------------------ wiring
@@ -589,31 +421,25 @@ async def trigger(request: web.Request) -> web.Response:
     return json_response({"triggered": True, **sync.snapshot_status(True)}, status=202)
 
 
-async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
-    sync = app[USER_SYNC]
-    await asyncio.to_thread(sync.load)
-    loop = spawn(sync.loop(), name="usersync-loop")
-    yield
-    loop.cancel()
-    if sync._run is not None and not sync._run.done():
-        sync._run.cancel()
-    await asyncio.wait([t for t in (loop, sync._run) if t is not None], timeout=5.0)
+async def _trigger_soon(sync: UserSync) -> None:
+    # The pipeline has the key and the registrations by now: start syncing without holding up
+    # the install.
+    sync.trigger()
 
 
-def _phase(app: web.Application) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        # The pipeline has the key and the registrations by now: start syncing without
-        # holding up the install.
-        app[USER_SYNC].trigger()
-
-    return run
-
-
-def setup(app: web.Application) -> None:
-    service_client.setup(app)
-    config = app[keys.CONFIG]
-    app[USER_SYNC] = UserSync(app, config.persistent_storage / STATE_FILE)
+def install(app: web.Application, sync: UserSync) -> None:
+    """The reconciliation: its route, its /init phase (100), its health fields, its loop."""
+    app[USER_SYNC] = sync
     add_route(app, "POST", "/webhook/user-sync", trigger, Access.ADMIN, service_ok=True)
-    app.setdefault(keys.INIT_PHASES, []).append(InitPhase("user-sync", 100, _phase(app)))
-    app.setdefault(keys.HEALTH, {})["userSync"] = app[USER_SYNC].snapshot_status
-    app.cleanup_ctx.append(_sync_ctx)
+    add_phase(app, InitPhase("user-sync", 100, functools.partial(_trigger_soon, sync)))
+    provide(app, "userSync", sync.snapshot_status)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await asyncio.to_thread(sync.load)
+        loop = spawn(sync.loop(), name="usersync-loop")
+        yield
+        loop.cancel()
+        sync.run_slot.cancel()
+        await asyncio.wait([t for t in (loop, sync.run_slot.task) if t is not None], timeout=5.0)
+
+    app.cleanup_ctx.append(ctx)
