@@ -25,7 +25,6 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from beeflow import keys
-from beeflow.appapi import Access, add_route
 from beeflow.config import Config
 from beeflow.errors import (
     BadRequest,
@@ -34,8 +33,8 @@ from beeflow.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from beeflow.middleware import error_response
-from beeflow.nextcloud import BRUTEFORCE_REMEDY, appapi_headers
+from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY
+from beeflow.nextcloud.ocs import appapi_headers
 from beeflow.proxy.headers import (
     APPAPI,
     APPAPI_PREFIXES,
@@ -60,6 +59,8 @@ from beeflow.proxy.upstream import (
     upstream_client,
 )
 from beeflow.signing import UID_HEADER, ParsedSig
+from beeflow.web.auth import Access, add_route
+from beeflow.web.responses import error_response
 
 # The manifest's verbs for ^nc/, then the other WebDAV/HTTP verbs Nextcloud serves: PROPPATCH
 # (properties, tags), SEARCH, LOCK/UNLOCK, OPTIONS, HEAD, CalDAV's MKCALENDAR. Every one has a

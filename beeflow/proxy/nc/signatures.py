@@ -17,8 +17,8 @@ from aiohttp import web
 
 from beeflow import keys
 from beeflow.errors import BadRequest, TooManyRequests, Unauthorized
+from beeflow.limits import RateLimiter
 from beeflow.proxy.nc.path import NcTarget, loggable_prefix, php_query_hazards
-from beeflow.ratelimit import RateLimiter
 from beeflow.serde import iso_utc
 from beeflow.signing import SIG_HEADER, ParsedSig, SigFormatError, parse_sig_header, verify_nc
 
