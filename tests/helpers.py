@@ -46,7 +46,7 @@ def base_env(nextcloud_url: URL | str, storage: Path, **overrides: str) -> dict[
         "APP_PERSISTENT_STORAGE": str(storage),
         "NEXTCLOUD_URL": str(nextcloud_url),
         "BEEFLOW_TENANT_KEY": TENANT_KEY,
-        # The UI shell from the bundled spa/, never from the network (tests/test_shell.py
+        # The UI shell from the bundled spa/, never from the network (tests/web/test_shell.py
         # points it at a local stand-in of the front-end host).
         "BEEFLOW_EMBED_BASE_URL": "bundled",
     }

@@ -22,7 +22,7 @@ from beeflow.tasks import spawn
 from beeflow.tenant.failures import REMEDIATION
 from beeflow.tenant.state import TENANT, fingerprint
 from beeflow.tenant.wiring import BOOTSTRAPPER, bootstrapper
-from tests.conftest import ConnectorFactory
+from tests.conftest import AutoFactory, ConnectorFactory
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import (
     PAIRED_KEY,
@@ -32,7 +32,6 @@ from tests.fakes.service_control import (
     verify_hs256,
 )
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector, wait_for
-from tests.setup.conftest import AutoFactory
 
 JSON = {"Content-Type": "application/json"}
 VERIFY = "/setup/verify-email-code"

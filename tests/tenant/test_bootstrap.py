@@ -25,12 +25,11 @@ from beeflow.tenant.failures import GENERIC_REMEDIATION, BootstrapFailed
 from beeflow.tenant.records import unstructure
 from beeflow.tenant.state import TENANT, fingerprint
 from beeflow.tenant.wiring import ROTATION, bootstrapper
-from tests.conftest import ConnectorFactory
+from tests.conftest import AutoFactory, ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import TENANT_KEY
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import (
     dead_port,
     heartbeat,

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from beeflow.nextcloud import ui
 from beeflow.tenant.state import TENANT
+from tests.conftest import AutoFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import heartbeat, progress_values, run_init, wait_for
 
 LISTENER = "/ocs/v1.php/apps/app_api/api/v1/events_listener"

@@ -25,9 +25,9 @@ from beeflow import storage
 from beeflow.tenant.failures import BootstrapFailed
 from beeflow.tenant.state import TENANT
 from beeflow.tenant.wiring import ROTATION
+from tests.conftest import AutoFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import heartbeat, read_json, run_init
 
 CACHED_KEY = "tk_cached_00112233445566778899aabbccddeeff"

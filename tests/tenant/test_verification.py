@@ -17,10 +17,9 @@ from beeflow.nextcloud.users import NcUser
 from beeflow.redact import REDACTOR
 from beeflow.tenant.state import TENANT
 from beeflow.tenant.wiring import bootstrapper
-from tests.conftest import ConnectorFactory
+from tests.conftest import AutoFactory, ConnectorFactory
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import RunningConnector, base_env
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import read_json, wait_for
 
 SETUP_ADMIN = NcUser(uid="ops", email="ops@example.com", display_name="Ops", groups=("admin",))

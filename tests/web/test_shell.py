@@ -19,7 +19,7 @@ from beeflow.web import shell, spa
 from tests.conftest import ConnectorFactory
 from tests.helpers import SECRET, RunningConnector, appapi_headers
 
-REPO_SPA = Path(__file__).resolve().parents[1] / "spa"
+REPO_SPA = Path(__file__).resolve().parents[2] / "spa"
 SHELL_HTML = b"<!doctype html><title>Bee Flow hive</title><script src='assets/app.js'></script>"
 BROWSER = {
     "Cookie": "oc_sessionPassphrase=secret-session; nc_token=abc",

@@ -15,11 +15,10 @@ import pytest
 
 from beeflow.integrations.userevents import RECENT_FILE, USER_EVENTS_SINK
 from beeflow.tenant.state import TENANT
-from tests.conftest import ConnectorFactory
+from tests.conftest import AutoFactory, ConnectorFactory
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import ServiceControl, expected_signature
 from tests.helpers import TENANT_KEY, RunningConnector
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import heartbeat, read_json, wait_for
 
 CLASSES = [

@@ -22,7 +22,7 @@ from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import RunningConnector
 
-REPO_SPA = Path(__file__).resolve().parent.parent / "spa"
+REPO_SPA = Path(__file__).resolve().parents[2] / "spa"
 SECRET_TEXT = "TOP-SECRET-OUTSIDE-THE-SPA"
 
 
