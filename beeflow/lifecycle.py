@@ -57,7 +57,7 @@ class InitRun:
 
 class Pipeline:
     """Single-flight: concurrent triggers join the run in flight; each run reports its progress
-    (docs/lifecycle.md, "The /init pipeline")."""
+    (docs/lifecycle.md, "/init phases and progress")."""
 
     def __init__(self, client: NextcloudClient, phases: list[InitPhase]) -> None:
         self._client = client

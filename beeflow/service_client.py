@@ -1,6 +1,6 @@
 """Machine-to-machine calls to the Bee Flow service: the base URL in force, one pooled session,
-unsigned JSON posts (the bootstrap) and tenant-key-signed posts (docs/service-wire.md,
-"Signed calls")."""
+unsigned JSON posts (the bootstrap) and tenant-key-signed posts (docs/security.md,
+"(3) Calls to the Bee Flow service")."""
 
 from __future__ import annotations
 

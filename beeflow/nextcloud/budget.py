@@ -57,13 +57,14 @@ class AuthBudget:
     request bearing the secret (AppAPI knows us again) lifts the pause for ONE call, at most once
     a minute and only while one more refusal would still leave Nextcloud below its threshold.
 
-    Only refusals that can mean a wrong app id or secret are counted: Nextcloud's throttler counts
-    exactly those (contract 2.2) and they do not depend on the user part. An impersonated refusal
-    while the credentials are `verified` (an authenticated call succeeded since the last counted
-    refusal) is the user's (disabled: not logged in) or the disabled app's, uncounted by
-    Nextcloud; at most `user_slack` of them are taken on trust (their worst case is budgeted
-    like counted ones) before the client re-proves the credentials with one empty-user call
-    (docs/lifecycle.md, "What the budget counts").
+    Only refusals that can mean a wrong app id or secret are counted: Nextcloud's throttler
+    counts exactly those (docs/appapi-wire.md, "How Nextcloud judges the outbound call") and
+    they do not depend on the user part. An impersonated refusal while the credentials are
+    `verified` (an authenticated call succeeded since the last counted refusal) is the user's
+    (disabled: not logged in) or the disabled app's, uncounted by Nextcloud; at most
+    `user_slack` of them are taken on trust (their worst case is budgeted like counted ones)
+    before the client re-proves the credentials with one empty-user call (docs/lifecycle.md,
+    "What the budget counts").
     """
 
     limit: int = 4

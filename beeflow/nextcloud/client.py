@@ -118,7 +118,8 @@ class NextcloudClient:
         headers: Mapping[str, str] | None = None,
     ) -> OcsResult:
         """Call Nextcloud. `user=None` sends no AppAPI headers (anonymous). `warmup` is how long
-        to keep retrying AppAPI's 997 warm-up refusals and network errors (reference 5.4)."""
+        to keep retrying AppAPI's 997 warm-up refusals and network errors
+        (docs/nextcloud-measured.md, "Warm-up")."""
         deadline = time.monotonic() + warmup
         delay = 0.5
         while True:
@@ -243,8 +244,8 @@ class NextcloudClient:
         return await self.request(method, path, params=params, **kw)
 
     async def report_progress(self, progress: int, error: str = "") -> OcsResult:
-        """PUT ex-app/status (contract 3.2). Nextcloud runs /heartbeat and /enabled against us
-        inside the 100 call, so its timeout is generous (contract 9.14)."""
+        """PUT ex-app/status. Nextcloud runs /heartbeat and /enabled against us inside the 100
+        call, so its timeout is generous (docs/appapi-wire.md, "Lifecycle calls")."""
         body: dict[str, Any] = {"progress": progress}
         if error:
             body["error"] = error[:1000]

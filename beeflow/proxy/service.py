@@ -73,8 +73,8 @@ _OWNED_TAIL: Final = (
     r"(?i:(?:index\.html|favicon\.ico|bee-?flow-logo[^/]*|(?:assets|js|img|setup|heartbeat"
     r"|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
 )
-# The UI's @nextcloud/l10n asks for these; the service has no use for them (reference 1.2
-# item 17): answered here with no translations.
+# The UI's @nextcloud/l10n asks for these; the service has no use for them: answered here with
+# no translations.
 L10N_PATHS: Final = (
     "/api/languages/user/locales",
     "/api/languages/user/strings/{lang}",
@@ -199,7 +199,7 @@ class TokenCache:
 
 
 def effective_method(request: web.BaseRequest) -> str:
-    """Reference 3.2: AppAPI's PHP proxy has no PATCH, so the SPA tunnels it as POST +
+    """AppAPI's PHP proxy has no PATCH, so the SPA tunnels it as POST +
     X-HTTP-Method-Override: PATCH. Only PATCH is honoured; the header never goes on."""
     if request.method == "POST":
         override = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
@@ -262,7 +262,7 @@ def upstream_headers(
     if tenant.instance_id:
         headers["X-Beeflow-NC-Instance-Id"] = tenant.instance_id
     headers["X-Beeflow-NC-Base-Url"] = _url_text(config.nextcloud_url)
-    # Compressed SSE was corrupted on the way once (reference 12, 1.0.2): ask for plain bytes.
+    # Compressed SSE can arrive corrupted through the proxies on the way: ask for plain bytes.
     headers["Accept-Encoding"] = "identity"
     return headers
 
@@ -276,14 +276,15 @@ def _is_json(content_type: str) -> bool:
     return "json" in content_type.lower()
 
 
-# The service's chat stream ends with `event: done` (reference 3): a cut after it lost nothing.
+# The service's chat stream ends with `event: done`: a cut after it lost nothing.
 _FINAL_EVENTS: Final = frozenset({b"done"})
 
 
 def relay_options(config: Config) -> RelayOptions:
     """HaRP streams: keep-alive comments so HaRP and reverse proxies keep idle streams open.
     Legacy: Nextcloud's PHP proxy buffers the whole reply and has no timeout, so never keep a
-    stream alive artificially, cap its idle time, and send SSE close-delimited (issue 10/1)."""
+    stream alive artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md,
+    "Legacy mode vs HaRP")."""
     if config.harp:
         return RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
     return RelayOptions(

@@ -1,5 +1,5 @@
 """The admin setup page: which Bee Flow service this connector talks to, and the tenant states an
-admin must act on (reference 9).
+admin must act on (docs/ui.md, "Setup picker (beeflow/setup/)").
 
 GET /setup (page), POST /setup (save + apply live + re-bootstrap), GET /setup/status,
 POST /setup/test (probe); the tenant actions (POST /setup/verify-email-code,

@@ -115,7 +115,7 @@ async def save(request: web.Request) -> web.Response:
 def apply_saved(app: web.Application) -> bool:
     """Apply setup-config.json unless the environment pins the URL or a tenant binding does.
     Precedence: env -> saved choice -> default; a bound tenant pins it (docs/lifecycle.md,
-    "Which service")."""
+    "Tenant key sources and files")."""
     api_base = app[SERVICE_URL]
     if api_base.source in ("env", "bound"):
         return False

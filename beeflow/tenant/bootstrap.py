@@ -1,6 +1,6 @@
 """Provisioning the tenant key: one run at a time (boot, /init and the setup page join it), its
 outcomes (a key, a pending verification, a failure retried with backoff), and loading what the
-files hold at start-up (docs/lifecycle.md, "The bootstrap")."""
+files hold at start-up (docs/lifecycle.md, "Bootstrap")."""
 
 from __future__ import annotations
 
@@ -308,7 +308,7 @@ class Bootstrapper:
     def _pin_service_url(self) -> None:
         """A cached binding pins the service URL unless the env sets one, so a changed default
         cannot silently move the connector and mint a second organisation (docs/lifecycle.md,
-        "Which service")."""
+        "Tenant key sources and files")."""
         bound = self.state.bound_api_base_url
         service_url = self.service_url
         if not bound:

@@ -1,5 +1,5 @@
 """The tenant's fields in /heartbeat, /setup/status and doctor: the state for everyone, details
-only for callers who may see them (docs/security.md, "The heartbeat")."""
+only for callers who may see them (docs/lifecycle.md, "Heartbeat disclosure")."""
 
 from __future__ import annotations
 

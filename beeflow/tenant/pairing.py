@@ -16,5 +16,5 @@ def normalise_pairing_code(raw: object) -> str | None:
 
 def mask_pairing_code(code: str) -> str:
     """What may be logged or shown of a pairing code: its first 4 characters (docs/security.md,
-    "What is shown of a secret")."""
+    "Secrets: where they live, where they never go")."""
     return code[:4] + "***"

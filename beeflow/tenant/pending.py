@@ -1,6 +1,6 @@
 """A pending e-mail verification: the service's 202 `pending_verification`, kept until a code
 proves the binding (verify), a new code is sent (resend, or retarget to the admin doing the
-setup), or it expires (docs/lifecycle.md, "E-mail verification")."""
+setup), or it expires (docs/lifecycle.md, "The e-mail verification")."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ PENDING_STATES: Final = frozenset({"awaiting_email_verification"})
 
 def fingerprint(key: str) -> str:
     """The 16-hex sha256 prefix that may be shown in place of the key (docs/security.md,
-    "What is shown of a secret")."""
+    "Secrets: where they live, where they never go")."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 

@@ -22,7 +22,8 @@ MIN_KEY_LENGTH: Final = 16
 
 class TenantStore:
     """The key, the pending verification and the last error, one file each (docs/lifecycle.md,
-    "Tenant files"); a re-bootstrap keeps the key it replaces as tenant-key.previous.json."""
+    "Tenant key sources and files"); a re-bootstrap keeps the key it replaces as
+    tenant-key.previous.json."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -33,7 +33,8 @@ REPAIR_HINT: Final = (
 
 
 class Access(enum.IntEnum):
-    """The manifest's access levels (contract 4.2): 0 PUBLIC, 1 USER, 2 ADMIN."""
+    """The manifest's access levels: 0 PUBLIC, 1 USER, 2 ADMIN (docs/appapi-wire.md, "Access
+    levels")."""
 
     PUBLIC = 0
     USER = 1
@@ -103,7 +104,7 @@ def add_route(
 
 
 def decode_auth_header(value: str) -> tuple[str, str]:
-    """base64 -> UTF-8 -> split at the FIRST ':' (contract 1.2). Raises AuthFailure."""
+    """base64 -> UTF-8 -> split at the FIRST ':'. Raises AuthFailure."""
     if len(value) > MAX_AUTH_HEADER:
         raise AuthFailure("AppAPI authorization header too long", code="appapi_header_malformed")
     try:
@@ -123,7 +124,8 @@ def decode_auth_header(value: str) -> tuple[str, str]:
 
 
 def authenticate(request: web.Request, app_id: str, app_secret: str) -> Identity:
-    """The four checks of contract 1.2 / 9.8. Raises AuthFailure naming the one that failed."""
+    """The four checks (docs/appapi-wire.md, "Inbound authentication"). Raises AuthFailure
+    naming the one that failed."""
     headers = request.headers
     auth = headers.get("AUTHORIZATION-APP-API", "")
     ex_app_id = headers.get("EX-APP-ID", "")

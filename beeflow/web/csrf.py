@@ -1,5 +1,5 @@
 """Cross-site browser writes are refused: AppAPI and HaRP do no CSRF check, so we do
-(docs/security.md, "Cross-site requests")."""
+(docs/security.md, "Browser-facing protections")."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class EmbedHost:
             (name, request.headers[name]) for name in REQUEST_HEADERS if name in request.headers
         )
         # AppAPI decodes gzip'd HTML to inject its CSP nonce and answered an empty 200 for a
-        # gzip shell (reference 3.6, measured on Nextcloud 34): ask for plain bytes.
+        # gzip shell (measured on Nextcloud 34): ask for plain bytes.
         headers["Accept-Encoding"] = "identity"
         url = self.target(request)
         upstream: aiohttp.ClientResponse | None = None
