@@ -40,10 +40,6 @@ def sign_nc_v2(key: str, ts: int, method: str, path: str, uid: str, body: bytes 
     return f"{ts}.{_hmac_hex(key, nc_message_v2(ts, method, path, uid, digest))}"
 
 
-def sign_nc_v1(key: str, ts: int, method: str, path: str, uid: str) -> str:
-    return f"{ts}.{_hmac_hex(key, nc_message_v1(ts, method, path, uid))}"
-
-
 @attrs.frozen
 class ParsedSig:
     ts: int

@@ -35,7 +35,6 @@ EVENT_CLASSES: Final = {
     "OCP\\Group\\Events\\UserRemovedEvent": "group.member_removed",
 }
 BY_SUFFIX: Final = {cls.rsplit("\\", 1)[1]: name for cls, name in EVENT_CLASSES.items()}
-LISTENER_PATH: Final = "/ocs/v1.php/apps/app_api/api/v1/events_listener"  # never called
 MAX_BODY: Final = 256 * 1024
 MAX_QUEUED: Final = 1000
 FORWARD_CONCURRENCY: Final = 8

@@ -198,9 +198,10 @@ class TokenCache:
 # ------------------------------------------------------------------ request shaping
 
 
-def effective_method(request: web.BaseRequest) -> str:
-    """AppAPI's PHP proxy has no PATCH, so the SPA tunnels it as POST +
-    X-HTTP-Method-Override: PATCH. Only PATCH is honoured; the header never goes on."""
+def patch_tunnel_method(request: web.BaseRequest) -> str:
+    """The method to send the service. AppAPI's PHP proxy has no PATCH, so the SPA tunnels it
+    as POST + X-HTTP-Method-Override: PATCH. Only PATCH is honoured; the header never goes
+    on."""
     if request.method == "POST":
         override = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
         if override == "PATCH":
@@ -248,13 +249,15 @@ def is_connector_owned(path: str) -> bool:
     return CONNECTOR_OWNED.match(_SLASHES.sub("/", path)) is not None
 
 
-def upstream_headers(
+def service_request_headers(
     request: web.BaseRequest,
     config: Config,
     tenant: TenantState,
     user: NcUser,
     jwt: str,
 ) -> CIMultiDict[str]:
+    """What the service gets: the browser's headers minus credentials, hop-by-hop and AppAPI's,
+    plus the user's JWT and who is asking (the /nc proxy builds Nextcloud's its own way)."""
     headers = filter_headers(request.headers, *_DROP_SETS, prefixes=_DROP_PREFIXES)
     headers["Authorization"] = f"Bearer {jwt}"
     headers["X-Beeflow-Source"] = SOURCE
@@ -333,14 +336,14 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     refuse_encoded_body(request)
     jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
     url = target_url(app[SERVICE_URL].url, request)
-    headers = upstream_headers(request, config, tenant, user, jwt)
+    headers = service_request_headers(request, config, tenant, user, jwt)
     body = await outbound_body(request, buffer_when_unsized=_is_json)
     stats = app[_STATS]
     stats.requests += 1
     stats.in_flight += 1
     try:
         try:
-            upstream = await app[_CLIENT].send(effective_method(request), url, headers, body)
+            upstream = await app[_CLIENT].send(patch_tunnel_method(request), url, headers, body)
         except BeeflowError as exc:
             stats.failed(exc.instance_code)
             raise

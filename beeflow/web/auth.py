@@ -46,7 +46,7 @@ class RoutePolicy:
     access: Access
     # AppAPI's own service calls (valid secret, empty user) may reach this ADMIN route.
     service_ok: bool = False
-    # /init and /enabled: a caller without a valid secret gets the same answer, budgeted by the
+    # /init and /enabled: a caller without a valid secret gets the same answer, rate-limited by the
     # handler (the Node reference found AppAPI 5.x sending no headers on lifecycle calls).
     lifecycle: bool = False
     # A call to this route has no side effects, whoever makes it: even with the valid secret it
