@@ -6,39 +6,41 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from beeflow import appapi, events, keys, lifecycle, middleware, static, tenant, ui, usersync
-from beeflow import setup as setup_picker
-from beeflow.config import Config
-from beeflow.nextcloud import UserDirectory, session_context
-from beeflow.proxy import saas as saas_proxy
+from beeflow import lifecycle, storage
+from beeflow.config import CONFIG, Config
+from beeflow.health import HEALTH
+from beeflow.integrations import events, userevents, usersync
+from beeflow.integrations.userevents import UserEvents
+from beeflow.nextcloud import client as nextcloud
+from beeflow.nextcloud import ui
+from beeflow.nextcloud.users import USERS, UserDirectory
+from beeflow.phases import INIT_PHASES
+from beeflow.proxy import service as service_proxy
 from beeflow.proxy.nc import handler as nc_proxy
-from beeflow.state import ApiBase, Draining
+from beeflow.service_client import ServiceClient, ServiceUrl
+from beeflow.service_client import install as install_service_client
+from beeflow.setup import routes as setup_page
+from beeflow.tenant import wiring as tenant
+from beeflow.web import auth, csrf, draining, errors, parser_log, security_headers, static
 
 # Generous for uploads through /api (the /nc proxy streams its bodies itself).
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
 
 
-async def _nextcloud_ctx(app: web.Application) -> AsyncIterator[None]:
-    async for client in session_context(app[keys.CONFIG]):
-        app[keys.NEXTCLOUD] = client
-        app[keys.USERS] = UserDirectory(client)
-        yield
+async def _settle_storage(app: web.Application) -> AsyncIterator[None]:
+    """First in, last out: no state file write may outlive the app."""
+    yield
+    await storage.settle()
 
 
 def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     """Build the application. Middleware order, outermost first, and why:
-    1. error_middleware: everything below may raise; one place turns it into JSON with a code.
+    1. errors: everything below may raise; one place turns it into JSON with a code.
     2. draining: during shutdown new requests get 503 before any work is done.
     3. csrf: a cross-site browser write is refused before authentication spends anything.
-    4. appapi: authenticates by the matched route's access level, last so it sees the route.
+    4. auth: authenticates by the matched route's access level, last so it sees the route.
     """
     app = web.Application(
-        middlewares=[
-            middleware.error_middleware,
-            middleware.draining_middleware,
-            middleware.csrf_middleware,
-            appapi.appapi_middleware,
-        ],
         client_max_size=CLIENT_MAX_SIZE,
         handler_args={
             "max_field_size": 16384,
@@ -53,30 +55,47 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             # an encoded body with 415 content_encoding_unsupported.
             "auto_decompress": False,
             # Parser refusals logged as one line, without the quoted request bytes.
-            "logger": middleware.http_logger(),
+            "logger": parser_log.http_logger(),
         },
     )
-    app[keys.CONFIG] = config
-    app[keys.DRAINING] = Draining()
-    app[keys.INIT_PHASES] = []
-    app[keys.HEALTH] = {}
-    app[keys.API_BASE] = ApiBase(
-        config.api_base_url, "env" if config.api_base_url_from_env else "default"
-    )
-    middleware.install_security_headers(app)
-    appapi.setup(app)
-    app.cleanup_ctx.append(_nextcloud_ctx)
-    tenant.setup(app)
-    # Feature routes. Connector-owned paths first; the static SPA routes last (its GETs are the
-    # most generic).
-    lifecycle.setup(app, run_at_boot=run_at_boot)
+    app[CONFIG] = config
+    app[INIT_PHASES] = []
+    app[HEALTH] = {}
+    errors.install(app)
+    draining.install(app)
+    csrf.install(app)
+    auth.install(app)
+    security_headers.install(app)
+    app.cleanup_ctx.append(_settle_storage)
+
+    # Shared services, each built once with what it uses; their sessions open with the app.
+    nc_client = nextcloud.NextcloudClient(config)
+    nextcloud.install(app, nc_client)
+    app[USERS] = UserDirectory(nc_client)
+    # A request with the valid secret: the client may lift its paused failure budget.
+    auth.on_trusted_request(app, lambda _request: nc_client.trusted_request_seen())
+    state = tenant.initial_state(config)
+    service = ServiceClient(config, ServiceUrl.from_config(config), state)
+    install_service_client(app, service)
+    sink = UserEvents(service, config.persistent_storage, config.sync_interval_seconds)
+    userevents.install(app, sink)
+    tenant.install(app, config, state, nc_client, service)
+
+    # Features. Connector-owned paths first; the static UI routes last (its GETs are the most
+    # generic). One line per registration surface of Nextcloud's (beeflow.nextcloud.surface).
+    lifecycle.setup(app, nc_client, run_at_boot=run_at_boot)
     ui.setup(app)
-    events.setup(app)
-    usersync.setup(app)
-    setup_picker.setup(app)
-    saas_proxy.setup(app)
+    events.install(app)
+    usersync.install(
+        app,
+        usersync.UserSync(
+            config, config.persistent_storage / usersync.STATE_FILE, state, nc_client, sink
+        ),
+    )
+    setup_page.install(app)
+    service_proxy.setup(app)
     nc_proxy.setup(app)
     static.setup(app)
     # Last: the USER catch-all forwarding every path no route above took to the service.
-    saas_proxy.setup_catch_all(app)
+    service_proxy.setup_catch_all(app)
     return app

@@ -19,14 +19,15 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
-from beeflow import __version__, keys
+from beeflow import __version__
 from beeflow.app import make_app
 from beeflow.config import LOG_FORMATS, LOG_LEVELS, Config
 from beeflow.errors import ConfigError
+from beeflow.health import TUNNEL_STATUS, HealthProvider, provide
 from beeflow.redact import REDACTOR
-from beeflow.state import HealthProvider
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.tcp import TcpTransport
+from beeflow.web.draining import DRAINING
 
 log = logging.getLogger("beeflow")
 
@@ -123,16 +124,16 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_listening: Callable[[Transport], None] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or `stop`). Shutdown order (issue 12, frp-observed.md):
-    keep listening while new requests get 503 and in-flight ones drain, then stop frpc, then
-    close the listeners and remove the socket. A second SIGINT exits at once."""
+    """Run until SIGTERM/SIGINT (or `stop`). Shutdown order (docs/transports.md, "Shutdown order,
+    and why"): keep listening while new requests get 503 and in-flight ones drain, then stop
+    frpc, then close the listeners and remove the socket. A second SIGINT exits at once."""
     started = time.monotonic()
     log.debug("open-file limit: %d", raise_fd_limit())
     transport = select_transport(config)
     app = make_app(config)
-    app[keys.TUNNEL_STATUS] = transport.status
+    app[TUNNEL_STATUS] = transport.status
     if config.harp:
-        app[keys.HEALTH]["tunnel"] = tunnel_health(transport.status)
+        provide(app, "tunnel", tunnel_health(transport.status))
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -177,7 +178,7 @@ async def serve(
             ready.set()
         await stopping.wait()
         # 1. Keep listening (frpc would hang callers dialling a closed socket); refuse new work.
-        draining = app[keys.DRAINING]
+        draining = app[DRAINING]
         draining.begin()
         log.info("draining %d in-flight request(s)", draining.in_flight)
         # 2. Let in-flight requests finish within the grace period.
@@ -201,13 +202,9 @@ async def serve(
 
 async def serve_demo(environ: Mapping[str, str]) -> int:
     """`serve --demo`: built-in stand-ins of Nextcloud and the Bee Flow service on loopback."""
-    try:
-        module = importlib.import_module("beeflow.demo")
-        demo_class = module.Demo
-    except (ModuleNotFoundError, AttributeError):
-        print("demo mode is not available in this build (beeflow.demo is missing)", file=sys.stderr)
-        return EXIT_CONFIG
-    demo = demo_class()
+    from beeflow.demo import Demo  # only `serve --demo` loads the stand-ins
+
+    demo = Demo()
     try:
         env: Mapping[str, str] = await demo.start()
         try:
@@ -232,16 +229,6 @@ async def serve_demo(environ: Mapping[str, str]) -> int:
 
 def _log_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: environ[k] for k in ("BEEFLOW_LOG_LEVEL", "BEEFLOW_LOG_FORMAT") if k in environ}
-
-
-def _import_optional(name: str) -> ModuleType | None:
-    """The module, or None if it does not exist (yet). Errors inside it still surface."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -294,22 +281,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     for name, (_, help_text) in EXTERNAL_COMMANDS.items():
         sub_p = sub.add_parser(name, help=help_text, description=help_text)
-        module = _external_module(name) if command == name else None
-        if module is not None:
-            module.add_arguments(sub_p)
+        if command == name:
+            _external_module(name).add_arguments(sub_p)
     return parser
 
 
-def _external_module(name: str) -> ModuleType | None:
-    """The module behind an external command, if it exists and has add_arguments and run."""
-    module = _import_optional(EXTERNAL_COMMANDS[name][0])
-    if module is None:
-        return None
-    if not (
-        callable(getattr(module, "add_arguments", None)) and callable(getattr(module, "run", None))
-    ):
-        return None
-    return module
+def _external_module(name: str) -> ModuleType:
+    """The module behind an external command: add_arguments(parser) and run(args, env)."""
+    return importlib.import_module(EXTERNAL_COMMANDS[name][0])
 
 
 def _run_external(module: ModuleType, args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -325,16 +304,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     environ: Mapping[str, str] = os.environ if env is None else env
     arglist = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(arglist)
-    module: ModuleType | None = None
-    if command in EXTERNAL_COMMANDS:
-        module = _external_module(command)
-        if module is None:
-            print(
-                f"'{command}' is not available in this build "
-                f"({EXTERNAL_COMMANDS[command][0]} is missing)",
-                file=sys.stderr,
-            )
-            return EXIT_CONFIG
+    module = _external_module(command) if command in EXTERNAL_COMMANDS else None
     args = build_parser(command).parse_args(arglist)
     try:
         if args.command == "serve":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
+from aiohttp import web
 from yarl import URL
 
 from beeflow.errors import ConfigError
@@ -19,7 +20,7 @@ DEFAULT_API_BASE_URL: Final = "https://server.beeflow.nl"
 DEFAULT_EMBED_BASE_URL: Final = "https://beeflow.nl"
 # BEEFLOW_EMBED_BASE_URL=bundled: no front-end host, the UI bundled with the connector only.
 EMBED_BUNDLED: Final = "bundled"
-DEFAULT_SOCKET_PATH: Final = "/tmp/exapp.sock"  # noqa: S108 - fixed by AppAPI/HaRP (contract 9.1)
+DEFAULT_SOCKET_PATH: Final = "/tmp/exapp.sock"  # noqa: S108 - fixed by AppAPI/HaRP
 DEFAULT_CERT_DIR: Final = "/certs/frp"
 APP_ID_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*[a-z0-9]$")
 _SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes including the NUL
@@ -115,7 +116,8 @@ class Config:
 
     @property
     def harp(self) -> bool:
-        """HaRP mode is decided once, by a non-empty HP_SHARED_KEY (contract 1.5, 9.1)."""
+        """HaRP mode is decided once, by a non-empty HP_SHARED_KEY (docs/appapi-wire.md, "HaRP
+        mode")."""
         return bool(self.hp_shared_key)
 
     @property
@@ -383,7 +385,7 @@ def _embed_url(raw: str) -> URL | None:
 
 
 def _nextcloud_url(raw: str) -> URL:
-    """nc_py_api's normalisation: strip a trailing '/' and '/index.php' (contract 2.1)."""
+    """Strip a trailing '/' and '/index.php' (docs/appapi-wire.md, "Outbound headers")."""
     url = _http_url(raw)
     path = url.path.rstrip("/")
     if path.endswith("/index.php"):
@@ -433,9 +435,9 @@ def _host(raw: str) -> str:
 
 
 def _frp_host(raw: str) -> str:
-    """HP_FRP_ADDRESS is the HOST part of the daemon's frp address (contract 5.2); the port is
-    HP_FRP_PORT. `appapi-harp:8782` would become serverAddr "appapi-harp:8782" and never
-    connect. An IPv6 address (several colons) is fine as it is."""
+    """HP_FRP_ADDRESS is the HOST part of the daemon's frp address (docs/appapi-wire.md, "HaRP
+    mode"); the port is HP_FRP_PORT. `appapi-harp:8782` would become serverAddr
+    "appapi-harp:8782" and never connect. An IPv6 address (several colons) is fine as it is."""
     value = _host(raw)
     if value.count(":") == 1 or value.startswith("["):
         raise _Invalid("must be the host only, without a port (the port goes in HP_FRP_PORT)")
@@ -472,3 +474,7 @@ def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
         return parse(raw)
 
     return wrapped
+
+
+# The app's one Config, set by make_app.
+CONFIG: web.AppKey[Config] = web.AppKey("config")

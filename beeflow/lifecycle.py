@@ -18,13 +18,17 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
-from beeflow import keys
-from beeflow.appapi import Access, add_route
+from beeflow.config import CONFIG
 from beeflow.errors import NextcloudError
-from beeflow.middleware import json_response
-from beeflow.ratelimit import RateLimiter
-from beeflow.state import InitPhase
+from beeflow.health import TUNNEL_STATUS, collect, provide
+from beeflow.limits import RateLimiter
+from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
+from beeflow.nextcloud.surface import teardown_all
+from beeflow.nextcloud.users import USERS
+from beeflow.phases import INIT_PHASES, InitPhase
 from beeflow.tasks import spawn
+from beeflow.web.auth import IDENTITY, Access, add_route, on_trusted_request
+from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +56,12 @@ class InitRun:
 
 
 class Pipeline:
-    """Single-flight: concurrent triggers join the run in flight (reference 6.1, 5.2)."""
+    """Single-flight: concurrent triggers join the run in flight; each run reports its progress
+    (docs/lifecycle.md, "/init phases and progress")."""
 
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
+    def __init__(self, client: NextcloudClient, phases: list[InitPhase]) -> None:
+        self._client = client
+        self._phases = phases
         self._task: asyncio.Task[None] | None = None
         # An /init started or joined the run: AppAPI is in its init phase, so a failure is
         # reported too (progress 0 + error ends `--wait-finish` with the reason).
@@ -87,9 +93,8 @@ class Pipeline:
         is reported only when /init asked: on an installed app it would mark the app failed."""
         if error and not self._init_joined:
             return
-        client = self._app[keys.NEXTCLOUD]
         try:
-            result = await client.report_progress(progress, error)
+            result = await self._client.report_progress(progress, error)
         except NextcloudError as exc:
             log.warning("init progress %d not delivered: %s", progress, exc)
             return
@@ -106,8 +111,7 @@ class Pipeline:
         info.state, info.trigger, info.error = "running", reason, ""
         info.started_at, info.finished_at = time.time(), None
         info.runs += 1
-        registered: list[InitPhase] = self._app[keys.INIT_PHASES]
-        phases = sorted(registered, key=lambda p: p.progress)
+        phases = sorted(self._phases, key=lambda p: p.progress)
         log.info("init pipeline started (%s): %d phase(s)", reason, len(phases))
         try:
             for progress, group in itertools.groupby(phases, key=lambda p: p.progress):
@@ -158,16 +162,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     """Always 200 {"status":"ok"} (AppAPI reads only that); advisory fields after it: states for
     everyone, details only for callers who may see them (_may_see_detail). No side effects."""
     detail = await _may_see_detail(request)
-    body: dict[str, Any] = {"status": "ok"}
-    for name, provider in request.app.get(keys.HEALTH, {}).items():
-        try:
-            fields = provider(detail)
-        except Exception:
-            log.exception("health provider %s failed", name)
-            continue
-        if fields:
-            body[name] = fields
-    return json_response(body)
+    return json_response({"status": "ok", **collect(request.app, detail)})
 
 
 async def _may_see_detail(request: web.Request) -> bool:
@@ -175,12 +170,12 @@ async def _may_see_detail(request: web.Request) -> bool:
     Nextcloud administrator, or for a process inside this container (doctor). The valid secret
     with an empty user proves neither: AppAPI's PHP proxy adds it to every anonymous request to
     a PUBLIC route, and HaRP to every anonymous browser request."""
-    identity = request[keys.IDENTITY]
+    identity = request[IDENTITY]
     if not identity.trusted:
         return False
     if identity.user_id:
         try:
-            user = await request.app[keys.USERS].lookup(identity.user_id)
+            user = await request.app[USERS].lookup(identity.user_id)
         except NextcloudError:
             return False
         return user.is_admin
@@ -198,7 +193,7 @@ def _local_caller(request: web.Request) -> bool:
       have not seen start yet, or one left over); unknown means frpc."""
     if ORIGIN_IP in request.headers:
         return False
-    config = request.app[keys.CONFIG]
+    config = request.app[CONFIG]
     if config.harp:
         offered = request.headers.get(HARP_KEY_HEADER, "")
         if offered and hmac.compare_digest(
@@ -208,7 +203,7 @@ def _local_caller(request: web.Request) -> bool:
         peer = unix_peer_pid(request.transport)
         if peer is None:
             return False
-        tunnel = request.app.get(keys.TUNNEL_STATUS)
+        tunnel = request.app.get(TUNNEL_STATUS)
         if tunnel is not None and tunnel().get("pid") == peer:
             return False
         name = _process_name(peer)
@@ -255,20 +250,21 @@ def unix_peer_pid(transport: asyncio.BaseTransport | None) -> int | None:
 
 
 def _untrusted_allowed(request: web.Request, what: str) -> bool:
-    if request[keys.IDENTITY].trusted:
-        request.app[keys.NEXTCLOUD].budget.lift()
+    if request[IDENTITY].trusted:
+        request.app[NEXTCLOUD].budget.lift()
         return True
     allowed = request.app[_UNTRUSTED].hit(what)
     if not allowed:
-        log.debug("untrusted %s ignored (budget %d per 15 min)", what, UNTRUSTED_RUNS)
+        log.debug("untrusted %s ignored (limit %d per 15 min)", what, UNTRUSTED_RUNS)
     return allowed
 
 
 async def init(request: web.Request) -> web.Response:
-    """Answer at once; the work runs in the background and reports progress (contract 3.2)."""
+    """Answer at once; the work runs in the background and reports progress
+    (docs/appapi-wire.md, "Lifecycle calls")."""
     if _untrusted_allowed(request, "init"):
-        # AppAPI marks the app enabled before it calls /init (contract 3.2).
-        request.app[keys.NEXTCLOUD].app_enabled = True
+        # AppAPI marks the app enabled before it calls /init.
+        request.app[NEXTCLOUD].app_enabled = True
         pipe = pipeline(request.app)
         pipe.boot_blocked, pipe.blocked_by = False, ""
         pipe.trigger("init", init=True)
@@ -276,15 +272,18 @@ async def init(request: web.Request) -> web.Response:
 
 
 async def enabled(request: web.Request) -> web.Response:
-    """PUT /enabled?enabled=0|1 -> {"error": ""} (contract 3.3). Enabling after a refused boot
-    probe runs the registration pipeline."""
+    """PUT /enabled?enabled=0|1 -> {"error": ""} (docs/appapi-wire.md, "Lifecycle calls").
+    Enabling after a refused boot probe runs the registration pipeline; disabling runs every
+    registration surface's teardown."""
     value = request.query.get("enabled", "")
     if value not in ("0", "1", "true", "false"):
         return json_response({"error": "", "code": "enabled_value_ignored"})
     state = value in ("1", "true")
     if _untrusted_allowed(request, "enabled"):
         log.info("AppAPI set enabled=%s", int(state))
-        request.app[keys.NEXTCLOUD].app_enabled = state
+        request.app[NEXTCLOUD].app_enabled = state
+        if not state:
+            spawn(teardown_all(request.app), name="surfaces-teardown")
         pipe = pipeline(request.app)
         # Enabling from the UI or `occ app_api:app:enable` sends heartbeat + this call, no /init:
         # re-run what boot held back or what failed (a run in flight is the /init's own).
@@ -303,7 +302,7 @@ async def boot(app: web.Application) -> None:
     If it answers that the app is disabled (ex-app/state is the one call AppAPI allows a disabled
     app), every other call would be refused: wait for PUT /enabled?enabled=1 or /init."""
     pipe = pipeline(app)
-    client = app[keys.NEXTCLOUD]
+    client = app[NEXTCLOUD]
     if client.budget.spent:
         log.warning(
             "Not probing Nextcloud at boot: the refused AppAPI logins of the last 30 minutes "
@@ -372,7 +371,7 @@ def _health(app: web.Application) -> Any:
 
 def _budget_health(app: web.Application) -> Any:
     def provide(trusted: bool) -> dict[str, Any]:
-        budget = app[keys.NEXTCLOUD].budget
+        budget = app[NEXTCLOUD].budget
         if not budget.used:
             return {}
         snap = budget.snapshot()
@@ -383,11 +382,8 @@ def _budget_health(app: web.Application) -> Any:
 
 def _on_trusted(app: web.Application) -> Any:
     def seen(request: web.Request) -> None:
-        if request.path == "/heartbeat":
-            return  # the heartbeat has no side effects (seeds), whoever calls it
-        # A request bearing the valid secret proves Nextcloud knows us: allow a trial call past
-        # a spent failure budget, and run a pipeline held back at boot.
-        app[keys.NEXTCLOUD].budget.lift()
+        # A request bearing the valid secret proves Nextcloud knows us: run a pipeline held back
+        # at boot (the Nextcloud client lifts its own failure budget on the same signal).
         pipe = app[_PIPELINE]
         if (
             pipe.boot_blocked
@@ -400,15 +396,15 @@ def _on_trusted(app: web.Application) -> Any:
     return seen
 
 
-def setup(app: web.Application, *, run_at_boot: bool = True) -> None:
-    app[_PIPELINE] = Pipeline(app)
-    app[keys.ON_TRUSTED] = _on_trusted(app)
+def setup(app: web.Application, client: NextcloudClient, *, run_at_boot: bool = True) -> None:
+    """The lifecycle routes; the pipeline runs the phases every feature added (INIT_PHASES)."""
+    app[_PIPELINE] = Pipeline(client, app.setdefault(INIT_PHASES, []))
+    on_trusted_request(app, _on_trusted(app))
     app[_UNTRUSTED] = RateLimiter(limit=UNTRUSTED_RUNS, window=UNTRUSTED_WINDOW)
-    app.setdefault(keys.INIT_PHASES, [])
-    health = app.setdefault(keys.HEALTH, {})
-    health["init"] = _health(app)
-    health["appapiAuth"] = _budget_health(app)
-    add_route(app, "GET", "/heartbeat", heartbeat, Access.PUBLIC)
+    provide(app, "init", _health(app))
+    provide(app, "appapiAuth", _budget_health(app))
+    # Passive: the heartbeat has no side effects, whoever calls it.
+    add_route(app, "GET", "/heartbeat", heartbeat, Access.PUBLIC, passive=True)
     add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True, lifecycle=True)
     add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True, lifecycle=True)
     if run_at_boot:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
+import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.strategies import configure_union_passthrough
 
 from beeflow.errors import BadRequest
 
@@ -16,6 +19,29 @@ T = TypeVar("T")
 # Strict for payloads we define (unknown keys are errors); Nextcloud's lenient shapes are read
 # with plain dict access where they are read, not through this converter.
 converter = cattrs.Converter(forbid_extra_keys=True)
+# JSON's scalars as they come (an id may be a number or a string).
+configure_union_passthrough(Union[str, int, float, bool, None], converter)  # noqa: UP007
+
+
+def camel(name: str) -> str:
+    """`tenant_key` -> `tenantKey`: the spelling of every JSON file and answer we write."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def register_camel_record(cls: type[Any], *, extra_keys: bool) -> None:
+    """Structure and unstructure the attrs class `cls` under camelCase names. A field that
+    defaults to None is left out while it is None. `extra_keys`: unknown keys are ignored (a
+    file a newer version wrote) instead of refused."""
+    names: dict[str, Any] = {
+        field.name: override(rename=camel(field.name), omit_if_default=field.default is None)
+        for field in attrs.fields(cls)
+    }
+    converter.register_structure_hook(
+        cls,
+        make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=not extra_keys, **names),
+    )
+    converter.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, converter, **names))
 
 
 def describe(exc: BaseException) -> str:

@@ -40,10 +40,6 @@ def sign_nc_v2(key: str, ts: int, method: str, path: str, uid: str, body: bytes 
     return f"{ts}.{_hmac_hex(key, nc_message_v2(ts, method, path, uid, digest))}"
 
 
-def sign_nc_v1(key: str, ts: int, method: str, path: str, uid: str) -> str:
-    return f"{ts}.{_hmac_hex(key, nc_message_v1(ts, method, path, uid))}"
-
-
 @attrs.frozen
 class ParsedSig:
     ts: int
@@ -101,7 +97,7 @@ def verify_nc(
 
 
 def sign_outbound(key: str, ts: int, method: str, path: str, body: str) -> str:
-    """Reference 7.3: HMAC over "{ts}\\n{METHOD}\\n{path}\\n{raw body}" (raw, not hashed)."""
+    """HMAC over "{ts}\\n{METHOD}\\n{path}\\n{raw body}" (raw, not hashed)."""
     message = f"{ts}\n{method}\n{path}\n{body}"
     return f"{ts}.{_hmac_hex(key, message)}"
 
@@ -133,7 +129,7 @@ def user_claims(
     iat: int,
     ttl: int,
 ) -> dict[str, Any]:
-    """Reference 3.1: sub, email, name, nc_admin, iss, aud, iat, exp."""
+    """The claims the service reads: sub, email, name, nc_admin, iss, aud, iat, exp."""
     return {
         "sub": uid,
         "email": email,

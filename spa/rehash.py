@@ -2,7 +2,7 @@
 
 Files under assets/ are served as immutable for a year, so their names must change with their
 content. `python spa/rehash.py` renames `name[.oldhash].ext` to `name.<sha256[:10]>.ext` and
-rewrites the references in index.html. tests/test_static.py fails when this was forgotten.
+rewrites the references in index.html. tests/web/test_static.py fails when this was forgotten.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import string
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +19,7 @@ from yarl import URL
 
 from beeflow.app import make_app
 from beeflow.config import Config
+from beeflow.signing import nc_message_v1
 
 # A 128-character secret from NC's alphabet, like AppAPI's (contract 1.1).
 SECRET = (string.ascii_letters + string.digits + "+/") * 2
@@ -46,7 +49,7 @@ def base_env(nextcloud_url: URL | str, storage: Path, **overrides: str) -> dict[
         "APP_PERSISTENT_STORAGE": str(storage),
         "NEXTCLOUD_URL": str(nextcloud_url),
         "BEEFLOW_TENANT_KEY": TENANT_KEY,
-        # The UI shell from the bundled spa/, never from the network (tests/test_shell.py
+        # The UI shell from the bundled spa/, never from the network (tests/web/test_shell.py
         # points it at a local stand-in of the front-end host).
         "BEEFLOW_EMBED_BASE_URL": "bundled",
     }
@@ -114,3 +117,10 @@ async def start_connector(
     url = URL.build(scheme="http", host="127.0.0.1", port=port)
     session = aiohttp.ClientSession(auto_decompress=False)
     return RunningConnector(config, app, runner, url, session)
+
+
+def sign_nc_v1(key: str, ts: int, method: str, path: str, uid: str) -> str:
+    """A v1 `/nc` signature (no body digest), as callers from before v2 sign: the connector
+    only verifies these (beeflow.signing.nc_message_v1), it never makes one."""
+    mac = hmac.new(key.encode(), nc_message_v1(ts, method, path, uid).encode(), hashlib.sha256)
+    return f"{ts}.{mac.hexdigest()}"

@@ -19,13 +19,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from beeflow import keys
 from beeflow.app import make_app
 from beeflow.config import Config
 from beeflow.errors import NextcloudError
+from beeflow.health import TUNNEL_STATUS
 from beeflow.lifecycle import pipeline, unix_peer_pid
-from beeflow.nextcloud import BUDGET_FILE
-from beeflow.state import InitPhase
+from beeflow.nextcloud.budget import BUDGET_FILE
+from beeflow.nextcloud.client import NEXTCLOUD
+from beeflow.nextcloud.users import USERS
+from beeflow.phases import INIT_PHASES, InitPhase
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.php_proxy import PhpProxy
@@ -42,7 +44,7 @@ class Phases:
         self.fail_at: int | None = None
 
     def install(self, app: web.Application) -> None:
-        app[keys.INIT_PHASES][:] = [
+        app[INIT_PHASES][:] = [
             InitPhase("bootstrap", 25, self._make("bootstrap", 25)),
             InitPhase("top-menu", 60, self._make("top-menu", 60)),
             InitPhase("script", 60, self._make("script", 60)),
@@ -226,8 +228,8 @@ async def test_failure_budget_stops_calls_far_below_the_lockout(
     fake_nc.registered = False
     conn = await connector_factory(customise=phases.install, run_at_boot=True)
     await wait_for(lambda: len(fake_nc.calls) >= 1)
-    nc = conn.app[keys.NEXTCLOUD]
-    users = conn.app[keys.USERS]
+    nc = conn.app[NEXTCLOUD]
+    users = conn.app[USERS]
     for uid in ("admin", "alice", "bob", "carol", "dave", "erin", "frank"):
         users.forget(uid)
         with contextlib.suppress(NextcloudError):
@@ -265,19 +267,19 @@ async def test_boot_while_disabled_waits_for_enable_then_runs(
             data: dict[str, Any] = await resp.json()
         return data
 
-    await wait_for(lambda: conn.app[keys.NEXTCLOUD].app_enabled is False)
+    await wait_for(lambda: conn.app[NEXTCLOUD].app_enabled is False)
     body = await heartbeat()
     assert body["init"]["state"] == "skipped"
     assert body["init"]["waitingFor"] == "the app to be enabled in Nextcloud"
     assert [c.path for c in fake_nc.calls] == ["/ocs/v1.php/apps/app_api/ex-app/state"]
     assert phases.runs == []
-    assert conn.app[keys.NEXTCLOUD].budget.used == 0
+    assert conn.app[NEXTCLOUD].budget.used == 0
     fake_nc.enabled = True
     async with await conn.request("PUT", "/enabled?enabled=1", user="") as resp:
         assert await resp.json() == {"error": ""}
     await wait_for(lambda: pipeline(conn.app).run_info.state == "done")
     assert phases.runs.count("bootstrap") == 1
-    assert conn.app[keys.NEXTCLOUD].app_enabled is True
+    assert conn.app[NEXTCLOUD].app_enabled is True
     assert "waitingFor" not in (await heartbeat())["init"]
 
 
@@ -298,7 +300,7 @@ async def test_enabling_reruns_a_failed_run_but_not_a_finished_one(
     async with await conn.request("PUT", "/enabled?enabled=0", user="") as resp:
         assert resp.status == 200
     assert pipe.run_info.runs == 2  # done stays done; disabling runs nothing
-    assert conn.app[keys.NEXTCLOUD].app_enabled is False
+    assert conn.app[NEXTCLOUD].app_enabled is False
 
 
 # ------------------------------------------------------------------ who sees the heartbeat's detail
@@ -398,7 +400,7 @@ async def test_heartbeat_over_the_harp_socket_trusts_local_processes_not_frpc(
     )
     app = make_app(config, run_at_boot=False)
     pid = {"ours": os.getpid(), "other": os.getpid() + 100_000, "none": None}[frpc_pid]
-    app[keys.TUNNEL_STATUS] = lambda: {"state": "connected", "pid": pid}
+    app[TUNNEL_STATUS] = lambda: {"state": "connected", "pid": pid}
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, sock).start()
@@ -445,7 +447,7 @@ async def test_heartbeat_through_frpc_trusts_only_appapis_own_calls(
     sock = str(short_dir / "hk.sock")
     config = make_config(HP_SHARED_KEY=HARP_KEY, HP_FRP_ADDRESS="127.0.0.1", HP_EXAPP_SOCK=sock)
     app = make_app(config, run_at_boot=False)
-    app[keys.TUNNEL_STATUS] = lambda: {"state": "connected", "pid": os.getpid()}
+    app[TUNNEL_STATUS] = lambda: {"state": "connected", "pid": os.getpid()}
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, sock).start()
@@ -496,10 +498,13 @@ def test_the_unix_peer_pid_is_read_on_both_event_loops(short_dir: Path, loop_nam
 async def test_a_boot_run_reports_its_progress_through_100(
     connector_factory: ConnectorFactory, fake_nc: FakeNextcloud, phases: Phases
 ) -> None:
-    """Issue 19 (3c): AppAPI may be waiting at progress 0 for an /init that never reached us;
+    """AppAPI may be waiting at progress 0 for an /init that never reached us;
     the boot run's reports take it to 100 (AppAPI ignores them once init is 100)."""
     await connector_factory(customise=phases.install, run_at_boot=True)
     await wait_for(lambda: [p["progress"] for p in fake_nc.progress] == [25, 60, 100])
+    # The fake records the report of 100 before it calls us back (as AppAPI runs its enable
+    # inside that request): wait for the calls, then check they are exactly these.
+    await wait_for(lambda: len(fake_nc.callbacks) >= 2)
     assert [(c.method, c.path) for c in fake_nc.callbacks] == [
         ("GET", "/heartbeat"),
         ("PUT", "/enabled?enabled=1"),
@@ -530,12 +535,12 @@ async def test_refusals_on_record_stop_the_boot_probe(
     conn = await connector_factory(customise=phases.install, run_at_boot=True)
     await wait_for(lambda: pipeline(conn.app).boot_blocked)
     assert fake_nc.calls == []
-    assert conn.app[keys.NEXTCLOUD].budget.attempts == 8
+    assert conn.app[NEXTCLOUD].budget.attempts == 8
     fake_nc.register()
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
     await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
-    assert conn.app[keys.NEXTCLOUD].budget.attempts == 0
+    assert conn.app[NEXTCLOUD].budget.attempts == 0
     await wait_for(lambda: json.loads((storage / BUDGET_FILE).read_text())["refusals"] == [])
 
 

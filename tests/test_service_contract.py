@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from beeflow import service_client
+from beeflow.integrations.userevents import USER_EVENTS_SINK
+from beeflow.service_client import SERVICE
 from beeflow.signing import parse_sig_header, verify_nc
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
@@ -142,7 +143,7 @@ async def test_the_connectors_user_sync_body_is_what_the_service_accepts(
     connector_factory: ConnectorFactory, sync_service: FakeService
 ) -> None:
     conn = await connector_factory(BEEFLOW_API_BASE_URL=str(sync_service.url))
-    events = conn.app[service_client.USER_EVENTS_SINK]
+    events = conn.app[USER_EVENTS_SINK]
     assert await events.forward("user.created", "alice", None, origin="sync") == "sent"
     (delivery,) = sync_service.control.deliveries
     assert (delivery.status, delivery.reason) == (200, "")
@@ -154,7 +155,7 @@ async def test_a_signed_call_with_a_query_signs_the_query_too(
 ) -> None:
     conn = await connector_factory(BEEFLOW_API_BASE_URL=str(sync_service.url))
     body = {"event": "user.created", "ncUid": "alice", "groupId": None}
-    client = conn.app[service_client.SERVICE]
+    client = conn.app[SERVICE]
     reply = await client.post_signed("/auth/webhook/nc-user-sync?source=sync&x=%40", body)
     assert reply.status == 200
     assert (

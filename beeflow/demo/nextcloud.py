@@ -47,9 +47,10 @@ _HOP: Final = frozenset(
 _APPAPI_REQUEST: Final = frozenset(
     {"authorization-app-api", "ex-app-id", "ex-app-version", "aa-version", "aa-request-id"}
 )
-# What AppAPI's createProxyResponse drops from the ExApp's answer (contract 4.3).
+# What AppAPI's createProxyResponse drops from the ExApp's answer (docs/appapi-wire.md, "The
+# PHP proxy's answers").
 _APPAPI_RESPONSE: Final = _APPAPI_REQUEST
-# Nextcloud overwrites an ExApp's CSP with its own on the legacy proxy (contract 4.3). This is a
+# Nextcloud overwrites an ExApp's CSP with its own on the legacy proxy. This is a
 # strict policy in that spirit: the UI must work without inline scripts.
 NC_CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "

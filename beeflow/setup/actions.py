@@ -11,20 +11,26 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from beeflow import keys, tenant
+from beeflow.config import CONFIG
 from beeflow.errors import BadRequest, BeeflowError, Conflict, Forbidden, NextcloudError
-from beeflow.middleware import json_response
-from beeflow.nextcloud import NcUser
+from beeflow.nextcloud.users import USERS, NcUser
 from beeflow.redact import REDACTOR
 from beeflow.setup.common import PENDING_FIELDS, busy, json_body, limit
+from beeflow.tenant.bootstrap import Bootstrapper
+from beeflow.tenant.failures import REFUSED_CATEGORIES, REMEDIATION, BootstrapFailed
+from beeflow.tenant.pairing import mask_pairing_code, normalise_pairing_code
+from beeflow.tenant.state import PENDING_STATES, TENANT
+from beeflow.tenant.wiring import BOOTSTRAPPER, ROTATION
+from beeflow.web.auth import IDENTITY
+from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
 
 VERIFY_CODE_RE: Final = re.compile(r"^[0-9]{6}$")
 
 
-def _bootstrapper(request: web.Request) -> tenant.Bootstrapper:
-    boot = request.app.get(tenant.BOOTSTRAPPER)
+def _bootstrapper(request: web.Request) -> Bootstrapper:
+    boot = request.app.get(BOOTSTRAPPER)
     if boot is None:  # only without the tenant module
         raise BeeflowError(
             "Tenant provisioning is not available", code="tenant_unavailable", status=503
@@ -33,7 +39,7 @@ def _bootstrapper(request: web.Request) -> tenant.Bootstrapper:
 
 
 def _refuse_env_key(app: web.Application) -> None:
-    if app[keys.CONFIG].tenant_key_env:
+    if app[CONFIG].tenant_key_env:
         raise Conflict(
             "The tenant key is set by BEEFLOW_TENANT_KEY and cannot be re-provisioned here; "
             "change it by re-registering the app with another --env BEEFLOW_TENANT_KEY=... "
@@ -54,13 +60,13 @@ def _refuse_busy(app: web.Application) -> None:
 
 
 def _user(request: web.Request) -> str:
-    return request[keys.IDENTITY].user_id or "?"
+    return request[IDENTITY].user_id or "?"
 
 
 def _outcome(app: web.Application) -> tuple[dict[str, Any], int]:
     """After a re-bootstrap: 200 with the key's fingerprint, or 202 when the service asks for an
     e-mail verification first (the page then shows the code field and where the code went)."""
-    state = app[keys.TENANT]
+    state = app[TENANT]
     body: dict[str, Any] = {
         "ok": True,
         "status": state.status,
@@ -69,19 +75,19 @@ def _outcome(app: web.Application) -> tuple[dict[str, Any], int]:
         "organizationName": state.organization_name,
         "previousKeyInUse": state.previous_key_in_use,
     }
-    if state.status in tenant.PENDING_STATES and state.pending:
+    if state.status in PENDING_STATES and state.pending:
         body["pending"] = {k: state.pending[k] for k in PENDING_FIELDS if k in state.pending}
         return body, 202
     return body, 200
 
 
-def _bootstrap_error(exc: tenant.BootstrapFailed, *, pairing_code: str = "") -> BeeflowError:
+def _bootstrap_error(exc: BootstrapFailed, *, pairing_code: str = "") -> BeeflowError:
     """A failed re-bootstrap (everything restored). 409 when the service answered and refused,
     502 when it could not be reached or failed, 500 when the key could not be stored."""
     category = str(exc.extra.get("category", "unknown"))
     message = exc.message
     if pairing_code:
-        message = message.replace(pairing_code, tenant.mask_pairing_code(pairing_code))
+        message = message.replace(pairing_code, mask_pairing_code(pairing_code))
     extra = {"category": category, "remediation": exc.extra.get("remediation", "")}
     if exc.instance_code == "tenant_store_failed" or category == "storage_failed":
         return BeeflowError(message, code="tenant_store_failed", status=500, extra=extra)
@@ -91,7 +97,7 @@ def _bootstrap_error(exc: tenant.BootstrapFailed, *, pairing_code: str = "") -> 
             code="pairing_code_rejected",
             extra=extra,
         )
-    if category in tenant.REFUSED_CATEGORIES:
+    if category in REFUSED_CATEGORIES:
         return Conflict(message, code="bootstrap_refused", extra=extra)
     return BeeflowError(message, code="bootstrap_failed", status=502, extra=extra)
 
@@ -179,7 +185,7 @@ def _sub_flow_error(
         return Conflict(
             "The code is right, but the administrator's address belongs to a user of another "
             "Bee Flow organisation, so the service did not connect this Nextcloud. "
-            + tenant.REMEDIATION["admin_email_conflict"],
+            + REMEDIATION["admin_email_conflict"],
             code="admin_email_conflict",
             extra=extra,
         )
@@ -202,9 +208,9 @@ async def verify_email_code(request: web.Request) -> web.Response:
         raise BadRequest("Enter the 6-digit code from the e-mail", code="invalid_code_format")
     boot = _bootstrapper(request)
     _refuse_busy(request.app)
-    result = await boot.verify_code(code)
+    result = await boot.pending.verify_code(code)
     if not result.get("ok"):
-        kept = bool(request.app[keys.TENANT].key)
+        kept = bool(request.app[TENANT].key)
         raise _sub_flow_error(result, verifying=True, key_kept=kept)
     log.info(
         "e-mail verification completed by %s (fingerprint %s)",
@@ -221,7 +227,7 @@ async def resend_email_code(request: web.Request) -> web.Response:
     await json_body(request)
     boot = _bootstrapper(request)
     _refuse_busy(request.app)
-    return _new_code_answer(request, await boot.resend())
+    return _new_code_answer(request, await boot.pending.resend())
 
 
 async def request_verification_code(request: web.Request) -> web.Response:
@@ -234,10 +240,10 @@ async def request_verification_code(request: web.Request) -> web.Response:
     await json_body(request)
     boot = _bootstrapper(request)
     _refuse_busy(request.app)
-    if not boot.verification_pending():
+    if not boot.pending.is_pending():
         raise Conflict("No e-mail verification is pending", code="no_pending_verification")
     user = await _fresh_admin(request)
-    result = await boot.send_code(user)
+    result = await boot.pending.send_code(user)
     answer = _new_code_answer(request, result, retargeting=bool(user.email))
     log.info(
         "verification code requested by %s, sent via %s to %s",
@@ -251,7 +257,7 @@ async def request_verification_code(request: web.Request) -> web.Response:
 async def _fresh_admin(request: web.Request) -> NcUser:
     """The requesting user as Nextcloud sees them now (address, admin group)."""
     uid = _user(request)
-    users = request.app[keys.USERS]
+    users = request.app[USERS]
     users.forget(uid)
     try:
         user = await users.lookup(uid)
@@ -272,7 +278,7 @@ def _new_code_answer(
 ) -> web.Response:
     """Resend and "send it to me": the service's new-code fields, or its refusal as an error."""
     if not result.get("ok"):
-        kept = bool(request.app[keys.TENANT].key)
+        kept = bool(request.app[TENANT].key)
         raise _sub_flow_error(result, verifying=False, key_kept=kept, retargeting=retargeting)
     return json_response({k: result.get(k) for k in _NEW_CODE_FIELDS})
 
@@ -285,7 +291,7 @@ async def apply_pairing_code(request: web.Request) -> web.Response:
     existing organisation. The code is never echoed and never logged beyond 4 characters."""
     limit(request, "verify")
     body = await json_body(request)
-    code = tenant.normalise_pairing_code(body.get("code"))
+    code = normalise_pairing_code(body.get("code"))
     if code is None:
         raise BadRequest(
             "A pairing code looks like ABCD-EFGH: 4 letters or digits, a dash, 4 more",
@@ -295,10 +301,10 @@ async def apply_pairing_code(request: web.Request) -> web.Response:
     boot = _bootstrapper(request)
     _refuse_busy(request.app)
     REDACTOR.add(code)
-    log.info("pairing code %s entered by %s", tenant.mask_pairing_code(code), _user(request))
+    log.info("pairing code %s entered by %s", mask_pairing_code(code), _user(request))
     try:
-        await boot.rebootstrap(pairing_code=code)
-    except tenant.BootstrapFailed as exc:
+        await request.app[ROTATION].rebootstrap(pairing_code=code)
+    except BootstrapFailed as exc:
         raise _bootstrap_error(exc, pairing_code=code) from None
     answer, status = await _after_rebootstrap(request, boot)
     return json_response(answer, status=status)
@@ -312,13 +318,13 @@ async def rotate_tenant_key(request: web.Request) -> web.Response:
     _refuse_env_key(request.app)
     boot = _bootstrapper(request)
     _refuse_busy(request.app)
-    previous = request.app[keys.TENANT].fingerprint
+    previous = request.app[TENANT].fingerprint
     log.info(
         "tenant key rotation requested by %s (current fingerprint %s)", _user(request), previous
     )
     try:
-        await boot.rebootstrap()
-    except tenant.BootstrapFailed as exc:
+        await request.app[ROTATION].rebootstrap()
+    except BootstrapFailed as exc:
         raise _bootstrap_error(exc) from None
     answer, status = await _after_rebootstrap(request, boot)
     answer["previousFingerprint"] = previous
@@ -328,17 +334,17 @@ async def rotate_tenant_key(request: web.Request) -> web.Response:
 
 
 async def _after_rebootstrap(
-    request: web.Request, boot: tenant.Bootstrapper
+    request: web.Request, boot: Bootstrapper
 ) -> tuple[dict[str, Any], int]:
     """The outcome; when the service answered 202, the code goes to the admin who asked right
     away (the service e-mails nobody by itself), and the answer says where it went."""
     problem: dict[str, Any] | None = None
-    if boot.verification_pending() and not boot.code_sent():
+    if boot.pending.is_pending() and not boot.pending.code_sent():
         try:
             user: NcUser | None = await _fresh_admin(request)
         except BeeflowError:
             user = None
-        sent = await boot.send_code(user)
+        sent = await boot.pending.send_code(user)
         if sent.get("ok"):
             log.info("verification code sent via %s to %s", sent["sentVia"], sent["maskedEmail"])
         else:

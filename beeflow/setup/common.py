@@ -14,16 +14,17 @@ import aiohttp
 import attrs
 from aiohttp import web
 
-from beeflow import keys, tenant
 from beeflow.errors import BadRequest, TooManyRequests
-from beeflow.ratelimit import RateLimiter
+from beeflow.limits import RateLimiter
 from beeflow.tasks import spawn
+from beeflow.tenant.wiring import BOOTSTRAPPER
+from beeflow.web.auth import IDENTITY
 
 log = logging.getLogger(__name__)
 
 MAX_BODY: Final = 16 * 1024
-# Per Nextcloud user (reference 9: probe 20/min, rebind 10/10 min, verify 10/10 min, sendCode
-# 5/15 min); status is cheap but bounded. Rotating the key counts as a rebind ("save").
+# Per Nextcloud user: probe 20/min, rebind 10/10 min, verify 10/10 min, sendCode 5/15 min;
+# status is cheap but bounded. Rotating the key counts as a rebind ("save").
 LIMITS: Final = {
     "status": (120, 60.0),
     "probe": (20, 60.0),
@@ -107,15 +108,14 @@ def state_of(request: web.Request) -> SetupState:
 
 def rebootstrap_of(app: web.Application) -> Rebootstrap:
     state = app[STATE]
-    if state.rebootstrap is None:
-        # keys.REBOOTSTRAP is set by the tenant module's setup (or later): look it up lazily.
-        state.rebootstrap = Rebootstrap(app.get(keys.REBOOTSTRAP))
+    if state.rebootstrap is None:  # only an app without the tenant (tests of the page)
+        state.rebootstrap = Rebootstrap(None)
     return state.rebootstrap
 
 
 def limit(request: web.Request, bucket: str) -> None:
     limiter = state_of(request).limits[bucket]
-    user = request[keys.IDENTITY].user_id or "anonymous"
+    user = request[IDENTITY].user_id or "anonymous"
     if not limiter.hit(user):
         raise TooManyRequests(
             "Too many setup requests; wait a moment",
@@ -156,7 +156,7 @@ PENDING_FIELDS: Final = (
 
 def busy(app: web.Application) -> bool:
     """A provisioning run, a re-bootstrap or the picker's background re-bootstrap is running."""
-    boot = app.get(tenant.BOOTSTRAPPER)
+    boot = app.get(BOOTSTRAPPER)
     if boot is not None and boot.busy:
         return True
     return rebootstrap_of(app).state == "running"

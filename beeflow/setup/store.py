@@ -1,17 +1,16 @@
-"""setup-config.json: the picker's saved choice, written atomically with mode 0600."""
+"""setup-config.json: the picker's saved choice (written through beeflow.storage)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
+
+from beeflow.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +47,11 @@ def path_in(storage: Path) -> Path:
     return storage / FILENAME
 
 
-def write_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write to a 0600 temp file in the same directory, fsync, rename over, fsync the directory:
-    a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    payload = json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def save(storage: Path, mode: str, api_base_url: str) -> SetupChoice:
+    """Written like every state file (beeflow.storage: atomic, 0600; blocking). Raises
+    StoreError."""
     choice = SetupChoice(mode=mode, api_base_url=api_base_url, saved_at=round(time.time(), 3))
-    write_atomic(path_in(storage), choice.to_json())
+    write_json_atomic(path_in(storage), choice.to_json())
     return choice
 
 

@@ -1,4 +1,4 @@
-"""Admin-supplied service URLs: syntax, scheme, credentials, and where they point (reference 4.8).
+"""Admin-supplied service URLs: syntax, scheme, credentials, and where they point.
 
 Loopback and private ranges stay allowed (self-hosting next to Nextcloud is the point); link-local,
 cloud metadata, multicast and unspecified addresses are refused, for the literal host and for

@@ -14,12 +14,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from beeflow import keys, tenant
 from beeflow.app import make_app
 from beeflow.config import Config
 from beeflow.demo import Demo
-from beeflow.setup import CLOUD_URL, store
-from beeflow.tenant import fingerprint
+from beeflow.service_client import SERVICE_URL
+from beeflow.setup import store
+from beeflow.setup.status import CLOUD_URL
+from beeflow.tenant.failures import REMEDIATION
+from beeflow.tenant.state import TENANT, fingerprint
+from beeflow.tenant.wiring import bootstrapper
 from tests.browser.conftest import Console, shot_path
 from tests.demo.stack import DemoStack, start_demo_stack
 from tests.fakes.service import FakeService
@@ -99,7 +102,7 @@ async def test_setup_flow(browser: Any, stack: DemoStack) -> None:
     )
     saved = json.loads((stack.config.persistent_storage / "setup-config.json").read_text())
     assert saved["apiBaseUrl"] == service_url
-    assert str(stack.app[keys.API_BASE].url) == service_url
+    assert str(stack.app[SERVICE_URL].url) == service_url
     await page.screenshot(path=shot_path("setup-saved.png"))
 
     # A metadata address is refused with its code, and nothing changes.
@@ -108,7 +111,7 @@ async def test_setup_flow(browser: Any, stack: DemoStack) -> None:
     text = await result(page, "error")
     assert text.startswith("Not saved:")
     assert text.endswith("[blocked_host]")
-    assert str(stack.app[keys.API_BASE].url) == service_url
+    assert str(stack.app[SERVICE_URL].url) == service_url
     await context.close()
 
 
@@ -120,7 +123,7 @@ async def locked_stack() -> AsyncIterator[DemoStack]:
 
 
 async def test_setup_env_locked(browser: Any, locked_stack: DemoStack) -> None:
-    env_url = str(locked_stack.app[keys.API_BASE].url)
+    env_url = str(locked_stack.app[SERVICE_URL].url)
     context, page, console = await open_setup(browser, locked_stack.demo.setup_url)
     assert await page.is_visible("#env-lock")
     assert await page.text_content("#env-url") == env_url
@@ -147,7 +150,7 @@ async def test_setup_env_locked(browser: Any, locked_stack: DemoStack) -> None:
     )
     assert answer[0] == 409
     assert answer[1]["code"] == "env_locked"
-    assert str(locked_stack.app[keys.API_BASE].url) == env_url
+    assert str(locked_stack.app[SERVICE_URL].url) == env_url
     await context.close()
 
 
@@ -186,7 +189,7 @@ async def start_tenant_stack(control: ServiceControl) -> TenantStack:
     await runner.setup()
     await web.TCPSite(runner, config.app_host, config.app_port).start()
     running = TenantStack(demo, service, control, app, runner, storage)
-    await tenant.bootstrapper(app).ensure()
+    await bootstrapper(app).ensure()
     return running
 
 
@@ -272,7 +275,7 @@ async def test_email_verification(browser: Any) -> None:
         await page.wait_for_selector("#verify-card", state="hidden")
         assert await page.text_content("#tenant-status") == "Connected"
         assert await page.text_content("#fingerprint") == fp
-        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
+        assert stack.app[TENANT].key == PROVISIONED_KEY
         assert PROVISIONED_KEY not in await page.content()
         await page.screenshot(path=shot_path("setup-verified.png"))
         assert unexpected(console) == []
@@ -392,7 +395,7 @@ async def test_rotate_tenant_key(browser: Any) -> None:
         text = await result(page, "error", "#rotate-result")
         assert text.startswith("Provisioning a new key failed; the previous state is kept.")
         assert text.endswith("[bootstrap_failed]")
-        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
+        assert stack.app[TENANT].key == PROVISIONED_KEY
         assert unexpected(console) == []
         await context.close()
     finally:
@@ -433,7 +436,7 @@ async def test_rotation_waiting_for_the_code_keeps_the_old_key(browser: Any) -> 
         assert await page.text_content("#fingerprint") == old
         assert await page.is_visible("#verify-keep")
         assert await page.text_content("#verify-keep-fp") == old
-        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
+        assert stack.app[TENANT].key == PROVISIONED_KEY
         await page.screenshot(path=shot_path("setup-rotation-pending.png"), full_page=True)
 
         # Nobody enters the code in time: the old key stays, the page says why.
@@ -444,12 +447,12 @@ async def test_rotation_waiting_for_the_code_keeps_the_old_key(browser: Any) -> 
         await page.wait_for_selector("#verify-card", state="hidden")
         await page.wait_for_selector("#tenant-problem", state="visible")
         problem = await page.text_content("#tenant-problem") or ""
-        assert problem == tenant.REMEDIATION["rotation_not_completed"] + " [rotation_not_completed]"
+        assert problem == REMEDIATION["rotation_not_completed"] + " [rotation_not_completed]"
         assert await page.text_content("#tenant-status") == "Connected"
         assert await page.text_content("#fingerprint") == old
         assert await page.text_content("#rotate-result") == ""  # "enter the code" is over
         assert await page.is_hidden("#tenant-result")
-        assert stack.app[keys.TENANT].key == PROVISIONED_KEY
+        assert stack.app[TENANT].key == PROVISIONED_KEY
         await page.screenshot(path=shot_path("setup-rotation-expired.png"), full_page=True)
 
         # Again, and this time the code is entered: the organisation's key replaces the old one.
@@ -464,7 +467,7 @@ async def test_rotation_waiting_for_the_code_keeps_the_old_key(browser: Any) -> 
         assert await page.text_content("#tenant-status") == "Connected"
         assert await page.text_content("#fingerprint") == new
         assert await page.is_hidden("#tenant-problem")
-        assert stack.app[keys.TENANT].key == new_key
+        assert stack.app[TENANT].key == new_key
         assert unexpected(console) == []
         await context.close()
     finally:

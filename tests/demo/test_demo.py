@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from beeflow import keys
 from beeflow.config import Config
 from beeflow.demo import DEMO_TENANT_KEY, Demo
 from beeflow.demo.service import reply_pieces, verify_jwt
+from beeflow.service_client import SERVICE_URL
 from beeflow.setup import store
 from beeflow.signing import mint_jwt, user_claims
 from tests.demo.stack import DemoStack, start_demo_stack
@@ -190,7 +190,7 @@ async def test_setup_works_against_the_stand_ins(stack: DemoStack) -> None:
             demo.url + "setup", json={"mode": "self-hosted", "apiBaseUrl": str(demo.service.url)}
         ) as resp:
             assert resp.status == 200
-    assert stack.app[keys.API_BASE].source == "setup"
+    assert stack.app[SERVICE_URL].source == "setup"
 
 
 async def test_front_reports_a_down_connector_like_nextcloud(stack: DemoStack) -> None:

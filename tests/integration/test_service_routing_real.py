@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from beeflow import tenant
+from beeflow.tenant.discovery import host_instance_id
 from tests.fakes.service_control import callback_request
 from tests.integration.conftest import EMAILS, Lane
 from tests.integration.server import basic
@@ -273,7 +273,7 @@ def test_the_services_ownership_check_accepts_this_nextcloud(lane: Lane) -> None
     this Nextcloud exposes no instance id, so the host-keyed one the connector sends must be
     what the service derives (and what the lane's bootstrap bound the organisation to)."""
     control = lane.service.control
-    expected = tenant.host_instance_id(lane.nc.url)
+    expected = host_instance_id(lane.nc.url)
     assert lane.service.organization.instance_id == expected
     checked = lane.service.call(control.verify_instance(str(lane.nc.url), expected))
     assert isinstance(checked, tuple), checked

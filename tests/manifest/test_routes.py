@@ -16,11 +16,10 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beeflow import keys
 from beeflow.app import make_app
-from beeflow.appapi import Access
 from beeflow.config import Config
-from beeflow.proxy import saas
+from beeflow.proxy import service as saas
+from beeflow.web.auth import ROUTE_POLICIES, Access
 from tests.manifest.manifest import (
     ADMIN,
     LEVEL_NAMES,
@@ -381,7 +380,7 @@ def test_every_connector_route_has_the_manifests_level() -> None:
     same access level (AppAPI's gate and the connector's own check agree)."""
     app = _app()
     problems = []
-    for route, policy in app[keys.ROUTE_POLICIES].items():
+    for route, policy in app[ROUTE_POLICIES].items():
         method = route.method if route.method not in ("*", "HEAD") else "GET"
         if _is_catch_all(route):
             if policy.access is not Access.USER:

@@ -24,8 +24,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from beeflow.nextcloud import NcUser
-from beeflow.proxy.saas import TokenCache
+from beeflow.nextcloud.users import NcUser
+from beeflow.proxy.service import TokenCache
 from beeflow.signing import mint_jwt, user_claims
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import SECRET, TENANT_KEY, appapi_headers, base_env

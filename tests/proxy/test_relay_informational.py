@@ -14,9 +14,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from beeflow.middleware import error_middleware
 from beeflow.proxy.relay import RelayOptions, relay
 from beeflow.proxy.upstream import NO_BODY, PoolSettings, UpstreamClient, upstream_client
+from beeflow.web.errors import error_middleware
 from tests.conftest import ConnectorFactory
 from tests.proxy.nc.caller import NcCaller, outcome
 from tests.reliability.rawhttp import exchange, request_bytes

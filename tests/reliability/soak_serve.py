@@ -16,11 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aiohttp import web
 
-from beeflow import cli, keys
+from beeflow import cli
 from beeflow.app import make_app as real_make_app
-from beeflow.appapi import Access, add_route
-from beeflow.config import Config
-from beeflow.middleware import json_response
+from beeflow.config import CONFIG, Config
+from beeflow.service_client import SERVICE_URL
+from beeflow.web.auth import Access, add_route
+from beeflow.web.draining import DRAINING
+from beeflow.web.responses import json_response
 
 
 def rss_kib() -> int:
@@ -49,8 +51,8 @@ def _sockets() -> dict[str, tuple[int, int, str]]:
 def descriptors(app: web.Application) -> dict[str, int]:
     """Open descriptors by kind: accepted client connections, pooled upstream connections
     (to Nextcloud or the service), and everything else (files, pipes, listeners, epoll)."""
-    config = app[keys.CONFIG]
-    upstream = {config.nextcloud_url.port, app[keys.API_BASE].url.port}
+    config = app[CONFIG]
+    upstream = {config.nextcloud_url.port, app[SERVICE_URL].url.port}
     sockets = _sockets()
     counts = {"total": 0, "clients": 0, "upstream": 0, "other": 0}
     for fd in os.listdir("/proc/self/fd"):
@@ -79,7 +81,7 @@ async def stats(request: web.Request) -> web.Response:
             "fds": descriptors(request.app),
             "rss_kib": rss_kib(),
             # This request is in flight itself.
-            "in_flight": request.app[keys.DRAINING].in_flight - 1,
+            "in_flight": request.app[DRAINING].in_flight - 1,
         }
     )
 

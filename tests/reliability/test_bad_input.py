@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 from beeflow.config import Config
-from beeflow.middleware import http_logger
+from beeflow.web.parser_log import http_logger
 from tests.helpers import SECRET, TENANT_KEY
 from tests.reliability import catalogue
 from tests.reliability.catalogue import CASES, CLOSED, HEADER_TIMEOUT, PARSER, Case

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beeflow import keys, usersync
+from beeflow.integrations import usersync
+from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.tasks import spawn
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import appapi_headers
@@ -104,7 +105,7 @@ async def test_registration_down_reports_the_error_then_a_later_init_succeeds(
         ("/heartbeat", 200),
         ("/enabled?enabled=1", 200),
     ]
-    assert stack.app[keys.NEXTCLOUD].budget.used == 0  # a 503 is not a refused login
+    assert stack.app[NEXTCLOUD].budget.used == 0  # a 503 is not a refused login
 
 
 async def test_nextcloud_down_for_everything_then_back(stack: Stack) -> None:
@@ -119,7 +120,7 @@ async def test_nextcloud_down_for_everything_then_back(stack: Stack) -> None:
     nc.down = False
     await init_and_wait(stack, "done")
     assert [p["progress"] for p in nc.progress[-2:]] == [60, 100]
-    assert stack.app[keys.NEXTCLOUD].budget.used == 0
+    assert stack.app[NEXTCLOUD].budget.used == 0
 
 
 class DeadPort:
@@ -267,7 +268,7 @@ async def test_flapping_during_user_sync_sends_exactly_the_true_changes_once(
     got = Counter((e["event"], e["ncUid"], e["groupId"]) for e in control.events)
     assert got == want  # every true change, each exactly once
     # Nextcloud's 503s are not refused logins: the budget is untouched, no lock-out risk.
-    assert stack.app[keys.NEXTCLOUD].budget.used == 0
+    assert stack.app[NEXTCLOUD].budget.used == 0
     assert nc.failures_for() == 0
     snapshot = stack.app[usersync.USER_SYNC].snapshot
     assert snapshot is not None

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from beeflow.proxy import saas
+from beeflow.proxy import service as service_proxy
 from beeflow.tasks import running
 from tests.fakes.service import FakeService, StreamPlan, chat_pieces, pattern_bytes
 from tests.helpers import appapi_headers
@@ -86,7 +86,7 @@ async def healthy(stack: Stack, session: aiohttp.ClientSession) -> None:
         *(call(session, stack, "GET", "/api/json") for _ in range(2 * CONCURRENCY))
     )
     assert {status for status, _, _ in results} == {200}, results[0]
-    assert stack.app[saas._STATS].in_flight == 0
+    assert stack.app[service_proxy._STATS].in_flight == 0
     assert running("events-forward") == []
 
 
@@ -164,7 +164,7 @@ async def test_sse_stream_dying_midway(
             for _ in range(CONCURRENCY)
         )
     )
-    harp = stack.app[saas._STATS].harp
+    harp = stack.app[service_proxy._STATS].harp
     for status, body, error in results:
         assert status == 200
         if harp:

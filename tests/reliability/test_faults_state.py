@@ -21,8 +21,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from beeflow import events, keys, storage, tenant
+from beeflow import storage
+from beeflow.integrations import events
 from beeflow.tasks import running
+from beeflow.tenant.failures import BootstrapFailed
+from beeflow.tenant.state import TENANT
+from beeflow.tenant.wiring import ROTATION
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY
 from tests.proxy.conftest import verify_jwt
@@ -143,7 +147,7 @@ def no_temp_files(directory: Path) -> None:
 
 async def _frozen_stack_checks(stack: Stack, data: Path, before: dict[str, bytes]) -> None:
     """The checks shared by the read-only and the full storage cases."""
-    state = stack.app[keys.TENANT]
+    state = stack.app[TENANT]
     assert (state.key, state.source) == (CACHED_KEY, "cache")
     await api_uses(stack, CACHED_KEY)
     # The admin's setup change cannot be saved: a clear error, nothing half-written.
@@ -164,8 +168,8 @@ async def _frozen_stack_checks(stack: Stack, data: Path, before: dict[str, bytes
     assert sync["state"] == "baseline"
     assert "could not write user-sync.json" in sync["lastError"]
     # A re-bootstrap (what a saved setup change triggers) keeps the old key and says why.
-    with pytest.raises(tenant.BootstrapFailed) as info:
-        await stack.app[keys.REBOOTSTRAP]()
+    with pytest.raises(BootstrapFailed) as info:
+        await stack.app[ROTATION].rebootstrap()
     assert info.value.instance_code == "tenant_store_failed"
     assert stack.control.bootstraps == []  # no key was minted that could not be kept
     assert (state.key, state.source, state.status) == (CACHED_KEY, "cache", "ok")

@@ -24,13 +24,15 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from beeflow import events, signing
-from beeflow.appapi import AuthFailure, authenticate, decode_auth_header
+from beeflow import signing
 from beeflow.config import Config
 from beeflow.errors import ConfigError
+from beeflow.integrations import events
+from beeflow.integrations.userevents import USER_EVENTS
 from beeflow.proxy.nc.path import ALLOWED_PREFIXES, PathRejected, check_target
-from beeflow.service_client import USER_EVENTS
+from beeflow.web.auth import AuthFailure, authenticate, decode_auth_header
 from tests.fakes.service_control import expected_signature
+from tests.helpers import sign_nc_v1
 from tests.proxy.conftest import verify_jwt
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,7 +74,7 @@ def test_signature_round_trip(
     assert signing.verify_nc(key, parsed, method, [path], uid, digest) == "v2:0"
     # A second (raw) path form that does not match must not hide the first one's match.
     assert signing.verify_nc(key, parsed, method, [path + "x", path], uid, digest) == "v2:1"
-    v1 = signing.parse_sig_header(signing.sign_nc_v1(key, ts, method, path, uid))
+    v1 = signing.parse_sig_header(sign_nc_v1(key, ts, method, path, uid))
     assert signing.verify_nc(key, v1, method, [path], uid, digest) == "v1:0"
 
 

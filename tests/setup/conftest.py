@@ -3,7 +3,7 @@ the fake service with its connector-control endpoints for the tenant actions."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -11,9 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from tests.conftest import ConnectorFactory
-from tests.fakes.service import FakeService
-from tests.fakes.service_control import ServiceControl
+from tests.conftest import AutoFactory
 from tests.helpers import RunningConnector
 
 
@@ -68,28 +66,13 @@ async def health() -> AsyncIterator[HealthServer]:
 
 # ------------------------------------------------------------------ tenant actions
 
-AutoFactory = Callable[..., Awaitable[RunningConnector]]
-
 
 @pytest.fixture
-def control() -> ServiceControl:
-    return ServiceControl()
-
-
-@pytest.fixture
-async def service(control: ServiceControl) -> AsyncIterator[FakeService]:
-    async with FakeService(control=control) as svc:
-        yield svc
-
-
-@pytest.fixture
-def auto_connector(connector_factory: ConnectorFactory, service: FakeService) -> AutoFactory:
-    """A connector with BEEFLOW_TENANT_KEY=auto pointed at the fake service. Failed bootstraps
-    retry only after a minute, so a test decides when the next attempt happens."""
+def auto_connector(auto_connector: AutoFactory) -> AutoFactory:
+    """The root's auto-mode connector, whose failed bootstraps retry only after a minute, so a
+    test decides when the next attempt happens."""
 
     async def start(**env: str) -> RunningConnector:
-        settings = {"BEEFLOW_TENANT_KEY": "auto", "BEEFLOW_API_BASE_URL": str(service.url)}
-        settings.update(env)
-        return await connector_factory(**settings)
+        return await auto_connector(slow_retries=True, **env)
 
     return start

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beeflow import keys
-from beeflow.setup import CLOUD_URL, LEGACY_NOTE
-from beeflow.tenant import fingerprint
+from beeflow.health import HEALTH, TUNNEL_STATUS
+from beeflow.service_client import SERVICE_URL
+from beeflow.setup.common import STATE, Rebootstrap
+from beeflow.setup.status import CLOUD_URL, LEGACY_NOTE
+from beeflow.tenant.state import fingerprint
+from beeflow.tenant.wiring import ROTATION
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector
@@ -27,21 +30,21 @@ JSON = {"Content-Type": "application/json"}
 def with_hook(
     calls: list[str], gate: asyncio.Event | None = None
 ) -> Callable[[web.Application], None]:
-    """Install a REBOOTSTRAP hook that records its runs (and optionally waits on `gate`)."""
+    """Install a re-bootstrap hook that records its runs (and optionally waits on `gate`)."""
 
     def customise(app: web.Application) -> None:
         async def rebootstrap() -> None:
-            calls.append(str(app[keys.API_BASE].url))
+            calls.append(str(app[SERVICE_URL].url))
             if gate is not None:
                 await gate.wait()
 
-        app[keys.REBOOTSTRAP] = rebootstrap
+        app[STATE].rebootstrap = Rebootstrap(rebootstrap)
 
     return customise
 
 
 def without_hook(app: web.Application) -> None:
-    app.pop(keys.REBOOTSTRAP, None)
+    app[STATE].rebootstrap = Rebootstrap(None)
 
 
 async def post(
@@ -149,8 +152,8 @@ async def test_status(connector_factory: ConnectorFactory) -> None:
 
     def customise(app: web.Application) -> None:
         with_hook(calls)(app)
-        app[keys.TUNNEL_STATUS] = lambda: {"mode": "legacy", "advice": "tunnel-advice"}
-        app[keys.HEALTH]["probe-me"] = lambda trusted: {"trusted": trusted}
+        app[TUNNEL_STATUS] = lambda: {"mode": "legacy", "advice": "tunnel-advice"}
+        app[HEALTH]["probe-me"] = lambda trusted: {"trusted": trusted}
 
     running = await connector_factory(customise=customise)
     status = await get_status(running)
@@ -298,10 +301,10 @@ async def test_save_applies_live_and_rebootstraps(
     assert body["probe"]["ok"] is True
     assert body["rebootstrap"] == "started"
     assert body["restartRequired"] is False
-    api_base = running.app[keys.API_BASE]
+    api_base = running.app[SERVICE_URL]
     assert str(api_base.url) == str(health.url)
     assert api_base.source == "setup"
-    await until(lambda: running.app[keys.API_BASE].source == "setup" and bool(calls))
+    await until(lambda: running.app[SERVICE_URL].source == "setup" and bool(calls))
     assert calls == [str(health.url)]  # the re-bootstrap saw the new URL
     path = storage / "setup-config.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -315,7 +318,6 @@ async def test_save_applies_live_and_rebootstraps(
 
 
 def status_state(running: RunningConnector) -> str:
-    from beeflow.setup.common import STATE
 
     rb = running.app[STATE].rebootstrap
     return rb.state if rb is not None else "none"
@@ -363,16 +365,18 @@ async def test_env_tenant_key_is_not_rebootstrapped(
     )
     assert http == 200
     assert body["rebootstrap"] == "env_key"
-    assert str(running.app[keys.API_BASE].url) == str(health.url)
+    assert str(running.app[SERVICE_URL].url) == str(health.url)
     assert calls == []  # no task was started at all
 
 
 async def test_real_tenant_hook_is_wired(
     connector_factory: ConnectorFactory, health: HealthServer
 ) -> None:
-    """With the tenant module's own REBOOTSTRAP (no test hook), a save starts it."""
+    """With the tenant's own rotation (no test hook), a save starts it."""
     running = await connector_factory(BEEFLOW_TENANT_KEY="auto")
-    assert keys.REBOOTSTRAP in running.app
+    hook = running.app[STATE].rebootstrap
+    assert hook is not None
+    assert hook.hook == running.app[ROTATION].rebootstrap
     http, body = await post(
         running, "/setup", {"mode": "self-hosted", "apiBaseUrl": str(health.url)}
     )
@@ -388,7 +392,7 @@ async def test_failing_rebootstrap_is_reported(
         async def broken() -> None:
             raise RuntimeError("bootstrap refused by service")
 
-        app[keys.REBOOTSTRAP] = broken
+        app[STATE].rebootstrap = Rebootstrap(broken)
 
     running = await connector_factory(customise=customise, BEEFLOW_TENANT_KEY="auto")
     await post(running, "/setup", {"mode": "self-hosted", "apiBaseUrl": str(health.url)})
@@ -428,7 +432,7 @@ async def test_env_locked_refuses_changes(
         http, answer = await post(running, "/setup", body)
         assert http == 409
         assert answer["code"] == "env_locked"
-    assert str(running.app[keys.API_BASE].url) == "http://pinned:3001"
+    assert str(running.app[SERVICE_URL].url) == "http://pinned:3001"
     assert not (storage / "setup-config.json").exists()
     assert calls == []
     # Testing a connection stays possible.
@@ -458,7 +462,7 @@ async def test_save_refuses_bad_input(
     assert http == 400
     assert answer["code"] == code
     assert not (storage / "setup-config.json").exists()
-    assert connector.app[keys.API_BASE].source == "default"
+    assert connector.app[SERVICE_URL].source == "default"
 
 
 async def test_save_requires_json(connector: RunningConnector) -> None:
@@ -504,7 +508,7 @@ async def test_unwritable_storage(
     )
     assert http == 500
     assert body["code"] == "setup_not_saved"
-    assert running.app[keys.API_BASE].source == "default"
+    assert running.app[SERVICE_URL].source == "default"
 
 
 # ------------------------------------------------------------------ rate limits
@@ -548,8 +552,8 @@ async def test_saved_choice_applied_at_start(
         json.dumps({"mode": "self-hosted", "apiBaseUrl": "http://bee.lan:3001", "savedAt": 1})
     )
     running = await connector_factory()
-    assert str(running.app[keys.API_BASE].url) == "http://bee.lan:3001"
-    assert running.app[keys.API_BASE].source == "setup"
+    assert str(running.app[SERVICE_URL].url) == "http://bee.lan:3001"
+    assert running.app[SERVICE_URL].source == "setup"
     assert (await get_status(running))["chosen"]["apiBaseUrl"] == "http://bee.lan:3001"
 
 
@@ -560,8 +564,8 @@ async def test_env_wins_over_saved_choice(
         json.dumps({"mode": "self-hosted", "apiBaseUrl": "http://bee.lan:3001"})
     )
     running = await connector_factory(BEEFLOW_API_BASE_URL="http://pinned:3001")
-    assert str(running.app[keys.API_BASE].url) == "http://pinned:3001"
-    assert running.app[keys.API_BASE].source == "env"
+    assert str(running.app[SERVICE_URL].url) == "http://pinned:3001"
+    assert running.app[SERVICE_URL].source == "env"
 
 
 @pytest.mark.parametrize(
@@ -581,8 +585,8 @@ async def test_bad_saved_choice_ignored(
     (storage / "setup-config.json").write_text(content)
     with caplog.at_level(logging.WARNING, logger="beeflow.setup"):
         running = await connector_factory()
-    assert running.app[keys.API_BASE].source == "default"
-    assert str(running.app[keys.API_BASE].url) == CLOUD_URL
+    assert running.app[SERVICE_URL].source == "default"
+    assert str(running.app[SERVICE_URL].url) == CLOUD_URL
     assert any("ignoring" in r.getMessage() for r in caplog.records)
 
 

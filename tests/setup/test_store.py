@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from beeflow.setup import store
+from beeflow.storage import StoreError
 
 
 def test_save_and_load(tmp_path: Path) -> None:
@@ -53,7 +54,7 @@ def test_failed_write_leaves_old_file_and_no_temp(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StoreError, match="the storage is full"):
         store.save(tmp_path, "self-hosted", "http://new:3001")
     loaded = store.load(tmp_path)
     assert loaded is not None

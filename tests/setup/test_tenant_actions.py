@@ -17,10 +17,12 @@ import attrs
 import pytest
 from multidict import CIMultiDictProxy
 
-from beeflow import keys, service_client, tenant
+from beeflow.service_client import SERVICE, SERVICE_URL
 from beeflow.tasks import spawn
-from beeflow.tenant import fingerprint
-from tests.conftest import ConnectorFactory
+from beeflow.tenant.failures import REMEDIATION
+from beeflow.tenant.state import TENANT, fingerprint
+from beeflow.tenant.wiring import BOOTSTRAPPER, bootstrapper
+from tests.conftest import AutoFactory, ConnectorFactory
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import (
     PAIRED_KEY,
@@ -30,7 +32,6 @@ from tests.fakes.service_control import (
     verify_hs256,
 )
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector, wait_for
-from tests.setup.conftest import AutoFactory
 
 JSON = {"Content-Type": "application/json"}
 VERIFY = "/setup/verify-email-code"
@@ -126,8 +127,8 @@ async def pending_verification(
     asked for it, as it does by itself."""
     matching_org(control)
     conn = await auto_connector()
-    await tenant.bootstrapper(conn.app).ensure()
-    assert conn.app[keys.TENANT].status == "awaiting_email_verification"
+    await bootstrapper(conn.app).ensure()
+    assert conn.app[TENANT].status == "awaiting_email_verification"
     if sent:
         answer = await call(conn, REQUEST)
         assert answer.status == 200, answer.text
@@ -194,7 +195,7 @@ async def test_email_verification_happy_path(
     }
     assert PROVISIONED_KEY not in right.text
     assert [v["code"] for v in control.verifications] == [wrong(control), code]
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
     assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
     assert not (storage / "pending-bootstrap.json").exists()
     after = (await status_of(conn))["tenant"]
@@ -276,7 +277,7 @@ async def test_expired_verification_starts_over(
     assert "pending" not in state
     assert not (storage / "pending-bootstrap.json").exists()
     # The next attempt (the backoff's, here triggered at once) asks for a new verification.
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     assert len(control.bootstraps) == 2
     assert (await status_of(conn))["tenant"]["status"] == "awaiting_email_verification"
     assert (await call(conn, REQUEST)).status == 200
@@ -314,7 +315,7 @@ async def test_pending_shows_expired_before_the_service_says_so(
     (storage / "pending-bootstrap.json").write_text(json.dumps(record))
 
     def keep_expired(app: Any) -> None:
-        app[tenant.BOOTSTRAPPER].pending_grace = 10 * 365 * 86400.0
+        app[BOOTSTRAPPER].pending.grace = 10 * 365 * 86400.0
 
     again = await auto_connector(customise=keep_expired)
     assert (await status_of(again))["tenant"]["pending"]["expired"] is True
@@ -324,7 +325,7 @@ async def test_verify_with_the_service_unreachable(
     auto_connector: AutoFactory, control: ServiceControl
 ) -> None:
     conn = await pending_verification(auto_connector, control)
-    conn.app[keys.API_BASE].url = conn.app[keys.API_BASE].url.with_port(9)
+    conn.app[SERVICE_URL].url = conn.app[SERVICE_URL].url.with_port(9)
     answer = await call(conn, VERIFY, {"code": control.last_mail().code})
     assert (answer.status, answer.code) == (502, "saas_unreachable")
     assert (await status_of(conn))["tenant"]["status"] == "awaiting_email_verification"
@@ -406,7 +407,7 @@ async def test_request_the_code_at_my_own_address(
     assert saved["maskedEmail"] == "r•••2@example.com"
     assert saved["verifyUrl"].endswith("/verify")
     assert (await call(conn, VERIFY, {"code": control.last_mail().code})).status == 200
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
 
 
 async def test_request_the_code_without_an_email_address_resends(
@@ -484,7 +485,7 @@ async def test_request_the_code_refused_by_the_service(
     assert (answer.status, answer.code) == (status, code), answer.text
     assert len(control.retargets) == 1
     assert control.mails == []
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     if status == 403:
         # Nothing changes: the verification waits for a code sent elsewhere.
         assert state.status == "awaiting_email_verification"
@@ -511,7 +512,7 @@ async def test_request_the_code_needs_a_pending_verification(
     auto_connector: AutoFactory, control: ServiceControl
 ) -> None:
     conn = await auto_connector()
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     answer = await call(conn, REQUEST, {})
     assert (answer.status, answer.code) == (409, "no_pending_verification")
     assert control.retargets == []
@@ -544,7 +545,7 @@ async def test_pairing_code_binds_to_the_existing_organisation(
     caplog.set_level(logging.DEBUG)
     control.provisioning = "pairing_only"
     conn = await auto_connector()
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     before = (await status_of(conn))["tenant"]
     assert before["status"] == "failed"
     assert before["lastError"]["category"] == "pairing_required"
@@ -569,7 +570,7 @@ async def test_pairing_code_binds_to_the_existing_organisation(
     assert second.headers["X-Beeflow-Pairing-Code"] == code
     assert second.answer["code"] == "pairing_code_redeemed"
     assert read_json(storage / "tenant-key.json")["tenantKey"] == PAIRED_KEY
-    assert tenant.bootstrapper(conn.app).pairing_code is None  # one shot
+    assert bootstrapper(conn.app).pairing_code is None  # one shot
     assert control.pairing_codes == {}  # spent at the service too
     after = (await status_of(conn))["tenant"]
     assert after["status"] == "ok"
@@ -614,15 +615,15 @@ async def test_rejected_pairing_code_restores_everything(
     assert (answer.status, answer.code) == (409, "pairing_code_rejected")
     assert control.bootstraps[0].status == status
     assert answer.body["category"] == category
-    assert answer.body["remediation"] == tenant.REMEDIATION[category]
+    assert answer.body["remediation"] == REMEDIATION[category]
     assert control.bootstraps[0].headers["X-Beeflow-Pairing-Code"] == code
     assert code[5:] not in answer.text
     assert code[5:] not in caplog.text
     assert code[5:] not in everything_stored(storage)
     assert code[5:] not in json.dumps(await status_of(conn))
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert (state.key, state.status) == (CACHED_KEY, "ok")
-    assert tenant.bootstrapper(conn.app).pairing_code is None
+    assert bootstrapper(conn.app).pairing_code is None
 
 
 async def test_a_pairing_code_quoted_back_is_masked(
@@ -671,10 +672,10 @@ async def test_pairing_code_from_the_environment_is_used_once(
     code = control.issue_pairing_code(control.add_org("Existing Org", key=PAIRED_KEY))
     conn = await auto_connector(BEEFLOW_PAIRING_CODE=f" {code.lower()} ")
     assert code[5:] not in repr(conn.config)
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     (call_,) = control.bootstraps
     assert call_.headers["X-Beeflow-Pairing-Code"] == code
-    assert conn.app[keys.TENANT].key == PAIRED_KEY
+    assert conn.app[TENANT].key == PAIRED_KEY
     # A rotation later is a plain bootstrap: the code was for the first one only, and the
     # service, knowing this Nextcloud now, hands back the organisation's one key.
     answer = await call(conn, ROTATE)
@@ -682,7 +683,7 @@ async def test_pairing_code_from_the_environment_is_used_once(
     assert "X-Beeflow-Pairing-Code" not in control.bootstraps[1].headers
     assert control.bootstraps[1].answer["code"] == "returning_bind"
     assert answer.body["keyChanged"] is False
-    assert conn.app[keys.TENANT].key == PAIRED_KEY
+    assert conn.app[TENANT].key == PAIRED_KEY
 
 
 async def test_pairing_code_from_the_environment_ignored_when_a_key_is_cached(
@@ -690,7 +691,7 @@ async def test_pairing_code_from_the_environment_ignored_when_a_key_is_cached(
 ) -> None:
     write_cache(storage)
     conn = await auto_connector(BEEFLOW_PAIRING_CODE=PAIRING)
-    assert tenant.bootstrapper(conn.app).pairing_code is None
+    assert bootstrapper(conn.app).pairing_code is None
     answer = await call(conn, ROTATE)
     assert answer.status == 200
     assert "X-Beeflow-Pairing-Code" not in control.bootstraps[0].headers
@@ -714,7 +715,7 @@ async def test_rotate_provisions_a_new_key_and_keeps_the_previous_file(
     assert answer.body["status"] == "ok"
     assert ROTATED_KEY not in answer.text
     assert CACHED_KEY not in answer.text
-    assert conn.app[keys.TENANT].key == ROTATED_KEY
+    assert conn.app[TENANT].key == ROTATED_KEY
     assert read_json(storage / "tenant-key.json")["tenantKey"] == ROTATED_KEY
     assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
     assert (await status_of(conn))["tenant"]["fingerprint"] == fingerprint(ROTATED_KEY)
@@ -726,14 +727,14 @@ async def test_rotation_against_the_service_that_issued_the_key_keeps_it(
     """The service keeps one key per organisation (getOrMintTenantKey): a "rotation" of a
     Nextcloud it knows is a returning binding with the same key, and the answer says so."""
     conn = await auto_connector()
-    await tenant.bootstrapper(conn.app).ensure()
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    await bootstrapper(conn.app).ensure()
+    assert conn.app[TENANT].key == PROVISIONED_KEY
     answer = await call(conn, ROTATE)
     assert answer.status == 200, answer.text
     assert control.bootstraps[-1].answer["code"] == "returning_bind"
     assert answer.body["keyChanged"] is False
     assert answer.body["fingerprint"] == answer.body["previousFingerprint"]
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
 
 
 def _conflict_elsewhere(control: ServiceControl) -> None:
@@ -767,8 +768,8 @@ async def test_failed_rotation_keeps_the_old_key(
     answer = await call(conn, ROTATE)
     assert (answer.status, answer.code) == (status, code)
     assert answer.body["category"] == category
-    assert answer.body["remediation"] == tenant.REMEDIATION[category]
-    assert conn.app[keys.TENANT].key == CACHED_KEY
+    assert answer.body["remediation"] == REMEDIATION[category]
+    assert conn.app[TENANT].key == CACHED_KEY
     assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
     assert (await status_of(conn))["tenant"]["status"] == "ok"
 
@@ -781,7 +782,7 @@ async def test_rotation_with_the_service_unreachable(
     answer = await call(conn, ROTATE)
     assert (answer.status, answer.code) == (502, "bootstrap_failed")
     assert answer.body["category"] == "saas_unreachable"
-    assert conn.app[keys.TENANT].key == CACHED_KEY
+    assert conn.app[TENANT].key == CACHED_KEY
 
 
 async def test_rebootstrap_for_another_service_drops_the_old_key_at_once(
@@ -798,7 +799,7 @@ async def test_rebootstrap_for_another_service_drops_the_old_key_at_once(
     assert answer.body["status"] == "awaiting_email_verification"
     assert answer.body["fingerprint"] is None
     assert answer.body["previousKeyInUse"] is False
-    assert conn.app[keys.TENANT].key is None
+    assert conn.app[TENANT].key is None
     assert not (storage / "tenant-key.json").exists()
     assert answer.body["pending"]["codeSent"] is True
     assert answer.body["pending"]["maskedEmail"] == "a•••n@example.com"
@@ -806,7 +807,7 @@ async def test_rebootstrap_for_another_service_drops_the_old_key_at_once(
     assert [(m.to, m.kind) for m in control.mails] == [("admin@example.com", "retarget")]
     assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
     assert (await call(conn, VERIFY, {"code": control.last_mail().code})).status == 200
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
 
 
 async def test_a_code_that_cannot_be_sent_is_said(
@@ -847,7 +848,7 @@ async def signed_with(conn: RunningConnector, control: ServiceControl, key: str)
     control.verify_key = key
     before = len(control.deliveries)
     body = {"event": "user.updated", "ncUid": "alice", "groupId": None}
-    await conn.app[service_client.SERVICE].post_signed("/auth/webhook/nc-user-sync", body)
+    await conn.app[SERVICE].post_signed("/auth/webhook/nc-user-sync", body)
     return control.deliveries[before].verified
 
 
@@ -893,7 +894,7 @@ async def test_rotation_waiting_for_the_code_keeps_the_old_key_serving(
     assert read_json(storage / "pending-bootstrap.json")["replacesKey"] == fingerprint(CACHED_KEY)
     assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
     # /init does not provision behind the pending verification's back.
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     assert len(control.bootstraps) == 1
 
     right = await call(conn, VERIFY, {"code": control.last_mail().code})
@@ -915,7 +916,7 @@ async def test_restart_while_a_rotation_waits_for_the_code(
     first = await held_rotation(auto_connector, control, service, storage)
     await first.close()
     conn = await auto_connector()  # load(): tenant-key.json and pending-bootstrap.json
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key == CACHED_KEY
     assert state.status == "awaiting_email_verification"
     assert (await status_of(conn))["tenant"]["previousKeyInUse"] is True
@@ -934,19 +935,19 @@ async def test_expired_rotation_keeps_the_old_key(
     assert (answer.status, answer.code) == (410, "verification_expired")
     assert answer.body["keyKept"] is True
     assert "current key stays in use" in answer.body["error"]
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert (state.key, state.status, state.pending) == (CACHED_KEY, "ok", None)
     tenant_ = (await status_of(conn))["tenant"]
     assert tenant_["status"] == "ok"
     assert tenant_["previousKeyInUse"] is False
     assert tenant_["lastError"]["category"] == "rotation_not_completed"
-    assert tenant_["lastError"]["remediation"] == tenant.REMEDIATION["rotation_not_completed"]
+    assert tenant_["lastError"]["remediation"] == REMEDIATION["rotation_not_completed"]
     assert not (storage / "pending-bootstrap.json").exists()
     assert not (storage / "bootstrap-last-error.json").exists()
     assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
     assert await api_key(conn, service) == CACHED_KEY
     # Nothing starts over by itself: the old key is simply kept.
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     assert len(control.bootstraps) == 1
 
 
@@ -957,9 +958,9 @@ async def test_rotation_code_expiring_unused_ends_the_pending_state(
     old key stays."""
 
     def quick(app: Any) -> None:
-        boot = app[tenant.BOOTSTRAPPER]
-        boot.pending_grace = 0.0
-        boot.expiry_check = 0.05
+        boot = app[BOOTSTRAPPER]
+        boot.pending.grace = 0.0
+        boot.pending.expiry_check = 0.05
 
     write_cache(storage, bound=str(service.url))
     control.add_org("Cached Org", key=CACHED_KEY, instance_id=CACHED_INSTANCE)
@@ -967,14 +968,17 @@ async def test_rotation_code_expiring_unused_ends_the_pending_state(
     matching_org(control)
     assert (await call(conn, ROTATE)).status == 202
     await asyncio.sleep(0.1)  # the watch has run a round with a far expiry and goes on
-    assert conn.app[keys.TENANT].status == "awaiting_email_verification"
-    boot = tenant.bootstrapper(conn.app)
-    record = boot._pending_record
+    assert conn.app[TENANT].status == "awaiting_email_verification"
+    boot = bootstrapper(conn.app)
+    record = boot.pending.record
     assert record is not None
-    record["expiresAt"] = "2020-01-01T00:00:00Z"  # as a resend a day ago would have left it
-    await wait_for(lambda: conn.app[keys.TENANT].status == "ok")
-    assert conn.app[keys.TENANT].key == CACHED_KEY
-    assert (conn.app[keys.TENANT].last_error or {})["category"] == "rotation_not_completed"
+    # as a resend a day ago would have left it
+    boot.pending.record = attrs.evolve(record, expires_at="2020-01-01T00:00:00Z")
+    await wait_for(lambda: conn.app[TENANT].status == "ok")
+    assert conn.app[TENANT].key == CACHED_KEY
+    error = conn.app[TENANT].last_error
+    assert error is not None
+    assert error.category == "rotation_not_completed"
     assert not (storage / "pending-bootstrap.json").exists()
     assert await api_key(conn, service) == CACHED_KEY
 
@@ -988,7 +992,7 @@ async def test_restart_after_the_rotation_code_expired(
     record["expiresAt"] = "2020-01-01T00:00:00Z"
     (storage / "pending-bootstrap.json").write_text(json.dumps(record))
     conn = await auto_connector()
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert (state.key, state.status, state.pending) == (CACHED_KEY, "ok", None)
     assert not (storage / "pending-bootstrap.json").exists()
     assert await api_key(conn, service) == CACHED_KEY
@@ -1002,7 +1006,7 @@ async def test_stale_pending_file_next_to_another_key_is_dropped(
     await first.close()
     write_cache(storage, key=ROTATED_KEY, bound=str(service.url))
     conn = await auto_connector()
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert (state.key, state.status, state.pending) == (ROTATED_KEY, "ok", None)
     assert not (storage / "pending-bootstrap.json").exists()
     answer = await call(conn, VERIFY, {"code": control.last_mail().code})
@@ -1017,13 +1021,13 @@ async def test_failed_rotation_during_a_held_verification_restores_it(
     control.fault = (503, {"error": "maintenance"})
     answer = await call(conn, ROTATE)
     assert (answer.status, answer.code) == (502, "bootstrap_failed")
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert (state.key, state.status) == (CACHED_KEY, "awaiting_email_verification")
     assert read_json(storage / "pending-bootstrap.json")["replacesKey"] == fingerprint(CACHED_KEY)
     assert await api_key(conn, service) == CACHED_KEY
     control.fault = None
     assert (await call(conn, VERIFY, {"code": code})).status == 200
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
 
 
 async def test_actions_are_locked_by_the_env_key(connector: RunningConnector) -> None:
@@ -1036,7 +1040,7 @@ async def test_actions_are_locked_by_the_env_key(connector: RunningConnector) ->
     assert state["keyLocked"] is True
     assert state["source"] == "env"
     assert state["fingerprint"] == fingerprint(TENANT_KEY)
-    assert connector.app[keys.TENANT].key == TENANT_KEY
+    assert connector.app[TENANT].key == TENANT_KEY
 
 
 async def test_one_provisioning_at_a_time(
@@ -1073,7 +1077,7 @@ async def test_rotation_refused_while_init_provisions(
     answer = await call(conn, ROTATE)
     assert (answer.status, answer.code) == (409, "bootstrap_running")
     control.bootstrap_gate.set()
-    await wait_for(lambda: conn.app[keys.TENANT].key == PROVISIONED_KEY)
+    await wait_for(lambda: conn.app[TENANT].key == PROVISIONED_KEY)
     assert len(control.bootstraps) == 1
 
 

@@ -15,17 +15,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from beeflow import keys, tenant
 from beeflow.errors import Conflict
+from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.redact import REDACTOR
+from beeflow.service_client import SERVICE_URL
 from beeflow.tasks import spawn
-from beeflow.tenant import BootstrapFailed, fingerprint
-from tests.conftest import ConnectorFactory
+from beeflow.tenant.discovery import host_instance_id
+from beeflow.tenant.failures import GENERIC_REMEDIATION, BootstrapFailed
+from beeflow.tenant.records import unstructure
+from beeflow.tenant.state import TENANT, fingerprint
+from beeflow.tenant.wiring import ROTATION, bootstrapper
+from tests.conftest import AutoFactory, ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import TENANT_KEY
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import (
     dead_port,
     heartbeat,
@@ -72,7 +76,7 @@ async def test_env_key_wins_over_the_cache_and_nothing_is_called(
 ) -> None:
     write_cache(storage)
     conn = await connector_factory(BEEFLOW_API_BASE_URL=str(service.url))
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key == TENANT_KEY
     assert state.source == "env"
     await run_init(conn, fake_nc)
@@ -87,7 +91,7 @@ async def test_cached_key_is_used_without_bootstrap(
 ) -> None:
     write_cache(storage)
     conn = await auto_connector()
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key == CACHED_KEY
     assert (state.source, state.status) == ("cache", "ok")
     assert state.organization_name == "Cached Org"
@@ -105,12 +109,12 @@ async def test_cached_binding_pins_the_service_url_unless_the_env_sets_it(
 ) -> None:
     write_cache(storage, bound="https://bound.example")
     conn = await connector_factory(BEEFLOW_TENANT_KEY="auto")
-    api = conn.app[keys.API_BASE]
+    api = conn.app[SERVICE_URL]
     assert (str(api.url), api.source) == ("https://bound.example", "bound")
     conn2 = await connector_factory(
         BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL="https://env.example"
     )
-    api2 = conn2.app[keys.API_BASE]
+    api2 = conn2.app[SERVICE_URL]
     assert (str(api2.url), api2.source) == ("https://env.example", "env")
 
 
@@ -156,7 +160,7 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
         ],
     }
 
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key == PROVISIONED_KEY
     assert (state.source, state.status) == ("bootstrap", "ok")
     path = storage / "tenant-key.json"
@@ -199,8 +203,8 @@ async def test_disabled_admin_is_never_the_primary_admin(
         "aaron", email="aaron@example.com", display_name="Aaron", groups=["admin"], enabled=False
     )
     conn = await auto_connector()
-    await tenant.bootstrapper(conn.app).ensure()
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    await bootstrapper(conn.app).ensure()
+    assert conn.app[TENANT].key == PROVISIONED_KEY
     call = control.bootstraps[0]
     assert call.headers["X-Beeflow-NC-Admin-Uid"] == "admin"
     assert call.headers["X-Beeflow-NC-Admin-Email"] == "admin@example.com"
@@ -215,7 +219,7 @@ async def test_instance_id_from_capabilities_when_exposed(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud, control: ServiceControl
 ) -> None:
     conn = await auto_connector()
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     assert control.bootstraps[0].headers["X-Beeflow-NC-Instance-Id"] == "oc75yxc5pqcm"
 
 
@@ -224,9 +228,9 @@ async def test_host_instance_id_is_stable_across_restarts(
 ) -> None:
     control.fault = (503, {"error": "Service unavailable"})
     first = await auto_connector(slow_retries=True)
-    await tenant.bootstrapper(first.app).ensure()
+    await bootstrapper(first.app).ensure()
     second = await auto_connector(slow_retries=True)
-    await tenant.bootstrapper(second.app).ensure()
+    await bootstrapper(second.app).ensure()
     ids = [c.headers["X-Beeflow-NC-Instance-Id"] for c in control.bootstraps]
     assert len(ids) == 2
     assert ids[0] == ids[1]
@@ -236,12 +240,10 @@ async def test_host_instance_id_is_stable_across_restarts(
 def test_host_instance_id_formats() -> None:
     from yarl import URL
 
-    assert tenant.host_instance_id(URL("https://Cloud.Example.com/")) == "nc-host:cloud.example.com"
-    assert tenant.host_instance_id(URL("https://cloud.example.com:443")) == (
-        "nc-host:cloud.example.com"
-    )
-    assert tenant.host_instance_id(URL("http://10.0.0.5:8080/nc")) == "nc-host:10.0.0.5:8080"
-    assert tenant.host_instance_id(URL("http://[::1]:8080")) == "nc-host:[::1]:8080"
+    assert host_instance_id(URL("https://Cloud.Example.com/")) == "nc-host:cloud.example.com"
+    assert host_instance_id(URL("https://cloud.example.com:443")) == ("nc-host:cloud.example.com")
+    assert host_instance_id(URL("http://10.0.0.5:8080/nc")) == "nc-host:10.0.0.5:8080"
+    assert host_instance_id(URL("http://[::1]:8080")) == "nc-host:[::1]:8080"
 
 
 # ------------------------------------------------------------------ errors
@@ -259,7 +261,7 @@ async def test_admin_without_email_is_a_categorised_error_and_nothing_is_invente
     # The install still completes: a bootstrap failure is advisory (reference 5.2).
     assert progress_values(fake_nc) == [25, 60, 100]
     assert control.bootstraps == []
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.status == "failed"
     assert state.key is None
     record = read_json(storage / "bootstrap-last-error.json")
@@ -277,16 +279,16 @@ async def test_service_error_is_categorised_persisted_and_retried_with_backoff(
     """The service fetches the capabilities at the public URL the connector names (its
     anti-spoof check): an unreachable one is its 403 nc_capabilities_unreachable."""
     conn = await auto_connector(BEEFLOW_NC_PUBLIC_URL=f"http://127.0.0.1:{dead_port()}")
-    boot = tenant.bootstrapper(conn.app)
+    boot = bootstrapper(conn.app)
     await boot.ensure()
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.status == "failed"
     assert control.bootstraps[0].status == 403
     assert state.last_error is not None
-    assert state.last_error["category"] == "nc_not_publicly_reachable"
-    assert state.last_error["phase"] == "saas_response"
-    assert "Could not verify NC instance ownership" in state.last_error["error"]
-    assert "BEEFLOW_NC_PUBLIC_URL" in state.last_error["remediation"]
+    assert state.last_error.category == "nc_not_publicly_reachable"
+    assert state.last_error.phase == "saas_response"
+    assert "Could not verify NC instance ownership" in state.last_error.error
+    assert "BEEFLOW_NC_PUBLIC_URL" in state.last_error.remediation
     assert read_json(storage / "bootstrap-last-error.json")["category"] == (
         "nc_not_publicly_reachable"
     )
@@ -317,10 +319,10 @@ async def test_error_categories_without_a_code(
 ) -> None:
     control.fault = (status, body)
     conn = await auto_connector(slow_retries=True)
-    await tenant.bootstrapper(conn.app).ensure()
-    error = conn.app[keys.TENANT].last_error
+    await bootstrapper(conn.app).ensure()
+    error = conn.app[TENANT].last_error
     assert error is not None
-    assert error["category"] == category
+    assert error.category == category
 
 
 def _pairing_required(control: ServiceControl) -> str | None:
@@ -394,16 +396,16 @@ async def test_every_bootstrap_code_gets_a_remediation_an_admin_can_act_on(
     pairing = prepare(control)
     env = {"BEEFLOW_PAIRING_CODE": pairing} if pairing else {}
     conn = await auto_connector(slow_retries=True, **env)
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     answer = control.bootstraps[-1]
     assert (answer.status, answer.answer.get("code")) == (status, code)
-    error = conn.app[keys.TENANT].last_error
+    error = conn.app[TENANT].last_error
     assert error is not None
-    assert error["category"] == category
-    assert in_remediation in error["remediation"]
-    assert "reinstall" not in error["remediation"]
+    assert error.category == category
+    assert in_remediation in error.remediation
+    assert "reinstall" not in error.remediation
     if pairing:
-        assert pairing not in json.dumps(error)
+        assert pairing not in json.dumps(unstructure(error))
 
 
 async def test_too_many_pending_verifications_is_its_own_category(
@@ -415,7 +417,7 @@ async def test_too_many_pending_verifications_is_its_own_category(
     """Five verifications already wait for the organisation: the sixth bootstrap is 429."""
     _too_many(control)
     headers = {
-        "X-Beeflow-NC-Instance-Id": tenant.host_instance_id(fake_nc.url),
+        "X-Beeflow-NC-Instance-Id": host_instance_id(fake_nc.url),
         "X-Beeflow-NC-Base-Url": str(fake_nc.url),
         "X-Beeflow-NC-Admin-Uid": "admin",
         "X-Beeflow-NC-Admin-Email": "admin@example.com",
@@ -427,12 +429,12 @@ async def test_too_many_pending_verifications_is_its_own_category(
             ) as resp:
                 assert resp.status == 202
     conn = await auto_connector(slow_retries=True)
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     assert control.bootstraps[-1].status == 429
-    error = conn.app[keys.TENANT].last_error
+    error = conn.app[TENANT].last_error
     assert error is not None
-    assert error["category"] == "too_many_pending"
-    assert "30 minutes" in error["remediation"]
+    assert error.category == "too_many_pending"
+    assert "30 minutes" in error.remediation
 
 
 async def test_unreachable_service_is_saas_unreachable(
@@ -441,10 +443,10 @@ async def test_unreachable_service_is_saas_unreachable(
     conn = await connector_factory(
         BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL="http://127.0.0.1:9"
     )
-    await tenant.bootstrapper(conn.app).ensure()
-    error = conn.app[keys.TENANT].last_error
+    await bootstrapper(conn.app).ensure()
+    error = conn.app[TENANT].last_error
     assert error is not None
-    assert (error["category"], error["phase"]) == ("saas_unreachable", "saas_post")
+    assert (error.category, error.phase) == ("saas_unreachable", "saas_post")
 
 
 # ------------------------------------------------------------------ 202
@@ -458,7 +460,7 @@ async def test_202_email_verification_is_persisted_restored_and_completed(
     control.add_org("Acme", domain="example.com", key=PROVISIONED_KEY)
     conn = await auto_connector()
     await run_init(conn, fake_nc)
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.status == "awaiting_email_verification"
     answer = control.bootstraps[0].answer
     assert answer["status"] == "pending_verification"
@@ -479,24 +481,24 @@ async def test_202_email_verification_is_persisted_restored_and_completed(
     assert trusted["bootstrap"]["codeSent"] is False
     assert trusted["bootstrap"]["organizationName"] == "Acme"
     # Another trigger does not provision again while the verification is pending.
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     assert len(control.bootstraps) == 1
 
     # A restart restores the pending state from the file.
     again = await auto_connector()
-    state2 = again.app[keys.TENANT]
+    state2 = again.app[TENANT]
     assert state2.status == "awaiting_email_verification"
     assert state2.pending is not None
     assert state2.pending["codeSent"] is False
-    boot = tenant.bootstrapper(again.app)
-    sent = await boot.resend()
+    boot = bootstrapper(again.app)
+    sent = await boot.pending.resend()
     assert (sent["ok"], sent["maskedEmail"]) == (True, "a•••n@example.com")
     assert state2.pending["maskedEmail"] == "a•••n@example.com"
     code = control.last_mail().code
-    wrong = await boot.verify_code("000000" if code != "000000" else "000001")
+    wrong = await boot.pending.verify_code("000000" if code != "000000" else "000001")
     assert wrong["ok"] is False
     assert wrong["code"] == "invalid_code"
-    right = await boot.verify_code(code)
+    right = await boot.pending.verify_code(code)
     assert right == {"ok": True, "fingerprint": fingerprint(PROVISIONED_KEY)}
     assert state2.key == PROVISIONED_KEY
     assert state2.status == "ok"
@@ -510,12 +512,12 @@ async def test_returning_binding_hands_back_the_same_key(
     """The service keeps one key per organisation: the same Nextcloud bootstrapping again (a
     lost key file, a reinstall) gets its key back (`returning_bind`), not a new one."""
     conn = await auto_connector()
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     (storage / "tenant-key.json").unlink()
     again = await auto_connector()
-    await tenant.bootstrapper(again.app).ensure()
+    await bootstrapper(again.app).ensure()
     assert [c.answer["code"] for c in control.bootstraps] == ["fresh_org", "returning_bind"]
-    assert again.app[keys.TENANT].key == PROVISIONED_KEY
+    assert again.app[TENANT].key == PROVISIONED_KEY
 
 
 # ------------------------------------------------------------------ single flight
@@ -526,7 +528,7 @@ async def test_concurrent_triggers_join_one_bootstrap(
 ) -> None:
     control.bootstrap_gate = asyncio.Event()
     conn = await auto_connector()
-    boot = tenant.bootstrapper(conn.app)
+    boot = bootstrapper(conn.app)
     waiters = [spawn(boot.ensure(), name=f"test-ensure-{i}") for i in range(5)]
     for _ in range(3):
         async with await conn.request("POST", "/init", user="") as resp:
@@ -538,7 +540,7 @@ async def test_concurrent_triggers_join_one_bootstrap(
     await wait_for(lambda: any(p.get("progress") == 100 for p in fake_nc.progress))
     assert len(control.bootstraps) == 1
     assert boot.runs == 1
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
 
 
 # ------------------------------------------------------------------ brute-force budget
@@ -549,18 +551,18 @@ async def test_bootstrap_against_an_unregistered_app_stays_within_the_budget(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud, control: ServiceControl
 ) -> None:
     conn = await auto_connector()
-    boot = tenant.bootstrapper(conn.app)
-    budget = conn.app[keys.NEXTCLOUD].budget
+    boot = bootstrapper(conn.app)
+    budget = conn.app[NEXTCLOUD].budget
     await boot.ensure()
     # Several backoff retries happen meanwhile; none of them may add failed logins.
     await wait_for(lambda: boot.runs >= 4, timeout=10)
     assert fake_nc.failures_for() <= budget.limit < fake_nc.lockout_threshold
     assert not fake_nc.is_locked()
     assert control.bootstraps == []
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.last_error is not None
-    assert state.last_error["category"] == "nextcloud_auth_paused"
-    assert "bruteforce:reset" in state.last_error["remediation"]
+    assert state.last_error.category == "nextcloud_auth_paused"
+    assert "bruteforce:reset" in state.last_error.remediation
     # Registered (and the counter reset by the admin): the next attempt succeeds.
     fake_nc.register()
     fake_nc.reset_bruteforce()
@@ -577,10 +579,10 @@ async def test_heartbeat_discloses_details_only_with_the_secret(
 ) -> None:
     control.fault = (400, {"error": f"cannot fetch {service.url}/secret-path", "code": "x"})
     conn = await auto_connector(slow_retries=True)
-    await tenant.bootstrapper(conn.app).ensure()
+    await bootstrapper(conn.app).ensure()
     for trusted in (None, False):
         body = await heartbeat(conn, trusted=trusted)
-        assert body["bootstrap"] == {"state": "failed", "remediation": tenant.GENERIC_REMEDIATION}
+        assert body["bootstrap"] == {"state": "failed", "remediation": GENERIC_REMEDIATION}
         assert "secret-path" not in str(body)
     body = await heartbeat(conn, trusted=True)
     details = body["bootstrap"]
@@ -600,9 +602,9 @@ async def test_rebootstrap_provisions_a_new_key_and_keeps_the_old_file(
     Nextcloud a fresh organisation and its key."""
     write_cache(storage)
     conn = await auto_connector()
-    assert conn.app[keys.TENANT].key == CACHED_KEY
-    await conn.app[keys.REBOOTSTRAP]()
-    state = conn.app[keys.TENANT]
+    assert conn.app[TENANT].key == CACHED_KEY
+    await conn.app[ROTATION].rebootstrap()
+    state = conn.app[TENANT]
     assert state.key == PROVISIONED_KEY
     assert state.source == "bootstrap"
     assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
@@ -623,26 +625,26 @@ async def test_rebootstrap_waiting_for_verification_keeps_the_old_key(
     write_cache(storage, bound=str(service.url))
     control.add_org("Acme", domain="example.com", key=PROVISIONED_KEY)
     conn = await auto_connector()
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key == CACHED_KEY
-    await conn.app[keys.REBOOTSTRAP]()
+    await conn.app[ROTATION].rebootstrap()
     assert (state.key, state.status) == (CACHED_KEY, "awaiting_email_verification")
     assert state.previous_key_in_use
     body = await heartbeat(conn, trusted=False)
     assert body["bootstrap"]["previousKeyInUse"] is True
-    boot = tenant.bootstrapper(conn.app)
-    await boot.resend()
+    boot = bootstrapper(conn.app)
+    await boot.pending.resend()
     if finished:
-        assert (await boot.verify_code(control.last_mail().code))["ok"] is True
+        assert (await boot.pending.verify_code(control.last_mail().code))["ok"] is True
         assert (state.key, state.status) == (PROVISIONED_KEY, "ok")
         assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
         assert read_json(storage / "tenant-key.previous.json")["tenantKey"] == CACHED_KEY
     else:
         control.expire_pending()
-        result = await boot.verify_code(control.last_mail().code)
+        result = await boot.pending.verify_code(control.last_mail().code)
         assert (result["status"], result["code"]) == (410, "expired")
         assert (state.key, state.status) == (CACHED_KEY, "ok")
-        assert (state.last_error or {})["category"] == "rotation_not_completed"
+        assert (state.last_error.category if state.last_error else None) == "rotation_not_completed"
         assert not (storage / "pending-bootstrap.json").exists()
         assert read_json(storage / "tenant-key.json")["tenantKey"] == CACHED_KEY
 
@@ -655,9 +657,9 @@ async def test_rebootstrap_failure_restores_the_old_state(
     conn = await auto_connector()
     control.fault = (409, {"error": "already provisioned"})
     with pytest.raises(BootstrapFailed) as info:
-        await conn.app[keys.REBOOTSTRAP]()
+        await conn.app[ROTATION].rebootstrap()
     assert info.value.extra["category"] == "tenant_already_provisioned"
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert (state.key, state.source, state.status) == (CACHED_KEY, "cache", "ok")
     assert state.organization_name == "Cached Org"
     assert json.loads(path.read_bytes()) == json.loads(original)
@@ -672,5 +674,5 @@ async def test_rebootstrap_refused_when_the_key_comes_from_the_env(
 ) -> None:
     conn = await connector_factory()
     with pytest.raises(Conflict) as info:
-        await conn.app[keys.REBOOTSTRAP]()
+        await conn.app[ROTATION].rebootstrap()
     assert info.value.instance_code == "tenant_key_env_locked"

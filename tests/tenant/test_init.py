@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beeflow import keys, ui
+from beeflow.nextcloud import ui
+from beeflow.tenant.state import TENANT
+from tests.conftest import AutoFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import heartbeat, progress_values, run_init, wait_for
 
 LISTENER = "/ocs/v1.php/apps/app_api/api/v1/events_listener"
@@ -38,7 +39,7 @@ async def test_init_reports_25_60_100_and_registers_per_version(
         ("GET", "/heartbeat", 200),
         ("PUT", "/enabled?enabled=1", 200),
     ]
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
     assert list(fake_nc.top_menu) == ["main"]
     assert len(fake_nc.scripts) == 1
     top = fake_nc.calls_to("/ocs/v1.php/apps/app_api/api/v1/ui/top-menu", "POST")
@@ -89,7 +90,7 @@ async def test_997_warm_up_during_init_is_waited_out(
     assert refused  # AppAPI really refused during the warm-up ...
     assert fake_nc.top_menu  # ... and the registration went through afterwards
     assert fake_nc.failure_count_total == 0  # a registered app's refusals do not count
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
 
 
 async def _refuse_top_menu(request: web.Request) -> web.Response:
@@ -126,6 +127,6 @@ async def test_boot_run_provisions_registers_and_reports_progress(
     its progress: AppAPI may be waiting for an init whose /init never reached us (issue 19)."""
     conn = await auto_connector(run_at_boot=True)
     await wait_for(lambda: bool(fake_nc.scripts) and len(fake_nc.progress) == 3)
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
     assert list(fake_nc.top_menu) == ["main"]
     assert [p["progress"] for p in fake_nc.progress] == [25, 60, 100]

@@ -21,10 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from beeflow import keys, storage, tenant
+from beeflow import storage
+from beeflow.tenant.failures import BootstrapFailed
+from beeflow.tenant.state import TENANT
+from beeflow.tenant.wiring import ROTATION
+from tests.conftest import AutoFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
-from tests.tenant.conftest import AutoFactory
 from tests.tenant.helpers import heartbeat, read_json, run_init
 
 CACHED_KEY = "tk_cached_00112233445566778899aabbccddeeff"
@@ -188,7 +191,7 @@ async def test_corrupt_cache_is_moved_aside_logged_once_and_reprovisioned(
     caplog.set_level(logging.INFO)
     (storage / "tenant-key.json").write_bytes(content)
     conn = await auto_connector()
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key is None
     aside = aside_files(storage, "tenant-key.json")
     assert len(aside) == 1
@@ -198,7 +201,7 @@ async def test_corrupt_cache_is_moved_aside_logged_once_and_reprovisioned(
     assert reason in errors[0].getMessage()
     # Treated as missing: the install provisions a fresh key.
     await run_init(conn, fake_nc)
-    assert conn.app[keys.TENANT].key == PROVISIONED_KEY
+    assert conn.app[TENANT].key == PROVISIONED_KEY
     assert read_json(storage / "tenant-key.json")["tenantKey"] == PROVISIONED_KEY
     assert len(control.bootstraps) == 1
 
@@ -208,7 +211,7 @@ async def test_unreadable_cache_is_moved_aside(
 ) -> None:
     (storage / "tenant-key.json").mkdir()  # reading it fails (EISDIR) even as root
     conn = await auto_connector(slow_retries=True)
-    assert conn.app[keys.TENANT].key is None
+    assert conn.app[TENANT].key is None
     aside = aside_files(storage, "tenant-key.json")
     assert len(aside) == 1
     assert any("unreadable" in r.getMessage() for r in caplog.records)
@@ -219,7 +222,7 @@ async def test_corrupt_pending_file_is_moved_aside(
 ) -> None:
     (storage / "pending-bootstrap.json").write_text("{nope")
     conn = await auto_connector(slow_retries=True)
-    assert conn.app[keys.TENANT].pending is None
+    assert conn.app[TENANT].pending is None
     assert len(aside_files(storage, "pending-bootstrap.json")) == 1
 
 
@@ -232,10 +235,10 @@ async def test_read_only_storage_keeps_the_old_key_on_rebootstrap(
     storage.write_json_atomic(readonly.path / "tenant-key.json", cache_record())
     readonly.freeze()
     conn = await auto_connector(APP_PERSISTENT_STORAGE=str(readonly.path))
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key == CACHED_KEY
-    with pytest.raises(tenant.BootstrapFailed) as info:
-        await conn.app[keys.REBOOTSTRAP]()
+    with pytest.raises(BootstrapFailed) as info:
+        await conn.app[ROTATION].rebootstrap()
     assert info.value.instance_code == "tenant_store_failed"
     assert "read-only" in info.value.message or "permission" in info.value.message
     assert (state.key, state.source, state.status) == (CACHED_KEY, "cache", "ok")
@@ -251,7 +254,7 @@ async def test_first_bootstrap_on_read_only_storage_uses_the_key_and_says_so(
     readonly.freeze()
     conn = await auto_connector(APP_PERSISTENT_STORAGE=str(readonly.path))
     await run_init(conn, fake_nc)
-    state = conn.app[keys.TENANT]
+    state = conn.app[TENANT]
     assert state.key == PROVISIONED_KEY
     assert state.store_error is not None
     assert state.store_error.startswith("could not write tenant-key.json")

@@ -17,9 +17,9 @@ from aiohttp import web
 
 from beeflow import cli
 from beeflow.app import make_app as real_make_app
-from beeflow.appapi import Access, add_route
 from beeflow.config import Config
-from beeflow.middleware import json_response
+from beeflow.web.auth import Access, add_route
+from beeflow.web.responses import json_response
 
 log = logging.getLogger("slow_serve")
 

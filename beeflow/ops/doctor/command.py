@@ -21,7 +21,7 @@ from typing import Final
 
 import aiohttp
 
-from beeflow import __version__, tenant
+from beeflow import __version__
 from beeflow.config import Config
 from beeflow.errors import ConfigError
 from beeflow.ops.doctor import (
@@ -45,6 +45,7 @@ from beeflow.ops.doctor.result import (
     Deployment,
     read_json_file,
 )
+from beeflow.tenant.store import KEY_FILE
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -95,7 +96,7 @@ def _secrets(config: Config | None) -> list[str]:
     if config is None:
         return []
     values = [config.app_secret, config.hp_shared_key, config.tenant_key_env or ""]
-    record, _ = read_json_file(config.persistent_storage / tenant.KEY_FILE)
+    record, _ = read_json_file(config.persistent_storage / KEY_FILE)
     if isinstance(record, dict) and isinstance(record.get("tenantKey"), str):
         values.append(record["tenantKey"].strip())
     return sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)

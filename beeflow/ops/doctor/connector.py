@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 from yarl import URL
 
-from beeflow.nextcloud import appapi_headers
+from beeflow.nextcloud.ocs import appapi_headers
 from beeflow.ops.doctor.harp import tunnel_cause
 from beeflow.ops.doctor.result import FAIL, PASS, SKIP, WARN, Check, Context, remedy_bruteforce
 from beeflow.transports.frpc.diagnose import LASTING

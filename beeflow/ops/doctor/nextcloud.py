@@ -13,7 +13,8 @@ import aiohttp
 from yarl import URL
 
 from beeflow.errors import NextcloudError
-from beeflow.nextcloud import NextcloudClient, OcsResult
+from beeflow.nextcloud.client import NextcloudClient
+from beeflow.nextcloud.ocs import OcsResult
 from beeflow.ops.doctor.result import (
     FAIL,
     PASS,

@@ -7,7 +7,6 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
-from beeflow import tenant
 from beeflow.config import Config
 from beeflow.ops.doctor.result import (
     FAIL,
@@ -18,6 +17,7 @@ from beeflow.ops.doctor.result import (
     probe_get,
     read_json_file,
 )
+from beeflow.tenant.store import KEY_FILE
 
 SETUP_FILE: Final = "setup-config.json"  # the setup picker's saved choice (beeflow.setup.store)
 
@@ -28,10 +28,10 @@ def api_base(config: Config) -> tuple[URL, str]:
     c = config
     if c.api_base_url_from_env:
         return c.api_base_url, "BEEFLOW_API_BASE_URL"
-    record, _ = read_json_file(c.persistent_storage / tenant.KEY_FILE)
+    record, _ = read_json_file(c.persistent_storage / KEY_FILE)
     bound = record.get("boundApiBaseUrl") if isinstance(record, dict) else None
     if isinstance(bound, str) and bound.startswith(("http://", "https://")):
-        return URL(bound.rstrip("/")), f"{tenant.KEY_FILE} (bound)"
+        return URL(bound.rstrip("/")), f"{KEY_FILE} (bound)"
     choice, _ = read_json_file(c.persistent_storage / SETUP_FILE)
     chosen = choice.get("apiBaseUrl") if isinstance(choice, dict) else None
     if isinstance(chosen, str) and chosen.startswith(("http://", "https://")):

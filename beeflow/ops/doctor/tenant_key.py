@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import stat
 
-from beeflow import tenant
 from beeflow.ops.doctor.result import FAIL, PASS, WARN, Check, Context, read_json_file
+from beeflow.tenant.failures import REMEDIATION
+from beeflow.tenant.state import fingerprint
+from beeflow.tenant.store import ERROR_FILE, KEY_FILE, PENDING_FILE
 
 
 def check_tenant_key(ctx: Context) -> Check:
     c = ctx.config
     name = "tenant_key"
     if c.tenant_key_env:
-        fp = tenant.fingerprint(c.tenant_key_env)
+        fp = fingerprint(c.tenant_key_env)
         return Check(
             name,
             PASS,
@@ -21,7 +23,7 @@ def check_tenant_key(ctx: Context) -> Check:
             details={"source": "env", "fingerprint": fp},
         )
     directory = c.persistent_storage
-    record, problem = read_json_file(directory / tenant.KEY_FILE)
+    record, problem = read_json_file(directory / KEY_FILE)
     if problem is not None:
         return Check(
             name,
@@ -36,11 +38,11 @@ def check_tenant_key(ctx: Context) -> Check:
             return Check(
                 name,
                 FAIL,
-                f"{tenant.KEY_FILE} has no usable tenantKey",
+                f"{KEY_FILE} has no usable tenantKey",
                 "Restore the file from a backup, or re-bootstrap from the setup page.",
             )
         assert isinstance(record, dict)
-        fp = tenant.fingerprint(key.strip())
+        fp = fingerprint(key.strip())
         org = record.get("organizationName") or record.get("organizationId") or "?"
         details = {
             "source": "cache",
@@ -48,18 +50,18 @@ def check_tenant_key(ctx: Context) -> Check:
             "organizationId": record.get("organizationId"),
             "provisionedAt": record.get("provisionedAt"),
         }
-        mode = stat.S_IMODE((directory / tenant.KEY_FILE).stat().st_mode)
+        mode = stat.S_IMODE((directory / KEY_FILE).stat().st_mode)
         summary = f"provisioned for organisation {org} (fingerprint {fp})"
         if mode & 0o077:
             return Check(
                 name,
                 WARN,
-                summary + f", but {tenant.KEY_FILE} is readable by others ({mode:o})",
-                f"chmod 600 {directory / tenant.KEY_FILE}",
+                summary + f", but {KEY_FILE} is readable by others ({mode:o})",
+                f"chmod 600 {directory / KEY_FILE}",
                 details,
             )
         return Check(name, PASS, summary, details=details)
-    pending, _ = read_json_file(directory / tenant.PENDING_FILE)
+    pending, _ = read_json_file(directory / PENDING_FILE)
     if isinstance(pending, dict):
         kind = pending.get("kind")
         what = (
@@ -73,12 +75,11 @@ def check_tenant_key(ctx: Context) -> Check:
             f"not provisioned yet: waiting for {what} (expires {pending.get('expiresAt')})",
             "Open Bee Flow in Nextcloud as an administrator and finish the verification.",
         )
-    error, _ = read_json_file(directory / tenant.ERROR_FILE)
+    error, _ = read_json_file(directory / ERROR_FILE)
     if isinstance(error, dict):
         category = str(error.get("category") or "unknown")
         remediation = str(
-            error.get("remediation")
-            or tenant.REMEDIATION.get(category, tenant.REMEDIATION["unknown"])
+            error.get("remediation") or REMEDIATION.get(category, REMEDIATION["unknown"])
         )
         return Check(
             name,

@@ -31,9 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from beeflow import keys
-from beeflow.appapi import Access, add_route
-from beeflow.config import Config
+from beeflow.config import CONFIG, Config
 from beeflow.errors import (
     BadRequest,
     BeeflowError,
@@ -41,8 +39,10 @@ from beeflow.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from beeflow.middleware import error_response
-from beeflow.nextcloud import BRUTEFORCE_REMEDY, appapi_headers
+from beeflow.health import HEALTH, HealthProvider
+from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY
+from beeflow.nextcloud.client import NEXTCLOUD
+from beeflow.nextcloud.ocs import appapi_headers
 from beeflow.proxy.headers import (
     APPAPI,
     APPAPI_PREFIXES,
@@ -69,7 +69,9 @@ from beeflow.proxy.upstream import (
     upstream_client,
 )
 from beeflow.signing import SIG_HEADER, UID_HEADER
-from beeflow.state import HealthProvider
+from beeflow.tenant.state import TENANT
+from beeflow.web.auth import Access, add_route
+from beeflow.web.responses import error_response
 
 # The manifest's verbs for ^nc/, then the other WebDAV/HTTP verbs Nextcloud serves: PROPPATCH
 # (properties, tags), SEARCH, LOCK/UNLOCK, OPTIONS, HEAD, CalDAV's MKCALENDAR. Every one has a
@@ -165,7 +167,7 @@ _SLOW_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_slow_client")
 
 def setup(app: web.Application) -> None:
     """Register /nc/{tail} for every verb of VERBS; any other verb gets 405 JSON."""
-    config = app[keys.CONFIG]
+    config = app[CONFIG]
     guard = SignatureGuard(
         SignaturePolicy(
             v1=config.nc_signature_v1,
@@ -176,7 +178,7 @@ def setup(app: web.Application) -> None:
     app[GUARD] = guard
     uploads = UnverifiedUploads(config.nc_unverified_uploads, config.nc_unverified_bytes)
     app[UPLOADS] = uploads
-    app.setdefault(keys.HEALTH, {})["ncCallbacks"] = _health(guard, uploads)
+    app.setdefault(HEALTH, {})["ncCallbacks"] = _health(guard, uploads)
     for method in VERBS:
         add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC, expect_handler=_expect)
     add_route(app, "*", ROUTE_PATH, _other_verb, Access.PUBLIC)
@@ -186,7 +188,7 @@ def setup(app: web.Application) -> None:
 async def _context(app: web.Application) -> AsyncIterator[None]:
     """The spool directory and the ClientSessions to Nextcloud for /nc, for the app's life:
     one for every verb, one with the long response-headers deadline of MOVE and COPY."""
-    config = app[keys.CONFIG]
+    config = app[CONFIG]
     spools = SpoolDir.create(config.spool_dir)
     app[SPOOLS] = spools
     settings = PoolSettings(
@@ -241,12 +243,12 @@ def _precheck(request: web.Request) -> _Head:
     version, uid syntax, body encoding, declared size, a write's signature not used before.
     Runs in the handler, and before `100 Continue` (_expect)."""
     app = request.app
-    config = app[keys.CONFIG]
+    config = app[CONFIG]
     guard = app[GUARD]
     method = signed_verb(request)
     target = _check_target(request.raw_path)
     _refuse_repeated(request)
-    key = app[keys.TENANT].key
+    key = app[TENANT].key
     if not key:
         guard.no_key()
     claim = guard.parse_header(request)
@@ -295,7 +297,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
-    config = app[keys.CONFIG]
+    config = app[CONFIG]
     guard = app[GUARD]
     head = _precheck(request)
     method, target, key, claim, uid = head.method, head.target, head.key, head.claim, head.uid
@@ -486,7 +488,7 @@ def _check_auth_budget(app: web.Application) -> None:
     docs/architecture.md "Talking to Nextcloud without locking ourselves out"), /nc stops too:
     each forwarded call would be refused as well and count towards Nextcloud's lock-out of this
     IP."""
-    client = app.get(keys.NEXTCLOUD)
+    client = app.get(NEXTCLOUD)
     if client is not None and client.budget.spent:
         raise ServiceUnavailable(
             "Nextcloud refused the connector's AppAPI logins; calls are paused. "

@@ -20,8 +20,8 @@ from typing import Any, Final, NoReturn
 import attrs
 from aiohttp import web
 
-from beeflow import keys
 from beeflow.errors import BadRequest, ServiceUnavailable, TooManyRequests, Unauthorized
+from beeflow.limits import RateLimiter
 from beeflow.proxy.nc.path import (
     NcTarget,
     js_decode_uri_component,
@@ -39,7 +39,6 @@ from beeflow.proxy.nc.sigv3 import (
     parse_v3_header,
     valid_nonce,
 )
-from beeflow.ratelimit import RateLimiter
 from beeflow.serde import iso_utc
 from beeflow.signing import (
     SIG_HEADER,
@@ -49,6 +48,7 @@ from beeflow.signing import (
     nc_message_v2,
     parse_sig_header,
 )
+from beeflow.web.auth import IDENTITY
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ GUARD: web.AppKey[SignatureGuard] = web.AppKey("nc_proxy_signatures")
 def via_php_proxy(request: web.Request) -> bool:
     """Delivered by AppAPI's legacy PHP proxy: its valid AppAPI headers plus the x-origin-ip it
     adds (HaRP adds no x-origin-ip to browser-side requests)."""
-    return request[keys.IDENTITY].trusted and "x-origin-ip" in request.headers
+    return request[IDENTITY].trusted and "x-origin-ip" in request.headers
 
 
 def check_path_form(request: web.Request, target: NcTarget, matched: str) -> None:

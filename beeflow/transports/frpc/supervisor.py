@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from beeflow.config import Config
+from beeflow.limits import TokenBucket
 from beeflow.tasks import spawn
 from beeflow.transports.frpc.binary import FrpcError, pin_warning, read_version, resolve_binary
 from beeflow.transports.frpc.config import port_problem, render
@@ -37,7 +38,7 @@ frpc_log = logging.getLogger("beeflow.frpc")
 
 # After frpc exited, how long its output reader may still run (a grandchild holding the pipe
 # must not keep us): while running, long enough to read frpc's last lines; while stopping,
-# short, because it counts against the shutdown budget (docs/transports.md).
+# short, because it counts against the time shutdown may take (docs/transports.md).
 READER_DRAIN_SECONDS: Final = 1.0
 READER_DRAIN_STOPPING_SECONDS: Final = 0.2
 
@@ -45,29 +46,6 @@ READER_DRAIN_STOPPING_SECONDS: Final = 0.2
 def stop_budget(config: Config) -> float:
     """The longest FrpcSupervisor.stop() takes: TERM, the grace, KILL, the output reader."""
     return config.frpc_stop_grace_seconds + READER_DRAIN_STOPPING_SECONDS
-
-
-# A token bucket like ratelimit.RateLimiter and appapi's warning limiter: the three are to become
-# one limiter module; until then this one only guards the log.
-class LogBudget:
-    """A token bucket for log lines, so a crash loop cannot flood the log."""
-
-    def __init__(self, capacity: int = 40, per_second: float = 0.5) -> None:
-        self.capacity = capacity
-        self.per_second = per_second
-        self._tokens = float(capacity)
-        self._stamp = time.monotonic()
-        self.suppressed = 0
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.per_second)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        self.suppressed += 1
-        return False
 
 
 class FrpcSupervisor:
@@ -81,13 +59,13 @@ class FrpcSupervisor:
         *,
         version_timeout: float = 5.0,
         rng: random.Random | None = None,
-        budget: LogBudget | None = None,
+        log_limit: TokenBucket | None = None,
     ) -> None:
         self.config = config
         self.unix_path = unix_path
         self.version_timeout = version_timeout
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
-        self._budget = budget or LogBudget()
+        self._log_limit = log_limit or TokenBucket()
         self._binary: str | None = None
         self._rendered: RenderedConfig | None = None
         self.config_file: Path | None = None  # what frpc reads (-c): see launch.RenderedConfig
@@ -263,12 +241,12 @@ class FrpcSupervisor:
             self._emit(frpc_log, level, "%s", line)
 
     def _emit(self, logger: logging.Logger, level: int, msg: str, *args: object) -> None:
-        """Log through the budget: a crash loop cannot flood the log."""
-        if not self._budget.take():
+        """Log through the token bucket: a crash loop cannot flood the log."""
+        if not self._log_limit.take():
             return
-        if self._budget.suppressed:
-            logger.warning("(%d frpc log line(s) suppressed: crash loop?)", self._budget.suppressed)
-            self._budget.suppressed = 0
+        if self._log_limit.refused:
+            logger.warning("(%d frpc log line(s) suppressed: crash loop?)", self._log_limit.refused)
+            self._log_limit.refused = 0
         logger.log(level, msg, *args)
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beeflow import tenant
 from beeflow.ops.doctor.command import run_checks
 from beeflow.ops.doctor.result import SKIP, Check
+from beeflow.tenant.store import KEY_FILE
 from tests.fakes.frp import FakeFrps
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
@@ -109,7 +109,7 @@ async def status_php() -> AsyncIterator[Callable[..., Any]]:
 
 
 def write_key(storage: Path, mode: int = 0o600, **extra: Any) -> None:
-    path = storage / tenant.KEY_FILE
+    path = storage / KEY_FILE
     record = {"tenantKey": FILE_KEY, "organizationId": "org-1", "organizationName": "Acme"}
     record.update(extra)
     path.write_text(json.dumps(record))

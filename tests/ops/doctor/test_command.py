@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from beeflow import tenant
 from beeflow.ops import doctor
 from beeflow.ops.doctor.result import FAIL, PASS
+from beeflow.tenant.state import fingerprint
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import SECRET, TENANT_KEY
 from tests.ops.doctor.conftest import (
@@ -40,7 +40,7 @@ async def test_a_healthy_legacy_installation_passes_every_check(
     }
     assert authenticated_calls(fake_nc) == 1
     assert "32.0.1" in checks["nextcloud_version"].summary
-    assert checks["tenant_key"].details["fingerprint"] == tenant.fingerprint(TENANT_KEY)
+    assert checks["tenant_key"].details["fingerprint"] == fingerprint(TENANT_KEY)
     assert "HaRP is available" in checks["nextcloud_version"].summary
 
 

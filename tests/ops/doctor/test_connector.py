@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from beeflow import keys
 from beeflow.config import Config
+from beeflow.health import HEALTH
+from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.ops.doctor.result import FAIL, PASS
 from tests.ops.doctor.conftest import Env, checks_of
 
@@ -34,7 +35,7 @@ async def test_a_paused_connector_fails_with_the_bruteforce_remedy(
 ) -> None:
     apps: list[web.Application] = []
     running = await _running(connector_factory, env, apps.append)
-    budget = apps[0][keys.NEXTCLOUD].budget
+    budget = apps[0][NEXTCLOUD].budget
     for _ in range(budget.limit):
         budget.record_failure("GET /ocs/... -> HTTP 401 (OCS 997)")
     check = (await checks_of(running))["connector"]
@@ -47,7 +48,7 @@ async def test_a_paused_connector_fails_with_the_bruteforce_remedy(
 
 async def test_an_exited_tunnel_fails(env: Env, connector_factory: Any) -> None:
     def tunnel(app: web.Application) -> None:
-        app[keys.HEALTH]["tunnel"] = lambda trusted: {
+        app[HEALTH]["tunnel"] = lambda trusted: {
             "state": "exited",
             "last_error": "exit code 1",
         }

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from beeflow import tenant
 from beeflow.ops.doctor.result import FAIL, PASS, SKIP
+from beeflow.tenant.store import KEY_FILE
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
 from tests.helpers import base_env
@@ -58,7 +58,7 @@ async def test_the_service_url_follows_the_tenant_binding_then_the_setup_choice(
     )
     check = (await checks_of(env))["service"]
     assert (check.status, check.details["source"]) == (PASS, "the setup page")
-    (storage / tenant.KEY_FILE).write_text(
+    (storage / KEY_FILE).write_text(
         json.dumps({"tenantKey": FILE_KEY, "boundApiBaseUrl": f"http://127.0.0.1:{closed_port()}"})
     )
     check = (await checks_of(env))["service"]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from beeflow import tenant
 from beeflow.ops.doctor.result import FAIL, PASS, WARN
+from beeflow.tenant.state import fingerprint
+from beeflow.tenant.store import ERROR_FILE, KEY_FILE, PENDING_FILE
 from tests.ops.doctor.conftest import FILE_KEY, Env, checks_of, write_key
 
 
@@ -18,7 +19,7 @@ async def test_tenant_key_from_the_cache_file(env: Env, storage: Path) -> None:
     write_key(storage)
     check = (await checks_of(env))["tenant_key"]
     assert check.status == PASS
-    assert check.details["fingerprint"] == tenant.fingerprint(FILE_KEY)
+    assert check.details["fingerprint"] == fingerprint(FILE_KEY)
     assert "Acme" in check.summary
 
 
@@ -34,15 +35,15 @@ async def test_a_world_readable_key_file_warns(env: Env, storage: Path) -> None:
     ("files", "words"),
     [
         ({}, "not provisioned yet"),
-        ({tenant.KEY_FILE: "{broken"}, "not valid JSON"),
-        ({tenant.KEY_FILE: '{"tenantKey": "short"}'}, "no usable tenantKey"),
+        ({KEY_FILE: "{broken"}, "not valid JSON"),
+        ({KEY_FILE: '{"tenantKey": "short"}'}, "no usable tenantKey"),
         (
-            {tenant.PENDING_FILE: '{"kind": "verification", "expiresAt": "2026-11-22T15:00:00Z"}'},
+            {PENDING_FILE: '{"kind": "verification", "expiresAt": "2026-11-22T15:00:00Z"}'},
             "e-mail verification",
         ),
         (
             {
-                tenant.ERROR_FILE: json.dumps(
+                ERROR_FILE: json.dumps(
                     {"status": "failed", "category": "admin_email_missing", "phase": "admin"}
                 )
             },

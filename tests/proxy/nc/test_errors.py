@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from beeflow import keys
+from beeflow.nextcloud.client import NEXTCLOUD
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud_dav import HOLD_FIRST, HOLD_REST, FakeDav
 from tests.helpers import RunningConnector
@@ -125,7 +125,7 @@ async def test_paused_while_nextcloud_refuses_our_logins(
 ) -> None:
     """Once the shared AppAPI failure budget is spent, /nc forwards nothing (each
     call would count towards Nextcloud's lock-out of this IP) until it recovers."""
-    budget = nc_conn.app[keys.NEXTCLOUD].budget
+    budget = nc_conn.app[NEXTCLOUD].budget
     for _ in range(budget.limit):
         budget.record_failure("test: refused")
     resp = await caller.request("GET", "/nc/ocs/v2.php/apps/echo/p")

@@ -15,13 +15,12 @@ from beeflow.signing import (
     nc_message_v1,
     nc_message_v2,
     parse_sig_header,
-    sign_nc_v1,
     sign_nc_v2,
     verify_nc,
 )
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud_dav import FakeDav
-from tests.helpers import TENANT_KEY, RunningConnector
+from tests.helpers import TENANT_KEY, RunningConnector, sign_nc_v1
 from tests.proxy.nc.caller import NcCaller, nc_signature, outcome
 
 HEX64 = "ab" * 32

@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 
 from beeflow.config import Config
+from beeflow.limits import TokenBucket
 from beeflow.transports.frpc.binary import FrpcError
 from beeflow.transports.frpc.diagnose import CONNECTED, EXITED, RETRYING, STARTING
-from beeflow.transports.frpc.supervisor import FrpcSupervisor, LogBudget
+from beeflow.transports.frpc.supervisor import FrpcSupervisor
 from tests.fakes.frp import FakeFrps, events, free_port, pid_alive
 from tests.transports.conftest import SHARED_KEY
 from tests.transports.frpc.conftest import rendered_configs, start, until
@@ -178,15 +179,15 @@ async def test_crash_loop_is_bounded_in_the_log(
         BEEFLOW_FRPC_BACKOFF_INITIAL_SECONDS="0.001", BEEFLOW_FRPC_BACKOFF_CAP_SECONDS="0.005"
     )
     caplog.set_level(logging.INFO)
-    budget = LogBudget(capacity=4, per_second=0.0)
-    sup = await start(supervisors, config, unix_app, budget=budget)
+    log_limit = TokenBucket(capacity=4, per_second=0.0)
+    sup = await start(supervisors, config, unix_app, log_limit=log_limit)
     await until(sup, lambda: sup.restarts >= 8, timeout=30)
     noisy = [
         r for r in caplog.records if r.name == "beeflow.frpc" or "restarting in" in r.getMessage()
     ]
-    # Each run prints 2 lines and a restart warning (~27 lines); the log got the budget.
+    # Each run prints 2 lines and a restart warning (~27 lines); the log got what the bucket holds.
     assert len(noisy) <= 4
-    assert budget.suppressed >= 15
+    assert log_limit.refused >= 15
     assert "told to crash at start" in sup.tunnel.last_error
 
 

@@ -1,0 +1,76 @@
+"""A registration surface plugs in with one call: its /init phases run in the pipeline, its
+health fields appear, and its teardown runs when Nextcloud disables the app."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from beeflow.health import HEALTH
+from beeflow.nextcloud import surface
+from beeflow.phases import INIT_PHASES, InitPhase
+from tests.conftest import ConnectorFactory
+from tests.helpers import wait_for
+
+
+async def test_a_surface_contributes_phases_health_and_teardown(
+    connector_factory: ConnectorFactory,
+) -> None:
+    ran: list[str] = []
+    torn_down = asyncio.Event()
+
+    async def register() -> None:
+        ran.append("register")
+
+    async def teardown() -> None:
+        torn_down.set()
+
+    def health(trusted: bool) -> dict[str, Any]:
+        return {"registered": bool(ran)} if trusted else {}
+
+    def install(app: web.Application) -> None:
+        surface.install(
+            app,
+            surface.Surface(
+                name="example",
+                phases=[InitPhase("example", 70, register)],
+                health=health,
+                teardown=teardown,
+            ),
+        )
+
+    conn = await connector_factory(customise=install)
+    assert [p.name for p in conn.app[INIT_PHASES] if p.progress == 70] == ["example"]
+    assert conn.app[HEALTH]["example"](True) == {"registered": False}
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await wait_for(lambda: bool(ran))
+    assert ran == ["register"]
+    assert not torn_down.is_set()
+    async with await conn.request("PUT", "/enabled?enabled=0", user="") as resp:
+        assert (await resp.json()) == {"error": ""}
+    await asyncio.wait_for(torn_down.wait(), 5.0)
+
+
+async def test_a_failing_teardown_does_not_stop_the_others(
+    connector_factory: ConnectorFactory,
+) -> None:
+    second = asyncio.Event()
+
+    async def broken() -> None:
+        raise RuntimeError("teardown failed")
+
+    async def fine() -> None:
+        second.set()
+
+    def install(app: web.Application) -> None:
+        for name, teardown in (("first", broken), ("second", fine)):
+            surface.install(
+                app, surface.Surface(name=name, phases=[], health=lambda _: {}, teardown=teardown)
+            )
+
+    conn = await connector_factory(customise=install)
+    await surface.teardown_all(conn.app)
+    assert second.is_set()
