@@ -3,7 +3,7 @@ organisation; read leniently, shown only masked."""
 
 from __future__ import annotations
 
-from beeflow.config import PAIRING_CODE_RE
+from beeflow.envparse import PAIRING_CODE_RE
 
 
 def normalise_pairing_code(raw: object) -> str | None:

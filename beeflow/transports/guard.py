@@ -1,6 +1,6 @@
 """Limits below aiohttp's HTTP parser, per listener: how many connections may be open at once, and
-how many bytes an unfinished request head may hold (docs/security.md, "Connections and request
-heads").
+how many bytes an unfinished request head may hold (docs/security.md,
+"Resource limits").
 
 aiohttp bounds each header line (max_field_size) and the number of header lines (max_headers),
 not their total: 128 lines of 16 KiB held a connection's parser at 2 MiB until the head timeout.

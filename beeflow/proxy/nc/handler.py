@@ -31,33 +31,31 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from beeflow.config import CONFIG, Config
+from beeflow.config import CONFIG
 from beeflow.errors import (
-    BadRequest,
     BeeflowError,
     MethodNotAllowed,
-    NotFound,
     ServiceUnavailable,
 )
 from beeflow.health import HEALTH, HealthProvider
 from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY
 from beeflow.nextcloud.client import NEXTCLOUD
-from beeflow.nextcloud.ocs import appapi_headers
 from beeflow.proxy.headers import (
-    APPAPI,
-    APPAPI_PREFIXES,
-    BROWSER_CONTEXT,
-    CREDENTIALS,
-    FORWARDING,
-    HOP_BY_HOP,
-    REQUEST_FRAMING,
-    filter_headers,
     refuse_encoded_body,
 )
 from beeflow.proxy.nc.destination import reads_destination, rewrite_destination
-from beeflow.proxy.nc.path import NC_PREFIX, NcTarget, PathRejected, check_target
+from beeflow.proxy.nc.path import NC_PREFIX, NcTarget
+from beeflow.proxy.nc.request import (
+    VERBS,
+    allow_header,
+    checked_target,
+    impersonated_user,
+    nextcloud_headers,
+    refuse_repeated,
+    signed_uid,
+    signed_verb,
+)
 from beeflow.proxy.nc.signatures import GUARD, Claim, SignatureGuard, SignaturePolicy
-from beeflow.proxy.nc.sigv3 import CONTENT_SHA256_HEADER, NONCE_HEADER, SIGNED_HEADERS
 from beeflow.proxy.nc.spool import SPOOLS, Spool, SpoolDir, SpoolReplay, read_body, too_large
 from beeflow.proxy.nc.uploads import UPLOADS, Ticket, UnverifiedUploads
 from beeflow.proxy.relay import RelayOptions, relay
@@ -68,39 +66,10 @@ from beeflow.proxy.upstream import (
     UpstreamClient,
     upstream_client,
 )
-from beeflow.signing import SIG_HEADER, UID_HEADER
 from beeflow.tenant.state import TENANT
 from beeflow.web.auth import Access, add_route
 from beeflow.web.responses import error_response
 
-# The manifest's verbs for ^nc/, then the other WebDAV/HTTP verbs Nextcloud serves: PROPPATCH
-# (properties, tags), SEARCH, LOCK/UNLOCK, OPTIONS, HEAD, CalDAV's MKCALENDAR. Every one has a
-# wire route (HaRP, direct; appinfo/info.xml's ^nc/ route lists them, tests/manifest checks
-# every route against it). AppAPI's PHP proxy has only GET/POST/PUT/DELETE routes: there the
-# others come through the method-override tunnel, which honours only these verbs, keeping TRACE,
-# CONNECT and made-up verbs out (docs/nc-proxy.md, "Verbs and the method tunnel").
-MANIFEST_VERBS: Final = (
-    "GET",
-    "POST",
-    "PUT",
-    "DELETE",
-    "PATCH",
-    "PROPFIND",
-    "REPORT",
-    "MKCOL",
-    "MOVE",
-    "COPY",
-)
-VERBS: Final = (
-    *MANIFEST_VERBS,
-    "PROPPATCH",
-    "SEARCH",
-    "LOCK",
-    "UNLOCK",
-    "OPTIONS",
-    "HEAD",
-    "MKCALENDAR",
-)
 # How Nextcloud's answers are relayed: its own Cache-Control (none added).
 _RELAY_OPTIONS: Final = RelayOptions(default_cache_control=None)
 # MOVE and COPY answer only when Nextcloud is done: assembling the chunks of a multi-GB upload
@@ -113,21 +82,9 @@ SLOW_VERB_HEADERS_TIMEOUT: Final = 3600.0
 # KeepAliveTimeout (5 s), so a reused connection is never one Apache is closing at that moment
 # (a non-GET cannot be retried, and would fail with 502). nginx's default is 75 s.
 KEEPALIVE_SECONDS: Final = 4.0
-OVERRIDE_HEADER: Final = "X-HTTP-Method-Override"
 ROUTE_PATH: Final = NC_PREFIX + "/{tail:.*}"
-MAX_UID_LENGTH: Final = 255
 # A spooled body up to this size goes upstream as one bytes object (aiohttp warns above 1 MiB).
 INLINE_BODY_BYTES: Final = 1024 * 1024
-# Headers that must appear at most once: a signature covers (or names) one value, and a second
-# copy could be read by Nextcloud instead of the one that was checked.
-SINGLE_HEADERS: Final = (
-    SIG_HEADER,
-    UID_HEADER,
-    CONTENT_SHA256_HEADER,
-    NONCE_HEADER,
-    *SIGNED_HEADERS,
-    OVERRIDE_HEADER,
-)
 # A refused request with more body than this still to come is cut off instead of drained, this
 # long after its answer.
 LINGER_BODY_BYTES: Final = 64 * 1024
@@ -137,26 +94,6 @@ CUT_GRACE_SECONDS: Final = 0.5
 _NEVER_SENT: Final = frozenset(
     {"upstream_unreachable", "upstream_connect_timeout", "upstream_tls_error"}
 )
-
-# Request headers that never reach Nextcloud (besides hop-by-hop, framing, empty values): the
-# caller's credentials and browser context, what AppAPI/HaRP/proxies add, our own X-Beeflow-*.
-_DROP_REQUEST: Final = (
-    HOP_BY_HOP,
-    REQUEST_FRAMING,
-    CREDENTIALS,
-    BROWSER_CONTEXT,
-    FORWARDING,
-    APPAPI,
-    frozenset({"x-http-method-override", "x-original-authorization", "destination"}),
-)
-_DROP_PREFIXES: Final = ("x-beeflow-", *APPAPI_PREFIXES)
-# OCS-APIRequest: true on these: OCS needs it (SecurityMiddleware::isValidOCSRequest), and an
-# app controller method without #[NoCSRFRequired] fails Nextcloud's CSRF check without a
-# request token, which Request::passesCSRFCheck also accepts as this header. Harmless here: the
-# call is authenticated by AppAPI headers, no cookie is forwarded (so no ambient session a CSRF
-# check could protect), and the header's only other effect is skipping the strict-cookie check.
-# Not on WebDAV: Sabre has no such check (and nc_py_api sends none there).
-_CSRF_EXEMPT_PREFIXES: Final = ("/ocs/", "/index.php/apps/")
 
 _CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_client")
 _SLOW_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_slow_client")
@@ -211,15 +148,11 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         spools.close()
 
 
-def _allow() -> str:
-    return ", ".join(VERBS)
-
-
 async def _other_verb(request: web.Request) -> web.StreamResponse:
     raise MethodNotAllowed(
         f"{request.method} is not proxied to Nextcloud",
         code="method_not_allowed",
-        headers={"Allow": _allow()},
+        headers={"Allow": allow_header()},
     )
 
 
@@ -246,15 +179,15 @@ def _precheck(request: web.Request) -> _Head:
     config = app[CONFIG]
     guard = app[GUARD]
     method = signed_verb(request)
-    target = _check_target(request.raw_path)
-    _refuse_repeated(request)
+    target = checked_target(request.raw_path)
+    refuse_repeated(request)
     key = app[TENANT].key
     if not key:
         guard.no_key()
     claim = guard.parse_header(request)
     guard.check_form(request, claim, target)
-    uid = _signed_uid(request)
-    user = _impersonated_user(uid)
+    uid = signed_uid(request)
+    user = impersonated_user(uid)
     refuse_encoded_body(request)
     declared = request.content_length
     if declared is not None and declared > config.nc_max_body_bytes:
@@ -396,14 +329,6 @@ async def _cut(request: web.Request, exc: BeeflowError) -> web.StreamResponse:
     return response
 
 
-def _refuse_repeated(request: web.Request) -> None:
-    """400 header_repeated when a header of SINGLE_HEADERS appears twice."""
-    headers = request.headers
-    for name in SINGLE_HEADERS:
-        if len(headers.getall(name, ())) > 1:
-            raise BadRequest(f"{name} must appear at most once", code="header_repeated")
-
-
 def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider:
     """ncCallbacks in the heartbeat: the signature counters, and for trusted callers what the
     unverified uploads hold."""
@@ -415,72 +340,6 @@ def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider
         return out
 
     return provide
-
-
-def signed_verb(request: web.Request) -> str:
-    """The verb Nextcloud gets and the signature covers: the wire verb, or on POST the
-    X-HTTP-Method-Override (AppAPI's PHP proxy forwards only GET/POST/PUT/DELETE), which must
-    name one of VERBS."""
-    override = request.headers.get(OVERRIDE_HEADER, "").strip()
-    if not override:
-        return request.method
-    if request.method != "POST":
-        raise MethodNotAllowed(
-            f"{OVERRIDE_HEADER} is honoured on POST only",
-            code="method_override_requires_post",
-            headers={"Allow": _allow()},
-        )
-    verb = override.upper()
-    if verb not in VERBS:
-        raise MethodNotAllowed(
-            f"{OVERRIDE_HEADER} must name one of {', '.join(VERBS)}",
-            code="method_override_not_allowed",
-            headers={"Allow": _allow()},
-        )
-    return verb
-
-
-def _check_target(raw: str) -> NcTarget:
-    try:
-        return check_target(raw)
-    except PathRejected as exc:
-        if exc.status == 404:
-            raise NotFound(exc.message, code=exc.code) from None
-        raise BadRequest(exc.message, code=exc.code) from None
-
-
-def _signed_uid(request: web.Request) -> str:
-    """X-Beeflow-NC-Uid exactly as received; bytes that are not UTF-8 cannot have been signed
-    (and could not be impersonated): 400 before any work."""
-    uid = request.headers.get(UID_HEADER, "")
-    try:
-        uid.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(f"{UID_HEADER} is not UTF-8", code="uid_invalid") from None
-    return uid
-
-
-def _impersonated_user(uid: str) -> str:
-    """The signed uid, trimmed (empty = service level). ':' would split AppAPI's header."""
-    user = uid.strip()
-    if len(user) > MAX_UID_LENGTH or any(c == ":" or ord(c) < 0x20 or c == "\x7f" for c in user):
-        raise BadRequest(f"{UID_HEADER} is not a valid Nextcloud user id", code="uid_invalid")
-    return user
-
-
-def nextcloud_headers(
-    request: web.Request, config: Config, user: str, upstream_path: str
-) -> CIMultiDict[str]:
-    """What Nextcloud receives (docs/nc-proxy.md, "What Nextcloud receives"): the caller's
-    headers minus everything in _DROP_REQUEST, plus AppAPI's impersonation headers for `user`
-    and OCS-APIRequest on /ocs/ and /index.php/apps/. Depth, If-Match, Range, Content-Type...
-    pass."""
-    headers = filter_headers(request.headers, *_DROP_REQUEST, prefixes=_DROP_PREFIXES)
-    for name, value in appapi_headers(config, user).items():
-        headers[name] = value
-    if upstream_path.startswith(_CSRF_EXEMPT_PREFIXES):
-        headers["OCS-APIRequest"] = "true"
-    return headers
 
 
 def _check_auth_budget(app: web.Application) -> None:
