@@ -460,11 +460,11 @@
   /* The reply cannot be shown as an answer: what went wrong, after whatever already arrived. */
   Reply.prototype.fail = function (text) {
     this.render();
-    this.bubble.dataset.state = "error";
     var line = document.createElement("p");
     line.className = "reply-error";
     line.textContent = text;
     this.text.appendChild(line);
+    this.bubble.dataset.state = "error";
     return line;
   };
 
@@ -971,10 +971,10 @@
       });
       if (!response.ok) {
         failed = true;
-        bubble.dataset.state = "error";
         var failure = await failureOf(response);
         reply.text.classList.add("failure");
         showFailure(reply.text, "Could not send: ", failure);
+        bubble.dataset.state = "error"; // last: the words are in place when it says so
         restoreMessage();
         if (failure.state === "offline" || response.status >= 500) {
           checkConnection(); // the pill should say what the send just found
