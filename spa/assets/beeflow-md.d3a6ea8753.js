@@ -97,53 +97,96 @@
     return url;
   }
 
+  /* What the link scanner of one inline run knows, computed at most once per run so that no
+   * "[" makes it rescan the text: the next "](" found, and each "(" 's matching ")" within a
+   * whitespace-free stretch (a link target never contains whitespace). */
+  function LinkScan(text) {
+    this.text = text;
+    this.close = -2; // -2: not searched yet; -1: no "](" after the last search
+    this.space = -2; // the same for the next whitespace
+    this.match = null;
+  }
+
+  LinkScan.prototype.nextSpace = function (from) {
+    if (this.space === -1 || this.space >= from) {
+      return this.space;
+    }
+    var found = /\s/g;
+    found.lastIndex = from;
+    this.space = found.exec(this.text) ? found.lastIndex - 1 : -1;
+    return this.space;
+  };
+
+  LinkScan.prototype.nextClose = function (from) {
+    if (this.close === -1 || this.close >= from) {
+      return this.close;
+    }
+    this.close = this.text.indexOf("](", from);
+    return this.close;
+  };
+
+  LinkScan.prototype.matching = function (open) {
+    if (this.match === null) {
+      var text = this.text;
+      var match = new Int32Array(text.length).fill(-1);
+      var stack = [];
+      for (var i = 0; i < text.length; i++) {
+        var code = text.charCodeAt(i);
+        if (code === 40) {
+          stack.push(i);
+        } else if (code === 41) {
+          if (stack.length) {
+            match[stack.pop()] = i;
+          }
+        } else if (code <= 32) {
+          stack.length = 0;
+        }
+      }
+      this.match = match;
+    }
+    return this.match[open];
+  };
+
   /* `[text](url "title")` starting at text[i] === "[" : {label, href, title, end} or null. */
-  function linkAt(text, i, noLinks) {
-    if (noLinks.value) {
-      return null;
-    }
-    var close = text.indexOf("](", i + 1);
-    if (close === -1) {
-      noLinks.value = true; // no later "[" can form a link either
-      return null;
-    }
-    if (close - i - 1 > MAX_LINK_TEXT) {
+  function linkAt(text, i, scan) {
+    var close = scan.nextClose(i + 1);
+    if (close === -1 || close - i - 1 > MAX_LINK_TEXT) {
       return null;
     }
     var label = text.slice(i + 1, close);
     if (label.split("[").length !== label.split("]").length) {
       return null; // "[a [b](c)": the inner bracket is the link
     }
-    var j = close + 2;
-    var end = Math.min(text.length, j + MAX_URL + 200);
-    var depth = 0;
-    var k = j;
-    while (k < end && !isSpace(text.charAt(k))) {
-      var ch = text.charAt(k);
-      if (ch === "(") {
-        depth += 1;
-      } else if (ch === ")") {
-        if (depth === 0) {
-          break;
-        }
-        depth -= 1;
+    var open = close + 1;
+    var shut = scan.matching(open);
+    var href;
+    var title = "";
+    var k;
+    if (shut !== -1) {
+      // `(url)`, parentheses inside it balanced.
+      if (shut - open - 1 > MAX_URL) {
+        return null;
       }
-      k += 1;
+      href = text.slice(open + 1, shut);
+      k = shut + 1;
+    } else {
+      // `(url "title")`: the target runs to the first whitespace, a quoted title follows.
+      var from = scan.nextSpace(open + 1);
+      if (from === -1 || from - open - 1 > MAX_URL) {
+        return null; // no title can follow, or the target is too long
+      }
+      var target = text.slice(open + 1, from);
+      var rest = text.slice(from, from + 300);
+      var titled = /^\s+"([^"]*)"\s*\)/.exec(rest) || /^\s+'([^']*)'\s*\)/.exec(rest);
+      if (!titled) {
+        return null;
+      }
+      href = target;
+      title = titled[1];
+      k = from + titled[0].length;
     }
-    var href = text.slice(j, k);
     if (href.charAt(0) === "<" && href.charAt(href.length - 1) === ">") {
       href = href.slice(1, -1);
-    }
-    var title = "";
-    var rest = text.slice(k, end);
-    var titled = /^\s+"([^"]*)"\s*\)/.exec(rest) || /^\s+'([^']*)'\s*\)/.exec(rest);
-    if (titled) {
-      title = titled[1];
-      k += titled[0].length;
-    } else if (text.charAt(k) === ")") {
-      k += 1;
-    } else {
-      return null;
     }
     return { label: label, href: href, title: title, end: k };
   }
@@ -152,7 +195,7 @@
   function inline(text, parent, depth) {
     var buffer = "";
     var noCloser = {}; // delimiters with no closer left: never scan for them again
-    var noLinks = { value: false };
+    var scan = new LinkScan(text);
     var i = 0;
 
     function flush() {
@@ -233,7 +276,7 @@
         i = closeAt + run.length;
         continue;
       }
-      if (ch === "<") {
+      if (ch === "<" && /^<(?:https?:\/\/|mailto:)/i.test(text.substr(i, 10))) {
         var auto = /^<((?:https?:\/\/|mailto:)[^\s<>]+)>/i.exec(text.slice(i, i + MAX_URL + 2));
         var autoHref = auto ? safeHref(auto[1]) : null;
         if (autoHref) {
@@ -247,7 +290,7 @@
       }
       if (
         (ch === "h" || ch === "H") &&
-        text.substr(i, 4).toLowerCase() === "http" &&
+        /^https?:\/\//i.test(text.substr(i, 8)) &&
         !isWordChar(text.charAt(i - 1))
       ) {
         var url = bareUrl(text.slice(i, i + MAX_URL));
@@ -264,7 +307,7 @@
       var image = ch === "!" && text.charAt(i + 1) === "[";
       if ((ch === "[" || image) && depth < MAX_DEPTH) {
         var start = image ? i + 1 : i;
-        var found = linkAt(text, start, noLinks);
+        var found = linkAt(text, start, scan);
         if (found) {
           var href = safeHref(found.href);
           flush();
