@@ -310,7 +310,11 @@ HTML_SINKS = re.compile(
 
 async def test_the_ui_scripts_never_parse_html() -> None:
     scripts = sorted(SPA_ASSETS.glob("*.js"))
-    assert {p.name.split(".")[0] for p in scripts} == {"beeflow-md", "beeflow-ui"}
+    assert {p.name.split(".")[0] for p in scripts} == {
+        "beeflow-md",
+        "beeflow-service",
+        "beeflow-ui",
+    }
     for script in scripts:
         found = HTML_SINKS.findall(script.read_text(encoding="utf-8"))
         assert found == [], f"{script.name}: {found}"
