@@ -96,6 +96,9 @@ class DemoNextcloud:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._embedded = resources.files(__package__).joinpath("embedded.html").read_text("utf-8")
+        self._landing_html = (
+            resources.files(__package__).joinpath("landing.html").read_text("utf-8")
+        )
 
     # ------------------------------------------------------------ AppAPI headers
 
@@ -238,17 +241,10 @@ class DemoNextcloud:
         )
 
     async def _landing(self, request: web.Request) -> web.Response:
-        base = "/index.php/apps/app_api"
-        html = (
-            "<!doctype html><meta charset='utf-8'><title>Bee Flow demo</title>"
-            "<body style='font:16px system-ui;margin:2rem'><h1>Bee Flow demo</h1><ul>"
-            f"<li><a href='{base}/embedded/{self.app_id}/main'>Inside Nextcloud (embedded)</a>"
-            f"<li><a href='{base}/proxy/{self.app_id}/'>The UI on its own</a>"
-            f"<li><a href='{base}/proxy/{self.app_id}/setup'>Setup picker (admin)</a>"
-            f"<li><a href='/exapps/{self.app_id}/'>The UI the HaRP way</a></ul>"
-            "<p>Everything here is a local stand-in: no Nextcloud, no account, no network.</p>"
+        html = self._landing_html.replace("{{APP_ID}}", self.app_id)
+        return web.Response(
+            text=html, content_type="text/html", headers={"Cache-Control": "no-store"}
         )
-        return web.Response(text=html, content_type="text/html")
 
     # ------------------------------------------------------------ lifecycle
 
