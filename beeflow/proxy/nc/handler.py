@@ -25,10 +25,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import aiohttp
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from beeflow.config import CONFIG
@@ -40,9 +38,7 @@ from beeflow.errors import (
 from beeflow.health import HEALTH, HealthProvider
 from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY
 from beeflow.nextcloud.client import NEXTCLOUD
-from beeflow.proxy.headers import (
-    refuse_encoded_body,
-)
+from beeflow.proxy.headers import EditHeaders, confiner, refuse_encoded_body
 from beeflow.proxy.nc.destination import reads_destination, rewrite_destination
 from beeflow.proxy.nc.path import NC_PREFIX, NcTarget
 from beeflow.proxy.nc.request import (
@@ -69,6 +65,7 @@ from beeflow.proxy.upstream import (
 from beeflow.tenant.state import TENANT
 from beeflow.web.auth import Access, add_route
 from beeflow.web.responses import error_response
+from beeflow.web.security_headers import confined_policy
 
 # How Nextcloud's answers are relayed: its own Cache-Control (none added).
 _RELAY_OPTIONS: Final = RelayOptions(default_cache_control=None)
@@ -97,6 +94,10 @@ _NEVER_SENT: Final = frozenset(
 
 _CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_client")
 _SLOW_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_slow_client")
+# Nextcloud's answers, relayed on Nextcloud's origin to whoever holds a signed request: its
+# session cookie for the impersonated user stays here, and nothing in them may run (the same
+# confinement as the service's answers).
+_CONFINE: web.AppKey[EditHeaders] = web.AppKey("nc_proxy_confine")
 
 
 # ------------------------------------------------------------------ setup
@@ -115,6 +116,7 @@ def setup(app: web.Application) -> None:
     app[GUARD] = guard
     uploads = UnverifiedUploads(config.nc_unverified_uploads, config.nc_unverified_bytes)
     app[UPLOADS] = uploads
+    app[_CONFINE] = confiner(confined_policy(config))
     app.setdefault(HEALTH, {})["ncCallbacks"] = _health(guard, uploads)
     for method in VERBS:
         add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC, expect_handler=_expect)
@@ -278,7 +280,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                 request,
                 upstream,
                 _RELAY_OPTIONS,
-                edit_headers=_edit_response_headers,
+                edit_headers=app[_CONFINE],
                 method=method,
             )
         except BeeflowError as exc:  # raised before anything was sent to the caller
@@ -363,11 +365,6 @@ def _outbound(spool: Spool) -> OutboundBody:
     if spool.in_memory and spool.size <= INLINE_BODY_BYTES:
         return OutboundBody(spool.memory_bytes(), spool.size)
     return OutboundBody(SpoolReplay(spool), spool.size)
-
-
-def _edit_response_headers(_upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
-    # A session cookie Nextcloud set for the impersonated user is nobody else's business.
-    headers.popall("Set-Cookie", None)
 
 
 def _as_nextcloud_error(exc: BeeflowError) -> BeeflowError:
