@@ -30,7 +30,6 @@ The queue is the handler's `_messages` deque: the one private aiohttp attribute 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from collections import deque
@@ -40,6 +39,9 @@ from typing import Any, Final
 from aiohttp import StreamReader, web
 from aiohttp.web_protocol import RequestHandler
 from yarl import URL
+
+from beeflow.limits import Interval
+from beeflow.transports.answers import answer, answering
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +53,6 @@ HEAD_SLICE: Final = 4096
 LINGER_SECONDS: Final = 1.0
 # Refused connections lingering at once; beyond this they are closed without an answer.
 MAX_LINGERING: Final = 256
-
-_SECURITY_HEADERS: Final = (
-    ("Content-Type", "application/json; charset=utf-8"),
-    ("Cache-Control", "no-store"),
-    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-    ("X-Robots-Tag", "noindex, nofollow"),
-    ("X-Permitted-Cross-Domain-Policies", "none"),
-    ("Connection", "close"),
-)
-
-
-def answer(status: int, reason: str, code: str, message: str, **extra: str) -> bytes:
-    """A complete HTTP/1.1 JSON error answer, as the error middleware would write it."""
-    body = json.dumps({"code": code, "error": message}).encode()
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    lines += [f"{name}: {value}" for name, value in _SECURITY_HEADERS]
-    lines += [f"{name}: {value}" for name, value in extra.items()]
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
 
 TOO_MANY_CONNECTIONS: Final = answer(
     503,
@@ -105,6 +85,9 @@ class ConnectionGuard:
         self.open = 0
         self.refused = 0
         self.heads_refused = 0
+        # One log line a minute at most for refused heads (a flood must not flood the log).
+        self._log_interval = Interval(60.0)
+        self._unlogged = 0
         self._lingering: set[_Refusal] = set()
         # Connections with an unfinished head, and when its first byte arrived (insertion order
         # is time order). One timer for all of them, armed only while there are any: a head that
@@ -134,6 +117,16 @@ class ConnectionGuard:
             del self._slow[conn]
             conn.refuse(HEAD_TIMEOUT, "request head not complete within %gs", self.head_timeout)
 
+    def _note(self, why: str) -> None:
+        if not self._log_interval.ready():
+            self._unlogged += 1
+            return
+        more, self._unlogged = self._unlogged, 0
+        if more:
+            log.info("%s; closing the connection (%d more since the last such line)", why, more)
+        else:
+            log.info("%s; closing the connection", why)
+
     def factory(self, server: web.Server) -> Callable[[], asyncio.BaseProtocol]:
         """The protocol factory for loop.create_server()."""
 
@@ -141,7 +134,7 @@ class ConnectionGuard:
             if self.open >= self.max_connections:
                 self.refused += 1
                 return _Refusal(self, TOO_MANY_CONNECTIONS)
-            return _Guarded(self, server())
+            return _Guarded(self, answering(server()))
 
         return make
 
@@ -334,7 +327,7 @@ class _Guarded(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        log.info("%s; closing the connection", why % limit)
+        self._guard._note(why % limit)
         if self._seen:
             # A response under way gets LINGER_SECONDS to finish (aiohttp's close() ends the
             # connection after it, but leaves an idle one open), then the connection closes.

@@ -35,7 +35,6 @@ END: Final = "<!-- catalogue:end -->"
 HEADER_TIMEOUT: Final = 1.0
 
 Wire = bytes | list[tuple[bytes, float]]
-PARSER: Final = "parser"  # `code` of answers written by aiohttp's HTTP parser (text/plain)
 CLOSED: Final = "closed"  # `code` of a connection closed without an answer
 
 
@@ -45,7 +44,7 @@ class Case:
     group: str
     input: str  # markdown
     status: int | None  # None: the connection is closed without an answer
-    code: str | None  # the JSON `code`; PARSER; CLOSED; None: a success without a code
+    code: str | None  # the JSON `code`; CLOSED; None: a success without a code
     build: Callable[[Stack], Wire]
     note: str = ""
     check: Callable[[Stack, RawResponse], None] | None = None
@@ -53,9 +52,6 @@ class Case:
     # A routed defect (the file's owner fixes it): the row states the intended answer and the
     # test is xfail(strict) until the fix lands.
     defect: str = ""
-    # aiohttp's parser answers quote the offending request line back to its sender: the check
-    # for secrets in the response is skipped (the log is still checked).
-    echoes_request: bool = False
 
     def answer(self) -> str:
         if self.status is None:
@@ -63,8 +59,6 @@ class Case:
         return str(self.status)
 
     def code_cell(self) -> str:
-        if self.code == PARSER:
-            return "— (HTTP parser, `text/plain`)"
         if self.code == CLOSED:
             return "—"
         if self.code is None:
@@ -368,7 +362,7 @@ CASES: Final[list[Case]] = [
         G_APPAPI,
         "a 100 KB `AUTHORIZATION-APP-API`",
         400,
-        PARSER,
+        "line_too_long",
         with_token("QUFB" * 25_000),
         note="over `max_field_size` (16 KiB)",
     ),
@@ -477,7 +471,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "a bare CR inside a header value",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-Test", b"a\rb")]),
     ),
     Case(
@@ -485,7 +479,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "a bare LF inside a header value",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-Test", b"a\nb")]),
     ),
     Case(
@@ -493,7 +487,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "NUL inside a header value",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-Test", b"a\x00b")]),
     ),
     Case(
@@ -501,7 +495,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "a bare CR after a valid `AUTHORIZATION-APP-API` token",
         400,
-        PARSER,
+        "bad_request",
         lambda _s: request_bytes(
             "GET",
             API,
@@ -510,15 +504,13 @@ CASES: Final[list[Case]] = [
                 for k, v in app_headers()
             ],
         ),
-        note="the parser quotes the line back to its sender only; the log does not get it",
-        echoes_request=True,
     ),
     Case(
         "ctrl-target-nul",
         G_CTRL,
         "NUL in the request target",
         400,
-        PARSER,
+        "target_invalid",
         raw("GET", "/heartbeat\x00x"),
     ),
     Case(
@@ -586,7 +578,7 @@ CASES: Final[list[Case]] = [
         G_SIZE,
         "a 20 KB request target",
         400,
-        PARSER,
+        "line_too_long",
         raw("GET", "/heartbeat?" + "a" * 20_000),
     ),
     Case(
@@ -594,7 +586,7 @@ CASES: Final[list[Case]] = [
         G_SIZE,
         "200 header fields",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(f"X-H{i}", "v") for i in range(200)]),
         note="aiohttp's `max_headers` (128)",
     ),
@@ -943,7 +935,7 @@ CASES: Final[list[Case]] = [
         G_METHOD,
         "an invented method `BREW /heartbeat`",
         400,
-        PARSER,
+        "method_invalid",
         raw("BREW", "/heartbeat"),
         note="llhttp knows the registered methods only",
     ),
@@ -952,7 +944,7 @@ CASES: Final[list[Case]] = [
         G_METHOD,
         "a lower-case method `get`",
         400,
-        PARSER,
+        "method_invalid",
         raw("get", "/heartbeat"),
     ),
     Case(
@@ -1007,7 +999,7 @@ CASES: Final[list[Case]] = [
         "`Content-Length` and `Transfer-Encoding: chunked` "
         "together, a second request hidden in the body",
         400,
-        PARSER,
+        "bad_request",
         user(
             "POST",
             "/api/echo",
@@ -1021,7 +1013,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "two different `Content-Length`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "5"), ("Content-Length", "6")], b"hello!"),
         check=no_service_request,
     ),
@@ -1030,7 +1022,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "the same `Content-Length` twice",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "5"), ("Content-Length", "5")], b"hello"),
         check=no_service_request,
     ),
@@ -1039,7 +1031,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Transfer-Encoding: chunked` twice",
         400,
-        PARSER,
+        "bad_request",
         user(
             "POST",
             "/api/echo",
@@ -1053,7 +1045,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Transfer-Encoding: xchunked`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Transfer-Encoding", "xchunked")], b"5\r\nhello\r\n0\r\n\r\n"),
         check=no_service_request,
     ),
@@ -1062,7 +1054,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Transfer-Encoding: chunked, identity`",
         400,
-        PARSER,
+        "bad_request",
         user(
             "POST",
             "/api/echo",
@@ -1076,7 +1068,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Content-Length: +5`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "+5")], b"hello"),
         check=no_service_request,
     ),
@@ -1085,7 +1077,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Content-Length: -1`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "-1")], b"hello"),
         check=no_service_request,
     ),
@@ -1094,7 +1086,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Content-Length : 5` (space before the colon)",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length ", "5")], b"hello"),
         check=no_service_request,
     ),
@@ -1103,7 +1095,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "an obs-folded header line",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-A", b"1\r\n  folded")]),
     ),
     Case(
@@ -1111,7 +1103,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "a chunk size that is not hex",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Transfer-Encoding", "chunked")], b"zz\r\nhello\r\n0\r\n\r\n"),
         check=no_service_request,
     ),
@@ -1120,7 +1112,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "a chunk size line ended by a bare LF",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Transfer-Encoding", "chunked")], b"5\nhello\r\n0\r\n\r\n"),
         check=no_service_request,
     ),
