@@ -41,6 +41,7 @@ from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.proxy.headers import EditHeaders, confiner, refuse_encoded_body
 from beeflow.proxy.nc.destination import reads_destination, rewrite_destination
 from beeflow.proxy.nc.path import NC_PREFIX, NcTarget
+from beeflow.proxy.nc.replay_shared import SharedReplayCache
 from beeflow.proxy.nc.request import (
     VERBS,
     allow_header,
@@ -130,6 +131,10 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     spools = SpoolDir.create(config.spool_dir)
     app[SPOOLS] = spools
+    # Used signatures of writes, shared with the replicas on the volume when it can be.
+    shared = SharedReplayCache.open(config.persistent_storage)
+    if shared is not None:
+        app[GUARD].replays = shared
     settings = PoolSettings(
         name="Nextcloud",
         connect_timeout=config.nc_connect_timeout,
@@ -148,6 +153,8 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             yield
     finally:
         spools.close()
+        if shared is not None:
+            shared.close()
 
 
 async def _other_verb(request: web.Request) -> web.StreamResponse:
@@ -339,6 +346,10 @@ def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider
         out = guard.stats.health(trusted)
         if trusted:
             out["unverifiedUploads"] = uploads.health()
+            out["replayCache"] = {
+                "shared": isinstance(guard.replays, SharedReplayCache),
+                "entries": len(guard.replays),
+            }
         return out
 
     return provide
