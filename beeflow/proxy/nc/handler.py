@@ -39,6 +39,7 @@ from beeflow.health import HEALTH, HealthProvider
 from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY
 from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.proxy.headers import EditHeaders, confiner, refuse_encoded_body
+from beeflow.proxy.nc import choice
 from beeflow.proxy.nc.destination import reads_destination, rewrite_destination
 from beeflow.proxy.nc.path import NC_PREFIX, NcTarget
 from beeflow.proxy.nc.replay_shared import SharedReplayCache
@@ -118,11 +119,12 @@ def setup(app: web.Application) -> None:
     uploads = UnverifiedUploads(config.nc_unverified_uploads, config.nc_unverified_bytes)
     app[UPLOADS] = uploads
     app[_CONFINE] = confiner(confined_policy(config))
-    app.setdefault(HEALTH, {})["ncCallbacks"] = _health(guard, uploads)
+    app.setdefault(HEALTH, {})["ncCallbacks"] = _health(app, guard, uploads)
     for method in VERBS:
         add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC, expect_handler=_expect)
     add_route(app, "*", ROUTE_PATH, _other_verb, Access.PUBLIC)
     app.cleanup_ctx.append(_context)
+    choice.setup(app)
 
 
 async def _context(app: web.Application) -> AsyncIterator[None]:
@@ -338,7 +340,9 @@ async def _cut(request: web.Request, exc: BeeflowError) -> web.StreamResponse:
     return response
 
 
-def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider:
+def _health(
+    app: web.Application, guard: SignatureGuard, uploads: UnverifiedUploads
+) -> HealthProvider:
     """ncCallbacks in the heartbeat: the signature counters, and for trusted callers what the
     unverified uploads hold."""
 
@@ -346,6 +350,7 @@ def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider
         out = guard.stats.health(trusted)
         if trusted:
             out["unverifiedUploads"] = uploads.health()
+            out["signatures"] = choice.describe(app)
             out["replayCache"] = {
                 "shared": isinstance(guard.replays, SharedReplayCache),
                 "entries": len(guard.replays),
