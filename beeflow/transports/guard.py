@@ -21,8 +21,9 @@ HAProxy in front of HaRP refuses heads over 16 KiB anyway, so a cap of 32 KiB co
 
 How the delegate tells head bytes from body bytes: the handler queues each request it parsed
 (head complete) with its body's StreamReader; while that body is unfinished, bytes are body
-bytes (not counted; a Content-Length body is fed exactly up to its end), otherwise they are head
-bytes, fed to the parser in slices of HEAD_SLICE so a finished head is noticed within one slice.
+bytes (not counted; a Content-Length body is fed exactly up to its end; a body the parser holds
+back while the handler has not read it yet is unfinished too), otherwise they are head bytes,
+fed to the parser in slices of HEAD_SLICE so a finished head is noticed within one slice.
 The queue is the handler's `_messages` deque: the one private aiohttp attribute read here
 (pyproject pins aiohttp's range; tests/transports/test_guard.py pins the behaviour).
 """
@@ -284,6 +285,11 @@ class _Guarded(asyncio.Protocol):
             head = len(piece)
             if body is not None:
                 head -= body.total_bytes - delivered
+                if not body.is_eof():
+                    # Still inside the body. aiohttp's parser pauses while the body's buffer
+                    # is full and keeps the rest of the piece until the handler reads, so
+                    # total_bytes lags what arrived: those bytes are body bytes too.
+                    head = 0
             if new > 0:
                 parsed = True
                 self._seen += new
