@@ -30,6 +30,7 @@ from beeflow.errors import (
 from beeflow.health import provide
 from beeflow.nextcloud.users import USERS, NcUser
 from beeflow.proxy.buffers import BufferBudget, Buffered, pieces, read_whole
+from beeflow.proxy.cut import LINGER_BODY_BYTES, body_left, cut
 from beeflow.proxy.headers import (
     APPAPI,
     APPAPI_PREFIXES,
@@ -60,6 +61,7 @@ from beeflow.service_client import SERVICE_URL
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web import spa
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.responses import error_response
 from beeflow.web.security_headers import confined_policy
 from beeflow.web.shell import is_navigation, keyless_shell
 
@@ -314,7 +316,13 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     if request.body_exists and request.content_length is None and _is_json(request.content_type):
         # AppAPI's PHP proxy sends JSON bodies chunked and the service wants a length: read
         # whole, within what all users' and this user's bodies may hold at once.
-        buffered = await read_whole(request, app[BUFFERS], uid)
+        try:
+            buffered = await read_whole(request, app[BUFFERS], uid)
+        except BeeflowError as exc:
+            if body_left(request) > LINGER_BODY_BYTES:
+                # The rest of a refused body is not drained: the connection goes.
+                return await cut(request, error_response(exc))
+            raise
         data = buffered.take()
         body = OutboundBody(data if len(data) <= INLINE_BODY_BYTES else pieces(data), len(data))
         del data

@@ -21,7 +21,6 @@ of the body is read (and before `100 Continue`):
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -38,6 +37,7 @@ from beeflow.errors import (
 from beeflow.health import HEALTH, HealthProvider
 from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY
 from beeflow.nextcloud.client import NEXTCLOUD
+from beeflow.proxy.cut import LINGER_BODY_BYTES, body_left, cut
 from beeflow.proxy.headers import EditHeaders, confiner, refuse_encoded_body
 from beeflow.proxy.nc import choice
 from beeflow.proxy.nc.destination import reads_destination, rewrite_destination
@@ -84,10 +84,6 @@ KEEPALIVE_SECONDS: Final = 4.0
 ROUTE_PATH: Final = NC_PREFIX + "/{tail:.*}"
 # A spooled body up to this size goes upstream as one bytes object (aiohttp warns above 1 MiB).
 INLINE_BODY_BYTES: Final = 1024 * 1024
-# A refused request with more body than this still to come is cut off instead of drained, this
-# long after its answer.
-LINGER_BODY_BYTES: Final = 64 * 1024
-CUT_GRACE_SECONDS: Final = 0.5
 # Codes of upstream failures where Nextcloud never received the request: its signature may be
 # used again.
 _NEVER_SENT: Final = frozenset(
@@ -234,8 +230,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     try:
         return await _proxy(request)
     except BeeflowError as exc:
-        if exc.instance_code == "body_timeout" or _body_left(request) > LINGER_BODY_BYTES:
-            return await _cut(request, exc)
+        if exc.instance_code == "body_timeout" or body_left(request) > LINGER_BODY_BYTES:
+            return await cut(request, error_response(exc))
         raise
 
 
@@ -305,39 +301,6 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 def _release(ticket: Ticket | None) -> None:
     if ticket is not None:
         ticket.release()
-
-
-def _body_left(request: web.Request) -> int:
-    """Bytes of the request body not read yet (a body of unknown length counts as large)."""
-    if not request.body_exists:
-        return 0
-    content = request.content
-    if content.is_eof():
-        return 0
-    length = request.content_length
-    if length is None:
-        return LINGER_BODY_BYTES + 1
-    return max(0, length - content.total_bytes)
-
-
-async def _cut(request: web.Request, exc: BeeflowError) -> web.StreamResponse:
-    """A refusal with a large body still to come, or a stalled one: the answer, a half-close,
-    and the connection closed CUT_GRACE_SECONDS later. aiohttp would otherwise read and
-    discard the rest for up to 10 s, buffering up to ~0.5 MiB per connection meanwhile: an
-    unauthenticated sender could hold that on every connection it opens. The grace lets a
-    client that is still sending read the answer before the close resets the connection. A
-    small rest is left to aiohttp (large genuine uploads wait for `100 Continue`, where the
-    refusal comes before the body)."""
-    response = error_response(exc)
-    response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    transport = request.transport
-    if transport is not None:
-        if transport.can_write_eof():
-            transport.write_eof()
-        asyncio.get_running_loop().call_later(CUT_GRACE_SECONDS, transport.close)
-    return response
 
 
 def _health(
