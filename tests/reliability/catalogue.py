@@ -281,6 +281,20 @@ def dav_untouched(stack: Stack, resp: RawResponse) -> None:
     assert stack.dav.seen == [], "a refused /nc call reached Nextcloud"
 
 
+def service_saw_no_underscored(stack: Stack, _resp: RawResponse) -> None:
+    (request,) = stack.service.requests
+    names = [name.lower() for name in request.headers]
+    assert not [n for n in names if "_" in n and n.replace("_", "-").startswith("x-beeflow")]
+    assert request.headers.getall("X-Beeflow-NC-Uid") == ["alice"]
+
+
+def confined(stack: Stack, resp: RawResponse) -> None:
+    assert "Set-Cookie" not in resp.headers, resp.headers
+    assert resp.headers.getall("Content-Security-Policy")[0].startswith(
+        "default-src 'none'; sandbox; frame-ancestors "
+    ), resp.headers
+
+
 ALICE = "/nc/remote.php/dav/files/alice"
 API = "/api/json"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -300,6 +314,8 @@ G_RANGE = "Absurd Range headers on static files"
 G_STATIC = "Traversal on static files"
 G_NC = "Traversal and allow-list on /nc"
 G_NCSIG = "Signature games and unverified bodies on /nc"
+G_SERVICE = "Paths, headers and answers of the service proxy"
+G_CSRF = "Browser writes from other origins"
 
 _WEBHOOK_CREATED = "OCP\\User\\Events\\UserCreatedEvent"
 _WEBHOOK_ADDED = "OCP\\Group\\Events\\UserAddedEvent"
@@ -1328,6 +1344,8 @@ CASES: Final[list[Case]] = [
             ("nul", f"{ALICE}/a%00b", 400, "path_traversal"),
             ("not-utf8", f"{ALICE}/%ff%fe", 400, "path_invalid"),
             ("overlong", f"{ALICE}/%c0%ae%c0%ae/bob", 400, "path_invalid"),
+            ("dotdot-param", f"{ALICE}/..;/bob/x.txt", 400, "path_traversal"),
+            ("pct-dotdot-param", f"{ALICE}/%2e%2e%3bx/bob", 400, "path_traversal"),
             ("encoded-prefix", "/nc/%6fcs/v2.php/cloud/users", 404, "path_not_proxied"),
             ("status-php", "/nc/status.php", 404, "path_not_proxied"),
             ("login", "/nc/index.php/login", 404, "path_not_proxied"),
@@ -1570,6 +1588,114 @@ CASES: Final[list[Case]] = [
         note=f"cut after `BEEFLOW_NC_BODY_IDLE_SECONDS` ({HEADER_TIMEOUT:g} s in this test, 30 s "
         "by default); the connection is closed",
         check=dav_untouched,
+    ),
+    # -------------------------------------------------------------- the service proxy
+    *[
+        Case(
+            f"svc-{slug}",
+            G_SERVICE,
+            f"`GET {target}` as a user",
+            400,
+            "bad_path",
+            user("GET", target),
+            note=note,
+            check=no_service_request,
+        )
+        for slug, target, note in [
+            ("double-pct-dotdot", "/api/%252e%252e/admin", "two decodings make `..`"),
+            ("triple-pct-dotdot", "/auth/%25252e%25252e/x", "three decodings"),
+            ("dotdot-param", "/api/..;/admin", "`..;` is `..` to Java-style servers"),
+            ("dot-param", "/ai/.;x/chat", ""),
+            ("pct-dotdot-param", "/api/%2e%2e%3b/admin", ""),
+            ("pct-backslash-twice", "/agents/..%255c..%255cadmin", "`\\` is read as `/`"),
+            ("pct-nul-twice", "/api/x%2500y", "a control byte after two decodings"),
+            ("four-layers", "/api/%2525252e%2525252e/x", "more layers than anyone decodes"),
+        ]
+    ],
+    Case(
+        "svc-underscore-headers",
+        G_SERVICE,
+        "`X_Beeflow_NC_Uid: admin`, `X_Original_Authorization`, `AUTHORIZATION_APP_API` on a "
+        "user's `/api` call",
+        200,
+        None,
+        user(
+            "GET",
+            API,
+            [
+                ("X_Beeflow_NC_Uid", "admin"),
+                ("X_Original_Authorization", "Basic YWRtaW46eA=="),
+                ("AUTHORIZATION_APP_API", "eA=="),
+            ],
+        ),
+        note="dropped: CGI-style servers read `_` as `-`; the service sees the connector's "
+        "own `X-Beeflow-NC-Uid: alice` only",
+        check=service_saw_no_underscored,
+    ),
+    Case(
+        "svc-answer-cookies",
+        G_SERVICE,
+        "the service answers with two `Set-Cookie` headers",
+        200,
+        None,
+        user("GET", "/api/cookies"),
+        note="the cookies are dropped and the answer's only CSP is `default-src 'none'; "
+        'sandbox; frame-ancestors ...` (docs/proxy.md, "Responses")',
+        check=confined,
+    ),
+    # -------------------------------------------------------------- CSRF
+    *[
+        Case(
+            f"csrf-{slug}",
+            G_CSRF,
+            f"a user's `POST /api/json` with {label}",
+            403,
+            code,
+            user("POST", API, headers, b"{}"),
+            check=no_service_request,
+        )
+        for slug, label, headers, code in [
+            (
+                "same-site",
+                "`Sec-Fetch-Site: same-site`, `Origin: https://files.example.com`",
+                [("Sec-Fetch-Site", "same-site"), ("Origin", "https://files.example.com")],
+                "origin_not_allowed",
+            ),
+            (
+                "foreign-origin",
+                "`Origin: https://evil.example` and no `Sec-Fetch-Site`",
+                [("Origin", "https://evil.example")],
+                "origin_not_allowed",
+            ),
+            (
+                "foreign-referer",
+                "no `Origin`, `Referer: https://evil.example/page`",
+                [("Referer", "https://evil.example/page")],
+                "origin_not_allowed",
+            ),
+            ("null-origin", "`Origin: null` alone", [("Origin", "null")], "origin_not_allowed"),
+            (
+                "cross-site",
+                "`Sec-Fetch-Site: cross-site`",
+                [("Sec-Fetch-Site", "cross-site")],
+                "cross_site_request_blocked",
+            ),
+        ]
+    ],
+    Case(
+        "csrf-own-origin",
+        G_CSRF,
+        "a user's `POST /api/json` with `Origin` naming the `Host` it was sent to",
+        200,
+        None,
+        raw(
+            "POST",
+            API,
+            [*app_headers(), ("Origin", "http://127.0.0.1")],
+            b"{}",
+        ),
+        note="Nextcloud's origins: `NEXTCLOUD_URL`, `BEEFLOW_NC_PUBLIC_URL`, and the `Host` the "
+        "browser addressed",
     ),
 ]
 
