@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 
 import attrs
@@ -18,6 +20,7 @@ from beeflow.app import make_app
 from beeflow.config import Config
 from beeflow.transports.answers import PARSER_CODES, SECURITY_HEADERS, refusal
 from beeflow.transports.guard import ConnectionGuard, GuardedSite
+from beeflow.web.parser_log import http_logger
 from tests.reliability.rawhttp import RawResponse, exchange, request_bytes
 
 SECRET_LOOKING = "Basic c2VjcmV0LWNyZWRlbnRpYWxz"
@@ -132,3 +135,25 @@ def test_every_parser_error_class_has_a_code() -> None:
             assert code, name
             assert message, name
     assert refusal(500, None) == ("internal_error", "Internal error")
+
+
+def test_the_next_line_counts_what_was_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="beeflow.http")
+    log = http_logger(interval=0.05)
+    refused = http_exceptions.BadStatusLine("GET /secret-token-in-the-line")
+    message = "Error handling request from %s"
+    for _ in range(5):
+        # aiohttp's own call: exception() with the parser's exception as exc_info.
+        log.exception(message, "10.0.0.1", exc_info=refused)  # noqa: LOG004
+    time.sleep(0.06)  # the interval is a time: one has to pass
+    try:
+        raise refused
+    except http_exceptions.BadStatusLine:
+        log.log(logging.ERROR, message, "10.0.0.2", exc_info=sys.exc_info())
+    lines = [r.getMessage() for r in caplog.records if r.name == "beeflow.http"]
+    assert lines == [
+        "request from 10.0.0.1 refused by the HTTP parser (BadStatusLine, HTTP 400)",
+        "request from 10.0.0.2 refused by the HTTP parser (BadStatusLine, HTTP 400); "
+        "4 more refused since the last such line",
+    ]
+    assert "secret-token" not in caplog.text
