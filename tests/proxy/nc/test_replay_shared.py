@@ -31,7 +31,7 @@ MAC_B = bytes(range(1, 33))
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="replay-", dir="/tmp") as name:
+    with tempfile.TemporaryDirectory(prefix="replay-") as name:
         yield Path(name)
 
 
