@@ -99,6 +99,10 @@ class Config:
     # /nc signature versions: v1 (no body hash) accepted; v3 required.
     nc_signature_v1: bool = True
     nc_signature_require_v3: bool = False
+    # Request bodies the service proxy reads whole (chunked JSON): bytes held at once by all
+    # requests, and by one user's (a single body over the latter is 413).
+    api_buffer_bytes: int = 128 * 1024**2
+    api_buffer_user_bytes: int = 64 * 1024**2
     auth_failure_budget: int = 4
     spa_dir: Path | None = None
     # The service's front-end host; the UI shell comes from <this>/embed (None: bundled UI only).
@@ -215,6 +219,12 @@ class Config:
             ),
             "nc_signature_v1": p.get("BEEFLOW_NC_SIGNATURE_V1", "1", env_.flag),
             "nc_signature_require_v3": p.get("BEEFLOW_NC_SIGNATURE_REQUIRE_V3", "0", env_.flag),
+            "api_buffer_bytes": p.get(
+                "BEEFLOW_API_BUFFER_BYTES", str(128 * 1024**2), env_.int_range(1024, 1 << 40)
+            ),
+            "api_buffer_user_bytes": p.get(
+                "BEEFLOW_API_BUFFER_USER_BYTES", str(64 * 1024**2), env_.int_range(1024, 1 << 40)
+            ),
             "spa_dir": p.get("BEEFLOW_SPA_DIR", "", env_.optional(env_.path_value)),
             "embed_base_url": p.get(
                 "BEEFLOW_EMBED_BASE_URL", DEFAULT_EMBED_BASE_URL, env_.embed_url

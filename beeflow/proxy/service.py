@@ -8,10 +8,8 @@ import functools
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Final
-from urllib.parse import unquote
 
 import attrs
 from aiohttp import web
@@ -31,6 +29,8 @@ from beeflow.errors import (
 )
 from beeflow.health import provide
 from beeflow.nextcloud.users import USERS, NcUser
+from beeflow.proxy.buffers import BufferBudget, Buffered, pieces, read_whole
+from beeflow.proxy.cut import LINGER_BODY_BYTES, body_left, cut
 from beeflow.proxy.headers import (
     APPAPI,
     APPAPI_PREFIXES,
@@ -39,18 +39,30 @@ from beeflow.proxy.headers import (
     FORWARDING,
     HOP_BY_HOP,
     REQUEST_FRAMING,
+    EditHeaders,
+    confiner,
     filter_headers,
     refuse_encoded_body,
 )
+from beeflow.proxy.paths import forwarded_path_problem
 from beeflow.proxy.relay import RelayOptions, relay
 from beeflow.proxy.sse import ErrorEvents
-from beeflow.proxy.upstream import PoolSettings, UpstreamClient, outbound_body, upstream_client
+from beeflow.proxy.tokens import TokenCache
+from beeflow.proxy.upstream import (
+    NO_BODY,
+    OutboundBody,
+    PoolSettings,
+    UpstreamClient,
+    outbound_body,
+    upstream_client,
+)
 from beeflow.serde import iso_utc
 from beeflow.service_client import SERVICE_URL
-from beeflow.signing import mint_jwt, user_claims
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web import spa
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.responses import error_response
+from beeflow.web.security_headers import confined_policy
 from beeflow.web.shell import is_navigation, keyless_shell
 
 log = logging.getLogger(__name__)
@@ -92,6 +104,8 @@ SOURCE: Final = "nextcloud-connector"
 # pooled connections are dropped after KEEPALIVE_SECONDS.
 POOL_SIZE: Final = 0  # no cap: aiohttp limit=0; idle connections still expire
 KEEPALIVE_SECONDS: Final = 10.0
+# A buffered body up to this size goes upstream as one bytes object (aiohttp warns above 1 MiB).
+INLINE_BODY_BYTES: Final = 1024 * 1024
 
 # Never to the service: the user's own credentials (their Nextcloud password in Basic auth, the
 # session cookies), the browser's context, what AppAPI/HaRP add (the AppAPI secret among them),
@@ -111,6 +125,8 @@ _CLIENT: web.AppKey[UpstreamClient] = web.AppKey("service_proxy_client")
 _TOKENS: web.AppKey[TokenCache] = web.AppKey("service_proxy_tokens")
 _STATS: web.AppKey[ProxyStats] = web.AppKey("service_proxy_stats")
 _RELAY_OPTIONS: web.AppKey[RelayOptions] = web.AppKey("service_proxy_relay_options")
+BUFFERS: web.AppKey[BufferBudget] = web.AppKey("service_proxy_buffers")
+_CONFINE: web.AppKey[EditHeaders] = web.AppKey("service_proxy_confine")
 
 STREAMING_LEGACY: Final = (
     "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
@@ -154,47 +170,6 @@ class ProxyStats:
 # ------------------------------------------------------------------ identity
 
 
-@attrs.frozen
-class _Token:
-    facts: tuple[object, ...]
-    jwt: str
-    exp: float
-
-
-class TokenCache:
-    """Per-user JWTs, reused while more than half their lifetime is left and while the key and
-    the user's facts are unchanged. Bounded (least recently minted are dropped first)."""
-
-    def __init__(self, *, max_entries: int = 1024) -> None:
-        self._max = max_entries
-        self._tokens: OrderedDict[str, _Token] = OrderedDict()
-
-    def token(self, key: str, user: NcUser, ttl: int, *, now: float | None = None) -> str:
-        now = time.time() if now is None else now
-        facts = (key, user.email, user.display_name, user.is_admin, ttl)
-        hit = self._tokens.get(user.uid)
-        if hit is not None and hit.facts == facts and hit.exp - now > ttl / 2:
-            return hit.jwt
-        iat = int(now)
-        claims = user_claims(
-            uid=user.uid,
-            email=user.email,
-            name=user.display_name,
-            nc_admin=user.is_admin,
-            iat=iat,
-            ttl=ttl,
-        )
-        jwt = mint_jwt(key, claims)
-        self._tokens[user.uid] = _Token(facts, jwt, float(iat + ttl))
-        self._tokens.move_to_end(user.uid)
-        while len(self._tokens) > self._max:
-            self._tokens.popitem(last=False)
-        return jwt
-
-    def clear(self) -> None:
-        self._tokens.clear()
-
-
 # ------------------------------------------------------------------ request shaping
 
 
@@ -213,12 +188,12 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
     """The service URL for this request: base + the path and query exactly as received, then
     checked to still lie under the base URL."""
     raw_path = request.rel_url.raw_path
-    # Decoded once, with "\" read as "/" (browsers' and Node's URL parsers do, for http):
-    # "/api/..%2fauth" or "/api/..\admin" must not step out of /api/ at the service either.
-    if ("." in raw_path or "%" in raw_path) and any(
-        segment in (".", "..") for segment in unquote(raw_path).replace("\\", "/").split("/")
-    ):
-        raise BadRequest("Dot segments are not allowed in the path", code="bad_path")
+    # In every layer of its encoding, with "\\" read as "/" (browsers' and Node's URL parsers
+    # do, for http): "/api/..%2fauth", "/api/%252e%252e/x" or "/api/..;/admin" must not step out
+    # of where they point at the service (or at anything between it and us) either.
+    problem = forwarded_path_problem(raw_path)
+    if problem is not None:
+        raise BadRequest(problem[1], code=problem[0])
     base_path = _base_path(base)
     url = URL.build(
         scheme=base.scheme,
@@ -337,7 +312,22 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
     url = target_url(app[SERVICE_URL].url, request)
     headers = service_request_headers(request, config, tenant, user, jwt)
-    body = await outbound_body(request, buffer_when_unsized=_is_json)
+    buffered: Buffered | None = None
+    if request.body_exists and request.content_length is None and _is_json(request.content_type):
+        # AppAPI's PHP proxy sends JSON bodies chunked and the service wants a length: read
+        # whole, within what all users' and this user's bodies may hold at once.
+        try:
+            buffered = await read_whole(request, app[BUFFERS], uid)
+        except BeeflowError as exc:
+            if body_left(request) > LINGER_BODY_BYTES:
+                # The rest of a refused body is not drained: the connection goes.
+                return await cut(request, error_response(exc))
+            raise
+        data = buffered.take()
+        body = OutboundBody(data if len(data) <= INLINE_BODY_BYTES else pieces(data), len(data))
+        del data
+    else:
+        body = await outbound_body(request)
     stats = app[_STATS]
     stats.requests += 1
     stats.in_flight += 1
@@ -347,7 +337,12 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         except BeeflowError as exc:
             stats.failed(exc.instance_code)
             raise
-        return await relay(request, upstream, app[_RELAY_OPTIONS])
+        finally:
+            # Sent (or never will be): the bytes no longer count, nor stay referenced here.
+            body = NO_BODY
+            if buffered is not None:
+                buffered.release()
+        return await relay(request, upstream, app[_RELAY_OPTIONS], edit_headers=app[_CONFINE])
     finally:
         stats.in_flight -= 1
 
@@ -378,6 +373,8 @@ def setup(app: web.Application) -> None:
     app[_TOKENS] = TokenCache()
     app[_RELAY_OPTIONS] = relay_options(app[CONFIG])  # once, not per request
     app[_STATS] = ProxyStats(harp=app[CONFIG].harp)
+    app[_CONFINE] = confiner(confined_policy(app[CONFIG]))
+    app[BUFFERS] = BufferBudget(app[CONFIG].api_buffer_bytes, app[CONFIG].api_buffer_user_bytes)
     provide(app, "serviceProxy", app[_STATS].health)
     for path in L10N_PATHS:
         add_route(app, "GET", path, _l10n, Access.USER)

@@ -266,6 +266,7 @@
     note.textContent = transport.note || "";
     note.hidden = !transport.note;
 
+    renderSignatures(((s.health || {}).ncCallbacks || {}).signatures || {});
     $("env-lock").hidden = !state.locked;
     $("env-url").textContent = s.envApiBaseUrl || "";
     if (!state.loaded) {
@@ -547,6 +548,32 @@
     });
   }
 
+  function renderSignatures(sigs) {
+    var box = $("require-v3");
+    var locked = sigs.requireV3Source === "env";
+    box.checked = !!sigs.requireV3;
+    box.disabled = locked || sigs.requireV3 === undefined || state.acting;
+    $("sig-lock").hidden = !locked;
+  }
+
+  function saveSignatures() {
+    var wanted = $("require-v3").checked;
+    return act("sig-result", "Saving\u2026", async function () {
+      var res = await call("POST", "setup/nc-signatures", { requireV3: wanted });
+      if (!res.ok || !res.data) {
+        show(failure(res), "error", "sig-result");
+        return;
+      }
+      show(
+        res.data.requireV3
+          ? "Only v3 signatures are accepted now."
+          : "v3 signatures and older ones are accepted now.",
+        "ok",
+        "sig-result"
+      );
+    });
+  }
+
   function start() {
     $("mode-cloud").addEventListener("change", syncInputs);
     $("mode-self").addEventListener("change", function () {
@@ -560,6 +587,7 @@
     $("request-code").addEventListener("click", requestCode);
     $("pair").addEventListener("click", applyPairing);
     $("rotate").addEventListener("click", rotateKey);
+    $("require-v3").addEventListener("change", saveSignatures);
     $("verify-code").addEventListener("keydown", function (event) {
       if (event.key === "Enter") {
         verifyCode();
