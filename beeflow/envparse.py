@@ -138,7 +138,11 @@ def path_value(raw: str) -> Path:
 
 def socket_path(raw: str) -> Path:
     path = path_value(raw)
-    if len(str(path).encode()) > _SOCKET_PATH_MAX:
+    try:
+        size = len(str(path).encode())
+    except UnicodeEncodeError:
+        raise Invalid("must be valid UTF-8 text") from None
+    if size > _SOCKET_PATH_MAX:
         raise Invalid(f"must be at most {_SOCKET_PATH_MAX} bytes (the Unix socket limit)")
     return path
 
