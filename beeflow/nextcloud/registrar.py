@@ -46,6 +46,9 @@ REMEDY: Final = {
     "waiting_for_key": "The connector registers once it has a tenant key (see the bootstrap).",
     "failed": "See lastError; the connector retries by itself, and /init or "
     "`occ app_api:app:update` retries at once.",
+    "partial": "Some event classes failed (see failed); the connector retries by itself.",
+    "removed": "Nextcloud disabled the app; enabling it (`occ app_api:app:enable`) registers "
+    "again.",
 }
 
 
@@ -135,6 +138,7 @@ class Registrar:
         self.status = Status()
         self.slot = Slot("webhooks-register")
         self._again = False  # a forced run was asked for while one was in flight
+        self.closed = False  # the app is stopping: no new run (the Nextcloud session closes)
         # What Nextcloud's rows carry since this process registered them (None: not known).
         self.registered_secret: str | None = None
 
@@ -143,6 +147,8 @@ class Registrar:
     async def ensure(self, *, force: bool = True) -> None:
         """Run now, or join the run in flight (a forced request then runs once more after it).
         Never raises: the outcome is in `status`."""
+        if self.closed:
+            return
         if self.slot.running:
             self._again = self._again or force
             assert self.slot.task is not None

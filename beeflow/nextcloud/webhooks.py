@@ -157,6 +157,7 @@ def setup(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         watcher.slot.start(watcher.loop())
         yield
+        registrar.closed = True
         await watcher.slot.close()
         with contextlib.suppress(asyncio.CancelledError):
             await registrar.slot.close()

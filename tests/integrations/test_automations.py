@@ -327,3 +327,16 @@ async def test_heartbeat_details_only_for_the_trusted(conn: RunningConnector) ->
         local = await resp.json()  # doctor in the container: loopback, the secret, no user
     assert local["automations"]["received"] == 1
     assert local["webhooks"]["registered"]
+
+
+async def test_the_setup_page_shows_registration_and_deliveries(conn: RunningConnector) -> None:
+    body = envelope(NODE + "NodeCreatedEvent", {"node": {"id": 1, "path": "/alice/files/h"}})
+    await post(conn, body)
+    async with await conn.request("GET", "/setup/status", user="admin") as resp:
+        assert resp.status == 200
+        status = await resp.json()
+    health = status["health"]
+    assert health["webhooks"]["state"] == "registered"
+    assert health["webhooks"]["cron"]["state"] == "ok"
+    assert health["automations"]["received"] == 1
+    assert health["automations"]["lastDeliveryAt"]

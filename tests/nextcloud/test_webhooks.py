@@ -253,6 +253,7 @@ async def test_the_watcher_never_calls_before_the_app_is_known_enabled(
 ) -> None:
     registrar, watcher = await quiet(conn)
     watcher.retry_base = watcher.drift = 0.0
+    watcher._next_retry = 0.0  # a run would be due at once, were the app known enabled
     assert registrar._client.app_enabled is None
     for _ in range(3):
         await watcher.step()
@@ -370,3 +371,17 @@ async def test_asking_stops_once_the_app_is_unregistered(
     for _ in range(3):
         await watcher.step()
     assert len(fake_nc.calls_to("/ocs/v1.php/apps/app_api/ex-app/state")) == 1
+
+
+async def test_no_run_starts_once_the_app_is_stopping(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
+) -> None:
+    """A pipeline still running at shutdown reaches the webhooks phase after the surface
+    closed: that run must not start (the Nextcloud session closes next)."""
+    conn = await connector_factory()
+    registrar, _ = await quiet(conn)
+    await conn.close()
+    before = len(fake_nc.calls)
+    await registrar.ensure()
+    assert len(fake_nc.calls) == before
+    assert registrar.status.runs == 0
