@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +274,9 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> str:
             "",
             f"`python -m bench.automations --deliveries {args.deliveries} --concurrency "
             f"{args.concurrency} --samples {args.samples} --backlog {args.backlog}`; Python "
-            f"{sys.version.split()[0]}, {os.cpu_count()} cores, load average "
+            f"{sys.version.split()[0]}, aiohttp {aiohttp.__version__}, the connector's event "
+            f"loop {'uvloop' if find_spec('uvloop') else 'asyncio'}, {os.cpu_count()} cores, "
+            "load average "
             f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end (a shared machine).",
             "",
             "| Measure | Value |",
