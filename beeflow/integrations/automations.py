@@ -83,7 +83,7 @@ class Automations:
         within = self.refusals.penalise("hook")
         if self._warn.ready():
             log.warning(
-                "webhook delivery with a wrong or missing %s refused (%d this minute)",
+                "webhook delivery with a wrong or missing %s refused (%d so far)",
                 SECRET_HEADER,
                 self.forwarder.stats.refused_secrets,
             )

@@ -71,7 +71,7 @@ def node_fields(node: Any) -> dict[str, Any]:
 
 
 def _file_payload(event: str, e: Mapping[str, Any]) -> dict[str, Any]:
-    if "source" in e or "target" in e:
+    if e.get("source") or e.get("target"):
         source = node_fields(e.get("source"))
         return {**node_fields(e.get("target")), "oldPath": source["path"], "sourceId": source["id"]}
     if event in ("file.tagged", "file.untagged"):

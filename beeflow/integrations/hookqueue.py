@@ -207,9 +207,13 @@ class Forwarder:
             log.warning("%d automation event(s) not delivered: the connector stopped", len(items))
             return
 
+        over = 0
+
         def add(current: Any) -> Any:
-            kept = _events(current)
-            return {"events": (kept + items)[-self.max_queued :]}
+            nonlocal over
+            kept = _events(current) + items
+            over = max(0, len(kept) - self.max_queued)
+            return {"events": kept[over:]}
 
         try:
             lease.update_json(self._spill, add)
@@ -219,6 +223,13 @@ class Forwarder:
             return
         self.stats.spilled += len(items)
         log.info("%d automation event(s) kept for the next start", len(items))
+        if over:
+            self.stats.dropped += over
+            log.warning(
+                "%d older automation event(s) dropped: the file holds at most %d",
+                over,
+                self.max_queued,
+            )
 
     async def restore(self) -> None:
         """Queue what a stopped process kept (this one or a replica; taken once, by one)."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from beeflow.integrations.automations import AUTOMATIONS, MAX_BODY
-from beeflow.integrations.hookqueue import SPILL_FILE
+from beeflow.integrations.hookqueue import SPILL_FILE, Forwarder
 from beeflow.nextcloud.hooks import HOOK_PATH, hook_secret
 from beeflow.nextcloud.webhooks import REGISTRAR, WATCHER
 from beeflow.tenant.state import TENANT
@@ -340,3 +340,23 @@ async def test_the_setup_page_shows_registration_and_deliveries(conn: RunningCon
     assert health["webhooks"]["cron"]["state"] == "ok"
     assert health["automations"]["received"] == 1
     assert health["automations"]["lastDeliveryAt"]
+
+
+async def test_the_kept_events_are_bounded_and_the_oldest_go(tmp_path: Path) -> None:
+    async def never(path: str, item: dict[str, Any]) -> Any:
+        raise AssertionError("nothing is sent in this test")
+
+    forwarder = Forwarder(never, storage=tmp_path, max_queued=5)
+    for n in range(4):
+        forwarder.offer({"event": "file.new", "ncUid": None, "payload": {"n": n}})
+    await forwarder.stop(0.0)  # no workers started: all four are kept
+    for n in range(4, 7):
+        forwarder.offer({"event": "file.new", "ncUid": None, "payload": {"n": n}})
+    await forwarder.stop(0.0)
+    kept = json.loads((tmp_path / SPILL_FILE).read_text())["events"]
+    assert [e["payload"]["n"] for e in kept] == [2, 3, 4, 5, 6]
+    assert forwarder.stats.dropped == 2
+    again = Forwarder(never, storage=tmp_path, max_queued=5)
+    await again.restore()
+    assert again.queue.qsize() == 5
+    assert json.loads((tmp_path / SPILL_FILE).read_text()) == {"events": []}
