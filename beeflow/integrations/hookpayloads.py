@@ -41,6 +41,10 @@ def _dict(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -75,8 +79,8 @@ def _file_payload(event: str, e: Mapping[str, Any]) -> dict[str, Any]:
         source = node_fields(e.get("source"))
         return {**node_fields(e.get("target")), "oldPath": source["path"], "sourceId": source["id"]}
     if event in ("file.tagged", "file.untagged"):
-        objects = [str(o) for o in e.get("objectIds") or [] if _id(o) is not None]
-        tags = [_number(t) for t in e.get("tagIds") or []]
+        objects = [str(o) for o in _list(e.get("objectIds")) if _id(o) is not None]
+        tags = [_number(t) for t in _list(e.get("tagIds"))]
         return {
             "objectType": _text(e.get("objectType")) or "files",
             "objectIds": objects,
@@ -245,9 +249,9 @@ def _tables_payload(e: Mapping[str, Any]) -> dict[str, Any]:
 
 def _deck_payload(e: Mapping[str, Any]) -> dict[str, Any]:
     card = _dict(e.get("card"))
-    labels = [_dict(label).get("title") for label in card.get("labels") or []]
+    labels = [_dict(label).get("title") for label in _list(card.get("labels"))]
     assigned = []
-    for item in card.get("assignedUsers") or []:
+    for item in _list(card.get("assignedUsers")):
         participant = _dict(_dict(item).get("participant"))
         uid = participant.get("uid") or participant.get("primaryKey")
         if isinstance(uid, str) and uid:

@@ -270,3 +270,30 @@ def test_no_envelope_makes_the_mapping_fail(
     payload = payload_for(event, {"event": inner, "user": user, "time": stamp})
     json.dumps(payload)
     assert set(payload) >= {"actor", "actorName", "datetime"}
+
+
+@pytest.mark.parametrize(
+    ("event", "inner", "expected"),
+    [
+        ("file.tagged", {"objectIds": 1, "tagIds": "x"}, {"objectIds": [], "tagIds": []}),
+        ("file.new", {"node": 7}, {"path": None, "id": None}),
+        (
+            "file.new",
+            {"source": None, "target": None, "node": {"path": "/a/files/n.md"}},
+            {"path": "/n.md"},
+        ),
+        (
+            "deck.card.changed",
+            {"card": {"id": 1, "labels": 5, "assignedUsers": "bob"}},
+            {"labels": [], "assignedUsers": []},
+        ),
+        ("tables.row.added", {"values": "x", "previousValues": 3}, {"values": {}}),
+        ("calendar.event.created", {"objectData": {"calendardata": 12}}, {"summary": None}),
+    ],
+)
+def test_odd_shapes_become_nulls_and_empty_lists(
+    event: str, inner: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """Found by the property below: a number where a list belongs made the mapping fail."""
+    payload = payload_for(event, {"event": inner})
+    assert {k: payload[k] for k in expected} == expected
