@@ -360,3 +360,27 @@ async def test_the_kept_events_are_bounded_and_the_oldest_go(tmp_path: Path) -> 
     await again.restore()
     assert again.queue.qsize() == 5
     assert json.loads((tmp_path / SPILL_FILE).read_text()) == {"events": []}
+
+
+async def test_without_storage_or_with_a_broken_one_the_stop_says_what_was_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def never(path: str, item: dict[str, Any]) -> Any:
+        raise AssertionError("nothing is sent in this test")
+
+    item: dict[str, Any] = {"event": "file.new", "ncUid": None, "payload": {}}
+    nowhere = Forwarder(never, storage=None)
+    nowhere.offer(item)
+    with caplog.at_level(logging.WARNING):
+        await nowhere.stop(0.0)
+    assert nowhere.stats.dropped == 1
+    assert "not delivered: the connector stopped" in caplog.text
+    broken = Forwarder(never, storage=tmp_path / "missing" / "dir")
+    broken.offer(item)
+    await broken.stop(0.0)
+    assert broken.stats.dropped == 1
+    assert "lost at shutdown" in caplog.text
+    (tmp_path / SPILL_FILE).write_text("not json")
+    odd = Forwarder(never, storage=tmp_path)
+    await odd.restore()  # an unreadable file is taken as empty
+    assert odd.queue.qsize() == 0

@@ -385,3 +385,64 @@ async def test_no_run_starts_once_the_app_is_stopping(
     await registrar.ensure()
     assert len(fake_nc.calls) == before
     assert registrar.status.runs == 0
+
+
+async def test_nextcloud_down_is_a_failed_run_with_its_reason(
+    conn: RunningConnector, fake_nc: FakeNextcloud
+) -> None:
+    registrar, _ = await quiet(conn)
+    fake_nc.down = True
+    await registrar.ensure()
+    health = registrar.health(True)
+    assert health["state"] == "failed"
+    assert "HTTP 503" in health["lastError"]
+    assert "retries by itself" in health["remedy"]
+
+
+async def test_a_required_class_nextcloud_refuses_makes_the_run_partial(
+    conn: RunningConnector, fake_nc: FakeNextcloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registrar, _ = await quiet(conn)
+    hooks = fake_nc.webhook_listeners
+    compatible = hooks.compatible
+    written = CLASS_BY_EVENT["file.changed"].php_class
+    monkeypatch.setattr(hooks, "compatible", lambda cls: cls != written and compatible(cls))
+    await registrar.ensure()
+    status = registrar.status
+    assert status.state == "partial"
+    assert "not an event class compatible" in status.failed["file.changed"]
+    assert registrar.registered_secret is None  # the next look updates every row again
+    assert "file.changed" not in status.registered
+
+
+@pytest.mark.parametrize(
+    ("users", "state", "why"),
+    [
+        ({"alice": ["staff"]}, "unknown", "no administrator found"),
+        ({"admin": ["admin"]}, "ok", ""),
+    ],
+)
+async def test_background_jobs_are_read_as_an_administrator(
+    connector_factory: ConnectorFactory,
+    fake_nc: FakeNextcloud,
+    users: dict[str, list[str]],
+    state: str,
+    why: str,
+) -> None:
+    from beeflow.nextcloud.cron import CronCheck
+    from beeflow.nextcloud.users import USERS
+
+    fake_nc.users.clear()
+    for uid, groups in users.items():
+        fake_nc.add_user(uid, groups=groups)
+    conn = await connector_factory()
+    check = CronCheck(conn.app[REGISTRAR]._client, conn.app[USERS])
+    status = await check.run()
+    assert (status.state, status.why) == (state, why)
+    if state == "unknown":
+        assert "could not read" in status.remedy().lower()
+        return
+    calls = fake_nc.calls_to("/ocs/v2.php/apps/provisioning_api/")
+    assert {c.user for c in calls} == {"admin"}
+    await check.run()  # the administrator is remembered: no second user lookup
+    assert len(fake_nc.calls_to("/ocs/v2.php/cloud/users/")) == 1
