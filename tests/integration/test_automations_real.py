@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -243,3 +244,97 @@ def test_disable_removes_the_rows_and_enable_brings_them_back(lane: Lane) -> Non
         lane.nc.occ("app_api:app:enable", APP_ID)
     lane.connector.wait_line("AppAPI set enabled=1", since=since)
     wait_until(lambda: classes(lane) == REQUIRED, 60, "rows back after enable")
+
+
+class Recorder:
+    """A plain HTTP server on loopback that records the paths POSTed to it."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+async def test_an_absolute_uri_to_a_local_address_is_refused_by_default(lane: Lane) -> None:
+    """Why the connector's uri is relative (docs/automations.md, "Why a relative uri"): an
+    absolute uri to a local address is delivered only while `allow_local_remote_servers` is on
+    (the lane's bundle turns it on); with Nextcloud's default (off) it gets nothing, while the
+    relative rows still deliver."""
+    recorder = Recorder()
+    api = str(lane.nc.url) + "/ocs/v2.php/apps/webhook_listeners/api/v1/webhooks"
+    body = {
+        "httpMethod": "POST",
+        "uri": f"http://127.0.0.1:{recorder.port}/absolute",
+        "event": "OCP\\SystemTag\\TagAssignedEvent",
+        "authMethod": "none",
+    }
+    name = f"abs-{secrets.token_hex(3)}.txt"
+    put = await dav(lane, "PUT", f"/files/bob/{name}", data=b"x")
+    file_id = re.match(r"0*(\d+)", put.headers.get("OC-FileId", ""))
+    assert file_id
+    row_id = None
+    async with aiohttp.ClientSession() as session:
+
+        async def tag_it() -> int:
+            async with session.post(
+                str(lane.nc.url) + "/remote.php/dav/systemtags/",
+                headers={**lane.nc.admin, "Content-Type": "application/json"},
+                json={"name": f"abs-{secrets.token_hex(3)}", "userAssignable": True},
+            ) as created:
+                tag = int(created.headers["Content-Location"].rstrip("/").rsplit("/", 1)[1])
+            await dav(lane, "PUT", f"/systemtags-relations/files/{file_id.group(1)}/{tag}")
+            return tag
+
+        try:
+            async with session.post(
+                api, json=body, params={"format": "json"}, headers=lane.appapi_headers()
+            ) as resp:
+                row_id = (await resp.json())["ocs"]["data"]["id"]
+            allowed = await tag_it()
+            wait_event(
+                lane, lambda e: e["event"] == "file.tagged" and e["payload"]["tagId"] == allowed
+            )
+            cron(lane, 2)
+            assert recorder.paths == ["/absolute"]  # allowed: delivered
+            lane.nc.occ(
+                "config:system:set", "allow_local_remote_servers", "--value=false", "--type=boolean"
+            )
+            refused = await tag_it()
+            wait_event(
+                lane, lambda e: e["event"] == "file.tagged" and e["payload"]["tagId"] == refused
+            )
+            cron(lane, 2)
+            assert recorder.paths == ["/absolute"]  # "violates local access rules": nothing
+        finally:
+            lane.nc.occ(
+                "config:system:set", "allow_local_remote_servers", "--value=true", "--type=boolean"
+            )
+            if row_id is not None:
+                headers = lane.appapi_headers()
+                async with session.delete(
+                    f"{api}/{row_id}", params={"format": "json"}, headers=headers
+                ):
+                    pass
+            recorder.stop()
