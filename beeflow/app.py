@@ -9,10 +9,10 @@ from aiohttp import web
 from beeflow import lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
-from beeflow.integrations import events, userevents, usersync
+from beeflow.integrations import automations, events, userevents, usersync
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
-from beeflow.nextcloud import ui
+from beeflow.nextcloud import ui, webhooks
 from beeflow.nextcloud.users import USERS, UserDirectory
 from beeflow.phases import INIT_PHASES
 from beeflow.proxy import service as service_proxy
@@ -85,7 +85,9 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     # generic). One line per registration surface of Nextcloud's (beeflow.nextcloud.surface).
     lifecycle.setup(app, nc_client, run_at_boot=run_at_boot)
     ui.setup(app)
+    webhooks.setup(app, key=lambda: state.key, instance_id=lambda: state.instance_id)
     events.install(app)
+    automations.install(app)
     usersync.install(
         app,
         usersync.UserSync(

@@ -40,6 +40,9 @@ HARP_AA_VERSION: Final = "32"  # HaRP overwrites AA-VERSION with this on what it
 HARP_KEY_HEADER: Final = "harp-shared-key"  # AppAPI's own calls through HaRP carry the key
 _UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _COMM_MAX: Final = 15  # TASK_COMM_LEN - 1
+# AppAPI waits 60 s for PUT /enabled and disables the app right after the answer, from when on
+# it refuses the app's calls: a surface's teardown must be done before the answer.
+TEARDOWN_SECONDS: Final = 20.0
 
 
 @attrs.define
@@ -283,7 +286,7 @@ async def enabled(request: web.Request) -> web.Response:
         log.info("AppAPI set enabled=%s", int(state))
         request.app[NEXTCLOUD].app_enabled = state
         if not state:
-            spawn(teardown_all(request.app), name="surfaces-teardown")
+            await _teardown(request.app)
         pipe = pipeline(request.app)
         # Enabling from the UI or `occ app_api:app:enable` sends heartbeat + this call, no /init:
         # re-run what boot held back or what failed (a run in flight is the /init's own).
@@ -291,6 +294,18 @@ async def enabled(request: web.Request) -> web.Response:
             pipe.boot_blocked, pipe.blocked_by = False, ""
             pipe.trigger("enabled", init=False)
     return json_response({"error": ""})
+
+
+async def _teardown(app: web.Application) -> None:
+    """Every surface's teardown, answered when done or after TEARDOWN_SECONDS (it then goes on,
+    and whatever Nextcloud refuses from then on is logged by the surface)."""
+    task = spawn(teardown_all(app), name="surfaces-teardown")
+    try:
+        await asyncio.wait_for(asyncio.shield(task), TEARDOWN_SECONDS)
+    except TimeoutError:
+        log.warning(
+            "the registrations' teardown took over %d s; answering AppAPI", TEARDOWN_SECONDS
+        )
 
 
 # ------------------------------------------------------------------ boot

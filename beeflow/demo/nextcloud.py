@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+import time
 from importlib import resources
 from typing import Any, Final
 
@@ -89,6 +90,7 @@ class DemoNextcloud:
         self.legacy_prefix = f"/index.php/apps/app_api/proxy/{app_id}/"
         self.harp_prefix = f"/exapps/{app_id}/"
         self.progress: list[int] = []
+        self.webhooks: dict[int, dict[str, object]] = {}  # webhook_listeners' rows
         # True: the legacy front buffers each reply whole, like AppAPI's PHP proxy on NC 32
         # (nextcloud32-observed.md); False (default): it streams, as HaRP does.
         self.buffer_legacy = False
@@ -167,8 +169,33 @@ class DemoNextcloud:
             body = await request.json()
             if isinstance(body, dict) and isinstance(body.get("progress"), int):
                 self.progress.append(body["progress"])
-        # Registrations (top menu, script, webhooks, logs...): accepted.
+        if tail.startswith("apps/webhook_listeners/api/v1/webhooks"):
+            return await self._webhooks(request, tail)
+        if tail.startswith("apps/provisioning_api/api/v1/config/apps/core/"):
+            # Background jobs: cron, run just now (deliveries would be on time).
+            key = tail.rsplit("/", 1)[1]
+            return _ocs(
+                request, {"data": "cron" if key == "backgroundjobs_mode" else str(int(time.time()))}
+            )
+        # Registrations (top menu, script, logs...): accepted.
         return _ocs(request, {})
+
+    async def _webhooks(self, request: web.Request, tail: str) -> web.Response:
+        """webhook_listeners' rows, kept in memory (nothing is ever delivered in the demo)."""
+        row_id = tail.rsplit("/", 1)[1]
+        if request.method == "GET":
+            uri = request.query.get("uri")
+            rows = [r for r in self.webhooks.values() if uri is None or r["uri"] == uri]
+            return _ocs(request, rows)
+        if request.method == "DELETE":
+            return _ocs(request, self.webhooks.pop(int(row_id), None) is not None)
+        body = await request.json()
+        new = not row_id.isdigit()
+        ident = max(self.webhooks, default=0) + 1 if new else int(row_id)
+        row = {**body, "id": ident, "appId": self.app_id, "userIdFilter": "", "eventFilter": []}
+        if new or ident in self.webhooks:
+            self.webhooks[ident] = row
+        return _ocs(request, row)
 
     # ------------------------------------------------------------ the proxy front
 

@@ -80,7 +80,7 @@ async def test_env_key_wins_over_the_cache_and_nothing_is_called(
     assert state.key == TENANT_KEY
     assert state.source == "env"
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     assert control.bootstraps == []
     assert fake_nc.calls_to("/ocs/v2.php/cloud/capabilities") == []
     assert state.key == TENANT_KEY  # the cache did not replace it
@@ -96,7 +96,7 @@ async def test_cached_key_is_used_without_bootstrap(
     assert (state.source, state.status) == ("cache", "ok")
     assert state.organization_name == "Cached Org"
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     assert control.bootstraps == []
     body = await heartbeat(conn, trusted=True)
     assert body["bootstrap"]["state"] == "ok"
@@ -134,7 +134,7 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
     fake_nc.add_user("bob", email=None, display_name="Bob", groups=["admin", "staff"])
     conn = await auto_connector()
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
 
     assert len(control.bootstraps) == 1
     call = control.bootstraps[0]
@@ -259,7 +259,7 @@ async def test_admin_without_email_is_a_categorised_error_and_nothing_is_invente
     conn = await auto_connector(slow_retries=True)
     await run_init(conn, fake_nc)
     # The install still completes: a bootstrap failure is advisory (reference 5.2).
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     assert control.bootstraps == []
     state = conn.app[TENANT]
     assert state.status == "failed"
