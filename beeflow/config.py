@@ -23,6 +23,9 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 # auto: uvloop when it is installed (the image installs it), else asyncio (docs/benchmarks.md).
 EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
 LOG_FORMATS: Final = ("text", "json")
+# How a request reached the connector (docs/deployments.md, "Routing, per request"): auto decides
+# per request (X-Origin-IP: Nextcloud's PHP proxy; none: HaRP); harp and php force one.
+ROUTINGS: Final = ("auto", "harp", "php")
 
 
 def _repr_secret(value: object) -> str:
@@ -100,6 +103,7 @@ class Config:
     nc_signature_v1: bool = True
     nc_signature_require_v3: bool = False
     auth_failure_budget: int = 4
+    routing: str = "auto"
     spa_dir: Path | None = None
     # The service's front-end host; the UI shell comes from <this>/embed (None: bundled UI only).
     embed_base_url: URL | None = URL(DEFAULT_EMBED_BASE_URL)  # noqa: RUF009 - immutable
@@ -200,6 +204,7 @@ class Config:
                 "BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "60", env_.float_range(1, 3600)
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", env_.int_range(1, 9)),
+            "routing": p.get("BEEFLOW_ROUTING", "auto", env_.choice(ROUTINGS)),
             "head_timeout_seconds": p.get(
                 "BEEFLOW_HEAD_TIMEOUT_SECONDS", "10", env_.float_range(0.05, 3600)
             ),

@@ -51,6 +51,7 @@ from beeflow.signing import mint_jwt, user_claims
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web import spa
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.routing import HARP, PHP, ROUTING, Routing
 from beeflow.web.shell import is_navigation, keyless_shell
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,12 @@ _DROP_PREFIXES: Final = (*APPAPI_PREFIXES, "x-beeflow-")
 _CLIENT: web.AppKey[UpstreamClient] = web.AppKey("service_proxy_client")
 _TOKENS: web.AppKey[TokenCache] = web.AppKey("service_proxy_tokens")
 _STATS: web.AppKey[ProxyStats] = web.AppKey("service_proxy_stats")
-_RELAY_OPTIONS: web.AppKey[RelayOptions] = web.AppKey("service_proxy_relay_options")
+# By routing (beeflow.web.routing): HARP streams, PHP gets the legacy framing.
+_RELAY_OPTIONS: web.AppKey[dict[str, RelayOptions]] = web.AppKey("service_proxy_relay_options")
 
 STREAMING_LEGACY: Final = (
-    "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
-    "replies need HaRP (Nextcloud 32+)."
+    "Nextcloud's PHP proxy: it delivers each reply whole, when it ends; streamed chat replies "
+    "need HaRP (Nextcloud 32+)."
 )
 STREAMING_HARP: Final = "HaRP: replies stream to the browser as the service sends them."
 
@@ -126,8 +128,9 @@ STREAMING_HARP: Final = "HaRP: replies stream to the browser as the service send
 class ProxyStats:
     """Counters for the heartbeat / setup status / doctor advisory fields (no I/O)."""
 
-    harp: bool
+    routing: Routing
     requests: int = 0
+    legacy_framed: int = 0  # requests that came through the PHP proxy (legacy framing)
     in_flight: int = 0
     upstream_errors: int = 0
     last_error: str | None = None
@@ -140,11 +143,12 @@ class ProxyStats:
 
     def health(self, trusted: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "streaming": STREAMING_HARP if self.harp else STREAMING_LEGACY,
+            "streaming": STREAMING_HARP if self.routing.expected() == HARP else STREAMING_LEGACY,
             "upstreamErrors": self.upstream_errors,
         }
         if trusted:
             out["requests"] = self.requests
+            out["legacyFramed"] = self.legacy_framed
             out["inFlight"] = self.in_flight
             out["lastError"] = self.last_error
             out["lastErrorAt"] = iso_utc(self.last_error_at)
@@ -283,17 +287,19 @@ def _is_json(content_type: str) -> bool:
 _FINAL_EVENTS: Final = frozenset({b"done"})
 
 
-def relay_options(config: Config) -> RelayOptions:
-    """HaRP streams: keep-alive comments so HaRP and reverse proxies keep idle streams open.
-    Legacy: Nextcloud's PHP proxy buffers the whole reply and has no timeout, so never keep a
-    stream alive artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md,
-    "Legacy mode vs HaRP")."""
-    if config.harp:
+def relay_options(config: Config, *, streaming: bool) -> RelayOptions:
+    """Streaming (HaRP, or anything but the PHP proxy): keep-alive comments so HaRP and reverse
+    proxies keep idle streams open, no idle cap. Legacy (a request that came through Nextcloud's
+    PHP proxy): it buffers the whole reply and has no timeout, so never keep a stream alive
+    artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md, "Legacy mode
+    vs HaRP"). The routing is decided per request (beeflow.web.routing)."""
+    events = ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS)
+    if streaming:
         return RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
     return RelayOptions(
         idle_limit_seconds=config.legacy_stream_idle_seconds,
         close_delimited_sse=True,
-        error_events=ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS),
+        error_events=events,
     )
 
 
@@ -347,7 +353,10 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         except BeeflowError as exc:
             stats.failed(exc.instance_code)
             raise
-        return await relay(request, upstream, app[_RELAY_OPTIONS])
+        framing = app[ROUTING].framing(request)
+        if framing == PHP:
+            stats.legacy_framed += 1
+        return await relay(request, upstream, app[_RELAY_OPTIONS][framing])
     finally:
         stats.in_flight -= 1
 
@@ -376,8 +385,12 @@ def setup(app: web.Application) -> None:
     spa.locate(app, app[CONFIG].spa_dir)
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
-    app[_RELAY_OPTIONS] = relay_options(app[CONFIG])  # once, not per request
-    app[_STATS] = ProxyStats(harp=app[CONFIG].harp)
+    config = app[CONFIG]
+    app[_RELAY_OPTIONS] = {  # once, not per request
+        HARP: relay_options(config, streaming=True),
+        PHP: relay_options(config, streaming=False),
+    }
+    app[_STATS] = ProxyStats(routing=app[ROUTING])
     provide(app, "serviceProxy", app[_STATS].health)
     for path in L10N_PATHS:
         add_route(app, "GET", path, _l10n, Access.USER)
