@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from beeflow import lifecycle, storage
+from beeflow import lease, lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
 from beeflow.integrations import events, userevents, usersync
@@ -70,6 +70,9 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     # the embed script all take this one decision.
     routing.install(app, config)
     app.cleanup_ctx.append(_settle_storage)
+    # Singleton work (bootstrap, registrations, user sync) takes a lease on the shared storage,
+    # so replicas on one volume do it once (docs/deployments.md); released after all of it.
+    lease.install(app, config.persistent_storage, config.lease_ttl_seconds)
 
     # Shared services, each built once with what it uses; their sessions open with the app.
     nc_client = nextcloud.NextcloudClient(config)

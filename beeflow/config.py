@@ -103,7 +103,11 @@ class Config:
     nc_signature_v1: bool = True
     nc_signature_require_v3: bool = False
     auth_failure_budget: int = 4
+    # -- replicas (docs/deployments.md)
     routing: str = "auto"
+    # The lease of singleton work (bootstrap, registrations, user sync) on the shared storage:
+    # a killed holder is replaced after at most this long.
+    lease_ttl_seconds: float = 30.0
     spa_dir: Path | None = None
     # The service's front-end host; the UI shell comes from <this>/embed (None: bundled UI only).
     embed_base_url: URL | None = URL(DEFAULT_EMBED_BASE_URL)  # noqa: RUF009 - immutable
@@ -205,6 +209,9 @@ class Config:
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", env_.int_range(1, 9)),
             "routing": p.get("BEEFLOW_ROUTING", "auto", env_.choice(ROUTINGS)),
+            "lease_ttl_seconds": p.get(
+                "BEEFLOW_LEASE_TTL_SECONDS", "30", env_.float_range(1, 3600)
+            ),
             "head_timeout_seconds": p.get(
                 "BEEFLOW_HEAD_TIMEOUT_SECONDS", "10", env_.float_range(0.05, 3600)
             ),
