@@ -48,6 +48,7 @@ from beeflow.proxy.upstream import PoolSettings, UpstreamClient, outbound_body, 
 from beeflow.serde import iso_utc
 from beeflow.service_client import SERVICE_URL
 from beeflow.signing import mint_jwt, user_claims
+from beeflow.tenant.shared import refresh_key
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web import spa
 from beeflow.web.auth import IDENTITY, Access, add_route
@@ -314,6 +315,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
     config = app[CONFIG]
     tenant = app[TENANT]
+    refresh_key(app)  # a key another replica provisioned or rotated
     key = tenant.key
     if not key:
         if is_navigation(request):
