@@ -4,6 +4,7 @@ PUT /enabled, and the boot run that is careful not to lock the connector out of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import itertools
@@ -21,6 +22,7 @@ from aiohttp import web
 from beeflow.config import CONFIG
 from beeflow.errors import NextcloudError
 from beeflow.health import TUNNEL_STATUS, collect, provide
+from beeflow.lease import LEASES, Leases
 from beeflow.limits import RateLimiter
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
 from beeflow.nextcloud.surface import teardown_all
@@ -59,9 +61,12 @@ class Pipeline:
     """Single-flight: concurrent triggers join the run in flight; each run reports its progress
     (docs/lifecycle.md, "/init phases and progress")."""
 
-    def __init__(self, client: NextcloudClient, phases: list[InitPhase]) -> None:
+    def __init__(
+        self, client: NextcloudClient, phases: list[InitPhase], leases: Leases | None = None
+    ) -> None:
         self._client = client
         self._phases = phases
+        self._leases = leases
         self._task: asyncio.Task[None] | None = None
         # An /init started or joined the run: AppAPI is in its init phase, so a failure is
         # reported too (progress 0 + error ends `--wait-finish` with the reason).
@@ -115,7 +120,7 @@ class Pipeline:
         log.info("init pipeline started (%s): %d phase(s)", reason, len(phases))
         try:
             for progress, group in itertools.groupby(phases, key=lambda p: p.progress):
-                await _run_group(list(group))
+                await _run_group(list(group), self._leases)
                 info.progress = progress
                 if progress < 100:
                     await self._report(progress)
@@ -133,8 +138,14 @@ class Pipeline:
         log.info("init pipeline finished (%s)", reason)
 
 
-async def _run_group(group: list[InitPhase]) -> None:
-    results = await asyncio.gather(*(p.run() for p in group), return_exceptions=True)
+async def _run_group(group: list[InitPhase], leases: Leases | None) -> None:
+    """The phases of one progress level together, under the leases they name (taken in name
+    order, waiting while another replica holds one)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if leases is not None:
+            for name in sorted({p.lease for p in group if p.lease}):
+                await stack.enter_async_context(leases.get(name).hold())
+        results = await asyncio.gather(*(p.run() for p in group), return_exceptions=True)
     for phase, result in zip(group, results, strict=True):
         if isinstance(result, BaseException):
             if isinstance(result, asyncio.CancelledError):
@@ -398,7 +409,7 @@ def _on_trusted(app: web.Application) -> Any:
 
 def setup(app: web.Application, client: NextcloudClient, *, run_at_boot: bool = True) -> None:
     """The lifecycle routes; the pipeline runs the phases every feature added (INIT_PHASES)."""
-    app[_PIPELINE] = Pipeline(client, app.setdefault(INIT_PHASES, []))
+    app[_PIPELINE] = Pipeline(client, app.setdefault(INIT_PHASES, []), app.get(LEASES))
     on_trusted_request(app, _on_trusted(app))
     app[_UNTRUSTED] = RateLimiter(limit=UNTRUSTED_RUNS, window=UNTRUSTED_WINDOW)
     provide(app, "init", _health(app))
