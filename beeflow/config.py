@@ -105,6 +105,9 @@ class Config:
     auth_failure_budget: int = 4
     # -- replicas (docs/deployments.md)
     routing: str = "auto"
+    # On SIGTERM: keep answering everything for this long while /ready says 503, so the load
+    # balancer stops sending before the drain starts refusing new requests.
+    prestop_seconds: float = 0.0
     # The lease of singleton work (bootstrap, registrations, user sync) on the shared storage:
     # a killed holder is replaced after at most this long.
     lease_ttl_seconds: float = 30.0
@@ -209,6 +212,7 @@ class Config:
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", env_.int_range(1, 9)),
             "routing": p.get("BEEFLOW_ROUTING", "auto", env_.choice(ROUTINGS)),
+            "prestop_seconds": p.get("BEEFLOW_PRESTOP_SECONDS", "0", env_.float_range(0, 600)),
             "lease_ttl_seconds": p.get(
                 "BEEFLOW_LEASE_TTL_SECONDS", "30", env_.float_range(1, 3600)
             ),

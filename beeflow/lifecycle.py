@@ -30,6 +30,7 @@ from beeflow.nextcloud.users import USERS
 from beeflow.phases import INIT_PHASES, InitPhase
 from beeflow.tasks import spawn
 from beeflow.web.auth import IDENTITY, Access, add_route, on_trusted_request
+from beeflow.web.draining import DRAINING, READY
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,21 @@ async def heartbeat(request: web.Request) -> web.Response:
     everyone, details only for callers who may see them (_may_see_detail). No side effects."""
     detail = await _may_see_detail(request)
     return json_response({"status": "ok", **collect(request.app, detail)})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /ready: the load balancer's readiness (Kubernetes readinessProbe, HAProxy's check),
+    separate from AppAPI's liveness (/heartbeat, 200 as long as the process answers). 503 while
+    the app starts and from SIGTERM on (the pre-stop delay, then the drain), so the balancer
+    stops sending before anything is refused. Public, no side effects, nothing but the state."""
+    state = request.app[DRAINING].state
+    if state == READY:
+        return json_response({"status": READY})
+    return json_response(
+        {"status": state, "code": "not_ready", "error": "The connector is not taking requests"},
+        status=503,
+        headers={"Retry-After": "1", "Cache-Control": "no-store"},
+    )
 
 
 async def _may_see_detail(request: web.Request) -> bool:
@@ -416,6 +432,7 @@ def setup(app: web.Application, client: NextcloudClient, *, run_at_boot: bool = 
     provide(app, "appapiAuth", _budget_health(app))
     # Passive: the heartbeat has no side effects, whoever calls it.
     add_route(app, "GET", "/heartbeat", heartbeat, Access.PUBLIC, passive=True)
+    add_route(app, "GET", "/ready", ready, Access.PUBLIC, passive=True)
     add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True, lifecycle=True)
     add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True, lifecycle=True)
     if run_at_boot:

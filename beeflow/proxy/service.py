@@ -42,7 +42,7 @@ from beeflow.proxy.headers import (
     filter_headers,
     refuse_encoded_body,
 )
-from beeflow.proxy.relay import RelayOptions, relay
+from beeflow.proxy.relay import Ending, RelayOptions, relay
 from beeflow.proxy.sse import ErrorEvents
 from beeflow.proxy.upstream import PoolSettings, UpstreamClient, outbound_body, upstream_client
 from beeflow.serde import iso_utc
@@ -52,6 +52,7 @@ from beeflow.tenant.shared import refresh_key
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web import spa
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.draining import DRAINING
 from beeflow.web.routing import HARP, PHP, ROUTING, Routing
 from beeflow.web.shell import is_navigation, keyless_shell
 
@@ -65,7 +66,7 @@ METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 # PHP router matches case-insensitively; aiohttp decodes before routing).
 CONNECTOR_OWNED: Final = re.compile(
     r"^/(?:$|index\.html$|favicon\.ico$|bee-?flow-logo|assets(?:/|$)|js(?:/|$)|img(?:/|$)"
-    r"|setup(?:/|$)|heartbeat(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
+    r"|setup(?:/|$)|heartbeat(?:/|$)|ready(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
     r"|files-action(?:/|$)|hooks(?:/|$)|webhook(?:/|$)|nc(?:/|$))",
     re.IGNORECASE,
 )
@@ -73,7 +74,7 @@ _SLASHES: Final = re.compile(r"/{2,}")
 # The same paths as an aiohttp route pattern (`/{tail:...}`), for the refusal route.
 _OWNED_TAIL: Final = (
     r"(?i:(?:index\.html|favicon\.ico|bee-?flow-logo[^/]*|(?:assets|js|img|setup|heartbeat"
-    r"|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
+    r"|ready|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
 )
 # The UI's @nextcloud/l10n asks for these; the service has no use for them: answered here with
 # no translations.
@@ -288,19 +289,25 @@ def _is_json(content_type: str) -> bool:
 _FINAL_EVENTS: Final = frozenset({b"done"})
 
 
-def relay_options(config: Config, *, streaming: bool) -> RelayOptions:
+def relay_options(config: Config, *, streaming: bool, ending: Ending | None = None) -> RelayOptions:
     """Streaming (HaRP, or anything but the PHP proxy): keep-alive comments so HaRP and reverse
     proxies keep idle streams open, no idle cap. Legacy (a request that came through Nextcloud's
     PHP proxy): it buffers the whole reply and has no timeout, so never keep a stream alive
     artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md, "Legacy mode
-    vs HaRP"). The routing is decided per request (beeflow.web.routing)."""
+    vs HaRP"). The routing is decided per request (beeflow.web.routing). Either way, a stream
+    still open at the drain deadline (`ending`) ends with an event saying the connector
+    restarts."""
     events = ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS)
     if streaming:
-        return RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
+        return RelayOptions(
+            keepalive_seconds=config.sse_keepalive_seconds, ending=ending, ending_events=events
+        )
     return RelayOptions(
         idle_limit_seconds=config.legacy_stream_idle_seconds,
         close_delimited_sse=True,
         error_events=events,
+        ending=ending,
+        ending_events=events,
     )
 
 
@@ -388,9 +395,10 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
     config = app[CONFIG]
+    ending = app[DRAINING].streams if DRAINING in app else None
     app[_RELAY_OPTIONS] = {  # once, not per request
-        HARP: relay_options(config, streaming=True),
-        PHP: relay_options(config, streaming=False),
+        HARP: relay_options(config, streaming=True, ending=ending),
+        PHP: relay_options(config, streaming=False, ending=ending),
     }
     app[_STATS] = ProxyStats(routing=app[ROUTING])
     provide(app, "serviceProxy", app[_STATS].health)
