@@ -56,7 +56,7 @@ class UserListing:
         admin = await self._find_admin(uids, users, previous)
         self.status.read_as = admin
         if admin is not None:
-            await self._read_as_admin(admin, uids, users)
+            await self._read_as_admin(admin, uids, users, previous)
         # Only the listing decides who exists: a listed user we could not read (disabled, or
         # deleted since the listing) keeps their last record; the next listing settles it.
         unreadable = [uid for uid in uids if uid not in users]
@@ -114,9 +114,13 @@ class UserListing:
             return None
         raise self._stop("user info", result)
 
-    async def _read_as_admin(self, admin: str, uids: list[str], users: Snapshot) -> None:
+    async def _read_as_admin(
+        self, admin: str, uids: list[str], users: Snapshot, previous: Snapshot
+    ) -> None:
         """Everyone's details as `admin`, a page of DETAILS_PAGE per call; listed users missing
-        from the pages are read one by one (at most SINGLE_LOOKUPS_MAX a run)."""
+        from the pages are read one by one (at most SINGLE_LOOKUPS_MAX a run). A user whose
+        record did not change keeps the previous record object: the run holds
+        one copy of the unchanged users' records, not two."""
         listed = set(uids)
         got: set[str] = set()
         offset = 0
@@ -136,7 +140,7 @@ class UserListing:
             for uid, data in page.items():
                 record = UserRecord.from_ocs(uid, data)
                 if record is not None and uid in listed:
-                    users[uid] = record
+                    _keep(users, uid, record, previous)
             got |= set(page)
             if len(page) < DETAILS_PAGE or not new:
                 break
@@ -172,3 +176,9 @@ class UserListing:
         return SyncAborted(
             f"{what}: HTTP {result.http_status} OCS {result.statuscode}", state=state
         )
+
+
+def _keep(users: Snapshot, uid: str, record: UserRecord, previous: Snapshot) -> None:
+    """users[uid] = record, or the previous snapshot's equal record (one object, not two)."""
+    before = previous.get(uid)
+    users[uid] = before if before is not None and before == record else record

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,7 +43,7 @@ from beeflow.integrations.userrecords import (
     read_state,
     status_fields,
 )
-from beeflow.lease import LEASES, FileWatch, LeaseHolder
+from beeflow.lease import LEASES, FileWatch, LeaseHolder, read_json, write_json
 from beeflow.nextcloud.client import NextcloudClient
 from beeflow.phases import InitPhase, add_phase
 from beeflow.tasks import Slot, spawn
@@ -54,7 +56,11 @@ log = logging.getLogger(__name__)
 STATE_FILE: Final = "user-sync.json"
 STATE_VERSION: Final = 1
 SEND_CONCURRENCY: Final = 4
-PERSIST_EVERY: Final = 25  # sent events between two writes of the remaining queue
+# Sent events between two writes of what was sent (PROGRESS_FILE, a few bytes per event: the
+# snapshot and the queue are written once before the sends and once after them, never per
+# batch, so a run's writes grow with the users, not with their square).
+PERSIST_EVERY: Final = 25
+PROGRESS_FILE: Final = "user-sync-sent.json"
 PENDING_MAX: Final = 50_000
 
 
@@ -86,48 +92,72 @@ class UserSync:
         # state file the previous one left (it is re-read when it changed since our look).
         self.lease: LeaseHolder | None = None
         self._file = FileWatch(path)
+        self._progress = FileWatch(path.with_name(PROGRESS_FILE))
+        self._queue_id = ""  # the queue as written to `path`: what PROGRESS_FILE refers to
+        self._written: list[Event] = []
 
     # -- persistence
 
     def load(self) -> None:
-        """The state file as it is now (at start-up, and when another replica changed it)."""
+        """The state file as it is now (at start-up, and when another replica changed it),
+        less the events a run that stopped half-way recorded as sent."""
         self._file.mark()
-        state = read_state(storage.read_json(self.path), USER_EVENTS)
+        self._progress.mark()
+        data = storage.read_json(self.path)
+        state = read_state(data, USER_EVENTS)
         if state.snapshot is not None:
             self.snapshot, self.taken_at = state.snapshot, state.taken_at
             self.status.baseline_at = state.baseline_at
-        self.pending = list(state.pending)
+        queue = data.get("queueId") if isinstance(data, dict) else None
+        self._queue_id = queue if isinstance(queue, str) else ""
+        self._written = list(state.pending)
+        sent = _sent(read_json(self.path.with_name(PROGRESS_FILE)), self._queue_id)
+        self.pending = [e for i, e in enumerate(state.pending) if i not in sent]
         if self.pending:
             log.info("user sync resumes with %d event(s) still to send", len(self.pending))
 
     async def _reload_if_changed(self) -> None:
         """Another replica ran the sync since our last look: take its snapshot and queue."""
-        if self._file.changed():
+        if self._file.changed() | self._progress.changed():
             await asyncio.to_thread(self.load)
 
-    def _document(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "baselineAt": self.status.baseline_at,
-            "snapshot": None
-            if self.snapshot is None
-            else {
-                "takenAt": self.taken_at,
-                "users": {uid: rec.to_json() for uid, rec in sorted(self.snapshot.items())},
-            },
-            "pending": [list(e) for e in self.pending],
-        }
+    def _chunks(self, snapshot: Snapshot | None, pending: list[Event]) -> Iterator[str]:
+        """user-sync.json piece by piece (100,000 users make 18 MB: never built whole)."""
+        dumps = json.dumps
+        head = {"version": STATE_VERSION, "baselineAt": self.status.baseline_at}
+        yield dumps(head)[:-1] + ', "queueId": ' + dumps(self._queue_id) + ', "snapshot": '
+        if snapshot is None:
+            yield "null"
+        else:
+            yield '{"takenAt": ' + dumps(self.taken_at) + ', "users": {'
+            for n, uid in enumerate(sorted(snapshot)):
+                yield ("" if n == 0 else ", ") + dumps(uid) + ": " + dumps(snapshot[uid].to_json())
+            yield "}}"
+        yield ', "pending": ' + dumps([list(e) for e in pending]) + "}\n"
 
     async def persist(self) -> None:
+        """The snapshot and the queue, together (a new queue id: no progress refers to it)."""
         async with self._write_lock:
-            document = self._document()
+            self._queue_id = secrets.token_hex(8)
+            self._written = list(self.pending)
+            chunks = self._chunks(self.snapshot, self._written)
             try:
-                await storage.write_json(self.path, document)
+                await storage.write_text(self.path, chunks)
                 self._file.mark()
             except storage.StoreError as exc:
                 # Kept in memory; the next run writes again. Said once per run in the status.
                 self.status.last_error = str(exc)
                 log.error("%s: user sync state kept in memory only", exc)
+
+    async def _note_sent(self, sent: set[int]) -> None:
+        """Which events of the queue written last have gone (a crash resumes after them)."""
+        path = self.path.with_name(PROGRESS_FILE)
+        progress = {"queueId": self._queue_id, "sent": sorted(sent)}
+        try:
+            await asyncio.to_thread(write_json, path, progress)
+            self._progress.mark()
+        except OSError as exc:
+            log.warning("%s not written (%s)", PROGRESS_FILE, storage.describe_os_error(exc))
 
     # -- scheduling
 
@@ -257,6 +287,8 @@ class UserSync:
         for a retryable reason stay queued; rejected ones are dropped (and were logged)."""
         sink = self._sink
         queue = list(self.pending)
+        if not self._queue_id or queue != self._written:
+            await self.persist()  # the queue as it is now, so the progress refers to it
         by_user: dict[str, list[Event]] = {}
         for event in queue:
             by_user.setdefault(event[1], []).append(event)
@@ -281,14 +313,14 @@ class UserSync:
                     since_write += 1
                     if since_write >= PERSIST_EVERY:
                         since_write = 0
-                        self.pending = [e for i, e in enumerate(queue) if i not in done]
-                        await self.persist()
+                        await self._note_sent(done)
 
         try:
             await asyncio.gather(*(send_user(evs) for evs in by_user.values()))
         finally:
             self.pending = [e for i, e in enumerate(queue) if i not in done]
             await self.persist()
+            await asyncio.to_thread(storage.remove, self.path.with_name(PROGRESS_FILE))
 
     # -- status
 
@@ -316,6 +348,14 @@ async def _trigger_soon(sync: UserSync) -> None:
     # The pipeline has the key and the registrations by now: start syncing without holding up
     # the install.
     sync.trigger()
+
+
+def _sent(progress: Any, queue_id: str) -> set[int]:
+    """The indices PROGRESS_FILE records as sent, if it is about the queue `queue_id`."""
+    if not queue_id or not isinstance(progress, dict) or progress.get("queueId") != queue_id:
+        return set()
+    sent = progress.get("sent")
+    return {i for i in sent if isinstance(i, int)} if isinstance(sent, list) else set()
 
 
 def install(app: web.Application, sync: UserSync) -> None:
