@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import attrs
 from aiohttp import web
 
+from beeflow.health import provide
 from beeflow.tasks import Slot
 
 T = TypeVar("T")
@@ -329,20 +330,18 @@ class Leases:
         with contextlib.suppress(OSError):
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def status(self) -> dict[str, Any]:
-        """Per lease: whether we hold it, and who does (for trusted health callers)."""
-        out: dict[str, Any] = {}
-        for name, holder in sorted(self._holders.items()):
-            record = holder._call(holder.lease.current, None)
-            live = record is not None and record.expires_at > holder.lease._clock()
-            out[name] = {
-                "ours": holder.held,
-                "holder": record.holder if record is not None and live else None,
-                "generation": record.generation if record is not None else None,
-                "tenures": holder.tenures,
-                "lost": holder.lost,
-            }
-        return out
+    def status(self, trusted: bool = True) -> dict[str, Any]:
+        """Health fields (no I/O): who we are and, per lease, whether we hold it now, how many
+        tenures we had and how many ran out under us. Details only for trusted callers."""
+        if not trusted:
+            return {}
+        return {
+            "holder": self.holder,
+            **{
+                name: {"ours": h.held, "tenures": h.tenures, "lost": h.lost}
+                for name, h in sorted(self._holders.items())
+            },
+        }
 
     async def close(self) -> None:
         for holder in self._holders.values():
@@ -394,6 +393,7 @@ def install(app: web.Application, storage: Path, ttl: float) -> Leases:
     """The process's leases under LEASES, in `<storage>/leases/`: the directory is made at
     start-up, every lease still ours is released at shutdown (after the work using it)."""
     leases = app[LEASES] = Leases(storage / LEASE_DIR, ttl=ttl)
+    provide(app, "leases", leases.status)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(leases.prepare)

@@ -106,12 +106,13 @@ async def test_close_gives_up_a_lease_still_held(tmp_path: Path) -> None:
     holder = leases.get("work")
     assert leases.get("work") is holder
     assert await holder.acquire()
-    status = leases.status()
-    assert status["work"]["ours"] is True
-    assert status["work"]["holder"] == "us"
+    status = leases.status(True)
+    assert status["holder"] == "us"
+    assert status["work"] == {"ours": True, "tenures": 1, "lost": 0}
+    assert leases.status(False) == {}
     await leases.close()
     assert Lease(tmp_path / "leases", "work", ttl=30, holder="them").try_acquire()
-    assert leases.status()["work"]["holder"] == "them"
+    assert leases.status()["work"]["ours"] is False
 
 
 async def test_an_unusable_storage_lets_the_work_run_and_says_so_once(
