@@ -1,7 +1,7 @@
 """Who exists in Nextcloud and what it knows of them, as the user reconciliation reads it: the
 AppAPI user list (the only source that decides who exists), an enabled administrator found by
 reading their own account, everyone's details read as that administrator a page at a time
-(docs/lifecycle.md, "User and group sync")."""
+(docs/lifecycle.md, "Periodic reconciliation (`beeflow/integrations/usersync.py`)")."""
 
 from __future__ import annotations
 
