@@ -61,10 +61,10 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def read_json(path: Path) -> Any:
-    """The JSON in `path`, or None when it is missing or not valid JSON."""
+    """The JSON in `path`, or None when it is missing, unreadable or not valid JSON."""
     try:
         return json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None
 
 

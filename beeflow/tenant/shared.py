@@ -11,9 +11,7 @@ once it is done."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
@@ -138,15 +136,13 @@ class TenantFiles:
             except Exception:
                 log.exception("re-reading the tenant files failed")
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The background watch, for the app's lifetime."""
+    def start(self) -> None:
+        """The background watch (nothing to watch when the key is fixed)."""
         if not self.fixed:
             self._loop.start(self.watch())
-        try:
-            yield
-        finally:
-            await self._loop.close()
+
+    async def stop(self) -> None:
+        await self._loop.close()
 
 
 TENANT_FILES: web.AppKey[TenantFiles] = web.AppKey("tenant_files")

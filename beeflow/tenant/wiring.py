@@ -77,8 +77,9 @@ def install(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await boot.load()
         files.mark()
-        async with files.running():
-            yield
+        files.start()
+        yield
+        await files.stop()
         await boot.close()
 
     app.cleanup_ctx.append(ctx)
