@@ -19,7 +19,14 @@ from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import RunningConnector, wait_for
 from tests.proxy.nc.caller import nc_signature
-from tests.setup.test_tenant_actions import ROTATE, ROTATED_KEY, call
+from tests.setup.test_tenant_actions import (
+    REQUEST,
+    ROTATE,
+    ROTATED_KEY,
+    VERIFY,
+    call,
+    matching_org,
+)
 
 FAST = {"BEEFLOW_LEASE_TTL_SECONDS": "2"}  # waiting replicas look again every 0.2 s
 TARGET = "/nc/ocs/v2.php/cloud/users/alice"
@@ -128,3 +135,28 @@ async def test_a_setup_choice_saved_on_one_replica_applies_on_the_other(
     assert b.app[SERVICE_URL].source == "default"
     await wait_for(lambda: str(b.app[SERVICE_URL].url).rstrip("/") == url, timeout=5)
     assert b.app[SERVICE_URL].source == "setup"
+
+
+async def test_a_verification_pending_on_one_replica_is_finished_on_another(
+    auto_connector: AutoFactory, control: ServiceControl
+) -> None:
+    """The service answers 202 (an organisation with the admin's domain): the replica that
+    waited takes the pending verification from the file instead of asking again; the admin's
+    next clicks land on it; the key it obtains reaches the first replica."""
+    matching_org(control)
+    a = await auto_connector(**FAST)
+    b = await auto_connector(**FAST)
+    await asyncio.wait_for(
+        asyncio.gather(bootstrapper(a.app).ensure(), bootstrapper(b.app).ensure()), 15
+    )
+    assert len(control.bootstraps) == 1
+    assert a.app[TENANT].status == b.app[TENANT].status == "awaiting_email_verification"
+    assert (await call(b, REQUEST)).status == 200  # the code goes out
+    code = control.last_mail().code
+    await wait_for(lambda: bool((a.app[TENANT].pending or {}).get("codeSent")))
+    answer = await call(b, VERIFY, {"code": code})
+    assert answer.status == 200, answer.text
+    assert b.app[TENANT].key == PROVISIONED_KEY
+    await wait_for(lambda: a.app[TENANT].key == PROVISIONED_KEY, timeout=5)
+    assert a.app[TENANT].status == "ok"
+    assert a.app[TENANT].pending is None
