@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from beeflow import lifecycle, storage
+from beeflow import lease, lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
 from beeflow.integrations import automations, events, userevents, usersync
@@ -21,7 +21,7 @@ from beeflow.service_client import ServiceClient, ServiceUrl
 from beeflow.service_client import install as install_service_client
 from beeflow.setup import routes as setup_page
 from beeflow.tenant import wiring as tenant
-from beeflow.web import auth, csrf, draining, errors, parser_log, security_headers, static
+from beeflow.web import auth, csrf, draining, errors, parser_log, routing, security_headers, static
 
 # Generous for uploads through /api (the /nc proxy streams its bodies itself).
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
@@ -66,7 +66,13 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     csrf.install(app)
     auth.install(app)
     security_headers.install(app)
+    # How each request came in (HaRP or the PHP proxy): the proxies' framing, the UI build and
+    # the embed script all take this one decision.
+    routing.install(app, config)
     app.cleanup_ctx.append(_settle_storage)
+    # Singleton work (bootstrap, registrations, user sync) takes a lease on the shared storage,
+    # so replicas on one volume do it once (docs/deployments.md); released after all of it.
+    lease.install(app, config.persistent_storage, config.lease_ttl_seconds)
 
     # Shared services, each built once with what it uses; their sessions open with the app.
     nc_client = nextcloud.NextcloudClient(config)

@@ -27,7 +27,7 @@ from beeflow.health import TUNNEL_STATUS, HealthProvider, provide
 from beeflow.redact import REDACTOR
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.tcp import TcpTransport
-from beeflow.web.draining import DRAINING
+from beeflow.web.draining import DRAINING, drain
 
 log = logging.getLogger("beeflow")
 
@@ -177,17 +177,12 @@ async def serve(
         if ready is not None:
             ready.set()
         await stopping.wait()
-        # 1. Keep listening (frpc would hang callers dialling a closed socket); refuse new work.
-        draining = app[DRAINING]
-        draining.begin()
-        log.info("draining %d in-flight request(s)", draining.in_flight)
-        # 2. Let in-flight requests finish within the grace period.
-        if not await draining.wait_idle(config.shutdown_grace_seconds):
-            log.warning(
-                "%d request(s) still running after %.1f s; closing them",
-                draining.in_flight,
-                config.shutdown_grace_seconds,
-            )
+        # 1-2. Keep listening (frpc would hang callers dialling a closed socket): not ready but
+        # serving for the pre-stop delay, then refuse new work while in-flight requests finish
+        # within the grace period; streams still open at its deadline end cleanly.
+        await drain(
+            app[DRAINING], prestop=config.prestop_seconds, grace=config.shutdown_grace_seconds
+        )
     finally:
         # 3. Stop frpc, 4. close the listeners and client sessions, 5. remove the socket.
         await transport.stop()

@@ -23,6 +23,9 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 # auto: uvloop when it is installed (the image installs it), else asyncio (docs/benchmarks.md).
 EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
 LOG_FORMATS: Final = ("text", "json")
+# How a request reached the connector (docs/deployments.md, "Routing, per request"): auto decides
+# per request (X-Origin-IP: Nextcloud's PHP proxy; none: HaRP); harp and php force one.
+ROUTINGS: Final = ("auto", "harp", "php")
 
 
 def _repr_secret(value: object) -> str:
@@ -104,6 +107,14 @@ class Config:
     api_buffer_bytes: int = 128 * 1024**2
     api_buffer_user_bytes: int = 64 * 1024**2
     auth_failure_budget: int = 4
+    # -- replicas (docs/deployments.md)
+    routing: str = "auto"
+    # On SIGTERM: keep answering everything for this long while /ready says 503, so the load
+    # balancer stops sending before the drain starts refusing new requests.
+    prestop_seconds: float = 0.0
+    # The lease of singleton work (bootstrap, registrations, user sync) on the shared storage:
+    # a killed holder is replaced after at most this long.
+    lease_ttl_seconds: float = 30.0
     spa_dir: Path | None = None
     # The service's front-end host; the UI shell comes from <this>/embed (None: bundled UI only).
     embed_base_url: URL | None = URL(DEFAULT_EMBED_BASE_URL)  # noqa: RUF009 - immutable
@@ -204,6 +215,11 @@ class Config:
                 "BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "60", env_.float_range(1, 3600)
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", env_.int_range(1, 9)),
+            "routing": p.get("BEEFLOW_ROUTING", "auto", env_.choice(ROUTINGS)),
+            "prestop_seconds": p.get("BEEFLOW_PRESTOP_SECONDS", "0", env_.float_range(0, 600)),
+            "lease_ttl_seconds": p.get(
+                "BEEFLOW_LEASE_TTL_SECONDS", "30", env_.float_range(1, 3600)
+            ),
             "head_timeout_seconds": p.get(
                 "BEEFLOW_HEAD_TIMEOUT_SECONDS", "10", env_.float_range(0.05, 3600)
             ),

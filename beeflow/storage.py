@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,6 +53,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Temp file in the same directory, 0600 from the start, fsync, rename over, fsync the dir.
     A reader sees the old file or the new one, never a torn one. Raises StoreError."""
     text = json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    write_text_atomic(path, (text,))
+
+
+def write_text_atomic(path: Path, chunks: Iterable[str]) -> None:
+    """write_json_atomic for a document written piece by piece (a large one need not be built
+    whole in memory first). Raises StoreError."""
     directory = path.parent
     try:
         directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -64,7 +71,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
             os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 fd = -1
-                handle.write(text)
+                for chunk in chunks:
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
         finally:
@@ -165,6 +173,23 @@ async def write_json(path: Path, data: Any) -> None:
     """write_json_atomic in a worker thread, as a task of its own: cancelling the caller does not
     abandon a half-done write (settle() waits for it at shutdown). Raises StoreError."""
     task = spawn(_write(path, data), name=WRITE_TASK_PREFIX + path.name)
+    error = await asyncio.shield(task)
+    if error is not None:
+        raise error
+
+
+async def write_text(path: Path, chunks: Iterable[str]) -> None:
+    """write_text_atomic the same way (the chunks are produced in the worker thread: they must
+    not depend on state the event loop changes meanwhile). Raises StoreError."""
+
+    async def write() -> StoreError | None:
+        try:
+            await asyncio.to_thread(write_text_atomic, path, chunks)
+        except StoreError as exc:
+            return exc
+        return None
+
+    task = spawn(write(), name=WRITE_TASK_PREFIX + path.name)
     error = await asyncio.shield(task)
     if error is not None:
         raise error

@@ -45,7 +45,7 @@ from beeflow.proxy.headers import (
     refuse_encoded_body,
 )
 from beeflow.proxy.paths import forwarded_path_problem
-from beeflow.proxy.relay import RelayOptions, relay
+from beeflow.proxy.relay import Ending, RelayOptions, relay
 from beeflow.proxy.sse import ErrorEvents
 from beeflow.proxy.tokens import TokenCache
 from beeflow.proxy.upstream import (
@@ -58,10 +58,13 @@ from beeflow.proxy.upstream import (
 )
 from beeflow.serde import iso_utc
 from beeflow.service_client import SERVICE_URL
+from beeflow.tenant.shared import refresh_key
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web import spa
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.draining import DRAINING
 from beeflow.web.responses import error_response
+from beeflow.web.routing import HARP, PHP, ROUTING, Routing
 from beeflow.web.security_headers import confined_policy
 from beeflow.web.shell import is_navigation, keyless_shell
 
@@ -75,7 +78,7 @@ METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 # PHP router matches case-insensitively; aiohttp decodes before routing).
 CONNECTOR_OWNED: Final = re.compile(
     r"^/(?:$|index\.html$|favicon\.ico$|bee-?flow-logo|assets(?:/|$)|js(?:/|$)|img(?:/|$)"
-    r"|setup(?:/|$)|heartbeat(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
+    r"|setup(?:/|$)|heartbeat(?:/|$)|ready(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
     r"|files-action(?:/|$)|hooks(?:/|$)|webhook(?:/|$)|nc(?:/|$))",
     re.IGNORECASE,
 )
@@ -83,7 +86,7 @@ _SLASHES: Final = re.compile(r"/{2,}")
 # The same paths as an aiohttp route pattern (`/{tail:...}`), for the refusal route.
 _OWNED_TAIL: Final = (
     r"(?i:(?:index\.html|favicon\.ico|bee-?flow-logo[^/]*|(?:assets|js|img|setup|heartbeat"
-    r"|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
+    r"|ready|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
 )
 # The UI's @nextcloud/l10n asks for these; the service has no use for them: answered here with
 # no translations.
@@ -124,13 +127,14 @@ _DROP_PREFIXES: Final = (*APPAPI_PREFIXES, "x-beeflow-")
 _CLIENT: web.AppKey[UpstreamClient] = web.AppKey("service_proxy_client")
 _TOKENS: web.AppKey[TokenCache] = web.AppKey("service_proxy_tokens")
 _STATS: web.AppKey[ProxyStats] = web.AppKey("service_proxy_stats")
-_RELAY_OPTIONS: web.AppKey[RelayOptions] = web.AppKey("service_proxy_relay_options")
+# By routing (beeflow.web.routing): HARP streams, PHP gets the legacy framing.
+_RELAY_OPTIONS: web.AppKey[dict[str, RelayOptions]] = web.AppKey("service_proxy_relay_options")
 BUFFERS: web.AppKey[BufferBudget] = web.AppKey("service_proxy_buffers")
 _CONFINE: web.AppKey[EditHeaders] = web.AppKey("service_proxy_confine")
 
 STREAMING_LEGACY: Final = (
-    "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
-    "replies need HaRP (Nextcloud 32+)."
+    "Nextcloud's PHP proxy: it delivers each reply whole, when it ends; streamed chat replies "
+    "need HaRP (Nextcloud 32+)."
 )
 STREAMING_HARP: Final = "HaRP: replies stream to the browser as the service sends them."
 
@@ -142,8 +146,9 @@ STREAMING_HARP: Final = "HaRP: replies stream to the browser as the service send
 class ProxyStats:
     """Counters for the heartbeat / setup status / doctor advisory fields (no I/O)."""
 
-    harp: bool
+    routing: Routing
     requests: int = 0
+    legacy_framed: int = 0  # requests that came through the PHP proxy (legacy framing)
     in_flight: int = 0
     upstream_errors: int = 0
     last_error: str | None = None
@@ -156,11 +161,12 @@ class ProxyStats:
 
     def health(self, trusted: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "streaming": STREAMING_HARP if self.harp else STREAMING_LEGACY,
+            "streaming": STREAMING_HARP if self.routing.expected() == HARP else STREAMING_LEGACY,
             "upstreamErrors": self.upstream_errors,
         }
         if trusted:
             out["requests"] = self.requests
+            out["legacyFramed"] = self.legacy_framed
             out["inFlight"] = self.in_flight
             out["lastError"] = self.last_error
             out["lastErrorAt"] = iso_utc(self.last_error_at)
@@ -258,17 +264,25 @@ def _is_json(content_type: str) -> bool:
 _FINAL_EVENTS: Final = frozenset({b"done"})
 
 
-def relay_options(config: Config) -> RelayOptions:
-    """HaRP streams: keep-alive comments so HaRP and reverse proxies keep idle streams open.
-    Legacy: Nextcloud's PHP proxy buffers the whole reply and has no timeout, so never keep a
-    stream alive artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md,
-    "Legacy mode vs HaRP")."""
-    if config.harp:
-        return RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
+def relay_options(config: Config, *, streaming: bool, ending: Ending | None = None) -> RelayOptions:
+    """Streaming (HaRP, or anything but the PHP proxy): keep-alive comments so HaRP and reverse
+    proxies keep idle streams open, no idle cap. Legacy (a request that came through Nextcloud's
+    PHP proxy): it buffers the whole reply and has no timeout, so never keep a stream alive
+    artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md, "Legacy mode
+    vs HaRP"). The routing is decided per request (beeflow.web.routing). Either way, a stream
+    still open at the drain deadline (`ending`) ends with an event saying the connector
+    restarts."""
+    events = ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS)
+    if streaming:
+        return RelayOptions(
+            keepalive_seconds=config.sse_keepalive_seconds, ending=ending, ending_events=events
+        )
     return RelayOptions(
         idle_limit_seconds=config.legacy_stream_idle_seconds,
         close_delimited_sse=True,
-        error_events=ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS),
+        error_events=events,
+        ending=ending,
+        ending_events=events,
     )
 
 
@@ -283,6 +297,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
     config = app[CONFIG]
     tenant = app[TENANT]
+    refresh_key(app)  # a key another replica provisioned or rotated
     key = tenant.key
     if not key:
         if is_navigation(request):
@@ -342,7 +357,12 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             body = NO_BODY
             if buffered is not None:
                 buffered.release()
-        return await relay(request, upstream, app[_RELAY_OPTIONS], edit_headers=app[_CONFINE])
+        framing = app[ROUTING].framing(request)
+        if framing == PHP:
+            stats.legacy_framed += 1
+        return await relay(
+            request, upstream, app[_RELAY_OPTIONS][framing], edit_headers=app[_CONFINE]
+        )
     finally:
         stats.in_flight -= 1
 
@@ -371,10 +391,15 @@ def setup(app: web.Application) -> None:
     spa.locate(app, app[CONFIG].spa_dir)
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
-    app[_RELAY_OPTIONS] = relay_options(app[CONFIG])  # once, not per request
-    app[_STATS] = ProxyStats(harp=app[CONFIG].harp)
-    app[_CONFINE] = confiner(confined_policy(app[CONFIG]))
-    app[BUFFERS] = BufferBudget(app[CONFIG].api_buffer_bytes, app[CONFIG].api_buffer_user_bytes)
+    config = app[CONFIG]
+    ending = app[DRAINING].streams if DRAINING in app else None
+    app[_RELAY_OPTIONS] = {  # once, not per request
+        HARP: relay_options(config, streaming=True, ending=ending),
+        PHP: relay_options(config, streaming=False, ending=ending),
+    }
+    app[_STATS] = ProxyStats(routing=app[ROUTING])
+    app[_CONFINE] = confiner(confined_policy(config))
+    app[BUFFERS] = BufferBudget(config.api_buffer_bytes, config.api_buffer_user_bytes)
     provide(app, "serviceProxy", app[_STATS].health)
     for path in L10N_PATHS:
         add_route(app, "GET", path, _l10n, Access.USER)

@@ -4,14 +4,17 @@ re-bootstrap), test one, read the status; the saved choice applied at start-up."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Final
 
 import aiohttp
 from aiohttp import web
 
 from beeflow.config import CONFIG
 from beeflow.errors import BadRequest, BeeflowError, Conflict
+from beeflow.lease import FileWatch
 from beeflow.limits import RateLimiter
 from beeflow.service_client import SERVICE_URL
 from beeflow.setup import store
@@ -31,11 +34,14 @@ from beeflow.setup.probe import probe, probe_session
 from beeflow.setup.status import CLOUD_URL, status_body
 from beeflow.setup.urlcheck import UrlRejected, assert_allowed_url, parse_allowed_url
 from beeflow.storage import StoreError
+from beeflow.tasks import spawn
 from beeflow.tenant.wiring import ROTATION
 from beeflow.web.auth import Access, add_route
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
+
+SAVED_POLL_SECONDS: Final = 1.0  # how soon another replica's saved choice applies here
 
 
 def _session(request: web.Request) -> aiohttp.ClientSession:
@@ -89,6 +95,8 @@ async def save(request: web.Request) -> web.Response:
         ) from None
     previous = str(api_base.url)
     api_base.url, api_base.source = url, "setup"
+    state_of(request).applied_saved_at = choice.saved_at
+    state_of(request).saved.mark()  # our own write
     if previous != str(url):
         log.info("Bee Flow service changed by an admin: %s -> %s", previous, url)
     if request.app[CONFIG].tenant_key_env:
@@ -129,12 +137,55 @@ def apply_saved(app: web.Application) -> bool:
         return False
     api_base.url, api_base.source = url, "setup"
     app[STATE].loaded_from_file = True
+    app[STATE].applied_saved_at = choice.saved_at
     log.info("Bee Flow service from the setup picker: %s", url)
     return True
 
 
+def reapply_saved(app: web.Application) -> bool:
+    """Another replica's admin saved a choice (setup-config.json changed): apply it as the save
+    did there, live, unless the environment pins the URL. True when the URL in force moved."""
+    state = app[STATE]
+    if not state.saved.changed():
+        return False
+    api_base = app[SERVICE_URL]
+    choice = store.load(app[CONFIG].persistent_storage)
+    if api_base.locked or choice is None or choice.saved_at == state.applied_saved_at:
+        return False
+    try:
+        url = parse_allowed_url(choice.api_base_url)
+    except UrlRejected as exc:
+        log.warning("ignoring the saved service URL: %s (%s)", exc.message, exc.instance_code)
+        return False
+    state.applied_saved_at = choice.saved_at
+    if str(api_base.url) == str(url) and api_base.source == "setup":
+        return False
+    log.info("Bee Flow service changed on another replica: %s -> %s", api_base.url, url)
+    api_base.url, api_base.source = url, "setup"
+    return True
+
+
+async def _watch_saved(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(SAVED_POLL_SECONDS)
+        try:
+            reapply_saved(app)
+        except Exception:
+            log.exception("re-reading the saved setup choice failed")
+
+
 async def _on_startup(app: web.Application) -> None:
     apply_saved(app)
+    app[STATE].saved.mark()
+
+
+async def _watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Replicas on one storage: a choice saved on another one is applied here too."""
+    task = spawn(_watch_saved(app), name="setup-choice-watch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -154,10 +205,12 @@ def install(app: web.Application) -> None:
         script=script_body,
         script_etag=etag_of(script_body),
         rebootstrap=Rebootstrap(app[ROTATION].rebootstrap if ROTATION in app else None),
+        saved=FileWatch(store.path_in(app[CONFIG].persistent_storage)),
     )
     # First of all start-up work, so the tenant bootstrap at boot already sees the saved URL.
     app.on_startup.insert(0, _on_startup)
     app.cleanup_ctx.append(_probe_ctx)
+    app.cleanup_ctx.append(_watch_ctx)
     for path in ("/setup", "/setup/"):
         add_route(app, "GET", path, page, Access.ADMIN)
         add_route(app, "POST", path, save, Access.ADMIN)

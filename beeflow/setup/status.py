@@ -20,6 +20,7 @@ from beeflow.tenant.failures import PAIRING_CATEGORIES
 from beeflow.tenant.records import unstructure
 from beeflow.tenant.state import PENDING_STATES, TENANT
 from beeflow.tenant.wiring import BOOTSTRAPPER
+from beeflow.web.routing import HARP, ROUTING
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +32,30 @@ DEFAULTS: Final = {
 }
 SCRIPT_PATH: Final = "/js/beeflow-setup.js"
 LEGACY_NOTE: Final = (
-    "Legacy mode (no HaRP): Nextcloud's PHP proxy delivers each reply whole, when it ends, so chat "
+    "Nextcloud's PHP proxy (no HaRP) delivers each reply whole, when it ends, so chat "
     "replies appear all at once instead of word by word. Streaming needs HaRP (Nextcloud 32+)."
 )
-HARP_NOTE: Final = "HaRP mode: replies stream to the browser as they are written."
+HARP_NOTE: Final = "HaRP: replies stream to the browser as they are written."
 DEMO_NOTE: Final = "Demo mode: the built-in stand-in proxy streams replies as HaRP would."
 
 
 def _transport(app: web.Application) -> dict[str, Any]:
+    """`mode` is the transport (HaRP's tunnel or TCP); `streaming` and the note follow the
+    routing the requests show (HaRP direct connect and Kubernetes stream over TCP), and
+    `routing` says what was seen (beeflow.web.routing)."""
     config = app[CONFIG]
-    harp = config.harp
-    out: dict[str, Any] = {"mode": "harp" if harp else "legacy", "streaming": harp}
+    routing = app[ROUTING]
+    streaming = routing.expected() == HARP
+    out: dict[str, Any] = {
+        "mode": "harp" if config.harp else "legacy",
+        "streaming": streaming,
+        "routing": routing.health(True),
+    }
     if config.demo:
         out["demo"] = True
         out["note"] = DEMO_NOTE
     else:
-        out["note"] = HARP_NOTE if harp else LEGACY_NOTE
+        out["note"] = HARP_NOTE if streaming else LEGACY_NOTE
     tunnel = app.get(TUNNEL_STATUS)
     if tunnel is not None:
         try:

@@ -64,6 +64,7 @@ from beeflow.proxy.upstream import (
     UpstreamClient,
     upstream_client,
 )
+from beeflow.tenant.shared import refresh_key
 from beeflow.tenant.state import TENANT
 from beeflow.web.auth import Access, add_route
 from beeflow.web.responses import error_response
@@ -188,6 +189,7 @@ def _precheck(request: web.Request) -> _Head:
     method = signed_verb(request)
     target = checked_target(request.raw_path)
     refuse_repeated(request)
+    refresh_key(app)  # before a signature is judged: a key another replica rotated
     key = app[TENANT].key
     if not key:
         guard.no_key()
