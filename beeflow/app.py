@@ -12,13 +12,14 @@ from beeflow.health import HEALTH
 from beeflow.integrations import events, userevents, usersync
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
-from beeflow.nextcloud import ui
+from beeflow.nextcloud import settings, ui
 from beeflow.nextcloud.users import USERS, UserDirectory
 from beeflow.phases import INIT_PHASES
 from beeflow.proxy import service as service_proxy
 from beeflow.proxy.nc import handler as nc_proxy
 from beeflow.service_client import ServiceClient, ServiceUrl
 from beeflow.service_client import install as install_service_client
+from beeflow.setup import admin_form
 from beeflow.setup import routes as setup_page
 from beeflow.tenant import wiring as tenant
 from beeflow.web import auth, csrf, draining, errors, parser_log, security_headers, static
@@ -79,7 +80,7 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     install_service_client(app, service)
     sink = UserEvents(service, config.persistent_storage, config.sync_interval_seconds)
     userevents.install(app, sink)
-    tenant.install(app, config, state, nc_client, service)
+    boot = tenant.install(app, config, state, nc_client, service)
 
     # Features. Connector-owned paths first; the static UI routes last (its GETs are the most
     # generic). One line per registration surface of Nextcloud's (beeflow.nextcloud.surface).
@@ -93,6 +94,12 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
         ),
     )
     setup_page.install(app)
+    form = settings.SettingsForm(nc_client)
+    admin = admin_form.AdminForm(
+        config, form, nc_client, service.service_url, state, boot, app[tenant.ROTATION]
+    )
+    settings.install(app, form, admin.view)
+    admin_form.install(app, admin)
     service_proxy.setup(app)
     nc_proxy.setup(app)
     static.setup(app)

@@ -47,6 +47,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from tests.fakes.nextcloud_appapi import AppApiSurfaces
+
 EVENTS_LISTENER_CONTROLLER_ERROR = (
     "Could not resolve OCA\\AppAPI\\Controller\\EventsListenerController! "
     "Class OCA\\AppAPI\\Controller\\EventsListenerController does not exist"
@@ -171,6 +173,8 @@ class FakeNextcloud:
         self._runner: web.AppRunner | None = None
         self.url = URL()
         self._session: aiohttp.ClientSession | None = None
+        # Settings, config values, Files actions, occ commands, setup checks (their module).
+        self.surfaces = AppApiSurfaces(self)
 
     # ------------------------------------------------------------ set-up helpers
 
@@ -235,6 +239,7 @@ class FakeNextcloud:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024**3)
         app.add_routes(self._extra)
         app.add_routes(self._routes())
+        app.add_routes(self.surfaces.routes())
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
