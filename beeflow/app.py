@@ -9,10 +9,10 @@ from aiohttp import web
 from beeflow import lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
-from beeflow.integrations import events, userevents, usersync
+from beeflow.integrations import events, files_action, userevents, usersync
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
-from beeflow.nextcloud import settings, ui
+from beeflow.nextcloud import files_actions, settings, ui
 from beeflow.nextcloud.users import USERS, UserDirectory
 from beeflow.phases import INIT_PHASES
 from beeflow.proxy import service as service_proxy
@@ -86,6 +86,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     # generic). One line per registration surface of Nextcloud's (beeflow.nextcloud.surface).
     lifecycle.setup(app, nc_client, run_at_boot=run_at_boot)
     ui.setup(app)
+    files_actions.setup(app, nc_client)
+    files_action.install(app)
     events.install(app)
     usersync.install(
         app,

@@ -41,6 +41,25 @@
     el.dataset.code = "";
     el.textContent = text;
     el.title = detail || "";
+    $("setup-link").hidden = true;
+  }
+
+  /* Codes only an administrator can clear: the answer links the setup page (a connector path,
+   * relative like every other URL here; it refuses anyone but a Nextcloud administrator). */
+  var SETUP_CODES = ["tenant_key_missing", "tenant_unavailable"];
+
+  function needsSetup(code) {
+    return SETUP_CODES.indexOf(code) !== -1;
+  }
+
+  function setupLink() {
+    var link = document.createElement("a");
+    link.href = url("setup");
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.className = "setup-link";
+    link.textContent = "Administrators: open the setup page";
+    return link;
   }
 
   async function readJson(response) {
@@ -180,6 +199,10 @@
     var failure = describeFailure(health.status, body);
     setConnection(failure.state, failure.text, failure.detail);
     $("conn").dataset.code = failure.code;
+    if (needsSetup(failure.code)) {
+      $("setup-link").href = url("setup");
+      $("setup-link").hidden = false;
+    }
   }
 
   /* ------------------------------------------------------------ SSE reading */
@@ -300,6 +323,10 @@
   function showFailure(el, prefix, failure) {
     el.textContent = prefix + failure.text + (failure.code ? " [" + failure.code + "]" : "");
     el.title = failure.detail;
+    if (needsSetup(failure.code)) {
+      el.appendChild(document.createTextNode(" "));
+      el.appendChild(setupLink());
+    }
     if (failure.reload) {
       var button = document.createElement("button");
       button.type = "button";
@@ -450,6 +477,45 @@
     $("message").focus();
   }
 
+  /* ------------------------------------------------------------ files from Nextcloud */
+
+  /* A Files action opens the UI with ?ncFileIds=12,13[&ncFileAction=ask|summarise] (the embed
+   * script passes on what Nextcloud's Files app sent): shown above the chat, and put into the
+   * message so the service knows which files are meant. Anything else in those parameters is
+   * ignored. */
+  function fileContext(search) {
+    var params = new URLSearchParams(search || "");
+    var raw = params.get("ncFileIds") || "";
+    if (!/^[0-9]{1,19}(,[0-9]{1,19}){0,99}$/.test(raw)) {
+      return null;
+    }
+    var action = params.get("ncFileAction");
+    return {
+      ids: raw.split(","),
+      action: action === "ask" || action === "summarise" ? action : "",
+    };
+  }
+
+  function showFileContext(ctx) {
+    if (!ctx) {
+      return;
+    }
+    var list = ctx.ids.map(function (id) {
+      return "#" + id;
+    });
+    var el = $("context");
+    el.textContent =
+      (ctx.ids.length === 1 ? "Nextcloud file " : "Nextcloud files ") + list.join(", ") +
+      (ctx.action === "summarise" ? " \u2014 Summarise with Bee Flow" : " \u2014 Ask Bee Flow");
+    el.hidden = false;
+    document.body.dataset.fileIds = ctx.ids.join(",");
+    var noun = ctx.ids.length === 1 ? "the Nextcloud file with id " : "the Nextcloud files with ids ";
+    $("message").value =
+      ctx.action === "summarise"
+        ? "Summarise " + noun + ctx.ids.join(", ") + "."
+        : "About " + noun + ctx.ids.join(", ") + ": ";
+  }
+
   function start() {
     $("composer").addEventListener("submit", function (event) {
       event.preventDefault();
@@ -472,6 +538,7 @@
     $("recheck").addEventListener("click", checkConnection);
     document.body.dataset.base = BASE;
     setConversation(null, "");
+    showFileContext(fileContext(window.location.search));
     checkConnection();
   }
 
@@ -479,6 +546,7 @@
     deriveBase: deriveBase,
     SseParser: SseParser,
     describeFailure: describeFailure,
+    fileContext: fileContext,
     base: BASE,
   };
 
