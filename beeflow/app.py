@@ -9,10 +9,11 @@ from aiohttp import web
 from beeflow import lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
-from beeflow.integrations import events, files_action, userevents, usersync
+from beeflow.integrations import events, files_action, occ_commands, userevents, usersync
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
-from beeflow.nextcloud import files_actions, settings, ui
+from beeflow.nextcloud import files_actions, occ, settings, setup_checks, ui
+from beeflow.nextcloud import log as nextcloud_log
 from beeflow.nextcloud.users import USERS, UserDirectory
 from beeflow.phases import INIT_PHASES
 from beeflow.proxy import service as service_proxy
@@ -72,6 +73,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     # Shared services, each built once with what it uses; their sessions open with the app.
     nc_client = nextcloud.NextcloudClient(config)
     nextcloud.install(app, nc_client)
+    # Warnings and errors into nextcloud.log too (the same redactor; never while paused).
+    nextcloud_log.setup(app, nc_client)
     app[USERS] = UserDirectory(nc_client)
     # A request with the valid secret: the client may lift its paused failure budget.
     auth.on_trusted_request(app, lambda _request: nc_client.trusted_request_seen())
@@ -88,6 +91,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     ui.setup(app)
     files_actions.setup(app, nc_client)
     files_action.install(app)
+    setup_checks.setup(app, nc_client, app[USERS])
+    occ.setup(app, nc_client, config.app_id)
     events.install(app)
     usersync.install(
         app,
@@ -95,6 +100,7 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             config, config.persistent_storage / usersync.STATE_FILE, state, nc_client, sink
         ),
     )
+    occ_commands.install(app)
     setup_page.install(app)
     form = settings.SettingsForm(nc_client)
     admin = admin_form.AdminForm(

@@ -30,7 +30,7 @@ def file_ids(body: Any) -> list[int]:
     wrong; a node without a usable id is refused rather than silently dropped."""
     files = body.get("files") if isinstance(body, dict) else None
     if not isinstance(files, list) or not files:
-        raise BadRequest("Expected {\"files\": [...]} with at least one file", code="no_files")
+        raise BadRequest('Expected {"files": [...]} with at least one file', code="no_files")
     if len(files) > MAX_FILES:
         raise BadRequest(f"At most {MAX_FILES} files at once", code="too_many_files")
     ids: list[int] = []
@@ -59,12 +59,11 @@ async def files_action(request: web.Request) -> web.Response:
     except (ValueError, RecursionError):
         raise BadRequest("The body is not valid JSON", code="invalid_json") from None
     ids = file_ids(body)
-    log.info(
-        "Files action %s by %s on %d file(s)", kind, request[IDENTITY].user_id, len(ids)
-    )
+    log.info("Files action %s by %s on %d file(s)", kind, request[IDENTITY].user_id, len(ids))
     return json_response({"redirect_handler": f"{MENU_NAME}/{kind}", "fileIds": ids})
 
 
 def install(app: web.Application) -> None:
     """USER: Nextcloud's proxy forwards the browser's call as the logged-in user."""
-    add_route(app, "POST", "/files-action/{kind}", files_action, Access.USER)
+    kinds = "|".join(sorted(KINDS))
+    add_route(app, "POST", "/files-action/{kind:" + kinds + "}", files_action, Access.USER)

@@ -123,7 +123,7 @@ async def test_the_handler_redirects_into_the_embedded_ui(connector: RunningConn
         ("/files-action/ask", {"files": [node(2**63)]}, 400, "bad_file_id"),
         ("/files-action/ask", {"files": ["12"]}, 400, "bad_file_id"),
         ("/files-action/ask", {"files": [node(i) for i in range(1, 102)]}, 400, "too_many_files"),
-        ("/files-action/run", {"files": [node(1)]}, 404, "files_action_unknown"),
+        ("/files-action/run", {"files": [node(1)]}, 404, "not_found"),
     ],
 )
 async def test_bad_bodies_get_a_code(

@@ -23,6 +23,7 @@ from tests.fakes.nextcloud_appapi import validate_schema
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import RunningConnector, wait_for
+from tests.nextcloud.helpers import settled
 from tests.tenant.helpers import heartbeat, run_init
 
 KEY_B = "tk_service_b_00112233445566778899aabbccddeeff"
@@ -229,6 +230,7 @@ async def test_no_call_before_the_app_is_known_or_while_the_budget_is_paused(
     await form.poll()  # no /init yet: Nextcloud may not know the app
     assert fake_nc.calls_to(GET_VALUES) == []
     await run_init(conn, fake_nc)
+    await settled(conn)
     client = conn.app[NEXTCLOUD]
     for _ in range(client.budget.limit):
         client.budget.record_failure("test")
