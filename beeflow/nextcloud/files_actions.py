@@ -82,8 +82,9 @@ class FilesActions:
     async def remove_retired(self) -> None:
         for name in RETIRED:
             try:
+                # DELETE takes its parameters in the query (contract 6: GET/DELETE).
                 result = await self._client.ocs(
-                    "DELETE", UNREGISTER_PATH, json_body={"name": name}, timeout=5.0
+                    "DELETE", UNREGISTER_PATH, params={"name": name}, timeout=5.0
                 )
             except NextcloudError as exc:
                 log.debug("removing the retired Files action %s failed: %s", name, exc)
