@@ -9,7 +9,15 @@ from aiohttp import web
 from beeflow import lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
-from beeflow.integrations import events, files_action, occ_commands, userevents, usersync
+from beeflow.integrations import (
+    events,
+    files_action,
+    occ_commands,
+    studio,
+    studio_routes,
+    userevents,
+    usersync,
+)
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
 from beeflow.nextcloud import files_actions, occ, settings, setup_checks, ui
@@ -101,6 +109,7 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
         ),
     )
     occ_commands.install(app)
+    studio_routes.install(app, studio.StudioMenus(config, nc_client, service, state))
     setup_page.install(app)
     form = settings.SettingsForm(nc_client)
     admin = admin_form.AdminForm(

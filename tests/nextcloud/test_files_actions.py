@@ -10,8 +10,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import parse_qs
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
