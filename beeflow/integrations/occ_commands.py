@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY: Final = 16 * 1024
 DOCTOR_TIMEOUT: Final = 120.0
+STDERR_KEPT: Final = 20
 
 
 class Output:
@@ -208,7 +210,8 @@ async def rotate_key(request: web.Request, out: Output, options: dict[str, Any])
 
 async def doctor(request: web.Request, out: Output, options: dict[str, Any]) -> None:
     """`python -m beeflow doctor` in this container (it inherits the container's environment,
-    as when an operator runs it with docker exec), its output streamed as it comes."""
+    as when an operator runs it with docker exec): its report streamed as it comes; its log
+    (stderr) shown only when it crashed."""
     args = [sys.executable, "-m", "beeflow", "doctor"]
     if options.get("json"):
         args.append("--json")
@@ -216,9 +219,17 @@ async def doctor(request: web.Request, out: Output, options: dict[str, Any]) -> 
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
+    assert proc.stderr is not None
+    errors: deque[str] = deque(maxlen=STDERR_KEPT)
+
+    async def drain(stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            errors.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    drainer = spawn(drain(proc.stderr), name="occ-doctor-stderr")
     try:
         async with asyncio.timeout(DOCTOR_TIMEOUT):
             while line := await proc.stdout.readline():
@@ -230,8 +241,13 @@ async def doctor(request: web.Request, out: Output, options: dict[str, Any]) -> 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    if proc.returncode not in (0, None):
-        await out.line(f"(doctor exit code {proc.returncode}: see the FAIL lines above)")
+        await asyncio.wait([drainer], timeout=1.0)
+    if proc.returncode == 1:
+        await out.line("(doctor exit code 1: see the FAIL lines above)")
+    elif proc.returncode != 0:
+        await out.line(f"doctor ended with exit code {proc.returncode}:")
+        for kept in errors:
+            await out.line("  " + kept)
 
 
 # ------------------------------------------------------------------ the route

@@ -5,6 +5,7 @@ page it opens. The screenshots are the ones docs/administration.md shows."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,6 @@ TENANT_MISSING = {
 
 def keep_for_docs(name: str) -> None:
     """The docs show these screenshots: refresh them when BEEFLOW_DOCS_SHOTS is set."""
-    import os
-
     if os.environ.get("BEEFLOW_DOCS_SHOTS"):
         DOCS_IMAGES.mkdir(exist_ok=True)
         shutil.copyfile(shot_path(name), DOCS_IMAGES / name)

@@ -118,7 +118,7 @@ async def test_doctor_streams_its_report(
     assert output.startswith("beeflow doctor ")
     assert "FAIL" in output
     assert "config" in output
-    assert "doctor exit code 1" in output
+    assert "(doctor exit code 1: see the FAIL lines above)" in output
     no_secret(output)
 
 
