@@ -23,8 +23,13 @@ from tests.fakes.service_studio import StudioService
 T = TypeVar("T")
 START_TIMEOUT: Final = 10.0
 # What the connector itself calls on the service (tenant.py's bootstrap and its pending
-# verification, service_client.py's user sync): never a user's request passed on.
-CONNECTOR_CALLS: Final = ("/auth/connector/bootstrap", "/auth/webhook/nc-user-sync")
+# verification, service_client.py's user sync, the Studio menus' listing): never a user's
+# request passed on.
+CONNECTOR_CALLS: Final = (
+    "/auth/connector/bootstrap",
+    "/auth/webhook/nc-user-sync",
+    "/api/nextcloud/studio-apps",  # the Studio menus' listing (signed, no user)
+)
 
 
 class ServiceThread:

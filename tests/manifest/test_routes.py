@@ -89,6 +89,8 @@ TABLE: Final = (
     Row("/assets/fonts/inter.woff2", PUBLIC, GET),
     Row("/js/embed.js", PUBLIC, GET),
     Row("/img/app.svg", PUBLIC, GET),
+    Row("/img/studio-app/sa_b6hw2w6zzfdj7ijfoccoojyuby.svg", PUBLIC, GET),
+    Row("/js/embed-app.js", PUBLIC, GET),
     Row("/bee-flow-logo.png", PUBLIC, GET),
     Row("/bee-flow-logo-dark.svg", PUBLIC, GET),
     Row("/BeeFlow-logo.png", PUBLIC, GET),
