@@ -25,6 +25,7 @@ from beeflow.integrations import studio_assets as assets
 from beeflow.nextcloud.client import NextcloudClient
 from beeflow.service_client import SOURCE, ServiceClient
 from beeflow.signing import SIG_HEADER, sign_outbound
+from beeflow.storage import describe_os_error
 from beeflow.tenant.state import TenantState
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,20 @@ class StudioMenus:
         self.last_run_at: float | None = None
         self.runs = 0
         self._lock = asyncio.Lock()
+        self._storage_warned = False
         self._asked = 0
         self._done = 0
 
     # ------------------------------------------------------------ state
 
     def load(self) -> dict[str, dict[str, str]]:
-        """The entries this connector registered (shared by replicas), names checked."""
-        data = lease.read_json(self.path)
+        """The entries this connector registered (shared by replicas), names checked; what is
+        in memory when the storage cannot be read."""
+        try:
+            data = lease.read_json(self.path)
+        except OSError as exc:
+            self._storage_problem(exc)
+            return self.entries
         raw = data.get("entries") if isinstance(data, dict) else None
         entries: dict[str, dict[str, str]] = {}
         if isinstance(raw, dict):
@@ -156,8 +163,22 @@ class StudioMenus:
                     merged[name] = entry
             return {"entries": merged}
 
-        result = lease.update_json(self.path, apply)
+        try:
+            result = lease.update_json(self.path, apply)
+        except OSError as exc:
+            self._storage_problem(exc)
+            self.entries = apply({"entries": self.entries})["entries"]
+            return
         self.entries = dict(result["entries"])
+
+    def _storage_problem(self, exc: OSError) -> None:
+        if not self._storage_warned:
+            self._storage_warned = True
+            log.warning(
+                "%s cannot be used (%s): the Studio menu entries are remembered in memory only",
+                STATE_FILE,
+                describe_os_error(exc),
+            )
 
     # ------------------------------------------------------------ the listing
 

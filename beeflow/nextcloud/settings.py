@@ -6,7 +6,7 @@ that read the values an admin saved and write back the ones in force (docs/admin
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -208,7 +208,7 @@ class SettingsForm:
 FORM: web.AppKey[SettingsForm] = web.AppKey("settings_form")
 
 
-def install(app: web.Application, form: SettingsForm, view: Any) -> None:
+def install(app: web.Application, form: SettingsForm, view: Callable[[], FormView]) -> None:
     """The form under FORM and its registration at /init (progress 60). `view` is a callable
     giving the FormView in force (the setup feature knows it)."""
     app[FORM] = form

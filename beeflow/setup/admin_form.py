@@ -201,7 +201,10 @@ class AdminForm:
 
     async def _apply(self, wanted: Choice, previous: Choice) -> None:
         """Re-target the service and provision there; on failure everything goes back."""
-        acquired = await asyncio.to_thread(self.lease.try_acquire)
+        try:
+            acquired = await asyncio.to_thread(self.lease.try_acquire)
+        except OSError:
+            acquired = True  # no shared storage to coordinate through: this process decides
         if not acquired:
             log.info("settings form change left to the replica holding %s", LEASE_NAME)
             return
@@ -243,7 +246,8 @@ class AdminForm:
             self._record("pending" if pending else "applied", wanted.url)
             await self._agree(wanted)
         finally:
-            await asyncio.to_thread(self.lease.release)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.lease.release)
 
     def _record(self, state: str, detail: str) -> None:
         self.outcome = Outcome(state, detail, time.time())

@@ -594,7 +594,12 @@ class FakeNextcloud:
     async def _log(self, request: web.Request) -> web.Response:
         if (denied := self._require(request, login=False)) is not None:
             return denied
-        self.logs.append(_json(request))
+        body = _json(request)
+        level = body.get("level")
+        # OCSApiController::log(int $level): the PSR logger refuses a level outside 0..4.
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 4:
+            return self._ocs(request, None, 400, "Invalid log level")
+        self.logs.append(body)
         return self._ocs(request, [])
 
     async def _status(self, request: web.Request) -> web.Response:

@@ -108,7 +108,8 @@ async def test_a_failed_log_call_is_not_logged_to_nextcloud_again(
     refused = fake_nc.calls_to(LOG_PATH)
     # One call per line until the budget paused; the budget's own error ("pausing Nextcloud
     # calls"), logged during a log call, was never queued.
-    assert len(refused) == client.budget.limit
+    # (A trusted inbound request, e.g. AppAPI's own call, may lift the pause for one trial.)
+    assert client.budget.limit <= len(refused) <= client.budget.limit + 1
     assert all("pausing" not in message for _, message in handler._queue)
     assert fake_nc.logs == []
 
