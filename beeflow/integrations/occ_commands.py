@@ -33,7 +33,10 @@ from beeflow.web.auth import Access, add_route
 log = logging.getLogger(__name__)
 
 MAX_BODY: Final = 16 * 1024
-DOCTOR_TIMEOUT: Final = 120.0
+# The command doctor runs, and how long it may take (module attributes: a test stands a
+# crashing or hanging child in for it).
+DOCTOR: list[str] = [sys.executable, "-m", "beeflow", "doctor"]
+DOCTOR_TIMEOUT = 120.0
 STDERR_KEPT: Final = 20
 
 
@@ -212,7 +215,7 @@ async def doctor(request: web.Request, out: Output, options: dict[str, Any]) -> 
     """`python -m beeflow doctor` in this container (it inherits the container's environment,
     as when an operator runs it with docker exec): its report streamed as it comes; its log
     (stderr) shown only when it crashed."""
-    args = [sys.executable, "-m", "beeflow", "doctor"]
+    args = list(DOCTOR)
     if options.get("json"):
         args.append("--json")
     proc = await asyncio.create_subprocess_exec(
@@ -224,6 +227,7 @@ async def doctor(request: web.Request, out: Output, options: dict[str, Any]) -> 
     assert proc.stdout is not None
     assert proc.stderr is not None
     errors: deque[str] = deque(maxlen=STDERR_KEPT)
+    doctor_timeout = DOCTOR_TIMEOUT  # AppAPI itself waits for ever
 
     async def drain(stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
@@ -231,12 +235,12 @@ async def doctor(request: web.Request, out: Output, options: dict[str, Any]) -> 
 
     drainer = spawn(drain(proc.stderr), name="occ-doctor-stderr")
     try:
-        async with asyncio.timeout(DOCTOR_TIMEOUT):
+        async with asyncio.timeout(doctor_timeout):
             while line := await proc.stdout.readline():
                 await out.line(line.decode("utf-8", "replace").rstrip("\n"))
             await proc.wait()
     except TimeoutError:
-        await out.line(f"doctor did not finish within {int(DOCTOR_TIMEOUT)} s")
+        await out.line(f"doctor did not finish within {doctor_timeout:g} s")
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -21,9 +21,3 @@ def page_url(config: Config, path: str) -> str:
 
 def setup_page_url(config: Config) -> str:
     return page_url(config, "setup")
-
-
-def embedded_page_url(config: Config, entry: str) -> str:
-    """Nextcloud's own page for one of our top-menu entries (TopMenuController::viewExAppPage)."""
-    base = str(config.public_nextcloud_url).rstrip("/")
-    return f"{base}/index.php/apps/app_api/embedded/{quote(config.app_id, safe='')}/{entry}"

@@ -6,13 +6,17 @@ that it prints no secret, and what a bad call gets."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
+from beeflow.integrations import occ_commands
 from beeflow.nextcloud.occ import COMMANDS
 from beeflow.tenant.state import TENANT, fingerprint
+from beeflow.tenant.wiring import BOOTSTRAPPER
 from tests.conftest import AutoFactory
 from tests.fakes.nextcloud import FakeNextcloud
+from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector
 from tests.nextcloud.helpers import settled
@@ -147,3 +151,58 @@ async def test_an_admin_may_run_status_directly(connector: RunningConnector) -> 
         assert resp.status == 200
         assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
         assert (await resp.text()).startswith("Bee Flow connector ")
+
+
+async def test_doctor_that_crashes_or_hangs_is_reported(
+    connector: RunningConnector, fake_nc: FakeNextcloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await installed(connector, fake_nc)
+    crash = (
+        "import sys; print('half a report'); sys.stderr.write('Traceback: boom\\n'); sys.exit(3)"
+    )
+    monkeypatch.setattr(occ_commands, "DOCTOR", [sys.executable, "-c", crash])
+    code, output = await fake_nc.surfaces.run_occ("bee_flow:doctor")
+    assert code == 0
+    assert output.splitlines() == [
+        "half a report",
+        "doctor ended with exit code 3:",
+        "  Traceback: boom",
+    ]
+    monkeypatch.setattr(
+        occ_commands, "DOCTOR", [sys.executable, "-c", "import time; time.sleep(30)"]
+    )
+    monkeypatch.setattr(occ_commands, "DOCTOR_TIMEOUT", 0.5)
+    code, output = await fake_nc.surfaces.run_occ("bee_flow:doctor", options={"json": True})
+    assert output.splitlines()[0] == "doctor did not finish within 0.5 s"
+
+
+async def test_rotate_key_while_busy_and_when_it_fails(
+    auto_connector: AutoFactory, fake_nc: FakeNextcloud, service: FakeService
+) -> None:
+    conn = await auto_connector()
+    await installed(conn, fake_nc)
+    boot = conn.app[BOOTSTRAPPER]
+    async with boot.lock:
+        _, output = await fake_nc.surfaces.run_occ("bee_flow:rotate-key", options={"confirm": True})
+    assert "A provisioning is running" in output
+    before = conn.app[TENANT].key
+    service.control.fault = (500, {"error": "Internal server error"})
+    _, output = await fake_nc.surfaces.run_occ("bee_flow:rotate-key", options={"confirm": True})
+    assert "FAILED: " in output
+    assert "Fix: " in output
+    assert output.rstrip().endswith("The previous key stays in use.")
+    assert conn.app[TENANT].key == before
+    no_secret(output)
+
+
+async def test_status_names_the_last_error_and_its_fix(
+    auto_connector: AutoFactory, fake_nc: FakeNextcloud, service: FakeService
+) -> None:
+    service.control.provisioning = "pairing_only"
+    conn = await auto_connector()
+    await installed(conn, fake_nc)
+    _, output = await fake_nc.surfaces.run_occ("bee_flow:status")
+    assert "Tenant:       failed" in output
+    assert "Last error:   " in output
+    assert "Fix:          " in output
+    assert "pairing" in output.lower()

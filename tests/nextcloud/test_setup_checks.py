@@ -7,14 +7,19 @@ nothing, each problem its issue with a link to the setup page."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from beeflow.config import Config
+from beeflow.health import TUNNEL_STATUS, provide
 from beeflow.nextcloud.client import NEXTCLOUD
+from beeflow.nextcloud.links import setup_page_url
 from beeflow.nextcloud.setup_checks import OPT_IN_PATH, SETUP_CHECKS
 from beeflow.tenant.state import TENANT
-from tests.conftest import AutoFactory
+from tests.conftest import AutoFactory, ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
 from tests.helpers import RunningConnector, appapi_headers
@@ -158,3 +163,45 @@ async def test_the_refresh_stays_quiet_while_the_budget_is_paused(
     before = len(fake_nc.calls)
     await conn.app[SETUP_CHECKS].refresh()
     assert len(fake_nc.calls) == before
+
+
+async def test_the_tunnel_check_follows_frpc(connector_factory: ConnectorFactory) -> None:
+    tunnel: dict[str, Any] = {"state": "retrying", "remedy": "frps refused the key"}
+
+    def customise(app: web.Application) -> None:
+        # What cli installs from the HaRP transport (the frpc supervisor's snapshot).
+        app[TUNNEL_STATUS] = lambda: dict(tunnel)
+        provide(app, "tunnel", lambda trusted: dict(tunnel))
+
+    conn = await connector_factory(
+        HP_SHARED_KEY="k" * 12, HP_FRP_ADDRESS="harp", customise=customise
+    )
+    _, _, body = await fetch(conn, user="")
+    assert body["tunnel"] == {
+        "status": "error",
+        "text": "The FRP tunnel to HaRP is retrying: frps refused the key",
+    }
+    tunnel["state"] = "connected"
+    _, _, body = await fetch(conn, user="")
+    assert body["tunnel"]["status"] == "success"
+
+
+async def test_a_failed_opt_in_is_recorded_not_fatal(
+    auto_connector: AutoFactory, fake_nc: FakeNextcloud
+) -> None:
+    conn = await auto_connector()
+    checks = conn.app[SETUP_CHECKS]
+    fake_nc.down = True  # 503 to everything
+    await checks.register()
+    assert checks.opt_in == "failed"
+
+
+def test_setup_page_links_per_transport(make_config: Callable[..., Config]) -> None:
+    legacy = make_config(BEEFLOW_NC_PUBLIC_URL="https://cloud.example.com/nc/")
+    assert setup_page_url(legacy) == (
+        "https://cloud.example.com/nc/index.php/apps/app_api/proxy/bee_flow/setup"
+    )
+    harp = make_config(HP_SHARED_KEY="k" * 12, HP_FRP_ADDRESS="harp")
+    assert setup_page_url(harp) == f"{harp.nextcloud_url}/exapps/bee_flow/setup".replace(
+        "//exapps", "/exapps"
+    )
