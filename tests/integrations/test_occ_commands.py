@@ -199,7 +199,7 @@ async def test_status_names_the_last_error_and_its_fix(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud, service: FakeService
 ) -> None:
     service.control.provisioning = "pairing_only"
-    conn = await auto_connector()
+    conn = await auto_connector(slow_retries=True)  # no second attempt during the test
     await installed(conn, fake_nc)
     _, output = await fake_nc.surfaces.run_occ("bee_flow:status")
     assert "Tenant:       failed" in output
