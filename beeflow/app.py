@@ -9,16 +9,27 @@ from aiohttp import web
 from beeflow import lease, lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
-from beeflow.integrations import automations, events, userevents, usersync
+from beeflow.integrations import (
+    automations,
+    events,
+    files_action,
+    occ_commands,
+    studio,
+    studio_routes,
+    userevents,
+    usersync,
+)
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
-from beeflow.nextcloud import ui, webhooks
+from beeflow.nextcloud import files_actions, occ, settings, setup_checks, ui, webhooks
+from beeflow.nextcloud import log as nextcloud_log
 from beeflow.nextcloud.users import USERS, UserDirectory
 from beeflow.phases import INIT_PHASES
 from beeflow.proxy import service as service_proxy
 from beeflow.proxy.nc import handler as nc_proxy
 from beeflow.service_client import ServiceClient, ServiceUrl
 from beeflow.service_client import install as install_service_client
+from beeflow.setup import admin_form
 from beeflow.setup import routes as setup_page
 from beeflow.tenant import wiring as tenant
 from beeflow.web import auth, csrf, draining, errors, parser_log, routing, security_headers, static
@@ -77,6 +88,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     # Shared services, each built once with what it uses; their sessions open with the app.
     nc_client = nextcloud.NextcloudClient(config)
     nextcloud.install(app, nc_client)
+    # Warnings and errors into nextcloud.log too (the same redactor; never while paused).
+    nextcloud_log.setup(app, nc_client)
     app[USERS] = UserDirectory(nc_client)
     # A request with the valid secret: the client may lift its paused failure budget.
     auth.on_trusted_request(app, lambda _request: nc_client.trusted_request_seen())
@@ -85,13 +98,17 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     install_service_client(app, service)
     sink = UserEvents(service, config.persistent_storage, config.sync_interval_seconds)
     userevents.install(app, sink)
-    tenant.install(app, config, state, nc_client, service)
+    boot = tenant.install(app, config, state, nc_client, service)
 
     # Features. Connector-owned paths first; the static UI routes last (its GETs are the most
     # generic). One line per registration surface of Nextcloud's (beeflow.nextcloud.surface).
     lifecycle.setup(app, nc_client, run_at_boot=run_at_boot)
     ui.setup(app)
     webhooks.setup(app, key=lambda: state.key, instance_id=lambda: state.instance_id)
+    files_actions.setup(app, nc_client)
+    files_action.install(app)
+    setup_checks.setup(app, nc_client, app[USERS])
+    occ.setup(app, nc_client, config.app_id)
     events.install(app)
     automations.install(app)
     usersync.install(
@@ -100,7 +117,15 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             config, config.persistent_storage / usersync.STATE_FILE, state, nc_client, sink
         ),
     )
+    occ_commands.install(app)
+    studio_routes.install(app, studio.StudioMenus(config, nc_client, service, state))
     setup_page.install(app)
+    form = settings.SettingsForm(nc_client)
+    admin = admin_form.AdminForm(
+        config, form, nc_client, service.service_url, state, boot, app[tenant.ROTATION]
+    )
+    settings.install(app, form, admin.view)
+    admin_form.install(app, admin)
     service_proxy.setup(app)
     nc_proxy.setup(app)
     static.setup(app)

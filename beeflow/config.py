@@ -80,6 +80,10 @@ class Config:
     spool_memory_bytes: int = 1024 * 1024
     spool_dir: Path | None = None
     sync_interval_seconds: float = 900.0
+    # How often the Administration form's values are read back from AppAPI (Nextcloud 32 does
+    # not call the ExApp when an admin saves them), and how often Studio menus are reconciled.
+    settings_poll_seconds: float = 60.0
+    studio_menu_sync_seconds: float = 300.0
     # With the HaRP stop after it (at most 1.1 s flush + frpc grace + 0.2 s + 1 s close,
     # transports.harp.shutdown_budget) the default stop stays under docker stop's 10 s.
     shutdown_grace_seconds: float = 5.0
@@ -207,6 +211,12 @@ class Config:
             "spool_dir": p.get("BEEFLOW_SPOOL_DIR", "", env_.optional(env_.path_value)),
             "sync_interval_seconds": p.get(
                 "BEEFLOW_SYNC_INTERVAL_SECONDS", "900", env_.float_range(1, 7 * 86400)
+            ),
+            "settings_poll_seconds": p.get(
+                "BEEFLOW_SETTINGS_POLL_SECONDS", "60", env_.float_range(1, 3600)
+            ),
+            "studio_menu_sync_seconds": p.get(
+                "BEEFLOW_STUDIO_MENU_SYNC_SECONDS", "300", env_.float_range(5, 86400)
             ),
             "shutdown_grace_seconds": p.get(
                 "BEEFLOW_SHUTDOWN_GRACE_SECONDS", "5", env_.float_range(0, 600)

@@ -391,6 +391,17 @@ async def _boot_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
 
 
+async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A run still going at shutdown stops with the app: its calls would outlive the sessions
+    they use (the registrations' phases take a few seconds on a slow Nextcloud)."""
+    yield
+    pipe = app[_PIPELINE]
+    task = pipe._task
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=5.0)
+
+
 def _health(app: web.Application) -> Any:
     def provide(trusted: bool) -> dict[str, Any]:
         info = app[_PIPELINE].run_info
@@ -450,5 +461,6 @@ def setup(app: web.Application, client: NextcloudClient, *, run_at_boot: bool = 
     add_route(app, "GET", "/ready", ready, Access.PUBLIC, passive=True)
     add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True, lifecycle=True)
     add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True, lifecycle=True)
+    app.cleanup_ctx.append(_pipeline_ctx)
     if run_at_boot:
         app.cleanup_ctx.append(_boot_ctx)

@@ -282,6 +282,8 @@ class DemoNextcloud:
             web.get("/status.php", self._status_php),
             web.get("/favicon.ico", self._favicon),
             web.get(f"/index.php/apps/app_api/embedded/{app}/main", self._embedded_page),
+            # Where a Files action's answer sends the browser (main/<kind>?fileIds=...).
+            web.get(f"/index.php/apps/app_api/embedded/{app}/main/{{kind}}", self._embedded_page),
             web.route("*", f"/index.php/apps/app_api/proxy/{app}/{{tail:.*}}", self._front),
             web.route("*", f"/exapps/{app}/{{tail:.*}}", self._front),
         ]

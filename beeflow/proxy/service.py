@@ -79,14 +79,14 @@ METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 CONNECTOR_OWNED: Final = re.compile(
     r"^/(?:$|index\.html$|favicon\.ico$|bee-?flow-logo|assets(?:/|$)|js(?:/|$)|img(?:/|$)"
     r"|setup(?:/|$)|heartbeat(?:/|$)|ready(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
-    r"|files-action(?:/|$)|hooks(?:/|$)|webhook(?:/|$)|nc(?:/|$))",
+    r"|files-action(?:/|$)|hooks(?:/|$)|webhook(?:/|$)|nc(?:/|$)|occ(?:/|$)|setup_checks$)",
     re.IGNORECASE,
 )
 _SLASHES: Final = re.compile(r"/{2,}")
 # The same paths as an aiohttp route pattern (`/{tail:...}`), for the refusal route.
 _OWNED_TAIL: Final = (
     r"(?i:(?:index\.html|favicon\.ico|bee-?flow-logo[^/]*|(?:assets|js|img|setup|heartbeat"
-    r"|ready|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
+    r"|ready|init|enabled|trigger|files-action|hooks|webhook|nc|occ)(?:/.*)?|setup_checks)?)"
 )
 # The UI's @nextcloud/l10n asks for these; the service has no use for them: answered here with
 # no translations.

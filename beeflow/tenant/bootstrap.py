@@ -271,11 +271,12 @@ class Bootstrapper:
         if not state.key:
             state.status = "failed"
         log.warning(
-            "tenant bootstrap failed (%s, %s): %s; retrying in %ds",
+            "tenant bootstrap failed (%s, %s): %s; retrying in %ds. Fix: %s",
             category,
             failure.phase,
             failure.message,
             int(delay),
+            record.remediation,
         )
         try:
             await self.store.save_error(record)

@@ -419,7 +419,10 @@ CHAT_FAILURES = [
         503,
         TENANT_MISSING,
         None,
-        "Could not send: " + NOT_SET_UP + " [tenant_key_missing]",
+        # The answer links administrators to the setup page (test_admin_pages.py).
+        "Could not send: "
+        + NOT_SET_UP
+        + " [tenant_key_missing] Administrators: open the setup page",
         False,
     ),
     (

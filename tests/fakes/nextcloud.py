@@ -49,6 +49,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from tests.fakes.nextcloud_appapi import AppApiSurfaces
 from tests.fakes.webhook_listeners import FakeWebhookListeners
 
 EVENTS_LISTENER_CONTROLLER_ERROR = (
@@ -174,6 +175,8 @@ class FakeNextcloud:
         self._runner: web.AppRunner | None = None
         self.url = URL()
         self._session: aiohttp.ClientSession | None = None
+        # Settings, config values, Files actions, occ commands, setup checks (their module).
+        self.surfaces = AppApiSurfaces(self)
 
     # ------------------------------------------------------------ set-up helpers
 
@@ -238,6 +241,7 @@ class FakeNextcloud:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024**3)
         app.add_routes(self._extra)
         app.add_routes(self._routes())
+        app.add_routes(self.surfaces.routes())
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -601,7 +605,12 @@ class FakeNextcloud:
     async def _log(self, request: web.Request) -> web.Response:
         if (denied := self._require(request, login=False)) is not None:
             return denied
-        self.logs.append(_json(request))
+        body = _json(request)
+        level = body.get("level")
+        # OCSApiController::log(int $level): the PSR logger refuses a level outside 0..4.
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 4:
+            return self._ocs(request, None, 400, "Invalid log level")
+        self.logs.append(body)
         return self._ocs(request, [])
 
     async def _status(self, request: web.Request) -> web.Response:

@@ -839,8 +839,8 @@ async def test_the_service_rejects_a_key_it_does_not_hold(
         ("GET", "//setup/status", 404),
         ("POST", "/assets/x.js", 405),
         ("PUT", "/index.html", 405),
-        ("GET", "/hooks/studio-menus", 404),
-        ("POST", "/hooks/studio-menus", 404),
+        ("GET", "/hooks/studio-menus", 405),  # the push hook takes POST only
+        ("POST", "/hooks/other", 404),
         ("GET", "/trigger", 404),
         ("POST", "/heartbeat/", 404),
         ("PATCH", "/init", 405),
