@@ -20,6 +20,7 @@ from yarl import URL
 from beeflow.app import make_app
 from beeflow.config import Config
 from beeflow.signing import nc_message_v1
+from tests.ports import refused_port
 
 # A 128-character secret from NC's alphabet, like AppAPI's (contract 1.1).
 SECRET = (string.ascii_letters + string.digits + "+/") * 2
@@ -45,7 +46,8 @@ def base_env(nextcloud_url: URL | str, storage: Path, **overrides: str) -> dict[
         "APP_SECRET": SECRET,
         "APP_VERSION": "1.0.0",
         "APP_HOST": "127.0.0.1",
-        "APP_PORT": "23000",
+        # A port where nothing answers (doctor asks 127.0.0.1:APP_PORT for a running connector).
+        "APP_PORT": str(refused_port()),
         "APP_PERSISTENT_STORAGE": str(storage),
         "NEXTCLOUD_URL": str(nextcloud_url),
         "BEEFLOW_TENANT_KEY": TENANT_KEY,

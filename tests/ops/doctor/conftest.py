@@ -146,6 +146,8 @@ def harp_env(env: Env, tmp_short: Path, frps: FakeFrps) -> Env:
     certs = tmp_short / "certs"
     write_certs(certs)
     env.update(
+        # frpc's remotePort, in HaRP's ExApp range; in HaRP mode nothing listens on it here.
+        APP_PORT="23000",
         HP_SHARED_KEY=SHARED_KEY,
         HP_FRP_ADDRESS="127.0.0.1",
         HP_FRP_PORT=str(frps.port),
