@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from beeflow.config import Config
 from beeflow.demo import DEMO_TENANT_KEY, Demo
@@ -256,6 +257,23 @@ def test_failed_parts_finds_each_kind_of_failure() -> None:
         "userSync.lastError=user details as admin: HTTP 404",
         "ui.embed script=failed",
     ]
+
+
+async def test_the_root_without_its_slash_redirects_to_the_slash_form(stack: DemoStack) -> None:
+    """The demo's front sees the missing slash (Nextcloud and HaRP hand the connector `/`
+    either way; the bundled page explains it there: tests/browser/test_trailing_slash.py)."""
+    demo = stack.demo
+    async with aiohttp.ClientSession() as session:
+        for root in (demo.url, demo.harp_url):
+            bare = root.rstrip("/")
+            for method in ("GET", "POST"):
+                async with session.request(method, bare + "?a=1&b", allow_redirects=False) as resp:
+                    assert resp.status == 308
+                    assert resp.headers["Location"] == URL(bare).path + "/?a=1&b"
+            async with session.get(bare) as resp:
+                assert resp.status == 200
+                assert str(resp.url) == root
+                assert "<title>Bee Flow</title>" in await resp.text()
 
 
 async def test_front_reports_a_down_connector_like_nextcloud(stack: DemoStack) -> None:
