@@ -16,6 +16,7 @@ from aiohttp import web
 
 from beeflow.errors import BadRequest, TooManyRequests
 from beeflow.limits import RateLimiter
+from beeflow.setup.reachability import Reachability
 from beeflow.tasks import spawn
 from beeflow.tenant.wiring import BOOTSTRAPPER
 from beeflow.web.auth import IDENTITY
@@ -97,6 +98,8 @@ class SetupState:
     rebootstrap: Rebootstrap | None = None
     session: aiohttp.ClientSession | None = None
     loaded_from_file: bool = False
+    # The last health check of each service URL (the status reports the one in force).
+    reachability: Reachability = attrs.field(factory=Reachability)
 
 
 STATE: web.AppKey[SetupState] = web.AppKey("setup_state")
