@@ -19,7 +19,7 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
-from beeflow import __version__
+from beeflow import __version__, storage
 from beeflow.app import make_app
 from beeflow.config import LOG_FORMATS, LOG_LEVELS, Config
 from beeflow.errors import ConfigError
@@ -128,6 +128,17 @@ async def serve(
     and why"): keep listening while new requests get 503 and in-flight ones drain, then stop
     frpc, then close the listeners and remove the socket. A second SIGINT exits at once."""
     started = time.monotonic()
+    problem = await asyncio.to_thread(storage.check_directory, config.persistent_storage)
+    if problem is not None:
+        # Without it the tenant key, the count of refused AppAPI logins (which keeps restarts
+        # from locking the connector out of Nextcloud) and the setup choice would not persist.
+        log.error(
+            "cannot start: APP_PERSISTENT_STORAGE %s is unusable: %s. Fix: %s",
+            config.persistent_storage,
+            problem,
+            storage.STORAGE_REMEDY.replace("<appid>", config.app_id),
+        )
+        return EXIT_STARTUP
     log.debug("open-file limit: %d", raise_fd_limit())
     transport = select_transport(config)
     app = make_app(config)

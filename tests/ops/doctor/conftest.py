@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from beeflow.ops.doctor.command import run_checks
-from beeflow.ops.doctor.result import SKIP, Check
+from beeflow.ops.doctor.result import FAIL, SKIP, Check
 from beeflow.tenant.store import KEY_FILE
 from tests.fakes.frp import FakeFrps
 from tests.fakes.nextcloud import FakeNextcloud
@@ -71,6 +71,8 @@ async def checks_of(
     checks, _ = await run_checks(environ, clock=clock, timeout=timeout)
     names = [c.name for c in checks]
     assert len(names) == len(set(names))
+    # Every failure says how to fix it, in every scenario the doctor tests make.
+    assert [c.name for c in checks if c.status == FAIL and not c.remedy.strip()] == []
     return {c.name: c for c in checks}
 
 
