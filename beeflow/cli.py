@@ -27,6 +27,7 @@ from beeflow.health import TUNNEL_STATUS, HealthProvider, provide
 from beeflow.redact import REDACTOR
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.tcp import TcpTransport
+from beeflow.web.access_log import FIELDS_ATTR
 from beeflow.web.draining import DRAINING
 
 log = logging.getLogger("beeflow")
@@ -55,6 +56,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # Structured fields a record carries (the access log's), as fields of their own.
+        extra = getattr(record, FIELDS_ATTR, None)
+        if isinstance(extra, dict):
+            out.update({k: v for k, v in extra.items() if k not in out})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
