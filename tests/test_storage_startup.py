@@ -79,7 +79,7 @@ def test_check_directory_reasons(tmp_path: Path) -> None:
     assert storage.check_directory(tmp_path / "file" / "x") == (
         "it cannot be created (the storage path is not a directory)"
     )
-    assert storage.check_directory(PROC_PATH).startswith("it cannot be created")
+    assert (storage.check_directory(PROC_PATH) or "").startswith("it cannot be created")
 
 
 def test_probe_creatable_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -36,9 +36,12 @@ _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def route_family(request: web.BaseRequest) -> str:
-    """The matched route's pattern with its variables as `*`; `-` when nothing matched."""
-    match_info = getattr(request, "match_info", None)
-    resource = match_info.route.resource if match_info is not None else None
+    """The matched route's pattern with its variables as `*`; `-` when nothing matched (a
+    request the parser refused never reached the router: its `match_info` property would
+    raise, so the attribute behind it is read)."""
+    match_info = getattr(request, "_match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
     if resource is None:
         return "-"
     pattern = _VARIABLE.sub("*", resource.canonical)

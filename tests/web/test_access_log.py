@@ -110,13 +110,17 @@ async def test_refusals_are_logged_with_the_status_sent(
     assert refused.startswith(b"HTTP/1.1 401 ")
     not_allowed = await sent_bytes(logged, "DELETE /heartbeat HTTP/1.1\nHost: x\n")
     assert not_allowed.startswith(b"HTTP/1.1 405 ")
-    first, second = (fields_of(r) for r in lines(caplog))
+    garbage = await sent_bytes(logged, "GET /x y z HTTP/1.1\nHost: x\n")
+    assert garbage.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    first, second, third = (fields_of(r) for r in lines(caplog))
     assert (first["route"], first["status"], first["bytes"]) == (
         "/setup/status",
         401,
         len(refused),
     )
     assert (second["method"], second["status"]) == ("DELETE", 405)
+    # The parser's refusal never reached the router: no route family, nothing of its bytes.
+    assert (third["route"], third["status"], third["bytes"]) == ("-", 400, len(garbage))
 
 
 async def test_never_a_query_a_file_name_a_user_or_a_secret(
