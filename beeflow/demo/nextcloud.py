@@ -178,6 +178,10 @@ class DemoNextcloud:
             return _ocs(request, [uid])
         if tail == "cloud/groups":
             return _ocs(request, {"groups": ["admin"]})
+        if tail == "apps/app_api/ex-app/state":
+            # AppAPI answers its enabled flag (1 or 0); the demo's app is always enabled. With
+            # anything else the connector cannot know, and holds back the work that needs it.
+            return _ocs(request, 1)
         if tail == "apps/app_api/ex-app/status" and request.method == "PUT":
             body = await request.json()
             if isinstance(body, dict) and isinstance(body.get("progress"), int):
