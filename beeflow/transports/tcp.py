@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.guard import GuardedSite
+
+
+# TCP carries the PHP proxy's requests and HaRP's (direct connect, Kubernetes) alike: which one
+# a request came through, and so whether its reply streams, is the routing's to say.
+ADVICE: Final = (
+    "TCP: through Nextcloud's PHP proxy each reply arrives whole, when it ends; through HaRP "
+    "(direct connect, Kubernetes) replies stream. `routing` shows which the requests took."
+)
+DEMO_ADVICE: Final = "Demo: the stand-in fronts stream replies as they are written."
 
 
 class TcpTransport(Transport):
@@ -48,8 +57,5 @@ class TcpTransport(Transport):
         return {
             "mode": self.name,
             "connections": self.guard.status(),
-            "advice": (
-                "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; "
-                "streamed chat replies need HaRP (Nextcloud 32+)."
-            ),
+            "advice": DEMO_ADVICE if self.config.demo else ADVICE,
         }
