@@ -9,7 +9,6 @@ from aiohttp import web
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.guard import GuardedSite
 
-
 # TCP carries the PHP proxy's requests and HaRP's (direct connect, Kubernetes) alike: which one
 # a request came through, and so whether its reply streams, is the routing's to say.
 ADVICE: Final = (

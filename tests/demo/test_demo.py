@@ -207,9 +207,7 @@ async def test_each_front_reaches_the_connector_as_the_proxy_it_imitates(
     async with aiohttp.ClientSession() as session:
 
         async def chat(base: str) -> None:
-            async with session.post(
-                base + "ai/chat/direct/stream", json={"message": "hi"}
-            ) as resp:
+            async with session.post(base + "ai/chat/direct/stream", json={"message": "hi"}) as resp:
                 assert resp.status == 200
                 assert parse_sse(await resp.text())[-1][0] == "done"
 
@@ -239,7 +237,8 @@ def test_the_tcp_transport_claims_no_framing_it_cannot_see() -> None:
     base = Config.from_env({"APP_SECRET": "x" * 20, "NEXTCLOUD_URL": "http://nc.example"})
     advice = TcpTransport(base).status()["advice"]
     assert "Legacy mode" not in advice
-    assert "HaRP" in advice and "PHP proxy" in advice
+    assert "HaRP" in advice
+    assert "PHP proxy" in advice
     demo = TcpTransport(attrs.evolve(base, demo=True)).status()["advice"]
     assert "stream" in demo
     assert "whole" not in demo
