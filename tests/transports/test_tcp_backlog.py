@@ -101,3 +101,50 @@ def test_the_setting_is_checked() -> None:
     for bad in ("0", "65536", "many"):
         with pytest.raises(Exception, match="BEEFLOW_LISTEN_BACKLOG"):
             Config.from_env({**env, "BEEFLOW_LISTEN_BACKLOG": bad})
+
+
+UNIX_DIAG_NAME, UNIX_DIAG_RQLEN = 0, 4
+UDIAG_SHOW_NAME, UDIAG_SHOW_RQLEN = 0x01, 0x10
+
+
+def kernel_unix_backlog(path: Path) -> int | None:
+    """The accept-queue limit of the Unix socket listening at `path` (unix_diag's RQLEN
+    attribute: for a listener, its second word is the backlog, as `ss -lx` shows it)."""
+    request = struct.pack(
+        "=BBHIIIII",
+        socket.AF_UNIX,
+        0,
+        0,
+        1 << TCP_LISTEN,
+        0,
+        UDIAG_SHOW_NAME | UDIAG_SHOW_RQLEN,
+        0xFFFFFFFF,
+        0xFFFFFFFF,
+    )
+    header = struct.pack(
+        "=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
+    )
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.send(header + request)
+        while True:
+            data = nl.recv(65536)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind == NLMSG_DONE or length < 16:
+                    return None
+                name, backlog = None, None
+                attr = offset + 16 + 16  # the message header, then unix_diag_msg
+                while attr + 4 <= offset + length:
+                    size, atype = struct.unpack_from("=HH", data, attr)
+                    if size < 4:
+                        break
+                    value = data[attr + 4 : attr + size]
+                    if atype == UNIX_DIAG_NAME:
+                        name = value.rstrip(b"\0").decode(errors="replace")
+                    elif atype == UNIX_DIAG_RQLEN:
+                        backlog = struct.unpack_from("=II", value)[1]
+                    attr += (size + 3) & ~3
+                if name == str(path):
+                    return backlog
+                offset += (length + 3) & ~3
