@@ -127,7 +127,8 @@ async def main_async(args: argparse.Namespace) -> int:
     plan = Plan.make(parse_args(plan_args))
     bench = Bench(plan)
     out: Path = args.out
-    spy = shutil.which("py-spy")
+    # py-spy comes with the bench extra: beside this Python when its venv is not on PATH
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
