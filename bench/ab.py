@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bench import client, proc
-from bench.run import Bench, Plan, body_sha256, parse_args, user_headers
+from bench.run import Bench, Plan, body_sha256, parse_args, production_loop, user_headers
 from bench.stats import Summary, percentile
 from bench.upstream import raise_nofile
 
@@ -114,7 +114,12 @@ def main() -> int:
     p.add_argument("--a", type=Path, required=True, help="source tree A (holds beeflow/)")
     p.add_argument("--b", type=Path, required=True, help="source tree B")
     p.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default=production_loop(),
+        help="default: the connector's production loop (uvloop when installed)",
+    )
     p.add_argument("--a-loop", choices=("asyncio", "uvloop"), default=None, help="A's loop")
     p.add_argument("--b-loop", choices=("asyncio", "uvloop"), default=None, help="B's loop")
     p.add_argument("--rounds", type=int, default=6)

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,11 @@ def _peers(text: str) -> tuple[str, ...]:
     if unknown:
         raise SystemExit(f"--peers: unknown {', '.join(unknown)} (choose from nginx,node,none)")
     return chosen
+
+
+def production_loop() -> str:
+    """The loop the connector ships with (BEEFLOW_EVENT_LOOP=auto): uvloop when installed."""
+    return "uvloop" if _has_module("uvloop") else "asyncio"
 
 
 def _has_module(name: str) -> bool:
@@ -439,6 +445,7 @@ class Bench:
             "foreign_cores": CpuAccount.foreign_cores(t0, t1),
             "missing": dict(self.missing),
             "loadgen": dict(self.loadgen_used),
+            "argv": shlex.join(sys.argv[1:]),
         }
         return meta
 
