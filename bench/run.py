@@ -328,6 +328,7 @@ class Bench:
         # comparators that cannot run here, and why (the report says so instead of failing)
         self.missing: dict[str, str] = {}
         self.node_modules: Path | None = None
+        self._uploads = 0  # signed /nc uploads so far: each one's path is unique
 
     # -- lifecycle
 
@@ -705,7 +706,10 @@ class Bench:
             path = f"{dav}/bulk?bytes={n}"
             headers = nc_headers("GET", "/nc" + path) if through else {"Accept": "*/*"}
             return client.build_request("GET", ("/nc" if through else "") + path, headers), 0
-        path = f"{dav}/upload"
+        # A fresh query per upload: the same signed request twice in one second is a replay
+        # (the connector's /nc replay cache is shared by every connector on one volume).
+        self._uploads += 1
+        path = f"{dav}/upload?seq={self._uploads}"
         headers = nc_headers("PUT", "/nc" + path, body_sha256(n)) if through else {}
         headers["Content-Type"] = "application/octet-stream"
         target = ("/nc" if through else "") + path
