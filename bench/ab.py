@@ -102,9 +102,15 @@ async def main_async(args: argparse.Namespace) -> int:
         x = Summary.of([v[0] for v in got[name]])
         y = Summary.of([v[1] for v in got[name]])
         print(f"  {name}: {first} {x.fmt(1)}   {second} {y.fmt(0)}")
-    ratios = Summary.of([bv[0] / av[0] for av, bv in zip(got["A"], got["B"], strict=True) if av[0]])
-    rates = Summary.of([bv[1] / av[1] for av, bv in zip(got["A"], got["B"], strict=True) if av[1]])
-    print(f"  B/A: {first} {ratios.fmt(3)}   {second} {rates.fmt(3)}")
+    pairs = list(zip(got["A"], got["B"], strict=True))
+    rates = Summary.of([bv[1] / av[1] for av, bv in pairs if av[1]])
+    if first.startswith("RSS"):
+        # growth is often 0 on one side: a ratio would say nothing, the difference does
+        growth = Summary.of([bv[0] - av[0] for av, bv in pairs])
+        print(f"  B-A: {first} {growth.fmt(1)}   B/A: {second} {rates.fmt(3)}")
+    else:
+        ratios = Summary.of([bv[0] / av[0] for av, bv in pairs if av[0]])
+        print(f"  B/A: {first} {ratios.fmt(3)}   {second} {rates.fmt(3)}")
     return 0
 
 
