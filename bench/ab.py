@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bench import client, proc
-from bench.run import Bench, Plan, body_sha256, parse_args, user_headers
+from bench.run import Bench, Plan, body_sha256, parse_args, production_loop, user_headers
 from bench.stats import Summary, percentile
 from bench.upstream import raise_nofile
 
@@ -102,9 +102,15 @@ async def main_async(args: argparse.Namespace) -> int:
         x = Summary.of([v[0] for v in got[name]])
         y = Summary.of([v[1] for v in got[name]])
         print(f"  {name}: {first} {x.fmt(1)}   {second} {y.fmt(0)}")
-    ratios = Summary.of([bv[0] / av[0] for av, bv in zip(got["A"], got["B"], strict=True) if av[0]])
-    rates = Summary.of([bv[1] / av[1] for av, bv in zip(got["A"], got["B"], strict=True) if av[1]])
-    print(f"  B/A: {first} {ratios.fmt(3)}   {second} {rates.fmt(3)}")
+    pairs = list(zip(got["A"], got["B"], strict=True))
+    rates = Summary.of([bv[1] / av[1] for av, bv in pairs if av[1]])
+    if first.startswith("RSS"):
+        # growth is often 0 on one side: a ratio would say nothing, the difference does
+        growth = Summary.of([bv[0] - av[0] for av, bv in pairs])
+        print(f"  B-A: {first} {growth.fmt(1)}   B/A: {second} {rates.fmt(3)}")
+    else:
+        ratios = Summary.of([bv[0] / av[0] for av, bv in pairs if av[0]])
+        print(f"  B/A: {first} {ratios.fmt(3)}   {second} {rates.fmt(3)}")
     return 0
 
 
@@ -114,7 +120,12 @@ def main() -> int:
     p.add_argument("--a", type=Path, required=True, help="source tree A (holds beeflow/)")
     p.add_argument("--b", type=Path, required=True, help="source tree B")
     p.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default=production_loop(),
+        help="default: the connector's production loop (uvloop when installed)",
+    )
     p.add_argument("--a-loop", choices=("asyncio", "uvloop"), default=None, help="A's loop")
     p.add_argument("--b-loop", choices=("asyncio", "uvloop"), default=None, help="B's loop")
     p.add_argument("--rounds", type=int, default=6)

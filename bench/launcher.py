@@ -128,6 +128,11 @@ async def serve(transport: str, port: int, unix: str | None, which: str) -> None
     else:
         site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True, backlog=BACKLOG)
     await site.start()
+    if which == "beeflow":
+        # as `python -m beeflow serve` does once it listens
+        from beeflow.cli import tune_gc
+
+        tune_gc()
     where: Any = unix if transport == "unix" else runner.addresses[0][1]
     print(f"READY {where}", flush=True)
     loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from bench import client
-from bench.run import MIB, Bench, Plan, body_sha256, parse_args, user_headers
+from bench.run import MIB, Bench, Plan, body_sha256, parse_args, production_loop, user_headers
 from bench.upstream import raise_nofile
 
 SCENARIOS: Final = ("small-api", "small-nc", "sse", "api-down", "api-up", "nc-down", "nc-up")
@@ -127,7 +127,8 @@ async def main_async(args: argparse.Namespace) -> int:
     plan = Plan.make(parse_args(plan_args))
     bench = Bench(plan)
     out: Path = args.out
-    spy = shutil.which("py-spy")
+    # py-spy comes with the bench extra: beside this Python when its venv is not on PATH
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
@@ -178,7 +179,12 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     p.add_argument("scenario", choices=SCENARIOS)
     p.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default=production_loop(),
+        help="default: the connector's production loop (uvloop when installed)",
+    )
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--bulk-mib", type=int, default=1024)

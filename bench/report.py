@@ -120,7 +120,7 @@ def _header(add: Add, plan: Plan, meta: Mapping[str, Any]) -> None:
     else:
         add(f"- beeflow: the working tree at {meta['head']}")
     add(
-        f"- command: `python -m bench{' --quick' if plan.quick else ''}` "
+        f"- command: `{_command(meta, plan)}` "
         f"({meta['seconds'] / 60:.1f} min); harness (upstream, Python clients) on "
         f"{plan.harness_loop}; connector loops: {', '.join(plan.loops)}"
     )
@@ -506,3 +506,11 @@ def _all_concurrent(s: Summary) -> str:
 
 def _short(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")[:90]
+
+
+def _command(meta: Mapping[str, Any], plan: Plan) -> str:
+    """The command line of the run as typed (a run without it recorded: its size only)."""
+    argv = meta.get("argv")
+    if argv is None:
+        return "python -m bench" + (" --quick" if plan.quick else "")
+    return f"python -m bench {argv}".rstrip()

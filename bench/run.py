@@ -28,6 +28,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,11 @@ def _peers(text: str) -> tuple[str, ...]:
     if unknown:
         raise SystemExit(f"--peers: unknown {', '.join(unknown)} (choose from nginx,node,none)")
     return chosen
+
+
+def production_loop() -> str:
+    """The loop the connector ships with (BEEFLOW_EVENT_LOOP=auto): uvloop when installed."""
+    return "uvloop" if _has_module("uvloop") else "asyncio"
 
 
 def _has_module(name: str) -> bool:
@@ -322,6 +328,7 @@ class Bench:
         # comparators that cannot run here, and why (the report says so instead of failing)
         self.missing: dict[str, str] = {}
         self.node_modules: Path | None = None
+        self._uploads = 0  # signed /nc uploads so far: each one's path is unique
 
     # -- lifecycle
 
@@ -439,6 +446,7 @@ class Bench:
             "foreign_cores": CpuAccount.foreign_cores(t0, t1),
             "missing": dict(self.missing),
             "loadgen": dict(self.loadgen_used),
+            "argv": shlex.join(sys.argv[1:]),
         }
         return meta
 
@@ -698,7 +706,10 @@ class Bench:
             path = f"{dav}/bulk?bytes={n}"
             headers = nc_headers("GET", "/nc" + path) if through else {"Accept": "*/*"}
             return client.build_request("GET", ("/nc" if through else "") + path, headers), 0
-        path = f"{dav}/upload"
+        # A fresh query per upload: the same signed request twice in one second is a replay
+        # (the connector's /nc replay cache is shared by every connector on one volume).
+        self._uploads += 1
+        path = f"{dav}/upload?seq={self._uploads}"
         headers = nc_headers("PUT", "/nc" + path, body_sha256(n)) if through else {}
         headers["Content-Type"] = "application/octet-stream"
         target = ("/nc" if through else "") + path

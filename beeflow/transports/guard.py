@@ -296,6 +296,12 @@ class _Guarded(asyncio.Protocol):
                 self._follow(messages[-1])
                 if self._body is not None and not self._body.is_eof():
                     head = 0  # the piece ends inside the new request's body
+                elif piece.endswith(b"\r\n\r\n"):
+                    # Bytes after the last request that end in an empty line would hold a
+                    # complete head (the parser would have queued it) or only empty lines: no
+                    # head is begun. The usual keep-alive request ends like this; without it,
+                    # every idle keep-alive connection would count as a slow head.
+                    head = 0
                 # Else at most the rest of this piece is the start of the next head.
                 self._head = head
             elif body is not None:

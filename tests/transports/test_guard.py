@@ -336,6 +336,30 @@ async def test_the_head_timeout_starts_with_the_first_byte_of_a_head(serve: Serv
     writer.close()
 
 
+async def test_a_keep_alive_connection_idle_after_a_request_is_not_a_slow_head(
+    serve: Serve,
+) -> None:
+    """A complete request (no body) that fills its whole piece leaves no head begun: the
+    connection waits for its next request under aiohttp's keep-alive timer, not the head
+    timeout, and no head timer is armed for it."""
+    served = await serve(head_timeout=0.3, keepalive=5.0)
+    reader, writer = await served.connect()
+    writer.write(get("/one"))
+    await writer.drain()
+    async with asyncio.timeout(5):
+        first = await reader.readuntil(b"}")
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert not served.guard._slow
+    await asyncio.sleep(0.6)
+    writer.write(get("/two"))
+    await writer.drain()
+    async with asyncio.timeout(5):
+        second = await reader.readuntil(b"}")
+    assert second.startswith(b"HTTP/1.1 200 OK")
+    assert served.handled == [("/one", 0), ("/two", 0)]
+    writer.close()
+
+
 async def test_counters_return_to_zero(serve: Serve) -> None:
     served = await serve(head_timeout=0.2)
     await asyncio.gather(

@@ -37,6 +37,8 @@ T = TypeVar("T")
 FLUSH_BYTES: Final = 1024 * 1024
 # Bytes read back per job when replaying the file upstream.
 READ_BYTES: Final = 1024 * 1024
+# Buffers one writev(2) takes at most (Linux's IOV_MAX).
+IOV_MAX: Final = 1024
 
 
 class SpoolTooLarge(Exception):
@@ -120,7 +122,11 @@ class Spool:
         self._memory_limit = memory_limit
         self._max = max_bytes
         self._hash = hashlib.sha256()
-        self._buffer = bytearray()
+        # The chunks received since the last flush, as they came: kept, not copied into one
+        # growing buffer (whose reallocations left about 2 MiB more resident per upload).
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._memory = b""  # the whole body of a finished spool that stayed in memory
         self._file: IO[bytes] | None = None
         self._pending: asyncio.Future[object] | None = None
         self._digest: str | None = None
@@ -161,18 +167,21 @@ class Spool:
         if self.size > self._max:
             self.close()
             raise SpoolTooLarge
-        self._buffer += chunk
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
         if self._file is None:
-            if len(self._buffer) <= self._memory_limit:
+            if self._buffered <= self._memory_limit:
                 return
             self._file = await self._run(self._open_file)
             self._dir.file_opened.set()
-        if len(self._buffer) >= FLUSH_BYTES:
+        if self._buffered >= FLUSH_BYTES:
             await self._flush()
 
     async def _finish(self) -> None:
         if self._file is None:
-            self._hash.update(self._buffer)
+            self._memory = b"".join(self._chunks)
+            self._chunks, self._buffered = [], 0
+            self._hash.update(self._memory)
         else:
             await self._flush()
             await self._drain()
@@ -181,9 +190,9 @@ class Spool:
 
     def memory_bytes(self) -> bytes:
         """The whole body of a spool that stayed in memory."""
-        if self._file is not None or self.closed:
-            raise RuntimeError("not an in-memory spool")
-        return bytes(self._buffer)
+        if self._file is not None or self.closed or self._digest is None:
+            raise RuntimeError("not a finished in-memory spool")
+        return self._memory
 
     async def read_at(self, offset: int, size: int = READ_BYTES) -> bytes:
         """Up to `size` bytes of the finished body from `offset` (b"" at the end)."""
@@ -192,7 +201,7 @@ class Spool:
             raise ConnectionResetError("the spooled body was released")
         file = self._file
         if file is None:
-            return bytes(self._buffer[offset : offset + size])
+            return self._memory[offset : offset + size]
         fd = file.fileno()
         return await self._run(lambda: os.pread(fd, size, offset))
 
@@ -202,7 +211,7 @@ class Spool:
         if self.closed:
             return
         self.closed = True
-        self._buffer = bytearray()
+        self._chunks, self._buffered, self._memory = [], 0, b""
         file, self._file = self._file, None
         pending = self._pending
         if pending is not None and not pending.done():
@@ -227,17 +236,18 @@ class Spool:
         return tempfile.TemporaryFile(dir=self._dir.path, prefix="body-")
 
     async def _flush(self) -> None:
-        """Hand the buffer to a worker (hash + write) WITHOUT waiting for it: the next MiB is
-        received while this one is hashed. At most one job in flight (order kept)."""
-        if not self._buffer or self._file is None:
+        """Hand the chunks to a worker (hash + one writev) WITHOUT waiting for it: the next MiB
+        is received while this one is hashed. At most one job in flight (order kept)."""
+        if not self._chunks or self._file is None:
             return
         await self._drain()
-        data, self._buffer = self._buffer, bytearray()  # handed over whole: no copy
-        file, digest = self._file, self._hash
+        chunks, self._chunks, self._buffered = self._chunks, [], 0  # handed over: no copy
+        fd, digest = self._file.fileno(), self._hash
 
         def job() -> None:
-            digest.update(data)
-            file.write(data)
+            for chunk in chunks:
+                digest.update(chunk)
+            _write_all(fd, chunks)
 
         self._pending = asyncio.get_running_loop().run_in_executor(None, job)
 
@@ -260,6 +270,22 @@ class Spool:
         finally:
             if self._pending is future:
                 self._pending = None
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write `chunks` in order with as few writev(2) calls as the kernel allows (a short write
+    continues where it stopped). The file's own buffer is never used: reads are pread(2)."""
+    views = [memoryview(chunk) for chunk in chunks if chunk]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + IOV_MAX])
+        while written:
+            head = views[first]
+            if written < len(head):
+                views[first] = head[written:]
+                break
+            written -= len(head)
+            first += 1
 
 
 def _close_quietly(file: IO[bytes]) -> None:

@@ -105,3 +105,35 @@ async def test_configured_directory(base: Path) -> None:
     link.symlink_to(loose)
     with pytest.raises(RuntimeError):
         SpoolDir.create(link)
+
+
+@pytest.mark.parametrize("limit", [None, 7, 70_000])
+async def test_file_writes_continue_after_short_writes(
+    base: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """The chunks of a flush go to the file with writev(2), in order, whole: a short write
+    continues where it stopped, and more chunks than one writev takes are split."""
+    real = os.writev
+    calls: list[int] = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        if limit is None:
+            return real(fd, buffers)
+        return os.write(fd, b"".join(bytes(b) for b in buffers)[:limit])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    spools = SpoolDir.create(base / "s")
+    spool = spools.spool(memory_limit=0, max_bytes=1 << 40)
+    sizes = [1] * 1500 if limit is None else [100, 0, 5000, 3, 65_536]
+    data = os.urandom(sum(sizes))
+    offset = 0
+    for n in sizes:
+        await spool.feed(data[offset : offset + n])
+        offset += n
+    await spool.finish()
+    assert spool.sha256 == hashlib.sha256(data).hexdigest()
+    assert await _replay(spool) == data
+    assert calls
+    assert max(calls) <= 1024
+    spool.close()
