@@ -32,7 +32,17 @@ from beeflow.service_client import install as install_service_client
 from beeflow.setup import admin_form
 from beeflow.setup import routes as setup_page
 from beeflow.tenant import wiring as tenant
-from beeflow.web import auth, csrf, draining, errors, parser_log, routing, security_headers, static
+from beeflow.web import (
+    access_log,
+    auth,
+    csrf,
+    draining,
+    errors,
+    parser_log,
+    routing,
+    security_headers,
+    static,
+)
 
 # Generous for uploads through /api (the /nc proxy streams its bodies itself).
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
@@ -46,6 +56,8 @@ async def _settle_storage(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     """Build the application. Middleware order, outermost first, and why:
+    0. access_log: logs a request whose client left (the rest is logged after each answer is
+       sent, by the access logger in handler_args); outermost, so no cancellation escapes it.
     1. errors: everything below may raise; one place turns it into JSON with a code.
     2. draining: during shutdown new requests get 503 before any work is done.
     3. csrf: a cross-site browser write is refused before authentication spends anything.
@@ -67,11 +79,14 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             "auto_decompress": False,
             # Parser refusals logged as one line, without the quoted request bytes.
             "logger": parser_log.http_logger(),
+            # One line per answer sent, after it is sent (off unless asked: web/access_log.py).
+            **access_log.handler_args(config),
         },
     )
     app[CONFIG] = config
     app[INIT_PHASES] = []
     app[HEALTH] = {}
+    access_log.install(app)
     errors.install(app)
     draining.install(app)
     csrf.install(app)

@@ -19,7 +19,7 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
-from beeflow import __version__
+from beeflow import __version__, storage
 from beeflow.app import make_app
 from beeflow.config import LOG_FORMATS, LOG_LEVELS, Config
 from beeflow.errors import ConfigError
@@ -27,6 +27,7 @@ from beeflow.health import TUNNEL_STATUS, HealthProvider, provide
 from beeflow.redact import REDACTOR
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.tcp import TcpTransport
+from beeflow.web.access_log import FIELDS_ATTR
 from beeflow.web.draining import DRAINING, drain
 
 log = logging.getLogger("beeflow")
@@ -55,6 +56,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # Structured fields a record carries (the access log's), as fields of their own.
+        extra = getattr(record, FIELDS_ATTR, None)
+        if isinstance(extra, dict):
+            out.update({k: v for k, v in extra.items() if k not in out})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -128,6 +133,17 @@ async def serve(
     and why"): keep listening while new requests get 503 and in-flight ones drain, then stop
     frpc, then close the listeners and remove the socket. A second SIGINT exits at once."""
     started = time.monotonic()
+    problem = await asyncio.to_thread(storage.check_directory, config.persistent_storage)
+    if problem is not None:
+        # Without it the tenant key, the count of refused AppAPI logins (which keeps restarts
+        # from locking the connector out of Nextcloud) and the setup choice would not persist.
+        log.error(
+            "cannot start: APP_PERSISTENT_STORAGE %s is unusable: %s. Fix: %s",
+            config.persistent_storage,
+            problem,
+            storage.STORAGE_REMEDY.replace("<appid>", config.app_id),
+        )
+        return EXIT_STARTUP
     log.debug("open-file limit: %d", raise_fd_limit())
     transport = select_transport(config)
     app = make_app(config)

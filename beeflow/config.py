@@ -127,6 +127,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     event_loop: str = "auto"
+    # One access-log line per request at INFO (off: at DEBUG only); web/access_log.py.
+    access_log: bool = False
 
     @property
     def harp(self) -> bool:
@@ -258,6 +260,7 @@ class Config:
             "log_level": p.get("BEEFLOW_LOG_LEVEL", "info", env_.choice(LOG_LEVELS)),
             "log_format": p.get("BEEFLOW_LOG_FORMAT", "text", env_.choice(LOG_FORMATS)),
             "event_loop": p.get("BEEFLOW_EVENT_LOOP", "auto", env_.choice(EVENT_LOOPS)),
+            "access_log": p.get("BEEFLOW_ACCESS_LOG", "0", env_.flag),
         }
         harp = bool(kwargs["hp_shared_key"])
         if harp:

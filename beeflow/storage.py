@@ -99,6 +99,65 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dir_fd)
 
 
+STORAGE_REMEDY: Final = (
+    "APP_PERSISTENT_STORAGE must be a writable directory that survives updates (AppAPI mounts "
+    "the app's volume, nc_app_<appid>_data, there): it keeps the tenant key, the count of "
+    "refused AppAPI logins and the setup choice. Mount the volume, or point the variable at a "
+    "writable directory."
+)
+
+
+def check_directory(directory: Path) -> str | None:
+    """Make `directory` if it is missing (0700) and prove it takes a file: written, fsynced,
+    removed. None when usable, else why not (short, safe to show). Blocking."""
+    try:
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except FileExistsError:
+        return "it exists and is not a directory"
+    except OSError as exc:
+        return f"it cannot be created ({describe_os_error(exc)})"
+    if not directory.is_dir():
+        return "it is not a directory"
+    return write_probe(directory)
+
+
+def probe_creatable(directory: Path) -> str | None:
+    """For a `directory` that does not exist: whether check_directory could make it, found
+    without leaving anything behind (a scratch directory is made and removed in the nearest
+    existing ancestor). None when it could, else why not. Blocking."""
+    ancestor = directory
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            return "no part of its path exists"
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is not a directory"
+    try:
+        scratch = tempfile.mkdtemp(prefix=".beeflow-probe-", dir=ancestor)
+    except OSError as exc:
+        return f"it cannot be created in {ancestor} ({describe_os_error(exc)})"
+    os.rmdir(scratch)
+    return None
+
+
+def write_probe(directory: Path) -> str | None:
+    """None when a file can be written, fsynced and removed in `directory`, else why not."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".beeflow-probe-", dir=directory)
+    except OSError as exc:
+        return f"no file can be written in it ({describe_os_error(exc)})"
+    try:
+        os.write(fd, b"beeflow")
+        os.fsync(fd)
+    except OSError as exc:
+        return f"no file can be written in it ({describe_os_error(exc)})"
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    return None
+
+
 class Unusable:
     """read_json's answer for a file that exists but cannot be used (it was moved aside)."""
 

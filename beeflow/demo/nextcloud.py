@@ -150,13 +150,26 @@ class DemoNextcloud:
             },
         )
 
+    def _details(self) -> dict[str, Any]:
+        """The demo admin as UsersController::getUser answers for an enabled account."""
+        return {**self.admin, "enabled": True, "display-name": self.admin["displayname"]}
+
     async def _ocs_authed(self, request: web.Request) -> web.Response:
         if self._caller(request) is None:
             return _ocs(request, None, 401, "Current user is not logged in")
         tail = request.match_info["tail"]
         uid = ADMIN_UID
         if tail in (f"cloud/users/{uid}", "cloud/user"):
-            return _ocs(request, {**self.admin, "display-name": self.admin["displayname"]})
+            return _ocs(request, self._details())
+        if tail == "cloud/users/details":
+            # The user sync pages through every account as an administrator; the demo has one.
+            try:
+                offset = int(request.query.get("offset", "0"))
+            except ValueError:
+                return _ocs(request, None, 400, "Invalid limit or offset")
+            page = {uid: self._details()} if offset == 0 else {}
+            # PHP encodes an empty map as a list.
+            return _ocs(request, {"users": page or []})
         if tail.startswith("cloud/users/"):
             return _ocs(request, None, 404, "User does not exist")
         if tail in ("cloud/users", "cloud/groups/admin/users"):
@@ -256,6 +269,13 @@ class DemoNextcloud:
             await response.write_eof()
             return response
 
+    async def _add_slash(self, request: web.Request) -> web.Response:
+        """The app's root without its trailing slash: the UI's relative links would resolve
+        one level up, so send the browser to the slash form (308 keeps the method and body)."""
+        query = request.rel_url.raw_query_string
+        location = request.rel_url.raw_path + "/" + ("?" + query if query else "")
+        return web.Response(status=308, headers={"Location": location})
+
     async def _embedded_page(self, request: web.Request) -> web.Response:
         html = self._embedded.replace("{{APP_ID}}", self.app_id)
         return web.Response(
@@ -284,7 +304,9 @@ class DemoNextcloud:
             web.get(f"/index.php/apps/app_api/embedded/{app}/main", self._embedded_page),
             # Where a Files action's answer sends the browser (main/<kind>?fileIds=...).
             web.get(f"/index.php/apps/app_api/embedded/{app}/main/{{kind}}", self._embedded_page),
+            web.route("*", f"/index.php/apps/app_api/proxy/{app}", self._add_slash),
             web.route("*", f"/index.php/apps/app_api/proxy/{app}/{{tail:.*}}", self._front),
+            web.route("*", f"/exapps/{app}", self._add_slash),
             web.route("*", f"/exapps/{app}/{{tail:.*}}", self._front),
         ]
         for v in ("v1", "v2"):

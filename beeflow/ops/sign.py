@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from beeflow.envparse import MIN_TENANT_KEY_LENGTH, Invalid, tenant_key
 from beeflow.proxy.nc.path import (
     NC_PREFIX,
     PathRejected,
@@ -129,17 +130,31 @@ def _key_from_text(text: str, where: str) -> str:
     return stripped
 
 
+def _usable(key: str, where: str) -> str:
+    """The rule `serve` holds a cached key to (tenant.store): a shorter key is refused here too,
+    so nothing is signed with a key the connector would not verify with."""
+    if len(key.strip()) < MIN_TENANT_KEY_LENGTH:
+        raise SignError(
+            f"{where}: the tenant key is shorter than {MIN_TENANT_KEY_LENGTH} characters; the "
+            "connector does not use such a key"
+        )
+    return key
+
+
 def load_key(key_file: Path | None, env: Mapping[str, str]) -> tuple[str, str]:
-    """(key, where it came from). The key itself is never part of a message."""
+    """(key, where it came from). The key itself is never part of a message. Every source is
+    held to the connector's own rule (envparse.tenant_key, tenant.store)."""
     if key_file is not None:
         try:
-            return _key_from_text(key_file.read_text(encoding="utf-8"), str(key_file)), str(
-                key_file
-            )
+            text = key_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise SignError(f"cannot read {key_file}: {exc.strerror or exc}") from None
-    env_key = env.get("BEEFLOW_TENANT_KEY", "").strip()
-    if env_key and env_key != "auto":
+        return _usable(_key_from_text(text, str(key_file)), str(key_file)), str(key_file)
+    try:
+        env_key = tenant_key(env.get("BEEFLOW_TENANT_KEY", ""))
+    except Invalid as exc:
+        raise SignError(f"BEEFLOW_TENANT_KEY {exc}") from None
+    if env_key is not None:
         return env_key, "BEEFLOW_TENANT_KEY"
     storage = Path(env.get("APP_PERSISTENT_STORAGE", "").strip() or "/data")
     cached = storage / TENANT_KEY_FILE
@@ -152,7 +167,7 @@ def load_key(key_file: Path | None, env: Mapping[str, str]) -> tuple[str, str]:
         ) from None
     except OSError as exc:
         raise SignError(f"cannot read {cached}: {exc.strerror or exc}") from None
-    return _key_from_text(text, str(cached)), str(cached)
+    return _usable(_key_from_text(text, str(cached)), str(cached)), str(cached)
 
 
 def normalise_target(path: str) -> tuple[str, list[str]]:

@@ -17,6 +17,7 @@ from aiohttp import web
 from beeflow.errors import BadRequest, TooManyRequests
 from beeflow.lease import FileWatch
 from beeflow.limits import RateLimiter
+from beeflow.setup.reachability import Reachability
 from beeflow.tasks import spawn
 from beeflow.tenant.wiring import BOOTSTRAPPER
 from beeflow.web.auth import IDENTITY
@@ -101,6 +102,8 @@ class SetupState:
     loaded_from_file: bool = False
     # The saved choice in force here (its savedAt): another replica's save changes the file.
     applied_saved_at: float | None = None
+    # The last health check of each service URL (the status reports the one in force).
+    reachability: Reachability = attrs.field(factory=Reachability)
 
 
 STATE: web.AppKey[SetupState] = web.AppKey("setup_state")

@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from beeflow.config import CONFIG
 from beeflow.errors import BadRequest, BeeflowError, Conflict
@@ -53,7 +54,14 @@ def _session(request: web.Request) -> aiohttp.ClientSession:
 
 async def status(request: web.Request) -> web.Response:
     limit(request, "status")
-    return json_response(status_body(request.app))
+    session = _session(request)
+
+    async def check(url: URL) -> dict[str, Any]:
+        return await probe(session, url)
+
+    url = request.app[SERVICE_URL].url
+    result = await state_of(request).reachability.current(url, check)
+    return json_response(status_body(request.app, result))
 
 
 async def test(request: web.Request) -> web.Response:
@@ -63,7 +71,9 @@ async def test(request: web.Request) -> web.Response:
     if raw is None and body.get("mode") == "cloud":
         raw = CLOUD_URL
     url = await assert_allowed_url(raw)
-    return json_response(await probe(_session(request), url))
+    result = await probe(_session(request), url)
+    state_of(request).reachability.record(url, result)
+    return json_response(result)
 
 
 async def save(request: web.Request) -> web.Response:
@@ -105,6 +115,7 @@ async def save(request: web.Request) -> web.Response:
     else:
         rebootstrap = rebootstrap_of(request.app).request()
     result = await probe(_session(request), url)
+    state_of(request).reachability.record(url, result)
     return json_response(
         {
             "saved": choice.to_json(),

@@ -244,18 +244,21 @@
       ] || s.activeSource;
     var tenant = s.tenant || {};
     var ts = $("tenant-status");
-    ts.textContent = tenantText(tenant);
+    // The server's verdict from the tenant AND the saved service's health check: "Connected"
+    // only when both are well.
+    var conn = s.connection || { state: "unknown", label: tenantText(tenant), detail: "" };
+    ts.textContent = conn.label;
     ts.className =
-      tenant.status === "ok" || tenant.previousKeyInUse
-        ? "state-ok"
-        : tenant.status === "failed"
-          ? "state-bad"
-          : "state-wait";
-    if (tenant.lastError && tenant.lastError.error) {
-      ts.title = tenant.lastError.error;
-    }
+      conn.state === "connected" ? "state-ok" : conn.state === "unreachable" || conn.state === "failed" ? "state-bad" : "state-wait";
+    ts.dataset.state = conn.state;
+    ts.title = conn.detail || (tenant.lastError && tenant.lastError.error) || "";
     $("fingerprint").textContent = tenant.fingerprint || "";
     renderTenant(tenant);
+    if (conn.state === "unreachable") {
+      // Look again (the server checks the service at most every 15 s) until it answers.
+      window.clearTimeout(state.timer);
+      state.timer = window.setTimeout(refresh, 15000);
+    }
     var transport = s.transport || {};
     $("transport").textContent = transport.demo
       ? "Demo stand-in proxy (streaming)"

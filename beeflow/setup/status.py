@@ -1,6 +1,6 @@
-"""GET /setup/status's answer: the service URL in force and where it came from, the transport,
-the tenant as the page needs it (never the key), the background re-bootstrap and every health
-field."""
+"""GET /setup/status's answer: the service URL in force, where it came from and whether it
+answers, the transport, the tenant as the page needs it (never the key), the connection state
+made of both, the background re-bootstrap and every health field."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from beeflow.health import TUNNEL_STATUS, collect
 from beeflow.service_client import SERVICE_URL
 from beeflow.setup import store
 from beeflow.setup.common import PENDING_FIELDS, busy, rebootstrap_of
+from beeflow.setup.reachability import connection, service_field
 from beeflow.tenant.failures import PAIRING_CATEGORIES
 from beeflow.tenant.records import unstructure
 from beeflow.tenant.state import PENDING_STATES, TENANT
@@ -121,9 +122,13 @@ def _parse_time(value: Any) -> float | None:
         return None
 
 
-def status_body(app: web.Application) -> dict[str, Any]:
+def status_body(app: web.Application, check: dict[str, Any]) -> dict[str, Any]:
+    """The status, with `check` the health check of the service in force (setup.probe's
+    answer): `service` says whether it answers, `connection` what the page shows."""
     api_base = app[SERVICE_URL]
     choice = store.load(app[CONFIG].persistent_storage)
+    tenant = _tenant(app)
+    service = service_field(check)
     return {
         "envOverridden": api_base.locked,
         "envApiBaseUrl": str(api_base.url) if api_base.locked else None,
@@ -133,7 +138,9 @@ def status_body(app: web.Application) -> dict[str, Any]:
         "cloudUrl": CLOUD_URL,
         "defaults": DEFAULTS,
         "transport": _transport(app),
-        "tenant": _tenant(app),
+        "service": service,
+        "tenant": tenant,
+        "connection": connection(tenant, service),
         "rebootstrap": rebootstrap_of(app).snapshot(),
         "health": collect(app, True),
     }

@@ -30,6 +30,7 @@ from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import TENANT_KEY
+from tests.ports import refused_url
 from tests.tenant.helpers import (
     dead_port,
     heartbeat,
@@ -440,9 +441,7 @@ async def test_too_many_pending_verifications_is_its_own_category(
 async def test_unreachable_service_is_saas_unreachable(
     connector_factory: ConnectorFactory,
 ) -> None:
-    conn = await connector_factory(
-        BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL="http://127.0.0.1:9"
-    )
+    conn = await connector_factory(BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL=refused_url())
     await bootstrapper(conn.app).ensure()
     error = conn.app[TENANT].last_error
     assert error is not None
