@@ -24,6 +24,7 @@ from beeflow.config import Config
 from beeflow.errors import NextcloudError
 from beeflow.health import TUNNEL_STATUS
 from beeflow.lifecycle import pipeline, unix_peer_pid
+from beeflow.nextcloud import surface
 from beeflow.nextcloud.budget import BUDGET_FILE
 from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.nextcloud.users import USERS
@@ -182,21 +183,67 @@ async def test_enabled_answers_error_empty(conn: RunningConnector) -> None:
             assert await resp.json() == {"error": ""}
 
 
-async def test_untrusted_lifecycle_calls_are_budgeted(
-    conn: RunningConnector, phases: Phases
+UNTRUSTED: list[tuple[dict[str, str], str]] = [
+    ({}, "appapi_headers_missing"),
+    (appapi_headers("", secret="nope"), "appapi_secret_mismatch"),
+    (appapi_headers("admin", secret="nope"), "appapi_secret_mismatch"),
+]
+
+
+@pytest.mark.parametrize(("headers", "code"), UNTRUSTED, ids=["none", "wrong", "wrong-admin"])
+async def test_an_untrusted_init_runs_nothing(
+    connector_factory: ConnectorFactory, phases: Phases, headers: dict[str, str], code: str
 ) -> None:
-    for _ in range(6):
-        async with await conn.request("POST", "/init") as resp:
-            assert resp.status == 200
-            assert await resp.json() == {"status": "ok"}
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)
-    assert 1 <= phases.runs.count("bootstrap") <= 3
-    # A caller with the valid secret is never budgeted.
-    before = phases.runs.count("bootstrap")
+    """Every AppAPI sends its headers on /init (docs/appapi-wire.md, "Lifecycle calls"): a call
+    without the secret is refused and starts no run, however often it comes."""
+    conn = await connector_factory(customise=phases.install)
+    phases.gate.clear()  # a run that started would still be running below
+    nc = conn.app[NEXTCLOUD]
+    nc.app_enabled = False
+    for _ in range(5):
+        async with await conn.request("POST", "/init", headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["code"] == code
+    pipe = pipeline(conn.app)
+    assert (pipe.running, pipe.run_info.runs, pipe.run_info.state) == (False, 0, "idle")
+    assert nc.app_enabled is False
+    # AppAPI's own call does start it (the same check can see a run).
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
-    await wait_for(lambda: phases.runs.count("bootstrap") == before + 1)
+    assert pipe.running
+    phases.gate.set()
+    await wait_for(lambda: pipe.run_info.state == "done")
+
+
+@pytest.mark.parametrize(("headers", "code"), UNTRUSTED, ids=["none", "wrong", "wrong-admin"])
+async def test_an_untrusted_disable_deletes_nothing(
+    connector_factory: ConnectorFactory, headers: dict[str, str], code: str
+) -> None:
+    """PUT /enabled?enabled=0 runs every surface's teardown (deleting the webhook rows...): only
+    AppAPI's own call may, the answer coming after the teardown."""
+    torn_down: list[str] = []
+
+    async def teardown() -> None:
+        torn_down.append("example")
+
+    def install(app: web.Application) -> None:
+        surface.install(
+            app, surface.Surface(name="example", phases=[], health=lambda _: {}, teardown=teardown)
+        )
+
+    conn = await connector_factory(customise=install)
+    nc = conn.app[NEXTCLOUD]
+    nc.app_enabled = True
+    for value in ("0", "1"):
+        async with await conn.request("PUT", f"/enabled?enabled={value}", headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["code"] == code
+    assert torn_down == []
+    assert nc.app_enabled is True
+    async with await conn.request("PUT", "/enabled?enabled=0", user="") as resp:
+        assert await resp.json() == {"error": ""}
+    assert torn_down == ["example"]  # answered once the teardown is done
+    assert nc.app_enabled is False
 
 
 async def test_boot_before_registration_probes_once_and_waits(

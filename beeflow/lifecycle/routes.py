@@ -14,26 +14,20 @@ from beeflow.lease import LEASES
 from beeflow.lifecycle.boot import boot_ctx, on_trusted
 from beeflow.lifecycle.callers import may_see_detail
 from beeflow.lifecycle.pipeline import PIPELINE, Pipeline, pipeline, pipeline_ctx
-from beeflow.limits import RateLimiter
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
 from beeflow.nextcloud.surface import teardown_all
 from beeflow.phases import INIT_PHASES
 from beeflow.tasks import spawn
-from beeflow.web.auth import IDENTITY, Access, add_route, on_trusted_request
+from beeflow.web.auth import Access, add_route, on_trusted_request
 from beeflow.web.draining import DRAINING, READY
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
 
-UNTRUSTED_RUNS: Final = 3
-UNTRUSTED_WINDOW: Final = 15 * 60.0
 RERUN: Final = frozenset({"failed", "skipped"})  # last run states PUT /enabled?enabled=1 retries
 # AppAPI waits 60 s for PUT /enabled and disables the app right after the answer, from when on
 # it refuses the app's calls: a surface's teardown must be done before the answer.
 TEARDOWN_SECONDS: Final = 20.0
-
-_UNTRUSTED: web.AppKey[RateLimiter] = web.AppKey("lifecycle_untrusted")
-
 
 # ------------------------------------------------------------------ handlers
 
@@ -60,25 +54,15 @@ async def ready(request: web.Request) -> web.Response:
     )
 
 
-def _untrusted_allowed(request: web.Request, what: str) -> bool:
-    if request[IDENTITY].trusted:
-        request.app[NEXTCLOUD].budget.lift()
-        return True
-    allowed = request.app[_UNTRUSTED].hit(what)
-    if not allowed:
-        log.debug("untrusted %s ignored (limit %d per 15 min)", what, UNTRUSTED_RUNS)
-    return allowed
-
-
 async def init(request: web.Request) -> web.Response:
     """Answer at once; the work runs in the background and reports progress
-    (docs/appapi-wire.md, "Lifecycle calls")."""
-    if _untrusted_allowed(request, "init"):
-        # AppAPI marks the app enabled before it calls /init.
-        request.app[NEXTCLOUD].app_enabled = True
-        pipe = pipeline(request.app)
-        pipe.unblock()
-        pipe.trigger("init", init=True)
+    (docs/appapi-wire.md, "Lifecycle calls"). Only AppAPI's own call gets here: every AppAPI
+    sends its headers on /init and /enabled, so the middleware refuses anyone else."""
+    # AppAPI marks the app enabled before it calls /init.
+    request.app[NEXTCLOUD].app_enabled = True
+    pipe = pipeline(request.app)
+    pipe.unblock()
+    pipe.trigger("init", init=True)
     return json_response({"status": "ok"})
 
 
@@ -90,17 +74,16 @@ async def enabled(request: web.Request) -> web.Response:
     if value not in ("0", "1", "true", "false"):
         return json_response({"error": "", "code": "enabled_value_ignored"})
     state = value in ("1", "true")
-    if _untrusted_allowed(request, "enabled"):
-        log.info("AppAPI set enabled=%s", int(state))
-        request.app[NEXTCLOUD].app_enabled = state
-        if not state:
-            await _teardown(request.app)
-        pipe = pipeline(request.app)
-        # Enabling from the UI or `occ app_api:app:enable` sends heartbeat + this call, no /init:
-        # re-run what boot held back or what failed (a run in flight is the /init's own).
-        if state and not pipe.running and (pipe.boot_blocked or pipe.run_info.state in RERUN):
-            pipe.unblock()
-            pipe.trigger("enabled", init=False)
+    log.info("AppAPI set enabled=%s", int(state))
+    request.app[NEXTCLOUD].app_enabled = state
+    if not state:
+        await _teardown(request.app)
+    pipe = pipeline(request.app)
+    # Enabling from the UI or `occ app_api:app:enable` sends heartbeat + this call, no /init:
+    # re-run what boot held back or what failed (a run in flight is the /init's own).
+    if state and not pipe.running and (pipe.boot_blocked or pipe.run_info.state in RERUN):
+        pipe.unblock()
+        pipe.trigger("enabled", init=False)
     return json_response({"error": ""})
 
 
@@ -131,14 +114,14 @@ def setup(app: web.Application, client: NextcloudClient, *, run_at_boot: bool = 
     """The lifecycle routes; the pipeline runs the phases every feature added (INIT_PHASES)."""
     app[PIPELINE] = Pipeline(client, app.setdefault(INIT_PHASES, []), app.get(LEASES))
     on_trusted_request(app, on_trusted(app))
-    app[_UNTRUSTED] = RateLimiter(limit=UNTRUSTED_RUNS, window=UNTRUSTED_WINDOW)
     provide(app, "init", app[PIPELINE].health)
     provide(app, "appapiAuth", _budget_health(app))
     # Passive: the heartbeat has no side effects, whoever calls it.
     add_route(app, "GET", "/heartbeat", heartbeat, Access.PUBLIC, passive=True)
     add_route(app, "GET", "/ready", ready, Access.PUBLIC, passive=True)
-    add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True, lifecycle=True)
-    add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True, lifecycle=True)
+    # AppAPI's own calls (valid secret, empty user), or an administrator's.
+    add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True)
+    add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True)
     app.cleanup_ctx.append(pipeline_ctx)
     if run_at_boot:
         app.cleanup_ctx.append(boot_ctx)
