@@ -547,16 +547,21 @@ async def test_a_boot_run_reports_its_progress_through_100(
 ) -> None:
     """AppAPI may be waiting at progress 0 for an /init that never reached us;
     the boot run's reports take it to 100 (AppAPI ignores them once init is 100)."""
-    await connector_factory(customise=phases.install, run_at_boot=True)
-    await wait_for(lambda: [p["progress"] for p in fake_nc.progress] == [25, 60, 100])
-    # The fake records the report of 100 before it calls us back (as AppAPI runs its enable
-    # inside that request): wait for the calls, then check they are exactly these.
-    await wait_for(lambda: len(fake_nc.callbacks) >= 2)
-    assert [(c.method, c.path) for c in fake_nc.callbacks] == [
-        ("GET", "/heartbeat"),
-        ("PUT", "/enabled?enabled=1"),
+    # The run waits until the fake knows where to call back: the connector's address is known
+    # only once it listens, and a report of 100 before then would find nobody to call.
+    phases.gate.clear()
+    conn = await connector_factory(customise=phases.install, run_at_boot=True)
+    phases.gate.set()
+    # The fake records the report of 100, then calls us back inside it (as AppAPI runs its
+    # enable inside that request): wait for those calls, then check everything is exactly so.
+    await asyncio.wait_for(fake_nc.enable_called_back.wait(), 60)
+    assert [p["progress"] for p in fake_nc.progress] == [25, 60, 100]
+    assert [(c.method, c.path, c.status) for c in fake_nc.callbacks] == [
+        ("GET", "/heartbeat", 200),
+        ("PUT", "/enabled?enabled=1", 200),
     ]
     assert all("error" not in p for p in fake_nc.progress)
+    assert pipeline(conn.app).run_info.trigger == "boot"
 
 
 async def test_a_failed_boot_run_reports_no_error(
