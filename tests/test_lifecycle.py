@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -616,3 +616,48 @@ async def test_heartbeat_through_the_php_proxy_stand_in(conn: RunningConnector) 
         assert shown == {"anonymous": False, "alice": False, "admin": True}
     finally:
         await proxy.stop()
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+async def test_a_run_still_going_at_shutdown_is_cancelled_before_any_clean_up(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
+) -> None:
+    """The app stops while a phase waits on Nextcloud: the run is cancelled at the shutdown
+    signal, before a feature's clean-up closes what the phase uses (a feature's clean-up is
+    registered after lifecycle's, so it runs first), and no run starts afterwards."""
+    entered = asyncio.Event()
+    phase_ended: list[str] = []
+    seen_at_clean_up: list[bool] = []
+
+    async def slow_phase() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a Nextcloud call that does not answer
+        except asyncio.CancelledError:
+            phase_ended.append("cancelled")
+            raise
+
+    def install(app: web.Application) -> None:
+        app[INIT_PHASES][:] = [InitPhase("slow", 25, slow_phase)]
+
+        async def feature(app: web.Application) -> AsyncIterator[None]:
+            yield
+            seen_at_clean_up.append(pipeline(app).running)
+
+        app.cleanup_ctx.append(feature)
+
+    conn = await connector_factory(customise=install)
+    pipe = pipeline(conn.app)
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await asyncio.wait_for(entered.wait(), 10)
+    await conn.close()
+    assert phase_ended == ["cancelled"]
+    assert seen_at_clean_up == [False]
+    assert not pipe.running
+    runs = pipe.run_info.runs
+    assert pipe.trigger("trusted-request", init=False) is None
+    assert (pipe.running, pipe.run_info.runs) == (False, runs)
+    assert len(fake_nc.progress) == 0  # nothing was reported for the cancelled run

@@ -57,14 +57,19 @@ class Pipeline:
         self.run_info = InitRun()
         self.boot_blocked = False  # the boot probe was refused: wait for AppAPI to call us
         self.blocked_by = ""  # refused | unreachable | disabled (why boot_blocked is set)
+        self.closed = False  # the app is stopping: no run starts any more
         self._counter = itertools.count(1)
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def trigger(self, reason: str, *, init: bool) -> asyncio.Task[None]:
-        """Start a run, or join the one in flight (`init`: AppAPI's /init asks for it)."""
+    def trigger(self, reason: str, *, init: bool) -> asyncio.Task[None] | None:
+        """Start a run, or join the one in flight (`init`: AppAPI's /init asks for it). None
+        once the app is stopping: a run then would outlive the sessions it uses."""
+        if self.closed:
+            log.info("init pipeline not started (%s): the connector is stopping", reason)
+            return None
         if self._task is not None and not self._task.done():
             if init:
                 self._init_joined = True
@@ -81,13 +86,20 @@ class Pipeline:
     def unblock(self) -> None:
         self.boot_blocked, self.blocked_by = False, ""
 
-    async def cancel(self) -> None:
-        """Stop a run still going (the app is stopping: its calls would outlive the sessions
-        they use)."""
+    async def close(self) -> None:
+        """The app is stopping: no new run, and the one still going is cancelled and waited
+        for, before any feature closes what its phases use (the Nextcloud session, the
+        registrar's run, the lease files)."""
+        self.closed = True
         task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=CANCEL_WAIT)
+        if task is None or task.done():
+            return
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=CANCEL_WAIT)
+        if done:
+            log.info("init pipeline cancelled: the connector is stopping")
+        else:
+            log.warning("init pipeline still running %d s after it was cancelled", CANCEL_WAIT)
 
     async def _report(self, progress: int, error: str = "") -> None:
         """Every run reports its progress, whatever started it: AppAPI may be waiting for init
@@ -181,8 +193,17 @@ def pipeline(app: web.Application) -> Pipeline:
     return app[PIPELINE]
 
 
-async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-    """A run still going at shutdown stops with the app: its calls would outlive the sessions
-    they use (the registrations' phases take a few seconds on a slow Nextcloud)."""
-    yield
-    await app[PIPELINE].cancel()
+def install_shutdown(app: web.Application) -> None:
+    """A run still going when the app stops is cancelled at the shutdown signal, which comes
+    before every feature's clean-up (their phases' resources close there), and again at the
+    clean-up for an app cleaned up without a shutdown."""
+
+    async def on_shutdown(app: web.Application) -> None:
+        await app[PIPELINE].close()
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await app[PIPELINE].close()
+
+    app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(ctx)

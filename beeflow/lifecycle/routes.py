@@ -13,7 +13,7 @@ from beeflow.health import collect, provide
 from beeflow.lease import LEASES
 from beeflow.lifecycle.boot import boot_ctx, on_trusted
 from beeflow.lifecycle.callers import may_see_detail
-from beeflow.lifecycle.pipeline import PIPELINE, Pipeline, pipeline, pipeline_ctx
+from beeflow.lifecycle.pipeline import PIPELINE, Pipeline, install_shutdown, pipeline
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
 from beeflow.nextcloud.surface import teardown_all
 from beeflow.phases import INIT_PHASES
@@ -122,6 +122,6 @@ def setup(app: web.Application, client: NextcloudClient, *, run_at_boot: bool = 
     # AppAPI's own calls (valid secret, empty user), or an administrator's.
     add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True)
     add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True)
-    app.cleanup_ctx.append(pipeline_ctx)
+    install_shutdown(app)
     if run_at_boot:
         app.cleanup_ctx.append(boot_ctx)
