@@ -97,6 +97,10 @@ class Config:
     max_head_bytes: int = 32 * 1024
     # Connections open at once per listener; more get 503 too_many_connections.
     max_connections: int = 2048
+    # The TCP listener's accept queue (listen() backlog, capped by net.core.somaxconn): a burst
+    # of connections from Nextcloud's PHP workers past it has its SYNs dropped and retried
+    # seconds later. aiohttp's default is 128.
+    listen_backlog: int = 1024
     # /nc request bodies: cut when no byte arrives for this long (408 body_timeout).
     nc_body_idle_seconds: float = 30.0
     # /nc bodies read before their signature can be checked (v2): at most this many at once,
@@ -236,6 +240,7 @@ class Config:
                 "BEEFLOW_HEAD_TIMEOUT_SECONDS", "10", env_.float_range(0.05, 3600)
             ),
             "max_connections": p.get("BEEFLOW_MAX_CONNECTIONS", "2048", env_.int_range(1, 1 << 20)),
+            "listen_backlog": p.get("BEEFLOW_LISTEN_BACKLOG", "1024", env_.int_range(1, 65535)),
             "nc_body_idle_seconds": p.get(
                 "BEEFLOW_NC_BODY_IDLE_SECONDS", "30", env_.float_range(0.05, 3600)
             ),

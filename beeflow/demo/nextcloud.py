@@ -31,6 +31,10 @@ ADMIN: Final[dict[str, Any]] = {
     "groups": ["admin"],
 }
 
+AA_VERSION: Final = "32.0.0"  # what AppAPI itself sends
+HARP_AA_VERSION: Final = "32"  # what HaRP writes over it on everything it forwards
+ORIGIN_IP: Final = "x-origin-ip"
+
 # Never forwarded in either direction (hop-by-hop, framing, and AppAPI's own headers).
 _HOP: Final = frozenset(
     {
@@ -104,13 +108,15 @@ class DemoNextcloud:
 
     # ------------------------------------------------------------ AppAPI headers
 
-    def appapi_headers(self, uid: str) -> dict[str, str]:
+    def appapi_headers(self, uid: str, *, harp: bool = False) -> dict[str, str]:
+        """What AppAPI's PHP proxy adds; through HaRP, AA-VERSION is HaRP's constant "32"
+        (docs/appapi-harp-contract.md §1.3), which is how the connector tells the two apart."""
         token = base64.b64encode(f"{uid}:{self.secret}".encode()).decode("ascii")
         return {
             "AUTHORIZATION-APP-API": token,
             "EX-APP-ID": self.app_id,
             "EX-APP-VERSION": self.app_version,
-            "AA-VERSION": "32.0.0",
+            "AA-VERSION": HARP_AA_VERSION if harp else AA_VERSION,
             "AA-REQUEST-ID": secrets.token_urlsafe(12),
         }
 
@@ -178,6 +184,10 @@ class DemoNextcloud:
             return _ocs(request, [uid])
         if tail == "cloud/groups":
             return _ocs(request, {"groups": ["admin"]})
+        if tail == "apps/app_api/ex-app/state":
+            # AppAPI answers its enabled flag (1 or 0); the demo's app is always enabled. With
+            # anything else the connector cannot know, and holds back the work that needs it.
+            return _ocs(request, 1)
         if tail == "apps/app_api/ex-app/status" and request.method == "PUT":
             body = await request.json()
             if isinstance(body, dict) and isinstance(body.get("progress"), int):
@@ -221,10 +231,13 @@ class DemoNextcloud:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             lower = name.lower()
-            if lower not in _HOP and lower not in _APPAPI_REQUEST:
+            if lower not in _HOP and lower not in _APPAPI_REQUEST and lower != ORIGIN_IP:
                 headers.add(name, value)
-        headers["x-origin-ip"] = request.remote or "127.0.0.1"
-        headers.update(self.appapi_headers(ADMIN_UID))
+        if legacy:
+            # AppAPI's PHP proxy adds the browser's address; HaRP adds none, and stamps
+            # AA-VERSION instead. The connector frames its replies by which one it sees.
+            headers[ORIGIN_IP] = request.remote or "127.0.0.1"
+        headers.update(self.appapi_headers(ADMIN_UID, harp=not legacy))
         # The path and query exactly as the browser sent them, minus the front's prefix.
         raw = request.rel_url.raw_path
         prefix = self.legacy_prefix if legacy else self.harp_prefix

@@ -19,6 +19,7 @@ from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.frpc import supervisor as frpc
 from beeflow.transports.frpc.supervisor import FrpcSupervisor
 from beeflow.transports.guard import GuardedSite
+from beeflow.transports.tcp import listen_backlog
 
 SOCKET_MODE = 0o600
 FLUSH_TIMEOUT_SECONDS = 1.0
@@ -106,6 +107,7 @@ class HarpTransport(Transport):
         self.supervisor = supervisor or FrpcSupervisor(config, self.socket_path)
         self._site: GuardedSite | None = None
         self._inode: int | None = None
+        self.backlog = config.listen_backlog
 
     def describe(self) -> str:
         return f"unix:{self.socket_path}"
@@ -115,7 +117,8 @@ class HarpTransport(Transport):
         await self.supervisor.preflight()
         sock = bind_unix(self.socket_path)
         self._inode = os.stat(self.socket_path).st_ino
-        self._site = GuardedSite(runner, self.guard, sock=sock)
+        self.backlog = await asyncio.to_thread(listen_backlog, self.config.listen_backlog)
+        self._site = GuardedSite(runner, self.guard, sock=sock, backlog=self.backlog)
         await self._site.start()
 
     async def _started(self) -> None:
@@ -166,5 +169,6 @@ class HarpTransport(Transport):
             "mode": self.name,
             "socket": str(self.socket_path),
             "connections": self.guard.status(),
+            "backlog": self.backlog,
             **self.supervisor.status(),
         }

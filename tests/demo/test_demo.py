@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 from yarl import URL
 
@@ -24,6 +25,7 @@ from beeflow.demo.service import reply_pieces, verify_jwt
 from beeflow.service_client import SERVICE_URL
 from beeflow.setup import store
 from beeflow.signing import mint_jwt, user_claims
+from beeflow.transports.tcp import TcpTransport
 from tests.demo.stack import DemoStack, start_demo_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,6 +195,53 @@ async def test_setup_works_against_the_stand_ins(stack: DemoStack) -> None:
         ) as resp:
             assert resp.status == 200
     assert stack.app[SERVICE_URL].source == "setup"
+
+
+async def test_each_front_reaches_the_connector_as_the_proxy_it_imitates(
+    stack: DemoStack,
+) -> None:
+    """The PHP-proxy front adds X-Origin-IP; the HaRP front stamps AA-VERSION "32" and adds
+    none, so the connector frames a chat through it as HaRP's (streamed, never legacy-framed),
+    and the demo's status says its replies stream."""
+    demo = stack.demo
+    async with aiohttp.ClientSession() as session:
+
+        async def chat(base: str) -> None:
+            async with session.post(base + "ai/chat/direct/stream", json={"message": "hi"}) as resp:
+                assert resp.status == 200
+                assert parse_sse(await resp.text())[-1][0] == "done"
+
+        async def routing() -> dict[str, Any]:
+            async with session.get(demo.url + "heartbeat") as resp:
+                beat: dict[str, Any] = await resp.json()
+            return {**beat["routing"], "legacyFramed": beat["serviceProxy"]["legacyFramed"]}
+
+        before = await routing()  # itself one request through the PHP-proxy front
+        await chat(demo.harp_url)
+        after_harp = await routing()
+        await chat(demo.url)
+        after_php = await routing()
+        async with session.get(demo.harp_url + "setup/status") as resp:
+            transport = (await resp.json())["transport"]
+    assert after_harp["harpRequests"] == before["harpRequests"] + 1
+    assert after_harp["legacyFramed"] == before["legacyFramed"]
+    assert after_php["phpProxyRequests"] > after_harp["phpProxyRequests"]
+    assert after_php["legacyFramed"] == after_harp["legacyFramed"] + 1
+    assert after_php["seen"] == "harp"
+    assert transport["streaming"] is True
+
+
+def test_the_tcp_transport_claims_no_framing_it_cannot_see() -> None:
+    """TCP carries the PHP proxy's requests and HaRP's alike: its advice does not say replies
+    arrive whole (the demo's stand-ins stream them)."""
+    base = Config.from_env({"APP_SECRET": "x" * 20, "NEXTCLOUD_URL": "http://nc.example"})
+    advice = TcpTransport(base).status()["advice"]
+    assert "Legacy mode" not in advice
+    assert "HaRP" in advice
+    assert "PHP proxy" in advice
+    demo = TcpTransport(attrs.evolve(base, demo=True)).status()["advice"]
+    assert "stream" in demo
+    assert "whole" not in demo
 
 
 # Health states that mean a part of the connector does not work.

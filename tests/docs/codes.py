@@ -6,7 +6,8 @@ stand-ins excepted), where each is written as a literal string:
 * a literal passed, by position or by name, to the parameter called `code` of a function,
   method or class of beeflow (`self.fail(request, "signature_missing", ...)`,
   `SigFormatError("signature_malformed")`, `answer(503, ..., "too_many_connections", ...)`);
-* the codes made from others at run time: aiohttp's errors (web.errors), the `/nc` proxy's
+* the codes made from others at run time: aiohttp's errors (web.errors), the refusals of its
+  HTTP parser and the answers its protocol writes itself (transports.answers), the `/nc` proxy's
   `nextcloud_*` names for the streaming core's `upstream_*` codes (proxy.nc.handler), and
   `destination_*` for a Destination the path check refuses (proxy.nc.destination).
 
@@ -130,11 +131,15 @@ def run_time_codes(found: dict[str, set[str]]) -> dict[str, set[str]]:
     """The codes made from others when the connector runs."""
     from beeflow.errors import BeeflowError
     from beeflow.proxy.nc.handler import _as_nextcloud_error
+    from beeflow.transports.answers import _STATUS_CODES, PARSER_CODES
     from beeflow.web.errors import _AIOHTTP_CODES
 
     out: dict[str, set[str]] = {}
     for code in [*_AIOHTTP_CODES.values(), "http_error"]:
         out.setdefault(code, set()).add("beeflow/web/errors.py")
+    below_the_app = [code for _, code, _ in PARSER_CODES] + [c for c, _ in _STATUS_CODES.values()]
+    for code in below_the_app:
+        out.setdefault(code, set()).add("beeflow/transports/answers.py")
     for code, where in found.items():
         renamed = _as_nextcloud_error(BeeflowError(code=code)).instance_code
         if renamed != code:

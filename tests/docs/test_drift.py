@@ -190,6 +190,7 @@ def test_the_collector_finds_every_way_a_code_is_written() -> None:
     assert "beeflow/transports/guard.py" in codes["too_many_connections"]  # the same, by position
     assert "beeflow/setup/actions.py" in codes["email_not_in_org"]  # a if c else b
     assert "beeflow/web/errors.py" in codes["uri_too_long"]  # aiohttp's, at run time
+    assert "beeflow/transports/answers.py" in codes["method_invalid"]  # aiohttp's parser's
     assert "beeflow/proxy/nc/handler.py" in codes["nextcloud_unreachable"]  # renamed
     assert "beeflow/proxy/nc/destination.py" in codes["destination_path_traversal"]
 

@@ -109,8 +109,6 @@ class AppApiSurfaces:
     setup_checks_opted_in: bool = False
     setup_check_issues: list[SetupCheckIssue] = attrs.field(factory=list)
     setup_check_probes: list[dict[str, Any]] = attrs.field(factory=list)
-    # Nextcloud's own app config as provisioning_api shows it to an admin.
-    app_config: dict[str, dict[str, str]] = attrs.field(factory=dict)
 
     @property
     def has_setup_checks(self) -> bool:
@@ -140,21 +138,7 @@ class AppApiSurfaces:
                 web.post(f"{api}/setup_check", self._setup_check_in),
                 web.delete(f"{api}/setup_check", self._setup_check_out),
             ]
-            r.append(
-                web.get(
-                    f"/ocs/{v}.php/apps/provisioning_api/api/v1/config/apps/{{app}}/{{key}}",
-                    self._app_config_get,
-                )
-            )
         return r
-
-    async def _app_config_get(self, request: web.Request) -> web.Response:
-        """provisioning_api AppConfigController::getValue: admins only (no NoAdminRequired),
-        `{"data": value}`, the default ("") for a missing key."""
-        if (denied := self.nc._require(request, admin=True)) is not None:
-            return denied
-        app, key = request.match_info["app"], request.match_info["key"]
-        return self._ok(request, {"data": self.app_config.get(app, {}).get(key, "")})
 
     # ------------------------------------------------------------ helpers
 

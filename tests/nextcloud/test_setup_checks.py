@@ -56,7 +56,7 @@ async def test_on_32_the_route_exists_and_the_opt_in_is_skipped(
 async def test_on_35_a_connected_connector_reports_nothing(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud, nc_personality: str
 ) -> None:
-    fake_nc.surfaces.app_config["core"] = {"lastcron": str(int(time.time()) - 60)}
+    fake_nc.app_config[("core", "lastcron")] = str(int(time.time()) - 60)
     conn = await auto_connector()
     await run_init(conn, fake_nc)
     assert fake_nc.surfaces.setup_checks_opted_in
@@ -95,7 +95,7 @@ async def test_no_tenant_key_is_an_error_with_the_setup_link(
 async def test_late_cron_and_a_streak_of_refused_signatures_are_warnings(
     auto_connector: AutoFactory, fake_nc: FakeNextcloud, nc_personality: str
 ) -> None:
-    fake_nc.surfaces.app_config["core"] = {"lastcron": str(int(time.time()) - 7200)}
+    fake_nc.app_config[("core", "lastcron")] = str(int(time.time()) - 7200)
     conn = await auto_connector()
     await run_init(conn, fake_nc)
     for _ in range(5):

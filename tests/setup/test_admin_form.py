@@ -265,3 +265,34 @@ def test_the_status_line_is_cut_but_the_setup_link_stays() -> None:
     assert scheme["description"].endswith("https://nc/s")
     assert len(scheme["description"]) < 1000
     assert validate_schema(scheme)
+
+
+async def test_a_change_applied_on_one_replica_reaches_the_other(
+    unlocked: AutoFactory,
+    fake_nc: FakeNextcloud,
+    service: FakeService,
+    service_b: FakeService,
+) -> None:
+    """Two replicas on one storage directory: the form's change, applied by the replica that
+    polled, is saved where the setup page saves (setup-config.json), so the other takes the new
+    service without a restart, takes the new key from the shared files, and its own poll
+    provisions nothing again."""
+    fast = {"BEEFLOW_LEASE_TTL_SECONDS": "2"}
+    a = await unlocked(**fast)
+    b = await unlocked(**fast)
+    for conn in (a, b):
+        await run_init(conn, fake_nc)
+        await conn.app[ADMIN_FORM].poll()
+    assert a.app[TENANT].key == b.app[TENANT].key == PROVISIONED_KEY
+
+    fake_nc.surfaces.admin_sets("api_base_url", str(service_b.url))
+    await a.app[ADMIN_FORM].poll()
+    new = str(service_b.url).rstrip("/")
+    assert str(a.app[SERVICE_URL].url).rstrip("/") == new
+    await wait_for(lambda: str(b.app[SERVICE_URL].url).rstrip("/") == new, timeout=5)
+    assert b.app[SERVICE_URL].source == "setup"
+    await wait_for(lambda: b.app[TENANT].key == KEY_B, timeout=5)
+    await b.app[ADMIN_FORM].poll()
+    assert len(service_b.control.bootstraps) == 1
+    assert str(b.app[SERVICE_URL].url).rstrip("/") == new
+    assert shown(fake_nc)["api_base_url"] == new

@@ -24,6 +24,7 @@ from beeflow.transports.tcp import TcpTransport
 from tests.fakes.frp import FakeFrps, events, free_port
 from tests.helpers import base_env
 from tests.transports.conftest import UNREACHABLE_NC
+from tests.transports.test_tcp_backlog import kernel_unix_backlog, somaxconn
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +136,11 @@ async def test_harp_transport_serves_heartbeat_on_a_private_socket(
     assert start["config_mode"] == "0o600"
     assert transport.status()["mode"] == "harp"
     assert transport.status()["socket"] == str(path)
+    # The socket's accept queue is the configured one, not aiohttp's 128.
+    expected = min(config.listen_backlog, somaxconn())
+    assert expected > 128
+    assert kernel_unix_backlog(path) == expected
+    assert transport.status()["backlog"] == expected
     await transport.stop()
     # frpc got TERM while the socket still accepted connections; then the file went.
     term = events(record, "term")

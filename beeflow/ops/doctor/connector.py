@@ -4,6 +4,7 @@ the tunnel state, the AppAPI failure budget, the last /init and the bootstrap.""
 from __future__ import annotations
 
 import json
+import pwd
 from typing import Any, Final
 
 import aiohttp
@@ -11,6 +12,7 @@ from yarl import URL
 
 from beeflow.nextcloud.ocs import appapi_headers
 from beeflow.ops.doctor.harp import tunnel_cause
+from beeflow.ops.doctor.listener import tcp_listener_uids, trusted_uids, unix_listener_uid
 from beeflow.ops.doctor.result import FAIL, PASS, SKIP, WARN, Check, Context, remedy_bruteforce
 from beeflow.transports.frpc.diagnose import LASTING
 from beeflow.transports.frpc.diagnose import remedy as remedy_for
@@ -36,33 +38,80 @@ def excerpt(raw: bytes) -> str:
     return repr(text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else ""))
 
 
+def _users(uids: set[int]) -> str:
+    names = []
+    for uid in sorted(uids):
+        try:
+            names.append(f"{pwd.getpwuid(uid).pw_name} (uid {uid})")
+        except KeyError:
+            names.append(f"uid {uid}")
+    return ", ".join(names)
+
+
+def _is_connector(data: Any) -> bool:
+    """The public heartbeat's shape: status ok and the /init run's state, which every beeflow
+    answers to anyone. It proves nothing (anyone can copy it): the owner check does that."""
+    if not isinstance(data, dict) or data.get("status") != "ok":
+        return False
+    init = data.get("init")
+    return isinstance(init, dict) and isinstance(init.get("state"), str)
+
+
 async def check_running(ctx: Context) -> Check:
     """Ask the connector running in this container (if any) how it is doing: its heartbeat
     with the AppAPI secret carries the tunnel state, the AppAPI failure budget, the /init
-    run and the bootstrap. The heartbeat has no side effects."""
+    run and the bootstrap. The heartbeat has no side effects.
+
+    The secret goes only to a listener proven safe first: owned by our user or root (read from
+    the kernel's tables, listener.py; anyone else's process could collect it), and answering
+    the public heartbeat, asked without the secret, as this connector does."""
     name = "connector"
     c = ctx.config
+    owners: set[int] | None
     if c.harp:
-        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(c.socket_path))
-        url = URL("http://localhost/heartbeat")
         where = str(c.socket_path)
+        uid = unix_listener_uid(c.socket_path)
+        owners = None if uid is None else {uid}
+        url = URL("http://localhost/heartbeat")
+
+        def connector() -> aiohttp.BaseConnector:
+            return aiohttp.UnixConnector(path=str(c.socket_path))
     else:
-        connector = aiohttp.TCPConnector(force_close=True)
-        url = URL.build(scheme="http", host="127.0.0.1", port=c.app_port, path="/heartbeat")
         where = f"127.0.0.1:{c.app_port}"
-    try:
+        owners = tcp_listener_uids(c.app_port, ctx.proc_net)
+        url = URL.build(scheme="http", host="127.0.0.1", port=c.app_port, path="/heartbeat")
+
+        def connector() -> aiohttp.BaseConnector:
+            return aiohttp.TCPConnector(force_close=True)
+
+    strangers = (owners or set()) - trusted_uids()
+    if strangers:
+        return Check(
+            name,
+            FAIL,
+            f"a process of {_users(strangers)} listens on {where}: not this connector's user "
+            "nor root, so doctor did not send it the AppAPI secret",
+            f"If it is the connector, run doctor as the user it runs as. Otherwise it is another "
+            f"program, possibly collecting what is sent there: stop it, or give this connector "
+            f"another {'HP_EXAPP_SOCK' if c.harp else 'APP_PORT'} (and register the app with it).",
+            {"uids": sorted(strangers)},
+        )
+
+    async def get(headers: dict[str, str]) -> tuple[int, str, bytes]:
         async with (
             aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=ctx.timeout)
+                connector=connector(), timeout=aiohttp.ClientTimeout(total=ctx.timeout)
             ) as session,
-            session.get(url, headers=appapi_headers(c, "")) as resp,
+            session.get(url, headers=headers, allow_redirects=False) as resp,
         ):
-            status, kind = resp.status, resp.headers.get("Content-Type", "no Content-Type")
-            raw = await resp.content.read(MAX_ANSWER)
+            kind = resp.headers.get("Content-Type", "no Content-Type")
+            return resp.status, kind, await resp.content.read(MAX_ANSWER)
+
+    try:
+        status, kind, raw = await get({})
     except (aiohttp.ClientError, TimeoutError):
         return Check(name, SKIP, f"no connector answers on {where} (not running here)")
-    data = _json(raw)
-    if not isinstance(data, dict) or data.get("status") != "ok":
+    if not _is_connector(_json(raw)):
         return Check(
             name,
             FAIL,
@@ -71,6 +120,32 @@ async def check_running(ctx: Context) -> Check:
             f"Another program listens on {where}: stop it, or give this connector another "
             + ("HP_EXAPP_SOCK" if c.harp else "APP_PORT")
             + " (and register the app with that port).",
+            {"status": status, "contentType": kind},
+        )
+    if not owners:
+        # No kernel table to read (not Linux), or the answer came from a socket they do not
+        # list (another network namespace): the owner is unknown, so is who gets the secret.
+        return Check(
+            name,
+            WARN,
+            f"{where} answers like this connector, but doctor could not tell which user's "
+            "process listens there, so it did not send the AppAPI secret (no details)",
+            "Run doctor inside the connector's container (or on Linux as the connector's "
+            "user) to see its tunnel, init and bootstrap states.",
+        )
+    try:
+        status, kind, raw = await get(appapi_headers(c, ""))
+    except (aiohttp.ClientError, TimeoutError):
+        return Check(name, SKIP, f"no connector answers on {where} (not running here)")
+    data = _json(raw)
+    if not _is_connector(data):
+        return Check(
+            name,
+            FAIL,
+            f"{where} answered the public heartbeat but not the one with the AppAPI secret: "
+            f"HTTP {status}, {kind}: {excerpt(raw)}",
+            "Check that APP_SECRET here is the connector's (the same environment as the "
+            "running connector), then run doctor again.",
             {"status": status, "contentType": kind},
         )
     ctx.heartbeat = data

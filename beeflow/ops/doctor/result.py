@@ -16,6 +16,7 @@ import attrs
 from yarl import URL
 
 from beeflow.config import Config
+from beeflow.ops.doctor.listener import PROC_NET
 
 PASS: Final = "pass"  # noqa: S105 - a status, not a password
 WARN: Final = "warn"
@@ -94,6 +95,9 @@ class Context:
     tunnel: dict[str, Any] = attrs.field(factory=dict)
     # What the environment says about the deploy daemon (daemon.py).
     deployment: Deployment = attrs.field(factory=Deployment)
+    # The kernel's socket tables: who listens on APP_PORT (listener.py; tests point it at
+    # their own).
+    proc_net: Path = PROC_NET
 
 
 async def probe_get(ctx: Context, session: aiohttp.ClientSession, url: URL) -> Probe:
