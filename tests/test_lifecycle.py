@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from beeflow.config import Config
 from beeflow.errors import NextcloudError
 from beeflow.health import TUNNEL_STATUS
 from beeflow.lifecycle import pipeline, unix_peer_pid
+from beeflow.nextcloud import surface
 from beeflow.nextcloud.budget import BUDGET_FILE
 from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.nextcloud.users import USERS
@@ -182,21 +183,67 @@ async def test_enabled_answers_error_empty(conn: RunningConnector) -> None:
             assert await resp.json() == {"error": ""}
 
 
-async def test_untrusted_lifecycle_calls_are_budgeted(
-    conn: RunningConnector, phases: Phases
+UNTRUSTED: list[tuple[dict[str, str], str]] = [
+    ({}, "appapi_headers_missing"),
+    (appapi_headers("", secret="nope"), "appapi_secret_mismatch"),
+    (appapi_headers("admin", secret="nope"), "appapi_secret_mismatch"),
+]
+
+
+@pytest.mark.parametrize(("headers", "code"), UNTRUSTED, ids=["none", "wrong", "wrong-admin"])
+async def test_an_untrusted_init_runs_nothing(
+    connector_factory: ConnectorFactory, phases: Phases, headers: dict[str, str], code: str
 ) -> None:
-    for _ in range(6):
-        async with await conn.request("POST", "/init") as resp:
-            assert resp.status == 200
-            assert await resp.json() == {"status": "ok"}
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)
-    assert 1 <= phases.runs.count("bootstrap") <= 3
-    # A caller with the valid secret is never budgeted.
-    before = phases.runs.count("bootstrap")
+    """Every AppAPI sends its headers on /init (docs/appapi-wire.md, "Lifecycle calls"): a call
+    without the secret is refused and starts no run, however often it comes."""
+    conn = await connector_factory(customise=phases.install)
+    phases.gate.clear()  # a run that started would still be running below
+    nc = conn.app[NEXTCLOUD]
+    nc.app_enabled = False
+    for _ in range(5):
+        async with await conn.request("POST", "/init", headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["code"] == code
+    pipe = pipeline(conn.app)
+    assert (pipe.running, pipe.run_info.runs, pipe.run_info.state) == (False, 0, "idle")
+    assert nc.app_enabled is False
+    # AppAPI's own call does start it (the same check can see a run).
     async with await conn.request("POST", "/init", user="") as resp:
         assert resp.status == 200
-    await wait_for(lambda: phases.runs.count("bootstrap") == before + 1)
+    assert pipe.running
+    phases.gate.set()
+    await wait_for(lambda: pipe.run_info.state == "done")
+
+
+@pytest.mark.parametrize(("headers", "code"), UNTRUSTED, ids=["none", "wrong", "wrong-admin"])
+async def test_an_untrusted_disable_deletes_nothing(
+    connector_factory: ConnectorFactory, headers: dict[str, str], code: str
+) -> None:
+    """PUT /enabled?enabled=0 runs every surface's teardown (deleting the webhook rows...): only
+    AppAPI's own call may, the answer coming after the teardown."""
+    torn_down: list[str] = []
+
+    async def teardown() -> None:
+        torn_down.append("example")
+
+    def install(app: web.Application) -> None:
+        surface.install(
+            app, surface.Surface(name="example", phases=[], health=lambda _: {}, teardown=teardown)
+        )
+
+    conn = await connector_factory(customise=install)
+    nc = conn.app[NEXTCLOUD]
+    nc.app_enabled = True
+    for value in ("0", "1"):
+        async with await conn.request("PUT", f"/enabled?enabled={value}", headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["code"] == code
+    assert torn_down == []
+    assert nc.app_enabled is True
+    async with await conn.request("PUT", "/enabled?enabled=0", user="") as resp:
+        assert await resp.json() == {"error": ""}
+    assert torn_down == ["example"]  # answered once the teardown is done
+    assert nc.app_enabled is False
 
 
 async def test_boot_before_registration_probes_once_and_waits(
@@ -500,16 +547,21 @@ async def test_a_boot_run_reports_its_progress_through_100(
 ) -> None:
     """AppAPI may be waiting at progress 0 for an /init that never reached us;
     the boot run's reports take it to 100 (AppAPI ignores them once init is 100)."""
-    await connector_factory(customise=phases.install, run_at_boot=True)
-    await wait_for(lambda: [p["progress"] for p in fake_nc.progress] == [25, 60, 100])
-    # The fake records the report of 100 before it calls us back (as AppAPI runs its enable
-    # inside that request): wait for the calls, then check they are exactly these.
-    await wait_for(lambda: len(fake_nc.callbacks) >= 2)
-    assert [(c.method, c.path) for c in fake_nc.callbacks] == [
-        ("GET", "/heartbeat"),
-        ("PUT", "/enabled?enabled=1"),
+    # The run waits until the fake knows where to call back: the connector's address is known
+    # only once it listens, and a report of 100 before then would find nobody to call.
+    phases.gate.clear()
+    conn = await connector_factory(customise=phases.install, run_at_boot=True)
+    phases.gate.set()
+    # The fake records the report of 100, then calls us back inside it (as AppAPI runs its
+    # enable inside that request): wait for those calls, then check everything is exactly so.
+    await asyncio.wait_for(fake_nc.enable_called_back.wait(), 60)
+    assert [p["progress"] for p in fake_nc.progress] == [25, 60, 100]
+    assert [(c.method, c.path, c.status) for c in fake_nc.callbacks] == [
+        ("GET", "/heartbeat", 200),
+        ("PUT", "/enabled?enabled=1", 200),
     ]
     assert all("error" not in p for p in fake_nc.progress)
+    assert pipeline(conn.app).run_info.trigger == "boot"
 
 
 async def test_a_failed_boot_run_reports_no_error(
@@ -564,3 +616,48 @@ async def test_heartbeat_through_the_php_proxy_stand_in(conn: RunningConnector) 
         assert shown == {"anonymous": False, "alice": False, "admin": True}
     finally:
         await proxy.stop()
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+async def test_a_run_still_going_at_shutdown_is_cancelled_before_any_clean_up(
+    connector_factory: ConnectorFactory, fake_nc: FakeNextcloud
+) -> None:
+    """The app stops while a phase waits on Nextcloud: the run is cancelled at the shutdown
+    signal, before a feature's clean-up closes what the phase uses (a feature's clean-up is
+    registered after lifecycle's, so it runs first), and no run starts afterwards."""
+    entered = asyncio.Event()
+    phase_ended: list[str] = []
+    seen_at_clean_up: list[bool] = []
+
+    async def slow_phase() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a Nextcloud call that does not answer
+        except asyncio.CancelledError:
+            phase_ended.append("cancelled")
+            raise
+
+    def install(app: web.Application) -> None:
+        app[INIT_PHASES][:] = [InitPhase("slow", 25, slow_phase)]
+
+        async def feature(app: web.Application) -> AsyncIterator[None]:
+            yield
+            seen_at_clean_up.append(pipeline(app).running)
+
+        app.cleanup_ctx.append(feature)
+
+    conn = await connector_factory(customise=install)
+    pipe = pipeline(conn.app)
+    async with await conn.request("POST", "/init", user="") as resp:
+        assert resp.status == 200
+    await asyncio.wait_for(entered.wait(), 10)
+    await conn.close()
+    assert phase_ended == ["cancelled"]
+    assert seen_at_clean_up == [False]
+    assert not pipe.running
+    runs = pipe.run_info.runs
+    assert pipe.trigger("trusted-request", init=False) is None
+    assert (pipe.running, pipe.run_info.runs) == (False, runs)
+    assert len(fake_nc.progress) == 0  # nothing was reported for the cancelled run

@@ -83,8 +83,8 @@ class Watcher:
 
     async def _enabled_now(self, now: float) -> bool | None:
         """Nextcloud's enabled flag as last seen. After a teardown, ask now and then (the one
-        call AppAPI answers a disabled app, without counting it): a PUT /enabled?enabled=0
-        that did not come from Nextcloud (lifecycle takes a few unauthenticated ones) must not
+        call AppAPI answers a disabled app, without counting it): an enable whose
+        PUT /enabled?enabled=1 never reached us (the connector was unreachable then) must not
         keep the rows away for good. Stops asking once the app is no longer registered."""
         client = self._client
         if (
@@ -112,7 +112,10 @@ class Watcher:
             return
         state = registrar.status.state
         known = registrar.registered_secret
-        if previous is False or state == "waiting_for_key" or (known and known != hook_secret(key)):
+        # Enabled again: seen directly, or by the teardown's mark when the disable and the enable
+        # both came between two looks (`occ app_api:app:disable` then `enable` takes a second).
+        again = previous is False or state == "removed"
+        if again or state == "waiting_for_key" or (known and known != hook_secret(key)):
             force = True  # enabled again, a first key, or a new one: every row gets the secret
         elif state in RETRY_STATES and now >= self._next_retry:
             force = False

@@ -46,9 +46,6 @@ class RoutePolicy:
     access: Access
     # AppAPI's own service calls (valid secret, empty user) may reach this ADMIN route.
     service_ok: bool = False
-    # /init and /enabled: a caller without a valid secret gets the same answer, rate-limited by the
-    # handler (the Node reference found AppAPI 5.x sending no headers on lifecycle calls).
-    lifecycle: bool = False
     # A call to this route has no side effects, whoever makes it: even with the valid secret it
     # does not announce a trusted caller (the heartbeat).
     passive: bool = False
@@ -92,14 +89,13 @@ def add_route(
     access: Access,
     *,
     service_ok: bool = False,
-    lifecycle: bool = False,
     passive: bool = False,
     name: str | None = None,
     expect_handler: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None,
 ) -> AbstractRoute:
     """Register a route together with the access level the middleware enforces on it."""
     route = app.router.add_route(method, path, handler, name=name, expect_handler=expect_handler)
-    app.setdefault(ROUTE_POLICIES, {})[route] = RoutePolicy(access, service_ok, lifecycle, passive)
+    app.setdefault(ROUTE_POLICIES, {})[route] = RoutePolicy(access, service_ok, passive)
     return route
 
 
@@ -162,7 +158,7 @@ async def appapi_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         identity = authenticate(request, config.app_id, config.app_secret)
     except AuthFailure as exc:
-        if policy.access is Access.PUBLIC or policy.lifecycle:
+        if policy.access is Access.PUBLIC:
             request[IDENTITY] = Identity()
             return await handler(request)
         _warn(request, exc)

@@ -282,3 +282,34 @@ async def test_history_failures_say_why(browser: Any, strict_stack: StrictStack)
     assert await page.get_attribute("body", "data-conversation") == ""
     assert script_errors(console) == []
     await context.close()
+
+
+async def test_a_files_action_starts_a_new_conversation(
+    browser: Any, strict_stack: StrictStack
+) -> None:
+    """Opened by a Files action, the page does not reopen the conversation the tab had open:
+    the files' question starts a new one (docs/ui.md)."""
+    service = strict_stack.service
+    context, page, console, _ = await open_ui(browser, strict_stack.demo.url)
+    service.sse = StreamPlan(turn_pieces(["Noted."], conversation_id="c-7", title="Earlier"))
+    await send(page, "Something earlier")
+    await page.wait_for_selector("body[data-conversation='c-7']")
+    opened: list[str] = []
+
+    async def record(route: Any) -> None:
+        opened.append(route.request.url)
+        await route.continue_()
+
+    await page.route("**/ai/direct/conversations/*", record)
+    await page.goto(strict_stack.demo.url + "?ncFileIds=5&ncFileAction=ask")
+    await page.wait_for_selector('#history-list .conv[data-id="c-7"]')
+    # One more round trip after the list: a reopen would have asked for c-7 by now.
+    await page.evaluate("() => window.BeeFlowUI.checkConnection()")
+    await page.wait_for_selector('#conn[data-state="connected"]')
+    assert opened == []
+    assert await page.get_attribute("body", "data-conversation") in (None, "")
+    assert await page.locator("#log .msg").count() == 0
+    assert await page.text_content("#context") == "Nextcloud file #5 \u2014 Ask Bee Flow"
+    assert await page.input_value("#message") == "About the Nextcloud file with id 5: "
+    assert script_errors(console) == []
+    await context.close()

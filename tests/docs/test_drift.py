@@ -183,7 +183,7 @@ def test_the_collector_finds_every_way_a_code_is_written() -> None:
     codes = all_codes()
     assert "beeflow/web/auth.py" in codes["admin_required"]  # code="..." in a call
     assert "beeflow/errors.py" in codes["bad_request"]  # a class of the error tree
-    assert "beeflow/lifecycle.py" in codes["enabled_value_ignored"]  # {"code": "..."}
+    assert "beeflow/lifecycle/routes.py" in codes["enabled_value_ignored"]  # {"code": "..."}
     assert "beeflow/setup/probe.py" in codes["redirect"]  # out["code"] = "..."
     assert "beeflow/setup/probe.py" in codes["timeout"]  # out["code"], out["error"] = ...
     assert "beeflow/proxy/nc/signatures.py" in codes["signature_missing"]  # a `code` parameter

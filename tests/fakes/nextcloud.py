@@ -152,6 +152,8 @@ class FakeNextcloud:
         self.calls: list[Call] = []
         self.progress: list[dict[str, Any]] = []
         self.callbacks: list[Callback] = []
+        # Set once the calls back of a progress-100 report are done (both recorded).
+        self.enable_called_back = asyncio.Event()
         self.top_menu: dict[str, dict[str, Any]] = {}
         self.scripts: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.events_listeners: dict[tuple[str, str], dict[str, Any]] = {}
@@ -650,6 +652,7 @@ class FakeNextcloud:
         plain = {"Accept": "application/json", "Content-Type": "application/json"}
         await self.call_connector("GET", "/heartbeat", plain, timeout=30)
         await self.call_connector("PUT", "/enabled?enabled=1", headers, timeout=60)
+        self.enable_called_back.set()
 
     async def call_connector(
         self, method: str, path: str, headers: Mapping[str, str], *, timeout: float = 30

@@ -336,18 +336,37 @@ async def test_background_jobs_that_do_not_run_are_named_with_the_fix(
     assert "background-job:worker" in cron["remedy"] or state == "never"
 
 
-async def test_a_disable_nextcloud_did_not_send_heals_itself(
+async def test_a_quick_disable_and_enable_between_two_looks_brings_the_rows_back(
     conn: RunningConnector, fake_nc: FakeNextcloud
 ) -> None:
-    """lifecycle takes a few PUT /enabled without the AppAPI secret (older AppAPIs sent none):
-    one from someone else removes the rows, and the watcher, asking Nextcloud, restores them."""
+    """`occ app_api:app:disable` then `enable` within a second: the watcher never sees the app
+    disabled, and the teardown's mark alone tells it the rows must come back."""
     registrar, watcher = await quiet(conn)
     registrar._client.app_enabled = True
     await registrar.ensure()
     await watcher.step()
-    async with await conn.request("PUT", "/enabled?enabled=0") as resp:  # no AppAPI headers
+    for value in ("0", "1"):
+        async with await conn.request("PUT", f"/enabled?enabled={value}", user="") as resp:
+            assert (await resp.json()) == {"error": ""}
+    assert classes(fake_nc) == Counter()
+    await watcher.step()
+    assert classes(fake_nc) == one_each(fake_nc, REQUIRED)
+    assert registrar.status.state == "registered"
+
+
+async def test_an_enable_that_never_reached_us_heals_itself(
+    conn: RunningConnector, fake_nc: FakeNextcloud
+) -> None:
+    """Nextcloud disabled the app, then enabled it while the connector could not be reached:
+    the watcher, asking Nextcloud's ex-app/state now and then, restores the rows."""
+    registrar, watcher = await quiet(conn)
+    registrar._client.app_enabled = True
+    await registrar.ensure()
+    await watcher.step()
+    async with await conn.request("PUT", "/enabled?enabled=0", user="") as resp:
         assert (await resp.json()) == {"error": ""}
     assert classes(fake_nc) == Counter()
+    fake_nc.enabled = True  # the PUT /enabled?enabled=1 was lost on the way
     await watcher.step()
     assert classes(fake_nc) == Counter()  # not asked yet: the interval has not passed
     watcher.probe_interval = 0.0

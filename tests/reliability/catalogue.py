@@ -451,11 +451,11 @@ CASES: Final[list[Case]] = [
     Case(
         "appapi-bad-lifecycle",
         G_APPAPI,
-        "`POST /init` with a wrong secret",
-        200,
-        None,
-        raw("POST", "/init", [(k, v) for k, v in app_headers("", secret="nope")]),
-        note="the lifecycle answer; untrusted callers may start at most 3 runs per 15 min",
+        "`PUT /enabled?enabled=0` with a wrong secret",
+        401,
+        "appapi_secret_mismatch",
+        raw("PUT", "/enabled?enabled=0", [(k, v) for k, v in app_headers("", secret="nope")]),
+        note="nothing is taken back; `POST /init` the same, no run starts",
     ),
     # -------------------------------------------------------------- control characters
     Case(

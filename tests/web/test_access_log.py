@@ -159,15 +159,27 @@ async def test_never_a_query_a_file_name_a_user_or_a_secret(
         assert leak not in text
 
 
+@pytest.mark.parametrize("via", ["php-proxy", "direct"])
 async def test_a_streamed_answer_counts_its_bytes(
-    logged: RunningConnector, caplog: pytest.LogCaptureFixture
+    logged: RunningConnector, caplog: pytest.LogCaptureFixture, via: str
 ) -> None:
+    """Framing is chosen per request (docs/deployments.md, "Routing, per request"): through
+    AppAPI's PHP proxy (it always adds `x-origin-ip`) the stream is close-delimited, so the body
+    is the stream's bytes as they are; anything else gets chunked framing, its terminating chunk
+    last. The count is of the bytes sent either way, the framing included."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    auth = "".join(f"{k}: {v}\n" for k, v in appapi_headers("alice").items())
-    answer = await sent_bytes(logged, f"GET /api/stream HTTP/1.1\nHost: x\n{auth}")
+    head = "".join(f"{k}: {v}\n" for k, v in appapi_headers("alice").items())
+    if via == "php-proxy":
+        head += "X-Origin-IP: 203.0.113.7\n"
+    answer = await sent_bytes(logged, f"GET /api/stream HTTP/1.1\nHost: x\n{head}")
     assert b"text/event-stream" in answer
-    # Legacy mode: close-delimited, so the body is the stream's bytes as they are.
-    assert answer.endswith(b'event: done\ndata: {"conversationId":"conv-1"}\n\n')
+    last = b'event: done\ndata: {"conversationId":"conv-1"}\n\n'
+    if via == "php-proxy":
+        assert b"transfer-encoding" not in answer.lower().split(b"\r\n\r\n", 1)[0]
+        assert answer.endswith(last)
+    else:
+        assert b"Transfer-Encoding: chunked" in answer
+        assert answer.endswith(last + b"\r\n0\r\n\r\n")
     (record,) = lines(caplog)
     data = fields_of(record)
     assert (data["route"], data["status"]) == ("/api/*", 200)

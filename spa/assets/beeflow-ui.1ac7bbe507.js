@@ -69,11 +69,34 @@
     return button;
   }
 
-  /* A failure shown in `el` (a reply bubble's text or the notice): the sentence, and a reload
-   * button when reloading the page is what helps. */
+  /* Codes only an administrator can clear: the answer links the setup page (a connector path,
+   * relative like every other URL here; the connector refuses anyone but an administrator). */
+  var SETUP_CODES = ["tenant_key_missing", "tenant_unavailable"];
+
+  function needsSetup(code) {
+    return SETUP_CODES.indexOf(code) !== -1;
+  }
+
+  function setupLink() {
+    var link = document.createElement("a");
+    link.href = url("setup");
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.className = "setup-link";
+    link.textContent = "Administrators: open the setup page";
+    return link;
+  }
+
+  /* A failure shown in `el` (a reply bubble's text or the notice): the sentence, the setup
+   * page's link when an administrator has to act, and a reload button when reloading the page
+   * is what helps. */
   function showFailure(el, prefix, failure) {
     el.textContent = prefix + failure.text + (failure.code ? " [" + failure.code + "]" : "");
     el.title = failure.detail;
+    if (needsSetup(failure.code)) {
+      el.appendChild(document.createTextNode(" "));
+      el.appendChild(setupLink());
+    }
     if (failure.reload) {
       el.appendChild(document.createTextNode(" "));
       el.appendChild(reloadButton());
@@ -131,6 +154,9 @@
     el.title = detail || "";
     // Retry only when there is something to retry: not while connected or checking.
     $("recheck").hidden = state !== "offline" && state !== "degraded";
+    var setup = $("setup-link");
+    setup.href = url("setup");
+    setup.hidden = !needsSetup(code);
     connection.state = state;
     connection.text = text;
     connection.reload = !!reload;
@@ -474,8 +500,9 @@
     history.loaded = true;
     renderHistory();
     // After a reload: reopen the conversation this tab had open, if it still exists.
+    // Not when a Files action opened the page: its question starts a new conversation.
     var last = remembered();
-    if (!conversation.id && last && !busy) {
+    if (!conversation.id && last && !busy && !document.body.dataset.fileIds) {
       if (history.items.some(function (item) { return item.id === last; })) {
         openConversation(last);
       } else {
@@ -815,6 +842,44 @@
     }
   }
 
+  /* ------------------------------------------------------------ files from Nextcloud */
+
+  /* A Files action opens the UI with ?ncFileIds=12,13[&ncFileAction=ask|summarise] (the embed
+   * script passes on what Nextcloud's Files app sent): the files are shown above the chat and
+   * named in the message, so the service knows which ones are meant. Anything else in those
+   * parameters is ignored. Exposed for the tests. */
+  function fileContext(search) {
+    var params = new URLSearchParams(search || "");
+    var raw = params.get("ncFileIds") || "";
+    if (!/^[0-9]{1,19}(,[0-9]{1,19}){0,99}$/.test(raw)) {
+      return null;
+    }
+    var action = params.get("ncFileAction");
+    return {
+      ids: raw.split(","),
+      action: action === "ask" || action === "summarise" ? action : "",
+    };
+  }
+
+  function showFileContext(ctx) {
+    if (!ctx) {
+      return;
+    }
+    var one = ctx.ids.length === 1;
+    var el = $("context");
+    el.textContent =
+      (one ? "Nextcloud file " : "Nextcloud files ") +
+      ctx.ids.map(function (id) { return "#" + id; }).join(", ") +
+      (ctx.action === "summarise" ? " \u2014 Summarise with Bee Flow" : " \u2014 Ask Bee Flow");
+    el.hidden = false;
+    document.body.dataset.fileIds = ctx.ids.join(",");
+    var noun = one ? "the Nextcloud file with id " : "the Nextcloud files with ids ";
+    $("message").value =
+      ctx.action === "summarise"
+        ? "Summarise " + noun + ctx.ids.join(", ") + "."
+        : "About " + noun + ctx.ids.join(", ") + ": ";
+  }
+
   /* ------------------------------------------------------------ start */
 
   function start() {
@@ -869,6 +934,7 @@
     document.body.dataset.base = BASE;
     historyStatus("Your conversations show here once Bee Flow is connected.");
     setConversation(null, "");
+    showFileContext(fileContext(window.location.search));
     updateComposer();
     checkConnection();
   }
@@ -877,6 +943,7 @@
     deriveBase: deriveBase,
     SseParser: SseParser,
     describeFailure: describeFailure,
+    fileContext: fileContext,
     checkConnection: checkConnection,
     loadHistory: loadHistory,
     base: BASE,
