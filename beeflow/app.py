@@ -9,10 +9,10 @@ from aiohttp import web
 from beeflow import lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
-from beeflow.integrations import events, userevents, usersync
+from beeflow.integrations import assistant, events, talk, userevents, usersync
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
-from beeflow.nextcloud import ui
+from beeflow.nextcloud import talk_bot, task_processing, ui
 from beeflow.nextcloud.users import USERS, UserDirectory
 from beeflow.phases import INIT_PHASES
 from beeflow.proxy import service as service_proxy
@@ -85,6 +85,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     # generic). One line per registration surface of Nextcloud's (beeflow.nextcloud.surface).
     lifecycle.setup(app, nc_client, run_at_boot=run_at_boot)
     ui.setup(app)
+    task_processing.setup(app)
+    talk_bot.setup(app)
     events.install(app)
     usersync.install(
         app,
@@ -92,6 +94,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
             config, config.persistent_storage / usersync.STATE_FILE, state, nc_client, sink
         ),
     )
+    assistant.install(app)
+    talk.install(app)
     setup_page.install(app)
     service_proxy.setup(app)
     nc_proxy.setup(app)
