@@ -25,6 +25,7 @@ from beeflow import __version__
 from beeflow.config import Config
 from beeflow.errors import ConfigError
 from beeflow.ops.doctor import (
+    assistant,
     clocks,
     connector,
     daemon,
@@ -79,6 +80,7 @@ async def run_all(ctx: Context) -> list[Check]:
         )
     checks.append(tenant_key.check_tenant_key(ctx))
     checks.append(await connector.check_running(ctx))
+    checks.append(assistant.check_assistant(ctx))
     checks.append(daemon.check_deploy_daemon(ctx))
     if config.harp:
         checks.append(await harp.check_harp_socket(ctx))
