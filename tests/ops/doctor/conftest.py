@@ -38,10 +38,11 @@ LEGACY_CHECKS = [
     "clock_service",
     "tenant_key",
     "connector",
+    "assistant",
     "deploy_daemon",
 ]
-# No connector runs in these tests unless one is started: its check is skipped.
-NOT_RUNNING = {"connector": SKIP}
+# No connector runs in these tests unless one is started: its checks are skipped.
+NOT_RUNNING = {"connector": SKIP, "assistant": SKIP}
 HARP_CHECKS = ["harp_socket", "harp_port", "frpc", "frps", "frp_certs"]
 
 
