@@ -38,9 +38,9 @@ from aiohttp import web
 
 from tests.fakes.nextcloud import APPAPI, BODY, FakeNextcloud
 
-# The core task types of Nextcloud 32 the connector may register, with their required input
-# and output fields (lib/public/TaskProcessing/TaskTypes/*.php). There is no
-# core:text2text:improve in 32.
+# Core task types of Nextcloud 32 (those the connector may register, and one it never does),
+# with their required input and output fields (lib/public/TaskProcessing/TaskTypes/*.php). There
+# is no core:text2text:improve in 32.
 TEXT: Final = ("input",)
 NC32_TYPES: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "core:text2text": (TEXT, ("output",)),
@@ -57,6 +57,8 @@ NC32_TYPES: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
         ("input", "confirmation", "conversation_token"),
         ("output", "conversation_token", "actions"),
     ),
+    # Not served by Bee Flow: the parity tests' own probe provider uses it.
+    "core:generateemoji": (TEXT, ("output",)),
 }
 SHAPE_NUMBERS: Final = frozenset({0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15})
 LIST_SHAPES: Final = frozenset({10, 11, 12, 13, 14, 15})

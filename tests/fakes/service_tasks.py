@@ -80,6 +80,7 @@ class ServiceTasks:
         self.mode = "ok"
         self.linked_users: set[str] | None = None  # None: every ncUid has a Bee Flow user
         self.gate: asyncio.Event | None = None  # executions wait for it when set
+        self.delay = 0.0  # seconds each execution takes (set from any thread)
         self.running = 0
         self.max_running = 0
         self.arrived = asyncio.Condition()
@@ -130,6 +131,8 @@ class ServiceTasks:
             return web.json_response(problem, status=400)
         if self.gate is not None:
             await self.gate.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.mode == "stall":
             await asyncio.Event().wait()
         if self.mode.startswith("status:"):
