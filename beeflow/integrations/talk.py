@@ -19,7 +19,7 @@ from beeflow.errors import BadRequest, Forbidden, PayloadTooLarge, ServiceUnavai
 from beeflow.health import provide
 from beeflow.integrations.assistant_execute import NcTask, execute
 from beeflow.integrations.talk_mapping import Mention, TalkEvent, map_delivery
-from beeflow.integrations.talk_reply import post
+from beeflow.integrations.talk_reply import defuse, post
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
 from beeflow.nextcloud.talk_bot import BOT_NAME, ROUTE, TALK_BOT, TalkBot
 from beeflow.nextcloud.task_processing import AGENT_TYPE
@@ -160,7 +160,7 @@ class Talk:
             self._error(f"the service did not answer a mention: {outcome.kind}: {outcome.detail}")
             return APOLOGY
         answer = str(outcome.output.get("output") or "").strip()
-        return answer or APOLOGY
+        return defuse(answer) if answer else APOLOGY
 
     def _error(self, text: str) -> None:
         self.stats.last_error = text[:300]

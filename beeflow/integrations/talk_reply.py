@@ -27,6 +27,8 @@ ELLIPSIS: Final = "…"
 # Talk's room tokens are short [a-z0-9] strings; anything else is not sent into the path.
 TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9]{1,64}$")
 RANDOM_BYTES: Final = 32  # 64 hex characters (Talk wants at least 32)
+# Talk notifies everyone in the room for @all; an answer written by the service must not.
+_ROOM_MENTION: Final = re.compile(r'@("?)all\1(?![\w-])', re.IGNORECASE)
 
 
 def signature(secret: str, random: str, message: str) -> str:
@@ -39,6 +41,11 @@ def signature(secret: str, random: str, message: str) -> str:
 def reference_id(random: str, message: str) -> str:
     """A per-message id Talk stores with it (sha256 of "<random>:<message>", 64 hex)."""
     return hashlib.sha256(f"{random}:{message}".encode()).hexdigest()
+
+
+def defuse(text: str) -> str:
+    """The service's words with Talk's room-wide mention broken (a zero-width space after @)."""
+    return _ROOM_MENTION.sub(lambda m: "@\u200b" + m.group(0)[1:], text)
 
 
 def fit(message: str) -> str:

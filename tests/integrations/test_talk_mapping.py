@@ -21,7 +21,14 @@ from beeflow.integrations.talk_mapping import (
     mentions,
     question,
 )
-from beeflow.integrations.talk_reply import ELLIPSIS, MAX_CHARS, fit, reference_id, signature
+from beeflow.integrations.talk_reply import (
+    ELLIPSIS,
+    MAX_CHARS,
+    defuse,
+    fit,
+    reference_id,
+    signature,
+)
 from tests.fakes.talk import php_json, talk_signature
 
 BOT = "Bee Flow"
@@ -200,3 +207,17 @@ def test_a_reply_fits_talks_limit(text: str) -> None:
 def test_php_json_matches_what_php_writes() -> None:
     assert php_json({"a": "x/y", "b": "é"}) == '{"a":"x\\/y","b":"\\u00e9"}'
     assert json.loads(php_json({"m": "a/b"})) == {"m": "a/b"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("@all look", "@\u200ball look"),
+        ('@"all" look', '@\u200b"all" look'),
+        ("@ALL!", "@\u200bALL!"),
+        ("@alice and @allan", "@alice and @allan"),
+        ("mail all@example.com", "mail all@example.com"),
+    ],
+)
+def test_an_answer_cannot_notify_the_whole_room(text: str, expected: str) -> None:
+    assert defuse(text) == expected
