@@ -22,6 +22,8 @@ from beeflow.errors import NextcloudError
 from beeflow.health import provide
 from beeflow.integrations.assistant_execute import NcTask, Outcome, execute, failed
 from beeflow.integrations.assistant_ledger import Entry, Ledger
+from beeflow.integrations.assistant_nc import deliver, still_running
+from beeflow.limits import Interval
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
 from beeflow.nextcloud.task_processing import PROVIDERS, Providers, TaskType
 from beeflow.serde import iso_utc
@@ -33,11 +35,8 @@ from beeflow.web.responses import json_response
 log = logging.getLogger(__name__)
 
 NEXT_PATH: Final = "/ocs/v2.php/taskprocessing/tasks_provider/next"
-RESULT_PATH: Final = "/ocs/v2.php/taskprocessing/tasks_provider/{id}/result"
-TASK_PATH: Final = "/ocs/v2.php/taskprocessing/task/{id}"
 MAX_PER_DRAIN: Final = 50
 EMPTY_ROUNDS_BEFORE_BACKOFF: Final = 6
-REPORT_ATTEMPTS: Final = 3
 REPORT_GRACE: Final = 60.0  # past a task's watchdog, before a replica calls it abandoned
 SWEEP_EVERY: Final = 30.0
 SETTLE_SECONDS: Final = 2.0  # at shutdown, running tasks get this long before they are failed
@@ -56,6 +55,7 @@ class Stats:
     failed: int = 0
     timed_out: int = 0
     recovered: int = 0  # abandoned tasks reported as failed by a sweep
+    largest_drain: int = 0  # the most tasks one drain fetched (at most MAX_PER_DRAIN)
     last_error: str = ""
     last_task_at: float | None = None
 
@@ -66,6 +66,7 @@ class Stats:
             "failed": self.failed,
             "timedOut": self.timed_out,
             "recovered": self.recovered,
+            "largestDrain": self.largest_drain,
         }
         if self.last_error:
             out["lastError"] = self.last_error
@@ -104,6 +105,9 @@ class Worker:
         self._ledger_warned = False
         self.paused = ""  # why no task is fetched now ("" = not paused)
         self.last_fetched = 0  # tasks the last drain fetched
+        self._next_warned = Interval(
+            60.0
+        )  # a Nextcloud that keeps failing `next`: one line a minute
 
     # -- wake-ups
 
@@ -163,6 +167,10 @@ class Worker:
 
     # -- draining
 
+    @property
+    def draining(self) -> bool:
+        return self._drain.running
+
     async def drain(self) -> int:
         """Fetch while a provider has room; join the drain in flight (re-entrant drains do
         nothing but ask it for one more round). Returns the tasks fetched."""
@@ -190,6 +198,7 @@ class Worker:
                     break
                 fetched += 1
                 self.last_fetched = fetched
+                self.stats.largest_drain = max(self.stats.largest_drain, fetched)
                 self._start(*got)
 
     async def _next(self, room: dict[str, TaskType]) -> tuple[NcTask, str, TaskType] | None:
@@ -200,14 +209,15 @@ class Worker:
         try:
             result = await self._client().ocs("GET", f"{NEXT_PATH}?{query}", timeout=10.0)
         except NextcloudError as exc:
-            self._error(f"next: {exc}")
+            self._error(f"next: {exc}", log_it=self._next_warned.ready())
             return None
         if result.http_status in (204, 404):
             return None  # nothing scheduled (Nextcloud 32 answers 204; older builds 404)
         data = result.data if isinstance(result.data, dict) else {}
         task = NcTask.parse(data.get("task")) if result.ok else None
         if task is None:
-            self._error(f"next: HTTP {result.http_status} OCS {result.statuscode}")
+            problem = f"next: HTTP {result.http_status} OCS {result.statuscode}"
+            self._error(problem, log_it=self._next_warned.ready())
             return None
         provider = data.get("provider")
         pid = provider.get("name") if isinstance(provider, dict) else None
@@ -263,8 +273,7 @@ class Worker:
         self._wake.set()  # room for the next task
 
     async def _report(self, task: NcTask, outcome: Outcome) -> bool:
-        """POST the result, retrying what may pass a second time. True when Nextcloud has it
-        (or no longer has the task)."""
+        """Count the outcome and report it; True when Nextcloud has it (or lost the task)."""
         stats = self.stats
         if outcome.ok:
             stats.completed += 1
@@ -272,29 +281,15 @@ class Worker:
             stats.failed += 1
             stats.timed_out += outcome.kind == "timeout"
             self._error(f"task {task.id} ({task.type}): {outcome.kind}: {outcome.detail}")
-        body = outcome.report_body()
-        path = RESULT_PATH.format(id=task.id)
-        for attempt in range(REPORT_ATTEMPTS):
-            try:
-                result = await self._client().ocs("POST", path, json_body=body, timeout=15.0)
-            except NextcloudError as exc:
-                if exc.kind == "auth_budget_spent":
-                    break
-                problem = str(exc)
-            else:
-                if result.ok or result.http_status == 404:
-                    return True  # 404: the task is gone (deleted or cleaned up)
-                if result.auth_refused:
-                    break
-                problem = f"HTTP {result.http_status}"
-            if attempt + 1 < REPORT_ATTEMPTS:
-                await asyncio.sleep(0.5 * 2**attempt)
-        self._error(f"task {task.id}: the result could not be delivered ({problem!s})")
-        return False
+        problem = await deliver(self._client(), task.id, outcome.report_body())
+        if problem:
+            self._error(f"task {task.id}: the result could not be delivered ({problem})")
+        return not problem
 
-    def _error(self, text: str) -> None:
+    def _error(self, text: str, *, log_it: bool = True) -> None:
         self.stats.last_error = text[:300]
-        log.warning("Task Processing: %s", text[:300])
+        if log_it:
+            log.warning("Task Processing: %s", text[:300])
 
     # -- the ledger and the sweep
 
@@ -335,7 +330,7 @@ class Worker:
                 return count
             if mine is None:
                 continue
-            if await self._still_running(mine):
+            if await still_running(self._client(), mine.task_id, mine.user):
                 task = NcTask(mine.task_id, mine.type, mine.user, "", "", {})
                 if not await self._report(task, failed("stopped", "the connector stopped")):
                     continue
@@ -344,23 +339,6 @@ class Worker:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(ledger.remove, mine.task_id)
         return count
-
-    async def _still_running(self, entry: Entry) -> bool:
-        """Ask as the task's user whether it still runs (it may have been reported just before
-        its worker died; a second report would overwrite that result). Unknown: assume so."""
-        if not entry.user:
-            return True
-        try:
-            result = await self._client().ocs(
-                "GET", TASK_PATH.format(id=entry.task_id), user=entry.user, timeout=10.0
-            )
-        except NextcloudError:
-            return True
-        if result.http_status == 404:
-            return False
-        task = result.data.get("task") if isinstance(result.data, dict) else None
-        status = task.get("status") if isinstance(task, dict) else None
-        return status in (None, "STATUS_RUNNING")
 
     # -- shutdown and health
 
@@ -374,7 +352,7 @@ class Worker:
 
     def health(self, trusted: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "state": "paused" if self.paused else ("draining" if self._drain.running else "idle"),
+            "state": "paused" if self.paused else ("draining" if self.draining else "idle"),
             "running": len(self._live),
         }
         if trusted:

@@ -17,10 +17,13 @@ from beeflow.integrations.assistant import (
     MAX_PER_DRAIN,
     REPORT_GRACE,
     WORKER,
+    Worker,
     watchdog,
 )
 from beeflow.integrations.assistant_ledger import LEDGER_FILE, Entry, Ledger
+from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.nextcloud.task_processing import PROVIDERS, REGISTRAR
+from beeflow.service_client import SERVICE
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import RunningConnector, wait_for
@@ -235,21 +238,27 @@ async def test_at_most_the_concurrency_per_provider_and_fifty_per_drain(
         world.tasks.schedule(SUMMARY)
     for _ in range(5):
         world.tasks.schedule("core:text2text:headline")
-    assert await worker.drain() == 4  # two per provider, the others stay scheduled
-    assert world.service.tasks.max_running <= 4
+    worker.trigger()
+    # Two per provider; the held tasks finish nothing, so nothing fetches more meanwhile.
+    await wait_for(lambda: len([t for t in world.tasks.tasks.values() if t.status == 2]) == 4)
+    assert await worker.drain() == 0  # no room
+    await world.service.tasks.wait_executions(4)
+    assert world.service.tasks.max_running == 4
     scheduled = [t for t in world.tasks.tasks.values() if t.status == 1]
     assert len(scheduled) == 6
     gate.set()
     await world.tasks.wait_done(10)
     assert world.service.tasks.max_running <= 4
     assert len(world.service.tasks.executions) == 10
-    # A drain stops after 50 tasks (the next one picks up the rest).
-    world.service.tasks.gate = None
+    # A drain stops after 50 tasks (the next one picks up the rest). All 55 are scheduled before
+    # any drain can fetch one, so the first drain that fetches takes exactly 50.
     worker.config = attrs.evolve(worker.config, task_concurrency=64)
     for _ in range(MAX_PER_DRAIN + 5):
         world.tasks.schedule(SUMMARY)
-    assert await worker.drain() == MAX_PER_DRAIN
+    worker.trigger()
     await world.tasks.wait_done(10 + MAX_PER_DRAIN + 5, timeout=20)
+    assert worker.stats.largest_drain == MAX_PER_DRAIN
+    assert len(world.service.tasks.executions) == 10 + MAX_PER_DRAIN + 5
 
 
 async def test_a_drain_during_a_drain_only_asks_for_another_round(
@@ -260,13 +269,24 @@ async def test_a_drain_during_a_drain_only_asks_for_another_round(
             **world.env(BEEFLOW_TASK_POLL_SECONDS="60", BEEFLOW_TASK_POLL_MAX_SECONDS="60")
         )
     )
-    worker = conn.app[WORKER]
+    # The app's own worker drained once when the providers appeared and now sleeps for 60 s; a
+    # second worker on the same resources is driven by hand.
+    await wait_for(lambda: world.tasks.next_calls >= 1 and not conn.app[WORKER].draining)
+    app_worker = conn.app[WORKER]
+    worker = Worker(
+        app_worker.config,
+        lambda: conn.app[NEXTCLOUD],
+        conn.app[SERVICE],
+        app_worker.providers,
+        None,
+    )
     world.tasks.schedule(SUMMARY)
     first = asyncio.ensure_future(worker.drain())  # noqa: TID251 - the test's own task
     await asyncio.sleep(0)
     assert await worker.drain() == 0  # joined: nothing fetched by this call
     assert await first == 1
     await world.tasks.wait_done(1)
+    await worker.close()
 
 
 async def test_two_workers_on_one_queue_complete_each_task_once(
@@ -312,6 +332,8 @@ async def test_a_dead_workers_task_is_reported_by_the_sweep(
     )
     worker = conn.app[WORKER]
     assert worker.ledger is not None
+    # The poller swept once when the providers appeared; the next sweep is 30 s away.
+    await wait_for(lambda: world.tasks.next_calls >= 1)
     stuck = world.tasks.schedule(SUMMARY, user="alice")
     fresh = world.tasks.schedule(SUMMARY, user="alice")
     done = world.tasks.schedule(SUMMARY, user="alice")
@@ -344,6 +366,7 @@ async def test_a_restart_reports_the_previous_process_tasks_at_once(
     )
     worker = conn.app[WORKER]
     assert worker.ledger is not None
+    await wait_for(lambda: world.tasks.next_calls >= 1)  # the poller's first sweep is done
     task = world.tasks.schedule(SUMMARY, user=None)
     task.status = 2
     host_pid = worker.ledger.holder.rsplit(":", 1)[0]
