@@ -264,3 +264,17 @@ async def test_a_forged_talk_delivery_never_reaches_the_connector(
         assert resp.status == 404
     assert world.talk.throttled == 1
     assert len(world.talk.forwarded) == before
+
+
+async def test_unregistering_takes_the_bot_out_of_talk(
+    world: World, connector_factory: ConnectorFactory
+) -> None:
+    conn = await connector_factory(**world.env())
+    await with_bot(world, conn)
+    bot = conn.app[TALK_BOT]
+    assert await bot.unregister() is True
+    assert world.talk.bots == {}
+    assert world.talk.rooms[ROOM].bots == []
+    (call,) = world.nc.calls_to(TALK_BOT_PATH, "DELETE")
+    assert call.json() == {"route": "/hooks/talk"}
+    assert await bot.unregister() is True  # gone already: 404, which is what was asked
