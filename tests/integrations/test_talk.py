@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from beeflow.integrations.talk import APOLOGY, HINT, TALK
+from beeflow.integrations.talk_reply import post
+from beeflow.nextcloud.client import NEXTCLOUD
 from beeflow.nextcloud.talk_bot import DESCRIPTION, ROUTE, STATE_FILE, TALK_BOT, TALK_BOT_PATH
 from tests.conftest import ConnectorFactory
 from tests.fakes.nextcloud import FakeNextcloud
@@ -278,3 +280,56 @@ async def test_unregistering_takes_the_bot_out_of_talk(
     (call,) = world.nc.calls_to(TALK_BOT_PATH, "DELETE")
     assert call.json() == {"route": "/hooks/talk"}
     assert await bot.unregister() is True  # gone already: 404, which is what was asked
+
+
+async def test_what_is_never_sent_to_talk(
+    world: World, connector_factory: ConnectorFactory
+) -> None:
+    conn = await connector_factory(**world.env())
+    await with_bot(world, conn)
+    client, bot = conn.app[NEXTCLOUD], conn.app[TALK_BOT]
+    assert (await post(client, bot.secret, bot.refresh, "../x", "hi", None)).status == 0
+    assert (await post(client, bot.secret, bot.refresh, ROOM, "   ", None)).status == 0
+
+    async def nothing() -> str | None:
+        return None
+
+    assert (await post(client, lambda: None, nothing, ROOM, "hi", None)).status == 0
+    assert world.talk.bot_posts == []
+    # A secret Talk refuses, and AppAPI holds the same one: 401 stands after one refresh.
+    sent = await post(client, lambda: "y" * 64, lambda: _same("y" * 64), ROOM, "hi", None)
+    assert (sent.status, sent.refreshed_secret) == (401, True)
+
+
+async def _same(secret: str) -> str | None:
+    return secret
+
+
+async def test_a_full_queue_and_a_refused_forward_are_counted(
+    world: World, connector_factory: ConnectorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await connector_factory(**world.env())
+    talk = conn.app[TALK]
+    body = php_json(
+        {
+            "type": "Create",
+            "actor": {"id": "users/alice"},
+            "object": {"name": "message", "content": "{}"},
+        }
+    ).encode()
+    monkeypatch.setattr("beeflow.integrations.talk.MAX_QUEUED", 0)
+    async with await conn.request("POST", ROUTE, user="", data=body) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["code"] == "queue_full"
+    assert talk.stats.dropped == 1
+    monkeypatch.setattr("beeflow.integrations.talk.MAX_QUEUED", 500)
+    world.service.control.verify_key = "tk_other_0123456789abcdef0123456789"  # the key changed
+    async with await conn.request("POST", ROUTE, user="", data=body) as resp:
+        assert (resp.status, await resp.json()) == (
+            200,
+            {"ok": True, "event": "talk.message.received"},
+        )
+    await wait_for(lambda: talk.stats.forward_failed == 1)
+    assert "HTTP 401" in talk.stats.last_error
+    async with await conn.request("GET", "/heartbeat") as resp:
+        assert (await resp.json())["talk"] == {"deliveries": 2}

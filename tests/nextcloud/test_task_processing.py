@@ -244,3 +244,17 @@ async def test_health_shows_states_and_details_only_to_trusted_callers(
         detail = (await resp.json())["health"]["taskProcessing"]
     assert detail["typeStates"]["core:text2text:improve"] == "not_offered"
     assert detail["typeStates"]["core:text2text"] == "registered"
+
+
+async def test_the_listing_is_read_as_the_next_user_when_one_is_disabled(
+    world: World, connector_factory: ConnectorFactory
+) -> None:
+    """A disabled account cannot be asked as (997, not counted): the next user is."""
+    conn = await connector_factory(**world.env())
+    world.nc.users["admin"].enabled = False
+    conn.app[REGISTRAR].offer_cache_seconds = 0.0
+    await registration(conn).run_now("test")
+    assert conn.app[PROVIDERS].states["core:text2text:improve"] == "not_offered"
+    listings = world.nc.calls_to("/ocs/v2.php/taskprocessing/tasktypes")
+    assert [c.user for c in listings if c.auth == "ok"][-1] == "alice"
+    assert world.nc.attempts_for() == 0
