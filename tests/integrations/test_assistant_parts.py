@@ -110,7 +110,7 @@ async def service() -> AsyncIterator[FakeService]:
 
 async def _client(url: URL, key: str | None) -> ServiceClient:
     config = Config.from_env(
-        base_env("http://nc.invalid", Path("/tmp"), BEEFLOW_API_BASE_URL=str(url))
+        base_env("http://nc.invalid", Path("unused"), BEEFLOW_API_BASE_URL=str(url))
     )
     client = ServiceClient(config, ServiceUrl(url), TenantState(key=key, instance_id="nc-1"))
     await client.open()
@@ -212,7 +212,7 @@ async def nc() -> AsyncIterator[tuple[FakeNextcloud, FakeTaskProcessing, Nextclo
     fake.add_user("alice")
     queue = FakeTaskProcessing(fake).mount()
     await fake.start()
-    client = NextcloudClient(Config.from_env(base_env(fake.url, Path("/tmp"))))
+    client = NextcloudClient(Config.from_env(base_env(fake.url, Path("unused"))))
     client.budget_path = None
     await client.open()
     yield fake, queue, client
