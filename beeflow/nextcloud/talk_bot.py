@@ -34,7 +34,7 @@ DESCRIPTION: Final = (
     "conversation's messages and reactions."
 )
 STATE_FILE: Final = "talk-bot.json"  # the secret and when it was saved (0600)
-INIT_PROGRESS: Final = 80
+INIT_PROGRESS: Final = 60
 WARMUP_SECONDS: Final = 30.0
 # Talk is not installed: AppAPI 32 answers 400 "Talk bots could not be registered" (measured),
 # other builds 404 or 501.
@@ -167,7 +167,7 @@ TALK_BOT: web.AppKey[TalkBot] = web.AppKey("talk_bot")
 
 
 def setup(app: web.Application) -> None:
-    """The registration at /init progress 80 and whenever the key or the enabled flag changes,
+    """The registration at /init progress 60 and whenever the key or the enabled flag changes,
     its health under `talkBot`. Nothing is undone on disable: unregistering would take the bot
     out of every conversation it was added to (AppAPI removes it when the app is removed)."""
     config = app[CONFIG]

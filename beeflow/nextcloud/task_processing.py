@@ -30,7 +30,7 @@ TASKTYPES_PATH: Final = "/ocs/v2.php/taskprocessing/tasktypes"
 USERS_PATH: Final = "/ocs/v2.php/apps/app_api/api/v1/users"
 DISPLAY_NAME: Final = "Bee Flow"
 WARMUP_SECONDS: Final = 20.0
-INIT_PROGRESS: Final = 80
+INIT_PROGRESS: Final = 60
 # Nextcloud caches the task types it offers for 60 s (Manager::getAvailableTaskTypes): a type
 # missing from a listing is dropped only when it is still missing this long after registering.
 OFFER_CACHE_SECONDS: Final = 65.0
@@ -316,7 +316,7 @@ PROVIDERS: web.AppKey[Providers] = web.AppKey("task_processing_providers")
 
 
 def setup(app: web.Application) -> None:
-    """The registration at /init progress 80 and whenever the key or the enabled flag changes;
+    """The registration at /init progress 60 and whenever the key or the enabled flag changes;
     its health under `taskProcessing`. Nothing is undone on disable: AppAPI offers the
     providers of enabled apps only, and removes them itself when the app is removed."""
     config: Config = app[CONFIG]
