@@ -91,7 +91,11 @@ FROM spa-${SPA_SOURCE} AS spa
 
 # ------------------------------------------------------------------ runtime
 FROM ${PYTHON_IMAGE} AS runtime
+# The connector's version: beeflow.__version__, appinfo/info.xml's <version> and <image-tag>
+# (the manifest names the image by version, never `latest`); tests/ops/test_image_pins.py.
+ARG BEEFLOW_VERSION=0.1.0
 LABEL org.opencontainers.image.title="Bee Flow connector" \
+      org.opencontainers.image.version="${BEEFLOW_VERSION}" \
       org.opencontainers.image.description="Nextcloud AppAPI External App bridging Nextcloud and Bee Flow" \
       org.opencontainers.image.source="https://github.com/Bee-Flow/connector" \
       org.opencontainers.image.licenses="AGPL-3.0-or-later"

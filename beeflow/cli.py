@@ -19,7 +19,7 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
-from beeflow import __version__
+from beeflow import __version__, storage
 from beeflow.app import make_app
 from beeflow.config import LOG_FORMATS, LOG_LEVELS, Config
 from beeflow.errors import ConfigError
@@ -27,7 +27,8 @@ from beeflow.health import TUNNEL_STATUS, HealthProvider, provide
 from beeflow.redact import REDACTOR
 from beeflow.transports.base import Transport, TransportError
 from beeflow.transports.tcp import TcpTransport
-from beeflow.web.draining import DRAINING
+from beeflow.web.access_log import FIELDS_ATTR
+from beeflow.web.draining import DRAINING, drain
 
 log = logging.getLogger("beeflow")
 
@@ -55,6 +56,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # Structured fields a record carries (the access log's), as fields of their own.
+        extra = getattr(record, FIELDS_ATTR, None)
+        if isinstance(extra, dict):
+            out.update({k: v for k, v in extra.items() if k not in out})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -128,6 +133,17 @@ async def serve(
     and why"): keep listening while new requests get 503 and in-flight ones drain, then stop
     frpc, then close the listeners and remove the socket. A second SIGINT exits at once."""
     started = time.monotonic()
+    problem = await asyncio.to_thread(storage.check_directory, config.persistent_storage)
+    if problem is not None:
+        # Without it the tenant key, the count of refused AppAPI logins (which keeps restarts
+        # from locking the connector out of Nextcloud) and the setup choice would not persist.
+        log.error(
+            "cannot start: APP_PERSISTENT_STORAGE %s is unusable: %s. Fix: %s",
+            config.persistent_storage,
+            problem,
+            storage.STORAGE_REMEDY.replace("<appid>", config.app_id),
+        )
+        return EXIT_STARTUP
     log.debug("open-file limit: %d", raise_fd_limit())
     transport = select_transport(config)
     app = make_app(config)
@@ -177,17 +193,12 @@ async def serve(
         if ready is not None:
             ready.set()
         await stopping.wait()
-        # 1. Keep listening (frpc would hang callers dialling a closed socket); refuse new work.
-        draining = app[DRAINING]
-        draining.begin()
-        log.info("draining %d in-flight request(s)", draining.in_flight)
-        # 2. Let in-flight requests finish within the grace period.
-        if not await draining.wait_idle(config.shutdown_grace_seconds):
-            log.warning(
-                "%d request(s) still running after %.1f s; closing them",
-                draining.in_flight,
-                config.shutdown_grace_seconds,
-            )
+        # 1-2. Keep listening (frpc would hang callers dialling a closed socket): not ready but
+        # serving for the pre-stop delay, then refuse new work while in-flight requests finish
+        # within the grace period; streams still open at its deadline end cleanly.
+        await drain(
+            app[DRAINING], prestop=config.prestop_seconds, grace=config.shutdown_grace_seconds
+        )
     finally:
         # 3. Stop frpc, 4. close the listeners and client sessions, 5. remove the socket.
         await transport.stop()

@@ -23,6 +23,9 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 # auto: uvloop when it is installed (the image installs it), else asyncio (docs/benchmarks.md).
 EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
 LOG_FORMATS: Final = ("text", "json")
+# How a request reached the connector (docs/deployments.md, "Routing, per request"): auto decides
+# per request (X-Origin-IP: Nextcloud's PHP proxy; none: HaRP); harp and php force one.
+ROUTINGS: Final = ("auto", "harp", "php")
 
 
 def _repr_secret(value: object) -> str:
@@ -77,6 +80,10 @@ class Config:
     spool_memory_bytes: int = 1024 * 1024
     spool_dir: Path | None = None
     sync_interval_seconds: float = 900.0
+    # How often the Administration form's values are read back from AppAPI (Nextcloud 32 does
+    # not call the ExApp when an admin saves them), and how often Studio menus are reconciled.
+    settings_poll_seconds: float = 60.0
+    studio_menu_sync_seconds: float = 300.0
     # With the HaRP stop after it (at most 1.1 s flush + frpc grace + 0.2 s + 1 s close,
     # transports.harp.shutdown_budget) the default stop stays under docker stop's 10 s.
     shutdown_grace_seconds: float = 5.0
@@ -99,6 +106,10 @@ class Config:
     # /nc signature versions: v1 (no body hash) accepted; v3 required.
     nc_signature_v1: bool = True
     nc_signature_require_v3: bool = False
+    # Request bodies the service proxy reads whole (chunked JSON): bytes held at once by all
+    # requests, and by one user's (a single body over the latter is 413).
+    api_buffer_bytes: int = 128 * 1024**2
+    api_buffer_user_bytes: int = 64 * 1024**2
     auth_failure_budget: int = 4
     # Task Processing (docs/assistant.md): a task's watchdog is its expected runtime x 6,
     # clamped to [min, max]; the poll backstop starts at poll_seconds and backs off to
@@ -108,6 +119,14 @@ class Config:
     task_poll_seconds: float = 5.0
     task_poll_max_seconds: float = 300.0
     task_concurrency: int = 4
+    # -- replicas (docs/deployments.md)
+    routing: str = "auto"
+    # On SIGTERM: keep answering everything for this long while /ready says 503, so the load
+    # balancer stops sending before the drain starts refusing new requests.
+    prestop_seconds: float = 0.0
+    # The lease of singleton work (bootstrap, registrations, user sync) on the shared storage:
+    # a killed holder is replaced after at most this long.
+    lease_ttl_seconds: float = 30.0
     spa_dir: Path | None = None
     # The service's front-end host; the UI shell comes from <this>/embed (None: bundled UI only).
     embed_base_url: URL | None = URL(DEFAULT_EMBED_BASE_URL)  # noqa: RUF009 - immutable
@@ -116,6 +135,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     event_loop: str = "auto"
+    # One access-log line per request at INFO (off: at DEBUG only); web/access_log.py.
+    access_log: bool = False
 
     @property
     def harp(self) -> bool:
@@ -201,6 +222,12 @@ class Config:
             "sync_interval_seconds": p.get(
                 "BEEFLOW_SYNC_INTERVAL_SECONDS", "900", env_.float_range(1, 7 * 86400)
             ),
+            "settings_poll_seconds": p.get(
+                "BEEFLOW_SETTINGS_POLL_SECONDS", "60", env_.float_range(1, 3600)
+            ),
+            "studio_menu_sync_seconds": p.get(
+                "BEEFLOW_STUDIO_MENU_SYNC_SECONDS", "300", env_.float_range(5, 86400)
+            ),
             "shutdown_grace_seconds": p.get(
                 "BEEFLOW_SHUTDOWN_GRACE_SECONDS", "5", env_.float_range(0, 600)
             ),
@@ -208,6 +235,11 @@ class Config:
                 "BEEFLOW_CLIENT_HEADER_TIMEOUT_SECONDS", "60", env_.float_range(1, 3600)
             ),
             "auth_failure_budget": p.get("BEEFLOW_AUTH_FAILURE_BUDGET", "4", env_.int_range(1, 9)),
+            "routing": p.get("BEEFLOW_ROUTING", "auto", env_.choice(ROUTINGS)),
+            "prestop_seconds": p.get("BEEFLOW_PRESTOP_SECONDS", "0", env_.float_range(0, 600)),
+            "lease_ttl_seconds": p.get(
+                "BEEFLOW_LEASE_TTL_SECONDS", "30", env_.float_range(1, 3600)
+            ),
             "head_timeout_seconds": p.get(
                 "BEEFLOW_HEAD_TIMEOUT_SECONDS", "10", env_.float_range(0.05, 3600)
             ),
@@ -236,6 +268,12 @@ class Config:
                 "BEEFLOW_TASK_POLL_MAX_SECONDS", "300", env_.float_range(0.05, 86400)
             ),
             "task_concurrency": p.get("BEEFLOW_TASK_CONCURRENCY", "4", env_.int_range(1, 64)),
+            "api_buffer_bytes": p.get(
+                "BEEFLOW_API_BUFFER_BYTES", str(128 * 1024**2), env_.int_range(1024, 1 << 40)
+            ),
+            "api_buffer_user_bytes": p.get(
+                "BEEFLOW_API_BUFFER_USER_BYTES", str(64 * 1024**2), env_.int_range(1024, 1 << 40)
+            ),
             "spa_dir": p.get("BEEFLOW_SPA_DIR", "", env_.optional(env_.path_value)),
             "embed_base_url": p.get(
                 "BEEFLOW_EMBED_BASE_URL", DEFAULT_EMBED_BASE_URL, env_.embed_url
@@ -243,6 +281,7 @@ class Config:
             "log_level": p.get("BEEFLOW_LOG_LEVEL", "info", env_.choice(LOG_LEVELS)),
             "log_format": p.get("BEEFLOW_LOG_FORMAT", "text", env_.choice(LOG_FORMATS)),
             "event_loop": p.get("BEEFLOW_EVENT_LOOP", "auto", env_.choice(EVENT_LOOPS)),
+            "access_log": p.get("BEEFLOW_ACCESS_LOG", "0", env_.flag),
         }
         harp = bool(kwargs["hp_shared_key"])
         if harp:

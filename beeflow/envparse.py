@@ -138,7 +138,11 @@ def path_value(raw: str) -> Path:
 
 def socket_path(raw: str) -> Path:
     path = path_value(raw)
-    if len(str(path).encode()) > _SOCKET_PATH_MAX:
+    try:
+        size = len(str(path).encode())
+    except UnicodeEncodeError:
+        raise Invalid("must be valid UTF-8 text") from None
+    if size > _SOCKET_PATH_MAX:
         raise Invalid(f"must be at most {_SOCKET_PATH_MAX} bytes (the Unix socket limit)")
     return path
 
@@ -176,12 +180,19 @@ def nextcloud_url(raw: str) -> URL:
     return url.with_path(path.rstrip("/"))
 
 
+# The shortest tenant key the connector uses: BEEFLOW_TENANT_KEY, tenant-key.json and `sign` all
+# hold keys to it (the service issues 43-character keys).
+MIN_TENANT_KEY_LENGTH: Final = 16
+
+
 def tenant_key(raw: str) -> str | None:
     value = raw.strip()
     if value in ("", "auto"):
         return None
-    if len(value) < 16:
-        raise Invalid("must be 'auto' or a tenant key of at least 16 characters")
+    if len(value) < MIN_TENANT_KEY_LENGTH:
+        raise Invalid(
+            f"must be 'auto' or a tenant key of at least {MIN_TENANT_KEY_LENGTH} characters"
+        )
     return value
 
 

@@ -4,6 +4,7 @@ PUT /enabled, and the boot run that is careful not to lock the connector out of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import itertools
@@ -21,6 +22,7 @@ from aiohttp import web
 from beeflow.config import CONFIG
 from beeflow.errors import NextcloudError
 from beeflow.health import TUNNEL_STATUS, collect, provide
+from beeflow.lease import LEASES, Leases
 from beeflow.limits import RateLimiter
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
 from beeflow.nextcloud.surface import teardown_all
@@ -28,6 +30,7 @@ from beeflow.nextcloud.users import USERS
 from beeflow.phases import INIT_PHASES, InitPhase
 from beeflow.tasks import spawn
 from beeflow.web.auth import IDENTITY, Access, add_route, on_trusted_request
+from beeflow.web.draining import DRAINING, READY
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ HARP_AA_VERSION: Final = "32"  # HaRP overwrites AA-VERSION with this on what it
 HARP_KEY_HEADER: Final = "harp-shared-key"  # AppAPI's own calls through HaRP carry the key
 _UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _COMM_MAX: Final = 15  # TASK_COMM_LEN - 1
+# AppAPI waits 60 s for PUT /enabled and disables the app right after the answer, from when on
+# it refuses the app's calls: a surface's teardown must be done before the answer.
+TEARDOWN_SECONDS: Final = 20.0
 
 
 @attrs.define
@@ -59,9 +65,12 @@ class Pipeline:
     """Single-flight: concurrent triggers join the run in flight; each run reports its progress
     (docs/lifecycle.md, "/init phases and progress")."""
 
-    def __init__(self, client: NextcloudClient, phases: list[InitPhase]) -> None:
+    def __init__(
+        self, client: NextcloudClient, phases: list[InitPhase], leases: Leases | None = None
+    ) -> None:
         self._client = client
         self._phases = phases
+        self._leases = leases
         self._task: asyncio.Task[None] | None = None
         # An /init started or joined the run: AppAPI is in its init phase, so a failure is
         # reported too (progress 0 + error ends `--wait-finish` with the reason).
@@ -115,7 +124,7 @@ class Pipeline:
         log.info("init pipeline started (%s): %d phase(s)", reason, len(phases))
         try:
             for progress, group in itertools.groupby(phases, key=lambda p: p.progress):
-                await _run_group(list(group))
+                await _run_group(list(group), self._leases)
                 info.progress = progress
                 if progress < 100:
                     await self._report(progress)
@@ -133,8 +142,14 @@ class Pipeline:
         log.info("init pipeline finished (%s)", reason)
 
 
-async def _run_group(group: list[InitPhase]) -> None:
-    results = await asyncio.gather(*(p.run() for p in group), return_exceptions=True)
+async def _run_group(group: list[InitPhase], leases: Leases | None) -> None:
+    """The phases of one progress level together, under the leases they name (taken in name
+    order, waiting while another replica holds one)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if leases is not None:
+            for name in sorted({p.lease for p in group if p.lease}):
+                await stack.enter_async_context(leases.get(name).hold())
+        results = await asyncio.gather(*(p.run() for p in group), return_exceptions=True)
     for phase, result in zip(group, results, strict=True):
         if isinstance(result, BaseException):
             if isinstance(result, asyncio.CancelledError):
@@ -163,6 +178,21 @@ async def heartbeat(request: web.Request) -> web.Response:
     everyone, details only for callers who may see them (_may_see_detail). No side effects."""
     detail = await _may_see_detail(request)
     return json_response({"status": "ok", **collect(request.app, detail)})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /ready: the load balancer's readiness (Kubernetes readinessProbe, HAProxy's check),
+    separate from AppAPI's liveness (/heartbeat, 200 as long as the process answers). 503 while
+    the app starts and from SIGTERM on (the pre-stop delay, then the drain), so the balancer
+    stops sending before anything is refused. Public, no side effects, nothing but the state."""
+    state = request.app[DRAINING].state
+    if state == READY:
+        return json_response({"status": READY})
+    return json_response(
+        {"status": state, "code": "not_ready", "error": "The connector is not taking requests"},
+        status=503,
+        headers={"Retry-After": "1", "Cache-Control": "no-store"},
+    )
 
 
 async def _may_see_detail(request: web.Request) -> bool:
@@ -283,7 +313,7 @@ async def enabled(request: web.Request) -> web.Response:
         log.info("AppAPI set enabled=%s", int(state))
         request.app[NEXTCLOUD].app_enabled = state
         if not state:
-            spawn(teardown_all(request.app), name="surfaces-teardown")
+            await _teardown(request.app)
         pipe = pipeline(request.app)
         # Enabling from the UI or `occ app_api:app:enable` sends heartbeat + this call, no /init:
         # re-run what boot held back or what failed (a run in flight is the /init's own).
@@ -291,6 +321,18 @@ async def enabled(request: web.Request) -> web.Response:
             pipe.boot_blocked, pipe.blocked_by = False, ""
             pipe.trigger("enabled", init=False)
     return json_response({"error": ""})
+
+
+async def _teardown(app: web.Application) -> None:
+    """Every surface's teardown, answered when done or after TEARDOWN_SECONDS (it then goes on,
+    and whatever Nextcloud refuses from then on is logged by the surface)."""
+    task = spawn(teardown_all(app), name="surfaces-teardown")
+    try:
+        await asyncio.wait_for(asyncio.shield(task), TEARDOWN_SECONDS)
+    except TimeoutError:
+        log.warning(
+            "the registrations' teardown took over %d s; answering AppAPI", TEARDOWN_SECONDS
+        )
 
 
 # ------------------------------------------------------------------ boot
@@ -349,6 +391,17 @@ async def _boot_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
 
 
+async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A run still going at shutdown stops with the app: its calls would outlive the sessions
+    they use (the registrations' phases take a few seconds on a slow Nextcloud)."""
+    yield
+    pipe = app[_PIPELINE]
+    task = pipe._task
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=5.0)
+
+
 def _health(app: web.Application) -> Any:
     def provide(trusted: bool) -> dict[str, Any]:
         info = app[_PIPELINE].run_info
@@ -398,14 +451,16 @@ def _on_trusted(app: web.Application) -> Any:
 
 def setup(app: web.Application, client: NextcloudClient, *, run_at_boot: bool = True) -> None:
     """The lifecycle routes; the pipeline runs the phases every feature added (INIT_PHASES)."""
-    app[_PIPELINE] = Pipeline(client, app.setdefault(INIT_PHASES, []))
+    app[_PIPELINE] = Pipeline(client, app.setdefault(INIT_PHASES, []), app.get(LEASES))
     on_trusted_request(app, _on_trusted(app))
     app[_UNTRUSTED] = RateLimiter(limit=UNTRUSTED_RUNS, window=UNTRUSTED_WINDOW)
     provide(app, "init", _health(app))
     provide(app, "appapiAuth", _budget_health(app))
     # Passive: the heartbeat has no side effects, whoever calls it.
     add_route(app, "GET", "/heartbeat", heartbeat, Access.PUBLIC, passive=True)
+    add_route(app, "GET", "/ready", ready, Access.PUBLIC, passive=True)
     add_route(app, "POST", "/init", init, Access.ADMIN, service_ok=True, lifecycle=True)
     add_route(app, "PUT", "/enabled", enabled, Access.ADMIN, service_ok=True, lifecycle=True)
+    app.cleanup_ctx.append(_pipeline_ctx)
     if run_at_boot:
         app.cleanup_ctx.append(_boot_ctx)

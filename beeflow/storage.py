@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,6 +53,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Temp file in the same directory, 0600 from the start, fsync, rename over, fsync the dir.
     A reader sees the old file or the new one, never a torn one. Raises StoreError."""
     text = json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    write_text_atomic(path, (text,))
+
+
+def write_text_atomic(path: Path, chunks: Iterable[str]) -> None:
+    """write_json_atomic for a document written piece by piece (a large one need not be built
+    whole in memory first). Raises StoreError."""
     directory = path.parent
     try:
         directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -64,7 +71,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
             os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 fd = -1
-                handle.write(text)
+                for chunk in chunks:
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
         finally:
@@ -89,6 +97,65 @@ def _fsync_dir(directory: Path) -> None:
         pass  # some filesystems refuse fsync on a directory; the rename is done regardless
     finally:
         os.close(dir_fd)
+
+
+STORAGE_REMEDY: Final = (
+    "APP_PERSISTENT_STORAGE must be a writable directory that survives updates (AppAPI mounts "
+    "the app's volume, nc_app_<appid>_data, there): it keeps the tenant key, the count of "
+    "refused AppAPI logins and the setup choice. Mount the volume, or point the variable at a "
+    "writable directory."
+)
+
+
+def check_directory(directory: Path) -> str | None:
+    """Make `directory` if it is missing (0700) and prove it takes a file: written, fsynced,
+    removed. None when usable, else why not (short, safe to show). Blocking."""
+    try:
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except FileExistsError:
+        return "it exists and is not a directory"
+    except OSError as exc:
+        return f"it cannot be created ({describe_os_error(exc)})"
+    if not directory.is_dir():
+        return "it is not a directory"
+    return write_probe(directory)
+
+
+def probe_creatable(directory: Path) -> str | None:
+    """For a `directory` that does not exist: whether check_directory could make it, found
+    without leaving anything behind (a scratch directory is made and removed in the nearest
+    existing ancestor). None when it could, else why not. Blocking."""
+    ancestor = directory
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            return "no part of its path exists"
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is not a directory"
+    try:
+        scratch = tempfile.mkdtemp(prefix=".beeflow-probe-", dir=ancestor)
+    except OSError as exc:
+        return f"it cannot be created in {ancestor} ({describe_os_error(exc)})"
+    os.rmdir(scratch)
+    return None
+
+
+def write_probe(directory: Path) -> str | None:
+    """None when a file can be written, fsynced and removed in `directory`, else why not."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".beeflow-probe-", dir=directory)
+    except OSError as exc:
+        return f"no file can be written in it ({describe_os_error(exc)})"
+    try:
+        os.write(fd, b"beeflow")
+        os.fsync(fd)
+    except OSError as exc:
+        return f"no file can be written in it ({describe_os_error(exc)})"
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    return None
 
 
 class Unusable:
@@ -165,6 +232,23 @@ async def write_json(path: Path, data: Any) -> None:
     """write_json_atomic in a worker thread, as a task of its own: cancelling the caller does not
     abandon a half-done write (settle() waits for it at shutdown). Raises StoreError."""
     task = spawn(_write(path, data), name=WRITE_TASK_PREFIX + path.name)
+    error = await asyncio.shield(task)
+    if error is not None:
+        raise error
+
+
+async def write_text(path: Path, chunks: Iterable[str]) -> None:
+    """write_text_atomic the same way (the chunks are produced in the worker thread: they must
+    not depend on state the event loop changes meanwhile). Raises StoreError."""
+
+    async def write() -> StoreError | None:
+        try:
+            await asyncio.to_thread(write_text_atomic, path, chunks)
+        except StoreError as exc:
+            return exc
+        return None
+
+    task = spawn(write(), name=WRITE_TASK_PREFIX + path.name)
     error = await asyncio.shield(task)
     if error is not None:
         raise error

@@ -1,9 +1,12 @@
 """The connector under test, alone in its own process so its CPU time and RSS can be read.
 
 Builds the real application with `beeflow.app.make_app(Config.from_env(os.environ))` and serves
-it like `python -m beeflow serve` does (AppRunner with handler cancellation, no access log), on
-TCP (legacy mode, no HP_SHARED_KEY) or on a Unix socket (set HP_SHARED_KEY for HaRP mode, as
-HaRP's frpc would reach it). frpc itself is not started: the benchmark client dials the socket.
+it like `python -m beeflow serve` does (AppRunner with handler cancellation, no access log),
+through the transports' listener (GuardedSite with the connection guard built from the same
+Config: the connection count, the request-head limits and the JSON answers to parser refusals
+are part of what is measured), on TCP (legacy mode, no HP_SHARED_KEY) or on a Unix socket bound
+the way the HaRP transport binds it (set HP_SHARED_KEY for HaRP mode, as HaRP's frpc would
+reach it). frpc itself is not started: the benchmark client dials the socket.
 Prints `READY <where>` when it accepts connections; SIGTERM stops it. `--app minimal` serves
 the reference instead: a bare aiohttp proxy, the floor any aiohttp-based connector stands on.
 
@@ -80,6 +83,29 @@ def beeflow_app() -> web.Application:
     return make_app(config, run_at_boot=False)
 
 
+BACKLOG = 4096
+
+
+def connector_site(runner: web.AppRunner, port: int, unix: str | None) -> web.BaseSite:
+    """The connector's listener as the transports make it: GuardedSite with the Config's
+    connection guard, on TCP or on a Unix socket bound by the HaRP transport's bind_unix."""
+    from pathlib import Path
+
+    from beeflow.config import CONFIG
+    from beeflow.transports.guard import ConnectionGuard, GuardedSite
+    from beeflow.transports.harp import bind_unix
+
+    config = runner.app[CONFIG]
+    guard = ConnectionGuard(
+        max_connections=config.max_connections,
+        max_head_bytes=config.max_head_bytes,
+        head_timeout=config.head_timeout_seconds,
+    )
+    if unix is not None:
+        return GuardedSite(runner, guard, sock=bind_unix(Path(unix)), backlog=BACKLOG)
+    return GuardedSite(runner, guard, host="127.0.0.1", port=port, backlog=BACKLOG)
+
+
 async def serve(transport: str, port: int, unix: str | None, which: str) -> None:
     if which == "minimal":
         app = minimal_app(os.environ["BEEFLOW_API_BASE_URL"])
@@ -90,11 +116,17 @@ async def serve(transport: str, port: int, unix: str | None, which: str) -> None
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site: web.BaseSite
+    path = None
     if transport == "unix":
         assert unix is not None
-        site = web.UnixSite(runner, unix, backlog=4096)
+        path = unix
+    if which == "beeflow":
+        site = connector_site(runner, port, path)
+    elif path is not None:
+        # The references are bare aiohttp: its own sites.
+        site = web.UnixSite(runner, path, backlog=BACKLOG)
     else:
-        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True, backlog=4096)
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True, backlog=BACKLOG)
     await site.start()
     where: Any = unix if transport == "unix" else runner.addresses[0][1]
     print(f"READY {where}", flush=True)

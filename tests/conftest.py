@@ -16,6 +16,10 @@ from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import ServiceControl
 from tests.helpers import SECRET, RunningConnector, base_env, start_connector
+from tests.ports import pytest_configure, pytest_report_header, pytest_unconfigure
+
+# The busy-ports hooks (BEEFLOW_TEST_BUSY_PORTS, tests/ports.py) run for the whole session.
+__all__ = ["pytest_configure", "pytest_report_header", "pytest_unconfigure"]
 
 ConnectorFactory = Callable[..., Awaitable[RunningConnector]]
 

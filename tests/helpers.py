@@ -6,11 +6,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import string
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import attrs
@@ -18,8 +19,10 @@ from aiohttp import web
 from yarl import URL
 
 from beeflow.app import make_app
-from beeflow.config import Config
+from beeflow.config import DEFAULT_API_BASE_URL, Config
+from beeflow.setup.common import STATE
 from beeflow.signing import nc_message_v1
+from tests.ports import refused_port
 
 # A 128-character secret from NC's alphabet, like AppAPI's (contract 1.1).
 SECRET = (string.ascii_letters + string.digits + "+/") * 2
@@ -39,13 +42,23 @@ def appapi_headers(
     }
 
 
+# What the setup page's health check answers for a service that is not there.
+OFFLINE: Final = {
+    "ok": False,
+    "status": None,
+    "code": "unreachable",
+    "error": "No network in tests",
+}
+
+
 def base_env(nextcloud_url: URL | str, storage: Path, **overrides: str) -> dict[str, str]:
     env = {
         "APP_ID": APP_ID,
         "APP_SECRET": SECRET,
         "APP_VERSION": "1.0.0",
         "APP_HOST": "127.0.0.1",
-        "APP_PORT": "23000",
+        # A port where nothing answers (doctor asks 127.0.0.1:APP_PORT for a running connector).
+        "APP_PORT": str(refused_port()),
         "APP_PERSISTENT_STORAGE": str(storage),
         "NEXTCLOUD_URL": str(nextcloud_url),
         "BEEFLOW_TENANT_KEY": TENANT_KEY,
@@ -107,6 +120,9 @@ async def start_connector(
     customise: Callable[[web.Application], None] | None = None,
 ) -> RunningConnector:
     app = make_app(config, run_at_boot=run_at_boot)
+    # The tests never reach the internet: the default service (Bee Flow Cloud) counts as
+    # checked and unreachable, so the setup status does not try it.
+    app[STATE].reachability.record(URL(DEFAULT_API_BASE_URL), OFFLINE, at=math.inf)
     if customise is not None:
         customise(app)  # e.g. extra test routes, before the app freezes
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)

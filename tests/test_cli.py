@@ -22,9 +22,10 @@ from beeflow.config import Config
 from beeflow.redact import REDACTOR
 from tests.fakes.frp import free_port
 from tests.helpers import SECRET, base_env
+from tests.ports import refused_url
 from tests.procs import REPO, ServeProcess
 
-UNREACHABLE_NC = "http://127.0.0.1:9"
+UNREACHABLE_NC = refused_url()
 Starter = Callable[..., Awaitable[ServeProcess]]
 
 

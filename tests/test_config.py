@@ -138,6 +138,7 @@ BAD = [
     ("BEEFLOW_SIG_SKEW_SECONDS", "x", "1 to 3600"),
     ("HP_FRP_PORT", "eighty", "1 to 65535"),
     ("HP_EXAPP_SOCK", "/tmp/" + "s" * 120, "107 bytes"),
+    ("HP_EXAPP_SOCK", "/tmp/\ud800.sock", "valid UTF-8"),  # a lone surrogate cannot be a path
     ("HP_SHARED_KEY", "has\ttab", "printable ASCII"),
     ("HP_SHARED_KEY", 'has"quote', "must not contain"),
     ("BEEFLOW_LOG_LEVEL", "loud", "debug, info"),

@@ -1,6 +1,6 @@
 """The Bee Flow service's side of the contract, as the fake service plays it: its v2-only `/nc`
 callbacks (the verb tunnel, the uid header, the decoded path) reach Nextcloud through the
-connector; its studio-menus push gets the connector's "unsupported" 404; and the service holds
+connector; its studio-menus push is verified and answered by the connector; and the service holds
 the connector's own calls to the strict nc-user-sync body."""
 
 from __future__ import annotations
@@ -107,11 +107,13 @@ async def test_a_callback_signed_v1_is_not_what_the_service_sends(
     assert verify_nc(TENANT_KEY, sig, "POST", ["/nc/ocs/v2.php/x"], "", _sha(b"{}")) == "v2:0"
 
 
-async def test_the_studio_menus_push_is_answered_unsupported_and_goes_nowhere(
+async def test_the_studio_menus_push_is_verified_and_goes_nowhere(
     connector_factory: ConnectorFactory,
 ) -> None:
-    """appStudio/nextcloudMenuSync.js pushes POST {callback}/hooks/studio-menus (v2, uid '');
-    a 404 means "unsupported" to it. The connector answers that itself, forwarding nothing."""
+    """appStudio/nextcloudMenuSync.js pushes POST {callback}/hooks/studio-menus (v2, uid ''):
+    the connector checks the signature and answers 200 itself (a 5xx would count towards HaRP's
+    ban list); before Nextcloud is known to have the app enabled it reconciles nothing, so
+    nothing reaches the service (tests/integrations/test_studio.py has the rest)."""
     async with FakeService() as service:
         conn = await connector_factory(BEEFLOW_API_BASE_URL=str(service.url))
         body = json.dumps({"reason": "published", "studioAppId": "a1", "sentAt": int(time.time())})
@@ -124,8 +126,10 @@ async def test_the_studio_menus_push_is_answered_unsupported_and_goes_nowhere(
                 wire, str(conn.url) + "/hooks/studio-menus", headers=headers, data=body
             ) as resp,
         ):
-            assert resp.status == 404
+            assert resp.status == 200
             assert resp.content_type == "application/json"
+            answer = await resp.json()
+        assert answer["skipped"] == "nextcloud_paused"  # signed right: no signature error
         assert service.requests == []
 
 

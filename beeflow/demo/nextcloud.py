@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+import time
 from importlib import resources
 from typing import Any, Final
 
@@ -89,6 +90,7 @@ class DemoNextcloud:
         self.legacy_prefix = f"/index.php/apps/app_api/proxy/{app_id}/"
         self.harp_prefix = f"/exapps/{app_id}/"
         self.progress: list[int] = []
+        self.webhooks: dict[int, dict[str, object]] = {}  # webhook_listeners' rows
         # True: the legacy front buffers each reply whole, like AppAPI's PHP proxy on NC 32
         # (nextcloud32-observed.md); False (default): it streams, as HaRP does.
         self.buffer_legacy = False
@@ -96,6 +98,9 @@ class DemoNextcloud:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._embedded = resources.files(__package__).joinpath("embedded.html").read_text("utf-8")
+        self._landing_html = (
+            resources.files(__package__).joinpath("landing.html").read_text("utf-8")
+        )
 
     # ------------------------------------------------------------ AppAPI headers
 
@@ -145,13 +150,26 @@ class DemoNextcloud:
             },
         )
 
+    def _details(self) -> dict[str, Any]:
+        """The demo admin as UsersController::getUser answers for an enabled account."""
+        return {**self.admin, "enabled": True, "display-name": self.admin["displayname"]}
+
     async def _ocs_authed(self, request: web.Request) -> web.Response:
         if self._caller(request) is None:
             return _ocs(request, None, 401, "Current user is not logged in")
         tail = request.match_info["tail"]
         uid = ADMIN_UID
         if tail in (f"cloud/users/{uid}", "cloud/user"):
-            return _ocs(request, {**self.admin, "display-name": self.admin["displayname"]})
+            return _ocs(request, self._details())
+        if tail == "cloud/users/details":
+            # The user sync pages through every account as an administrator; the demo has one.
+            try:
+                offset = int(request.query.get("offset", "0"))
+            except ValueError:
+                return _ocs(request, None, 400, "Invalid limit or offset")
+            page = {uid: self._details()} if offset == 0 else {}
+            # PHP encodes an empty map as a list.
+            return _ocs(request, {"users": page or []})
         if tail.startswith("cloud/users/"):
             return _ocs(request, None, 404, "User does not exist")
         if tail in ("cloud/users", "cloud/groups/admin/users"):
@@ -164,8 +182,33 @@ class DemoNextcloud:
             body = await request.json()
             if isinstance(body, dict) and isinstance(body.get("progress"), int):
                 self.progress.append(body["progress"])
-        # Registrations (top menu, script, webhooks, logs...): accepted.
+        if tail.startswith("apps/webhook_listeners/api/v1/webhooks"):
+            return await self._webhooks(request, tail)
+        if tail.startswith("apps/provisioning_api/api/v1/config/apps/core/"):
+            # Background jobs: cron, run just now (deliveries would be on time).
+            key = tail.rsplit("/", 1)[1]
+            return _ocs(
+                request, {"data": "cron" if key == "backgroundjobs_mode" else str(int(time.time()))}
+            )
+        # Registrations (top menu, script, logs...): accepted.
         return _ocs(request, {})
+
+    async def _webhooks(self, request: web.Request, tail: str) -> web.Response:
+        """webhook_listeners' rows, kept in memory (nothing is ever delivered in the demo)."""
+        row_id = tail.rsplit("/", 1)[1]
+        if request.method == "GET":
+            uri = request.query.get("uri")
+            rows = [r for r in self.webhooks.values() if uri is None or r["uri"] == uri]
+            return _ocs(request, rows)
+        if request.method == "DELETE":
+            return _ocs(request, self.webhooks.pop(int(row_id), None) is not None)
+        body = await request.json()
+        new = not row_id.isdigit()
+        ident = max(self.webhooks, default=0) + 1 if new else int(row_id)
+        row = {**body, "id": ident, "appId": self.app_id, "userIdFilter": "", "eventFilter": []}
+        if new or ident in self.webhooks:
+            self.webhooks[ident] = row
+        return _ocs(request, row)
 
     # ------------------------------------------------------------ the proxy front
 
@@ -226,6 +269,13 @@ class DemoNextcloud:
             await response.write_eof()
             return response
 
+    async def _add_slash(self, request: web.Request) -> web.Response:
+        """The app's root without its trailing slash: the UI's relative links would resolve
+        one level up, so send the browser to the slash form (308 keeps the method and body)."""
+        query = request.rel_url.raw_query_string
+        location = request.rel_url.raw_path + "/" + ("?" + query if query else "")
+        return web.Response(status=308, headers={"Location": location})
+
     async def _embedded_page(self, request: web.Request) -> web.Response:
         html = self._embedded.replace("{{APP_ID}}", self.app_id)
         return web.Response(
@@ -238,17 +288,10 @@ class DemoNextcloud:
         )
 
     async def _landing(self, request: web.Request) -> web.Response:
-        base = "/index.php/apps/app_api"
-        html = (
-            "<!doctype html><meta charset='utf-8'><title>Bee Flow demo</title>"
-            "<body style='font:16px system-ui;margin:2rem'><h1>Bee Flow demo</h1><ul>"
-            f"<li><a href='{base}/embedded/{self.app_id}/main'>Inside Nextcloud (embedded)</a>"
-            f"<li><a href='{base}/proxy/{self.app_id}/'>The UI on its own</a>"
-            f"<li><a href='{base}/proxy/{self.app_id}/setup'>Setup picker (admin)</a>"
-            f"<li><a href='/exapps/{self.app_id}/'>The UI the HaRP way</a></ul>"
-            "<p>Everything here is a local stand-in: no Nextcloud, no account, no network.</p>"
+        html = self._landing_html.replace("{{APP_ID}}", self.app_id)
+        return web.Response(
+            text=html, content_type="text/html", headers={"Cache-Control": "no-store"}
         )
-        return web.Response(text=html, content_type="text/html")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -259,7 +302,11 @@ class DemoNextcloud:
             web.get("/status.php", self._status_php),
             web.get("/favicon.ico", self._favicon),
             web.get(f"/index.php/apps/app_api/embedded/{app}/main", self._embedded_page),
+            # Where a Files action's answer sends the browser (main/<kind>?fileIds=...).
+            web.get(f"/index.php/apps/app_api/embedded/{app}/main/{{kind}}", self._embedded_page),
+            web.route("*", f"/index.php/apps/app_api/proxy/{app}", self._add_slash),
             web.route("*", f"/index.php/apps/app_api/proxy/{app}/{{tail:.*}}", self._front),
+            web.route("*", f"/exapps/{app}", self._add_slash),
             web.route("*", f"/exapps/{app}/{{tail:.*}}", self._front),
         ]
         for v in ("v1", "v2"):

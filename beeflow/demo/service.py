@@ -6,6 +6,11 @@ enough for `serve --demo` and the browser tests:
 * `GET /api/health` -> `{status, timestamp, appVersion, otel}`;
 * `POST /ai/chat/direct/stream` -> SSE `conversation_created`, `content {text}`..., `done`;
   `PATCH /ai/direct/conversations/<id>` with `{title}` -> `{success: true}`;
+* the conversation history as the service keeps it (stores/agent/directConversations.js):
+  `GET /ai/direct/conversations` -> the conversations, newest first (`id`, `title`,
+  `model_tier`, `pinned`, `created_at`, `updated_at`); `GET` and `DELETE
+  /ai/direct/conversations/<id>` -> the conversation with its `messages` (`{role, content,
+  timestamp}`) / `{success: true}`, 404 "Conversation not found" for an unknown id;
 * the token counts only with `X-Beeflow-Source: nextcloud-connector`; HS256 with the tenant key;
   `exp`/`nbf` when present, `iss`/`aud` only when present; no `email` -> 400 "Connector token
   missing email claim"; no valid token on a user route -> 401 `{"error": "Not authenticated"}`;
@@ -77,6 +82,23 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def _now() -> str:
+    moment = time.time()
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment))
+        + f".{int(moment * 1000) % 1000:03d}Z"
+    )
+
+
+def short_title(message: str, words: int = 6, limit: int = 60) -> str:
+    """The stand-in's automatic title: the first words of the message, with "…" when cut."""
+    parts = message.split()
+    title = " ".join(parts[:words])
+    if len(title) > limit:
+        title = title[: limit - 1].rstrip()
+    return title + ("\u2026" if title != " ".join(parts) else "")
+
+
 def reply_pieces(name: str, message: str) -> list[str]:
     """The demo's answer, cut into word-sized pieces like a model's tokens."""
     quoted = message if len(message) <= 200 else message[:197] + "..."
@@ -118,6 +140,9 @@ class DemoService:
         self.pace: Pace = self._sleep
         self.seen: list[Seen] = []
         self.conversations: dict[str, str] = {}
+        # Per conversation: its messages and its created/updated times (ISO 8601, UTC).
+        self.messages: dict[str, list[dict[str, str]]] = {}
+        self.stamps: dict[str, tuple[str, str]] = {}
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = URL()
@@ -178,15 +203,17 @@ class DemoService:
         await response.prepare(request)
         if not isinstance(conversation, str) or conversation not in self.conversations:
             conversation = f"demo-{next(self._ids)}"
-            title = " ".join(message.split()[:6])[:60]
+            title = short_title(message)
             self.conversations[conversation] = title
             await response.write(
                 sse("conversation_created", {"conversationId": conversation, "title": title})
             )
         name = str(claims.get("name") or claims.get("sub") or "there")
-        for index, piece in enumerate(reply_pieces(name, message.strip())):
+        pieces = reply_pieces(name, message.strip())
+        for index, piece in enumerate(pieces):
             await self.pace(index)
             await response.write(sse("content", {"text": piece}))
+        self._save_turn(conversation, message.strip(), "".join(pieces))
         await response.write(
             sse("done", {"conversationId": conversation, "messageId": f"m-{next(self._ids)}"})
         )
@@ -211,6 +238,47 @@ class DemoService:
             self.conversations[conversation] = title.strip()[:200]
         return web.json_response({"success": True})
 
+    def _save_turn(self, conversation: str, message: str, reply: str) -> None:
+        stamp = _now()
+        created = self.stamps.get(conversation, (stamp, stamp))[0]
+        self.stamps[conversation] = (created, stamp)
+        self.messages.setdefault(conversation, []).extend(
+            [
+                {"role": "user", "content": message, "timestamp": stamp},
+                {"role": "assistant", "content": reply, "timestamp": stamp},
+            ]
+        )
+
+    def _row(self, conversation: str) -> dict[str, Any]:
+        created, updated = self.stamps.get(conversation, ("", ""))
+        return {
+            "id": conversation,
+            "title": self.conversations[conversation],
+            "model_tier": "fast",
+            "pinned": False,
+            "created_at": created,
+            "updated_at": updated,
+        }
+
+    async def conversation_list(self, request: web.Request) -> web.Response:
+        self._user(request)
+        rows = [self._row(c) for c in self.conversations]
+        rows.sort(key=lambda row: str(row["updated_at"]), reverse=True)
+        return web.json_response(rows)
+
+    async def conversation(self, request: web.Request) -> web.Response:
+        self._user(request)
+        conversation = request.match_info["id"]
+        if conversation not in self.conversations:
+            return web.json_response({"error": "Conversation not found"}, status=404)
+        if request.method == "DELETE":
+            del self.conversations[conversation]
+            self.messages.pop(conversation, None)
+            self.stamps.pop(conversation, None)
+            return web.json_response({"success": True})
+        messages = self.messages.get(conversation, [])
+        return web.json_response({**self._row(conversation), "messages": messages})
+
     async def other(self, request: web.Request) -> web.Response:
         self._record(request, None)
         return web.json_response({"error": "Not found"}, status=404)
@@ -222,6 +290,9 @@ class DemoService:
         app.router.add_get("/api/health", self.health)
         app.router.add_post("/ai/chat/direct/stream", self.chat)
         app.router.add_patch("/ai/direct/conversations/{id}", self.rename)
+        app.router.add_get("/ai/direct/conversations", self.conversation_list)
+        app.router.add_get("/ai/direct/conversations/{id}", self.conversation)
+        app.router.add_delete("/ai/direct/conversations/{id}", self.conversation)
         app.router.add_route("*", "/{tail:.*}", self.other)
         self._runner, self.url = await serve_loopback(app)
         return self.url

@@ -16,6 +16,7 @@ import attrs
 from aiohttp import web
 
 from beeflow import storage
+from beeflow.lease import FileWatch, update_json
 from beeflow.serde import iso_utc
 from beeflow.service_client import ServiceCallError, ServiceClient
 from beeflow.tasks import spawn
@@ -69,6 +70,7 @@ class UserEvents:
         self._lock = asyncio.Lock()
         self._dirty = False
         self._flusher: asyncio.Task[None] | None = None
+        self._file = FileWatch(self._path)
         self.stats: dict[str, ForwardStats] = {"webhook": ForwardStats(), "sync": ForwardStats()}
 
     @staticmethod
@@ -139,16 +141,29 @@ class UserEvents:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write the remembered deliveries if they changed (also at shutdown)."""
+        """Merge the remembered deliveries into the file if they changed (also at shutdown):
+        replicas on one storage each receive some of the webhook's deliveries, and the one that
+        runs the reconciliation must know them all."""
         async with self._lock:
             if not self._dirty:
                 return
             self._dirty = False
-            rows = [[e, u, g, t] for (e, u, g), t in self._recent.items()]
+            ours = dict(self._recent)
             try:
-                await storage.write_json(self._path, {"events": rows})
-            except storage.StoreError as exc:
-                log.warning("%s (webhook deliveries are kept in memory only)", exc)
+                await asyncio.to_thread(update_json, self._path, lambda data: _merged(data, ours))
+            except OSError as exc:
+                log.warning(
+                    "%s not written (%s): webhook deliveries are kept in memory only",
+                    RECENT_FILE,
+                    storage.describe_os_error(exc),
+                )
+                return
+            self._file.mark()
+
+    def refresh(self) -> None:
+        """Deliveries other replicas received (read when the file changed)."""
+        if self._file.changed():
+            self.load()
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
@@ -158,20 +173,36 @@ class UserEvents:
         await self.flush()
 
     def load(self) -> None:
-        data = storage.read_json(self._path)
-        if not isinstance(data, dict):
-            return
-        rows = data.get("events")
-        if not isinstance(rows, list):
-            return
-        for row in rows:
-            if (
-                isinstance(row, list)
-                and len(row) == 4
-                and all(isinstance(x, str) for x in row[:3])
-                and isinstance(row[3], int | float)
-            ):
-                self._recent[(row[0], row[1], row[2])] = float(row[3])
+        self._file.mark()
+        for key, at in _rows(storage.read_json(self._path)).items():
+            if at > self._recent.get(key, 0.0):
+                self._recent.pop(key, None)
+                self._recent[key] = at
+
+
+def _rows(data: Any) -> dict[EventKey, float]:
+    """RECENT_FILE's deliveries, leniently (unusable rows are skipped)."""
+    rows = data.get("events") if isinstance(data, dict) else None
+    out: dict[EventKey, float] = {}
+    for row in rows if isinstance(rows, list) else ():
+        if (
+            isinstance(row, list)
+            and len(row) == 4
+            and all(isinstance(x, str) for x in row[:3])
+            and isinstance(row[3], int | float)
+        ):
+            out[(row[0], row[1], row[2])] = float(row[3])
+    return out
+
+
+def _merged(data: Any, ours: dict[EventKey, float]) -> dict[str, Any]:
+    """The file's deliveries and ours, the latest time of each, the newest RECENT_MAX kept."""
+    merged = _rows(data)
+    for key, at in ours.items():
+        if at > merged.get(key, 0.0):
+            merged[key] = at
+    newest = sorted(merged.items(), key=lambda kv: kv[1])[-RECENT_MAX:]
+    return {"events": [[e, u, g, t] for (e, u, g), t in newest]}
 
 
 def _after_failure(origin: str, outcome: str) -> str:

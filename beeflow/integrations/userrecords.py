@@ -109,6 +109,7 @@ class SyncAborted(Exception):
 @attrs.define
 class SyncStatus:
     # idle | running | baseline | ok | failed | paused | waiting_for_tenant_key | app_disabled
+    # | standby (another replica syncs, or did within half an interval)
     state: str = "idle"
     last_run_at: float | None = None
     last_success_at: float | None = None

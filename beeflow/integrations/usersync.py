@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -31,22 +32,19 @@ from beeflow.config import Config
 from beeflow.errors import NextcloudError
 from beeflow.health import provide
 from beeflow.integrations.userevents import USER_EVENTS, UserEvents
+from beeflow.integrations.userlisting import UserListing
 from beeflow.integrations.userrecords import (
     Event,
     Snapshot,
     SyncAborted,
     SyncStatus,
-    UserRecord,
     aborted_by,
-    details_page,
     diff,
-    gather_reads,
     read_state,
     status_fields,
-    stop_state,
 )
+from beeflow.lease import LEASES, FileWatch, LeaseHolder, read_json, write_json
 from beeflow.nextcloud.client import NextcloudClient
-from beeflow.nextcloud.ocs import OcsResult
 from beeflow.phases import InitPhase, add_phase
 from beeflow.tasks import Slot, spawn
 from beeflow.tenant.state import TenantState
@@ -57,11 +55,12 @@ log = logging.getLogger(__name__)
 
 STATE_FILE: Final = "user-sync.json"
 STATE_VERSION: Final = 1
-LOOKUP_CONCURRENCY: Final = 5
-DETAILS_PAGE: Final = 500  # users per cloud/users/details call
-SINGLE_LOOKUPS_MAX: Final = 50  # listed users missing from the details, read one by one
 SEND_CONCURRENCY: Final = 4
-PERSIST_EVERY: Final = 25  # sent events between two writes of the remaining queue
+# Sent events between two writes of what was sent (PROGRESS_FILE, a few bytes per event: the
+# snapshot and the queue are written once before the sends and once after them, never per
+# batch, so a run's writes grow with the users, not with their square).
+PERSIST_EVERY: Final = 25
+PROGRESS_FILE: Final = "user-sync-sent.json"
 PENDING_MAX: Final = 50_000
 
 
@@ -85,43 +84,80 @@ class UserSync:
         self.taken_at: float | None = None
         self.pending: list[Event] = []
         self.status = SyncStatus()
+        self._listing = UserListing(nextcloud, self.status)
         self._wake = asyncio.Event()
         self.run_slot = Slot("usersync-run")
         self._write_lock = asyncio.Lock()
+        # Replicas on one storage: one syncs at a time, under this lease, starting from the
+        # state file the previous one left (it is re-read when it changed since our look).
+        self.lease: LeaseHolder | None = None
+        self._file = FileWatch(path)
+        self._progress = FileWatch(path.with_name(PROGRESS_FILE))
+        self._queue_id = ""  # the queue as written to `path`: what PROGRESS_FILE refers to
+        self._written: list[Event] = []
 
     # -- persistence
 
     def load(self) -> None:
-        state = read_state(storage.read_json(self.path), USER_EVENTS)
+        """The state file as it is now (at start-up, and when another replica changed it),
+        less the events a run that stopped half-way recorded as sent."""
+        self._file.mark()
+        self._progress.mark()
+        data = storage.read_json(self.path)
+        state = read_state(data, USER_EVENTS)
         if state.snapshot is not None:
             self.snapshot, self.taken_at = state.snapshot, state.taken_at
             self.status.baseline_at = state.baseline_at
-        self.pending.extend(state.pending)
+        queue = data.get("queueId") if isinstance(data, dict) else None
+        self._queue_id = queue if isinstance(queue, str) else ""
+        self._written = list(state.pending)
+        sent = _sent(read_json(self.path.with_name(PROGRESS_FILE)), self._queue_id)
+        self.pending = [e for i, e in enumerate(state.pending) if i not in sent]
         if self.pending:
             log.info("user sync resumes with %d event(s) still to send", len(self.pending))
 
-    def _document(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "baselineAt": self.status.baseline_at,
-            "snapshot": None
-            if self.snapshot is None
-            else {
-                "takenAt": self.taken_at,
-                "users": {uid: rec.to_json() for uid, rec in sorted(self.snapshot.items())},
-            },
-            "pending": [list(e) for e in self.pending],
-        }
+    async def _reload_if_changed(self) -> None:
+        """Another replica ran the sync since our last look: take its snapshot and queue."""
+        if self._file.changed() | self._progress.changed():
+            await asyncio.to_thread(self.load)
+
+    def _chunks(self, snapshot: Snapshot | None, pending: list[Event]) -> Iterator[str]:
+        """user-sync.json piece by piece (100,000 users make 18 MB: never built whole)."""
+        dumps = json.dumps
+        head = {"version": STATE_VERSION, "baselineAt": self.status.baseline_at}
+        yield dumps(head)[:-1] + ', "queueId": ' + dumps(self._queue_id) + ', "snapshot": '
+        if snapshot is None:
+            yield "null"
+        else:
+            yield '{"takenAt": ' + dumps(self.taken_at) + ', "users": {'
+            for n, uid in enumerate(sorted(snapshot)):
+                yield ("" if n == 0 else ", ") + dumps(uid) + ": " + dumps(snapshot[uid].to_json())
+            yield "}}"
+        yield ', "pending": ' + dumps([list(e) for e in pending]) + "}\n"
 
     async def persist(self) -> None:
+        """The snapshot and the queue, together (a new queue id: no progress refers to it)."""
         async with self._write_lock:
-            document = self._document()
+            self._queue_id = secrets.token_hex(8)
+            self._written = list(self.pending)
+            chunks = self._chunks(self.snapshot, self._written)
             try:
-                await storage.write_json(self.path, document)
+                await storage.write_text(self.path, chunks)
+                self._file.mark()
             except storage.StoreError as exc:
                 # Kept in memory; the next run writes again. Said once per run in the status.
                 self.status.last_error = str(exc)
                 log.error("%s: user sync state kept in memory only", exc)
+
+    async def _note_sent(self, sent: set[int]) -> None:
+        """Which events of the queue written last have gone (a crash resumes after them)."""
+        path = self.path.with_name(PROGRESS_FILE)
+        progress = {"queueId": self._queue_id, "sent": sorted(sent)}
+        try:
+            await asyncio.to_thread(write_json, path, progress)
+            self._progress.mark()
+        except OSError as exc:
+            log.warning("%s not written (%s)", PROGRESS_FILE, storage.describe_os_error(exc))
 
     # -- scheduling
 
@@ -135,15 +171,35 @@ class UserSync:
             self.status.next_run_at = time.time() + interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            explicit = self._wake.is_set()
             self._wake.clear()
-            await self.run()
+            await self.run(scheduled=not explicit)
 
-    async def run(self) -> None:
-        """Single-flight: a run in progress is joined."""
+    async def run(self, *, scheduled: bool = False) -> None:
+        """Single-flight: a run in progress is joined. A scheduled run is skipped while another
+        replica syncs, or when one did within half an interval; an asked-for run waits for it
+        and then runs from what it left."""
         task = self.run_slot.task if self.run_slot.running else None
         if task is None:
-            task = self.run_slot.start(self._run_once())
+            task = self.run_slot.start(self._as_the_one(scheduled))
         await asyncio.shield(task)
+
+    async def _as_the_one(self, scheduled: bool) -> None:
+        if self.lease is None:
+            await self._run_once()
+            return
+        async with self.lease.hold(wait=not scheduled) as held:
+            if not held:
+                self.status.state = "standby"
+                log.debug("user sync: another replica is syncing")
+                return
+            await self._reload_if_changed()
+            self._sink.refresh()
+            recent = self.taken_at is not None and time.time() - self.taken_at < self._interval / 2
+            if scheduled and recent and not self.pending:
+                self.status.state = "standby"
+                return
+            await self._run_once()
 
     # -- one run
 
@@ -192,7 +248,7 @@ class UserSync:
             if client.app_enabled is False:
                 raise SyncAborted("the app is disabled in Nextcloud", state="app_disabled")
         started = time.time()
-        current = await self._list()
+        current = await self._listing.read(self.snapshot or {})
         status.users_seen = len(current)
         if self.snapshot is None:
             self.snapshot, self.taken_at = current, started
@@ -226,147 +282,13 @@ class UserSync:
                 status.events_skipped,
             )
 
-    async def _list(self) -> Snapshot:
-        client = self._client
-        try:
-            # No warm-up retries: the next interval is the retry, and each refusal costs budget.
-            listing = await client.ocs("GET", "/ocs/v2.php/apps/app_api/api/v1/users", timeout=15.0)
-        except NextcloudError as exc:
-            raise aborted_by(exc) from None
-        if not listing.ok or not isinstance(listing.data, list):
-            raise SyncAborted(
-                f"AppAPI user list: HTTP {listing.http_status} OCS {listing.statuscode}",
-                state=stop_state(client.budget),
-            )
-        uids = sorted({str(u) for u in listing.data if isinstance(u, str | int) and str(u)})
-        users: Snapshot = {}
-        admin = await self._find_admin(uids, users)
-        self.status.read_as = admin
-        if admin is not None:
-            await self._read_as_admin(admin, uids, users)
-        # Only the listing decides who exists: a listed user we could not read (disabled, or
-        # deleted since the listing) keeps their last record; the next listing settles it.
-        previous = self.snapshot or {}
-        unreadable = [uid for uid in uids if uid not in users]
-        for uid in unreadable:
-            if uid in previous:
-                users[uid] = previous[uid]
-        self.status.users_unreadable = len(unreadable)
-        if unreadable:
-            log.info(
-                "user sync: %d listed user(s) could not be read (disabled accounts?); their last "
-                "known details are kept",
-                len(unreadable),
-            )
-        return users
-
-    async def _find_admin(self, uids: list[str], users: Snapshot) -> str | None:
-        """An enabled administrator, proven by reading their own account as them: the remembered
-        ones first (one call in the usual case), then everyone in batches. Every account read on
-        the way goes into `users`. None when no listed user is an enabled administrator (then
-        everyone readable has been read as themselves)."""
-        listed = set(uids)
-        previous = self.snapshot or {}
-        remembered = sorted(u for u, r in previous.items() if u in listed and r.usable_admin)
-        for uid in remembered:
-            record = await self._read_self(uid)
-            if record is not None:
-                users[uid] = record
-                if record.usable_admin:
-                    return uid
-        rest = [u for u in uids if u not in users and u not in remembered]
-        limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-
-        async def read(uid: str) -> tuple[str, UserRecord | None]:
-            async with limit:
-                return uid, await self._read_self(uid)
-
-        for start in range(0, len(rest), LOOKUP_CONCURRENCY):
-            batch = rest[start : start + LOOKUP_CONCURRENCY]
-            found = await gather_reads([read(uid) for uid in batch])
-            for uid, record in found:
-                if record is not None:
-                    users[uid] = record
-            admins = [uid for uid, record in found if record is not None and record.usable_admin]
-            if admins:
-                return admins[0]
-        return None
-
-    async def _read_self(self, uid: str) -> UserRecord | None:
-        """A user's own account, read as them. None when Nextcloud will not let them read it:
-        a disabled account is not logged in (997, proven not to be our secret), a user deleted
-        since the listing is 404."""
-        result = await self._get(f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}", uid)
-        if result.ok:
-            return UserRecord.from_ocs(uid, result.data)
-        if result.user_refused or result.http_status == 404 or result.statuscode in (404, 998):
-            return None
-        raise self._stop("user info", result)
-
-    async def _read_as_admin(self, admin: str, uids: list[str], users: Snapshot) -> None:
-        """Everyone's details as `admin`, a page of DETAILS_PAGE per call; listed users missing
-        from the pages are read one by one (at most SINGLE_LOOKUPS_MAX a run)."""
-        listed = set(uids)
-        got: set[str] = set()
-        offset = 0
-        while offset <= len(uids) + DETAILS_PAGE:
-            result = await self._get(
-                "/ocs/v2.php/cloud/users/details",
-                admin,
-                params={"limit": str(DETAILS_PAGE), "offset": str(offset)},
-                timeout=60.0,
-            )
-            if not result.ok:
-                raise self._stop(f"user details as {admin}", result)
-            page = details_page(result.data)
-            if page is None:
-                raise SyncAborted(f"user details as {admin}: unexpected answer")
-            new = set(page) - got
-            for uid, data in page.items():
-                record = UserRecord.from_ocs(uid, data)
-                if record is not None and uid in listed:
-                    users[uid] = record
-            got |= set(page)
-            if len(page) < DETAILS_PAGE or not new:
-                break
-            offset += DETAILS_PAGE
-        if uids and not got:
-            raise SyncAborted(f"administrator {admin} was shown no users; retrying next run")
-        missing = [uid for uid in uids if uid not in users][:SINGLE_LOOKUPS_MAX]
-        for uid in missing:
-            result = await self._get(f"/ocs/v2.php/cloud/users/{quote(uid, safe='')}", admin)
-            if result.ok:
-                record = UserRecord.from_ocs(uid, result.data)
-                if record is not None:
-                    users[uid] = record
-            elif not (
-                result.user_refused or result.http_status == 404 or result.statuscode in (404, 998)
-            ):
-                raise self._stop("user info", result)
-
-    async def _get(
-        self, path: str, user: str, *, params: dict[str, str] | None = None, timeout: float = 10.0
-    ) -> OcsResult:
-        client = self._client
-        if client.budget.spent:
-            raise SyncAborted("AppAPI refused too many calls; paused", state="paused")
-        try:
-            return await client.ocs("GET", path, user=user, params=params, timeout=timeout)
-        except NextcloudError as exc:
-            raise aborted_by(exc) from None
-
-    def _stop(self, what: str, result: OcsResult) -> SyncAborted:
-        """Anything unexpected leaves a hole that would read as a deletion: stop, diff nothing."""
-        state = stop_state(self._client.budget)
-        return SyncAborted(
-            f"{what}: HTTP {result.http_status} OCS {result.statuscode}", state=state
-        )
-
     async def _send(self) -> None:
         """Send the queue: one user's events in order, several users at once. Events that failed
         for a retryable reason stay queued; rejected ones are dropped (and were logged)."""
         sink = self._sink
         queue = list(self.pending)
+        if not self._queue_id or queue != self._written:
+            await self.persist()  # the queue as it is now, so the progress refers to it
         by_user: dict[str, list[Event]] = {}
         for event in queue:
             by_user.setdefault(event[1], []).append(event)
@@ -391,14 +313,14 @@ class UserSync:
                     since_write += 1
                     if since_write >= PERSIST_EVERY:
                         since_write = 0
-                        self.pending = [e for i, e in enumerate(queue) if i not in done]
-                        await self.persist()
+                        await self._note_sent(done)
 
         try:
             await asyncio.gather(*(send_user(evs) for evs in by_user.values()))
         finally:
             self.pending = [e for i, e in enumerate(queue) if i not in done]
             await self.persist()
+            await asyncio.to_thread(storage.remove, self.path.with_name(PROGRESS_FILE))
 
     # -- status
 
@@ -409,6 +331,7 @@ class UserSync:
 # ------------------------------------------------------------------ wiring
 
 USER_SYNC: web.AppKey[UserSync] = web.AppKey("user_sync")
+USER_SYNC_LEASE: Final = "user-sync"
 
 
 async def trigger(request: web.Request) -> web.Response:
@@ -427,12 +350,23 @@ async def _trigger_soon(sync: UserSync) -> None:
     sync.trigger()
 
 
+def _sent(progress: Any, queue_id: str) -> set[int]:
+    """The indices PROGRESS_FILE records as sent, if it is about the queue `queue_id`."""
+    if not queue_id or not isinstance(progress, dict) or progress.get("queueId") != queue_id:
+        return set()
+    sent = progress.get("sent")
+    return {i for i in sent if isinstance(i, int)} if isinstance(sent, list) else set()
+
+
 def install(app: web.Application, sync: UserSync) -> None:
     """The reconciliation: its route, its /init phase (100), its health fields, its loop."""
     app[USER_SYNC] = sync
     add_route(app, "POST", "/webhook/user-sync", trigger, Access.ADMIN, service_ok=True)
     add_phase(app, InitPhase("user-sync", 100, functools.partial(_trigger_soon, sync)))
     provide(app, "userSync", sync.snapshot_status)
+
+    if LEASES in app:
+        sync.lease = app[LEASES].get(USER_SYNC_LEASE)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(sync.load)

@@ -80,6 +80,11 @@ class AuthBudget:
     _trusted_user_refusals: int = 0  # user refusals taken on trust since that success
     user_refusals: int = 0  # impersonated refusals not counted (lifetime, for the heartbeat)
     changed: bool = False  # the persisted form is out of date (the client saves and clears it)
+    # Replicas share the count through one file (NextcloudClient.save_budget merges): what this
+    # process recorded since its last merge, and the successes that clear refusals (user ->
+    # when; None: every refusal, `occ security:bruteforce:reset`).
+    _new: list[_Refusal] = attrs.field(factory=list)
+    _cleared: dict[str | None, float] = attrs.field(factory=dict)
 
     def _trim(self, now: float) -> None:
         kept = [r for r in self._refusals if 0 <= now - r.at < self.window]
@@ -142,17 +147,20 @@ class AuthBudget:
         if self._allow_one and self._exhausted():
             self._allow_one = False
 
-    def lift(self) -> None:
+    def lift(self, claim: Callable[[float], bool] | None = None) -> None:
         """Inbound proof that Nextcloud knows our secret: allow one trial call (rate-limited,
-        and only while a refusal of it would not lock the IP out)."""
+        and only while a refusal of it would not lock the IP out). `claim(interval)`, when
+        given, must also win the trial for this process among the replicas sharing the count
+        (one trial per interval among all of them)."""
         now = time.monotonic()
         if (
             self._exhausted()
             and self._room_for_one()
             and now - self._last_lift >= self.lift_interval
         ):
-            self._allow_one = True
             self._last_lift = now
+            if claim is None or claim(self.lift_interval):
+                self._allow_one = True
 
     @property
     def used(self) -> int:
@@ -164,8 +172,7 @@ class AuthBudget:
         now = self.clock()
         self._trim(now)
         was_exhausted = self._exhausted()
-        self._refusals.append(_Refusal(now, user, ATTEMPTS_PER_REFUSAL))
-        self.changed = True
+        self._add(_Refusal(now, user, ATTEMPTS_PER_REFUSAL))
         self.verified = False
         self.last_refusal = reason
         self.last_refusal_at = time.time()
@@ -186,19 +193,25 @@ class AuthBudget:
         self._trim(now)
         missing = NC_MAX_ATTEMPTS + 1 - self._worst_case()
         if missing > 0:
-            self._refusals.append(_Refusal(now, None, missing))
-            self.changed = True
+            self._add(_Refusal(now, None, missing))
         self._allow_one = False
         self.verified = False
         self.last_refusal = reason
         self.last_refusal_at = time.time()
         log.error("Nextcloud refuses every AppAPI login from this IP (429). %s", BRUTEFORCE_REMEDY)
 
+    def _add(self, refusal: _Refusal) -> None:
+        self._refusals.append(refusal)
+        self._new.append(refusal)
+        self.changed = True
+
     def record_success(self, user: str = "") -> None:
         """Nextcloud resets the attempts whose metadata matches this login (app id + user)."""
         kept = [r for r in self._refusals if r.user is not None and r.user != user]
         if len(kept) != len(self._refusals):
             self._refusals = kept
+            self._new = [r for r in self._new if r.user is not None and r.user != user]
+            self._cleared[user] = self.clock()
             self.changed = True
         self._allow_one = False
         self.verified = True
@@ -212,6 +225,8 @@ class AuthBudget:
         """Forget every failure (after `occ security:bruteforce:reset`, or in tests)."""
         if self._refusals:
             self._refusals = []
+            self._new = []
+            self._cleared = {None: self.clock()}
             self.changed = True
         self.record_success()
         self.verified = False
@@ -252,24 +267,108 @@ class AuthBudget:
         if not isinstance(data, dict) or not isinstance(data.get("refusals"), list):
             return 0
         now = self.clock()
-        restored: list[_Refusal] = []
-        for item in data["refusals"]:
-            if not isinstance(item, dict):
-                continue
-            at, user, attempts = item.get("at"), item.get("user", ""), item.get("attempts")
-            if not isinstance(at, int | float) or isinstance(at, bool):
-                continue
-            if user is not None and not isinstance(user, str):
-                continue
-            if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-                attempts = ATTEMPTS_PER_REFUSAL
-            restored.append(_Refusal(min(float(at), now), user, min(attempts, NC_MAX_ATTEMPTS + 1)))
-        self._refusals = restored
+        self._refusals = _parse_refusals(data, now)
+        self._new, self._cleared = [], {}
         self._trim(now)
+        self._take_last(data)
+        self.changed = False
+        return len(self._refusals)
+
+    def _take_last(self, data: dict[str, Any]) -> None:
         if isinstance(data.get("lastRefusal"), str):
             self.last_refusal = data["lastRefusal"][:300]
         at = data.get("lastRefusalAt")
         if isinstance(at, int | float) and not isinstance(at, bool):
             self.last_refusal_at = float(at)
-        self.changed = False
-        return len(self._refusals)
+
+    # ------------------------------------------------------------ shared between replicas
+
+    def absorb(self, data: Any) -> None:
+        """Another replica changed the shared file: its refusals are ours too (plus what we
+        recorded and have not merged yet, minus what our successes cleared)."""
+        if not isinstance(data, dict):
+            return
+        now = self.clock()
+        shared = [r for r in _parse_refusals(data, now) if not _cleared(r, self._cleared)]
+        self._refusals = shared + self._new
+        self._trim(now)
+        if not self._new:
+            self._take_last(data)
+
+    def delta(self) -> tuple[list[_Refusal], dict[str | None, float]]:
+        """What a merge must take over (a copy: the merge runs in a worker thread)."""
+        return list(self._new), dict(self._cleared)
+
+    def merged(self, data: Any, delta: tuple[list[_Refusal], dict[str | None, float]]) -> Any:
+        """The shared file's next content: its refusals minus the ones `delta`'s successes
+        cleared, plus `delta`'s new ones. Pure (no state of ours is touched): it runs under the
+        file's lock, in a worker thread."""
+        new, cleared = delta
+        now = self.clock()
+        base = data if isinstance(data, dict) else {}
+        kept = [r for r in _parse_refusals(base, now) if not _cleared(r, cleared)] + new
+        out = {
+            "version": BUDGET_FILE_VERSION,
+            "refusals": [
+                {"at": r.at, "user": r.user, "attempts": r.attempts}
+                for r in kept
+                if 0 <= now - r.at < self.window
+            ],
+            "lastRefusal": base.get("lastRefusal", ""),
+            "lastRefusalAt": base.get("lastRefusalAt"),
+        }
+        if new or not out["lastRefusal"]:
+            out["lastRefusal"], out["lastRefusalAt"] = self.last_refusal, self.last_refusal_at
+        if "lastLiftAt" in base:
+            out["lastLiftAt"] = base["lastLiftAt"]
+        return out
+
+    def merged_into(self, data: Any, delta: tuple[list[_Refusal], dict[str | None, float]]) -> None:
+        """After a merge: the file's content is our view, and `delta` is no longer pending
+        (what was recorded while the merge ran stays pending)."""
+        new, cleared = delta
+        self._new = [r for r in self._new if r not in new]
+        for key, at in cleared.items():
+            if self._cleared.get(key) == at:
+                del self._cleared[key]
+        self.absorb(data)
+        self.changed = bool(self._new or self._cleared)
+
+
+def _parse_refusals(data: dict[str, Any], now: float) -> list[_Refusal]:
+    out: list[_Refusal] = []
+    rows = data.get("refusals")
+    for item in rows if isinstance(rows, list) else ():
+        if not isinstance(item, dict):
+            continue
+        at, user, attempts = item.get("at"), item.get("user", ""), item.get("attempts")
+        if not isinstance(at, int | float) or isinstance(at, bool):
+            continue
+        if user is not None and not isinstance(user, str):
+            continue
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            attempts = ATTEMPTS_PER_REFUSAL
+        out.append(_Refusal(min(float(at), now), user, min(attempts, NC_MAX_ATTEMPTS + 1)))
+    return out
+
+
+def _cleared(refusal: _Refusal, cleared: dict[str | None, float]) -> bool:
+    """Nextcloud's reset on a successful login: every earlier attempt of that user, and any
+    lock-out (user None); `occ security:bruteforce:reset` (key None): everything earlier."""
+    everything = cleared.get(None)
+    if everything is not None and refusal.at <= everything:
+        return True
+    for user, at in cleared.items():
+        if user is not None and refusal.at <= at and refusal.user in (None, user):
+            return True
+    return False
+
+
+def claim_lift(data: Any, interval: float, now: float) -> tuple[Any, bool]:
+    """One trial call per `interval` among the replicas: the file's lastLiftAt decides."""
+    base = dict(data) if isinstance(data, dict) else {"version": BUDGET_FILE_VERSION}
+    last = base.get("lastLiftAt")
+    if isinstance(last, int | float) and not isinstance(last, bool) and 0 <= now - last < interval:
+        return base, False
+    base["lastLiftAt"] = now
+    return base, True

@@ -18,7 +18,8 @@ from yarl import URL
 from beeflow import storage
 from beeflow.config import Config
 from beeflow.errors import NextcloudError
-from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY, BUDGET_FILE, AuthBudget
+from beeflow.lease import FileWatch, read_json, update_json
+from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY, BUDGET_FILE, AuthBudget, claim_lift
 from beeflow.nextcloud.ocs import OcsResult, appapi_headers, parse_ocs
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class NextcloudClient:
         # Where the budget outlives the process: a restart must not start a fresh count while
         # Nextcloud still remembers the refusals (each restart's boot probe would add 2).
         self.budget_path: Path | None = config.persistent_storage / BUDGET_FILE
+        # Replicas on one storage share the count: their refusals are read when the file
+        # changes (a stat() per authenticated call), ours merged into it under its lock.
+        self._budget_watch = FileWatch(self.budget_path)
         self._budget_lock = asyncio.Lock()
         self._budget_store_warned = False
         # Nextcloud's enabled flag for this app as last seen (ex-app/state, PUT /enabled, /init);
@@ -65,14 +69,45 @@ class NextcloudClient:
 
     def trusted_request_seen(self) -> None:
         """An inbound request bore the valid secret: Nextcloud knows us again, so one trial call
-        may pass a spent budget (AuthBudget.lift says when)."""
-        self.budget.lift()
+        may pass a spent budget (AuthBudget.lift says when; among replicas, one of them)."""
+        self.sync_budget()
+        self.budget.lift(self._claim_lift if self.budget_path is not None else None)
+
+    def _claim_lift(self, interval: float) -> bool:
+        """Win the trial call among the replicas (a locked update of the shared file: rare, at
+        most once per interval and process, and only while the budget is spent)."""
+        path = self.budget_path
+        assert path is not None
+        won = False
+
+        def change(data: Any) -> Any:
+            nonlocal won
+            out, won = claim_lift(data, interval, time.time())
+            return out
+
+        try:
+            update_json(path, change)
+        except OSError:
+            return True  # no shared file: this process decides alone, as without replicas
+        self._budget_watch.mark()
+        return won
+
+    def sync_budget(self) -> None:
+        """Before a decision on the budget: refusals other replicas recorded (read only when
+        the shared file changed)."""
+        path = self.budget_path
+        if path is None or not self._budget_watch.changed():
+            return
+        data = read_json(path)
+        if data is not None:
+            self.budget.absorb(data)
 
     async def load_budget(self) -> None:
         """Restore the refusals of the last 30 minutes from the persistent storage."""
         if self.budget_path is None:
             return
         data = await asyncio.to_thread(storage.read_json, self.budget_path)
+        self._budget_watch.mark()
         if data is None or isinstance(data, storage.Unusable):
             return
         kept = self.budget.restore(data)
@@ -86,24 +121,32 @@ class NextcloudClient:
             )
 
     async def save_budget(self) -> None:
-        """Write the budget if it changed (one writer at a time; a failure is logged once)."""
-        if self.budget_path is None or not self.budget.changed:
+        """Merge what changed here into the shared file, under its lock, so no replica's update
+        is lost (one merge at a time per process; a failure is logged once and retried at the
+        next change)."""
+        path = self.budget_path
+        if path is None or not self.budget.changed:
             return
         async with self._budget_lock:
-            # Written under the lock from the state at that moment: the last writer always
-            # writes the newest count (a concurrent save may write the same state twice).
-            self.budget.changed = False
+            budget = self.budget
+            if not budget.changed:
+                return
+            delta = budget.delta()
             try:
-                await storage.write_json(self.budget_path, self.budget.to_json())
-            except storage.StoreError as exc:
-                self.budget.changed = True
+                data = await asyncio.to_thread(
+                    update_json, path, lambda data: budget.merged(data, delta)
+                )
+            except OSError as exc:
                 if not self._budget_store_warned:
                     self._budget_store_warned = True
                     log.warning(
                         "the AppAPI failure budget is kept in memory only (%s): a restart "
-                        "forgets refusals Nextcloud still counts",
-                        exc.reason,
+                        "forgets refusals Nextcloud still counts, and replicas do not share it",
+                        storage.describe_os_error(exc),
                     )
+                return
+            self._budget_watch.mark()
+            budget.merged_into(data, delta)
 
     async def request(
         self,
@@ -156,6 +199,8 @@ class NextcloudClient:
         extra: Mapping[str, str] | None,
     ) -> OcsResult:
         authed = user is not None
+        if authed:
+            self.sync_budget()
         if authed and self.budget.spent:
             raise NextcloudError(
                 "paused: AppAPI refused too many calls (" + BRUTEFORCE_REMEDY + ")",

@@ -13,7 +13,7 @@ from aiohttp import web
 from beeflow.errors import NextcloudError
 from beeflow.health import HealthProvider, provide
 from beeflow.nextcloud.client import NextcloudClient
-from beeflow.phases import InitPhase, add_phase
+from beeflow.phases import REGISTRATIONS, InitPhase, add_phase
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,11 @@ SURFACES: web.AppKey[list[Surface]] = web.AppKey("surfaces")
 
 
 def install(app: web.Application, surface: Surface) -> None:
-    """The one line of wiring a surface needs (app.py calls it once per surface)."""
+    """The one line of wiring a surface needs (app.py calls it once per surface). Its phases
+    run under the registrations lease unless they name another: one replica registers at a
+    time."""
     for phase in surface.phases:
-        add_phase(app, phase)
+        add_phase(app, phase if phase.lease else attrs.evolve(phase, lease=REGISTRATIONS))
     provide(app, surface.name, surface.health)
     app.setdefault(SURFACES, []).append(surface)
 

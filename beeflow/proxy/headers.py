@@ -2,11 +2,16 @@
 one refusal of encoded request bodies.
 
     HOP_BY_HOP, REQUEST_FRAMING, RESPONSE_FRAMING, CREDENTIALS, BROWSER_CONTEXT, FORWARDING,
-    APPAPI (frozensets of lower-case names), APPAPI_PREFIXES (name prefixes)
+    APPAPI, ORIGIN_WIDE (frozensets of lower-case names), APPAPI_PREFIXES, ORIGIN_WIDE_PREFIXES
+    (name prefixes)
     filter_headers(headers, *drop, prefixes=(), drop_empty=True) -> CIMultiDict[str]
         A copy without the named headers, the headers its own `Connection` header names, and (by
-        default) headers with an empty value. Repeated headers stay repeated (two Set-Cookie stay
-        two), in their order.
+        default) headers with an empty value. A name is compared with every `_` read as `-`
+        (CGI-style servers do, so `X_Beeflow_NC_Uid` is `X-Beeflow-NC-Uid` to them). Repeated
+        headers stay repeated (two Set-Cookie stay two), in their order.
+    confine(headers, policy), confiner(policy) -> a relay edit_headers callback
+        An upstream's response made harmless on the origin it is served from: without
+        ORIGIN_WIDE headers, with `policy` as its only Content-Security-Policy.
     is_event_stream(headers), is_encoded(headers)
     refuse_encoded_body(request)   415 content_encoding_unsupported for a compressed body
 """
@@ -14,9 +19,10 @@ one refusal of encoded request bodies.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 
@@ -78,6 +84,33 @@ APPAPI: Final = frozenset(
     }
 )
 APPAPI_PREFIXES: Final = ("aa-", "ex-app-", "harp-")
+# Response fields that act beyond the one response, on the whole origin it is served from (a
+# proxied upstream answers on Nextcloud's origin): cookies, storage wiping, the connector's own
+# security policy, transport pinning and alternative services, origin-wide reporting, service
+# worker scope, and CORS grants that would let other sites read the user's answers.
+ORIGIN_WIDE: Final = frozenset(
+    {
+        "set-cookie",
+        "set-cookie2",
+        "clear-site-data",
+        "content-security-policy",
+        "content-security-policy-report-only",
+        "x-frame-options",
+        "x-content-security-policy",
+        "x-webkit-csp",
+        "strict-transport-security",
+        "public-key-pins",
+        "public-key-pins-report-only",
+        "expect-ct",
+        "alt-svc",
+        "nel",
+        "report-to",
+        "reporting-endpoints",
+        "service-worker-allowed",
+        "origin-agent-cluster",
+    }
+)
+ORIGIN_WIDE_PREFIXES: Final = ("access-control-",)
 
 HeaderSource = Mapping[str, str] | CIMultiDictProxy[str] | MultiDictProxy[str] | CIMultiDict[str]
 
@@ -95,17 +128,48 @@ def filter_headers(
     listed = _getall(headers, "connection")
     if listed:
         names = names | {
-            token.strip().lower() for value in listed for token in value.split(",") if token.strip()
+            _name(token) for value in listed for token in value.split(",") if token.strip()
         }
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
-        low = key.lower()
+        low = _name(key)
         if low in names or (prefixes and low.startswith(prefixes)):
             continue
         if drop_empty and not value.strip():
             continue
         out.add(key, value)
     return out
+
+
+def _name(key: str) -> str:
+    """The name a header is compared by: lower case, `_` read as `-` (CGI maps both to `_`)."""
+    low = key.strip().lower()
+    return low.replace("_", "-") if "_" in low else low
+
+
+def confine(headers: CIMultiDict[str], policy: str) -> None:
+    """Drop every ORIGIN_WIDE header (any spelling) and make `policy` the response's only
+    Content-Security-Policy, in place."""
+    for key in [k for k in headers if _is_origin_wide(k)]:
+        headers.popall(key, None)
+    headers["Content-Security-Policy"] = policy
+
+
+EditHeaders = Callable[[aiohttp.ClientResponse, CIMultiDict[str]], None]
+
+
+def confiner(policy: str) -> EditHeaders:
+    """confine() as a relay `edit_headers` callback, with `policy` fixed."""
+
+    def edit(_upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
+        confine(headers, policy)
+
+    return edit
+
+
+def _is_origin_wide(key: str) -> bool:
+    low = _name(key)
+    return low in ORIGIN_WIDE or low.startswith(ORIGIN_WIDE_PREFIXES)
 
 
 def _union(groups: tuple[Iterable[str], ...]) -> frozenset[str]:

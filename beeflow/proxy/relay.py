@@ -22,6 +22,10 @@ Knows no peer: what differs between the /api and /nc proxies comes in RelayOptio
           the body is the end of the connection).
         - error_events: how an event stream the upstream broke, or the idle cap ended, is
           closed with an `event: error` (sse.ErrorEvents); None adds none.
+        - ending, ending_events: once `ending` is set (the drain deadline), an event stream
+          still open ends at its next event boundary with the `error` event
+          `ending_events.restarting()` (none after a final event) and a clean end of the
+          body; one that reaches no boundary within ENDING_SECONDS is cut.
         A client disconnect (handler cancellation, or a failed write) closes the upstream
         connection at once. An upstream failure after the response started closes the client
         connection (no clean end of a chunked body) and is logged once.
@@ -33,9 +37,10 @@ idle stream to notice its client going away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 import attrs
@@ -43,6 +48,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from beeflow.errors import BadGateway, GatewayTimeout
+from beeflow.proxy.deadline import ReadDeadline
 from beeflow.proxy.headers import (
     APPAPI,
     HOP_BY_HOP,
@@ -63,6 +69,18 @@ SMALL_BODY_READ_SECONDS: Final = 60.0
 TUNNELLED_HEAD_LENGTH: Final = "X-Beeflow-Content-Length"
 
 
+# After `ending` is set, how long a stream in the middle of an event may take to finish it.
+ENDING_SECONDS: Final = 0.4
+
+
+class Ending(Protocol):
+    """Set once when open streams must end (web.draining.StreamEnd at the drain deadline)."""
+
+    def is_set(self) -> bool: ...
+    def subscribe(self, callback: Callable[[], None]) -> None: ...
+    def unsubscribe(self, callback: Callable[[], None]) -> None: ...
+
+
 @attrs.frozen(kw_only=True)
 class RelayOptions:
     """How one proxy's answers are relayed (see the module docstring)."""
@@ -73,6 +91,8 @@ class RelayOptions:
     default_cache_control: str | None = "no-store"
     keepalive_comment: bytes = KEEPALIVE_COMMENT
     error_events: ErrorEvents | None = None
+    ending: Ending | None = None
+    ending_events: ErrorEvents | None = None
 
 
 def _close_delimited(resp: web.StreamResponse) -> None:
@@ -220,7 +240,10 @@ async def _pump(
     idle_limit = options.idle_limit_seconds
     errors = options.error_events if sse else None
     progress = _Progress()
-    timed = keepalive is not None or idle_limit is not None or errors is not None
+    ending = options.ending if sse and not is_encoded(upstream.headers) else None
+    timed = (
+        keepalive is not None or idle_limit is not None or errors is not None or ending is not None
+    )
     try:
         if not timed:
             async for chunk in reader.iter_any():
@@ -256,75 +279,6 @@ class _Progress:
         self.events = EventTracker()
 
 
-class _ReadDeadline:
-    """One timer for a whole stream that only ever interrupts a read.
-
-    A new `asyncio.timeout_at` per chunk (a Timeout, a TimerHandle scheduled and cancelled)
-    cost a fifth of the connector's CPU per event at 200 streams. And one `asyncio.timeout`
-    around the whole loop is not safe: it would also fire while a write waits for the client,
-    and cancelling aiohttp's drain leaves its shared drain waiter cancelled, which breaks
-    every later write on that connection. So the timer cancels the task only while it waits
-    in `read()`; a deadline that passes during a write is reported by the next `read()`.
-
-    The deadline only ever moves earlier (`at_most`); one that fires early (bytes flowed
-    meanwhile) is re-checked by the caller against the real times and re-armed. Cancellation
-    follows asyncio.timeout's protocol (cancelling/uncancel), so a cancel from anyone else
-    (the client left) is never swallowed.
-    """
-
-    __slots__ = ("_fired", "_handle", "_loop", "_reading", "_task", "_when")
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._handle: asyncio.TimerHandle | None = None
-        self._when: float | None = None
-        self._reading = False
-        self._fired = False
-
-    def at_most(self, when: float | None) -> None:
-        """Fire no later than `when` (None: no new deadline; an armed one stays)."""
-        if when is None or (self._when is not None and self._when <= when):
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-        self._when = when
-        self._handle = self._loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = self._when = None
-        self._fired = True
-        if self._reading:
-            self._task.cancel()
-
-    async def read(self, reader: aiohttp.StreamReader) -> bytes | None:
-        """The next chunk (b"" at the end), or None when the deadline passed first."""
-        if self._take():
-            return None
-        cancelling = self._task.cancelling()
-        self._reading = True
-        try:
-            return await reader.readany()
-        except asyncio.CancelledError:
-            # Ours (the deadline fired) and no other cancel pending: a deadline, not an end.
-            if self._take() and self._task.uncancel() <= cancelling:
-                return None
-            raise
-        finally:
-            self._reading = False
-
-    def _take(self) -> bool:
-        fired, self._fired = self._fired, False
-        return fired
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = self._when = None
-
-
 async def _timed_pump(
     request: web.Request,
     reader: aiohttp.StreamReader,
@@ -342,21 +296,45 @@ async def _timed_pump(
     loop = asyncio.get_running_loop()
     events = progress.events
     boundary = events.boundary
-    names = errors is not None and bool(errors.final_events)
+    ending = options.ending if sse else None
+    finals = options.ending_events
+    names = any(e is not None and e.final_events for e in (errors, finals if ending else None))
     last_byte = last_write = loop.time()
-    deadline = _ReadDeadline()
+    cut_at: float | None = None  # once ending: by when the event in progress must finish
+    deadline = ReadDeadline()
 
     def due() -> float | None:
         when = None if idle_limit is None else last_byte + idle_limit
         if keepalive is not None and boundary.at_boundary:
             ka_due = last_write + keepalive
             when = ka_due if when is None else min(when, ka_due)
+        if cut_at is not None:
+            when = cut_at if when is None else min(when, cut_at)
         return when
 
+    if ending is not None:
+        ending.subscribe(deadline.wake)
+        if ending.is_set():
+            deadline.wake()
     try:
         deadline.at_most(due())
         while True:
             chunk = await deadline.read(reader)
+            if ending is not None and ending.is_set():
+                if boundary.at_boundary:
+                    await _end_stream(request, resp, events, finals)
+                    return False
+                if cut_at is None:
+                    cut_at = loop.time() + ENDING_SECONDS
+                elif loop.time() >= cut_at:
+                    log.info(
+                        "%s %s: no event boundary within %g s of the drain deadline; cut",
+                        request.method,
+                        loggable_path(request.path),
+                        ENDING_SECONDS,
+                    )
+                    _close_client(request)
+                    return False
             if chunk is None:  # a deadline passed: check what is really due
                 now = loop.time()
                 if idle_limit is not None and now - last_byte >= idle_limit:
@@ -379,9 +357,30 @@ async def _timed_pump(
                 events.note_event_name(chunk)
             await resp.write(chunk)
             last_byte = last_write = loop.time()
+            if cut_at is not None and boundary.at_boundary:
+                await _end_stream(request, resp, events, finals)
+                return False
             deadline.at_most(due())
     finally:
+        if ending is not None:
+            ending.unsubscribe(deadline.wake)
         deadline.close()
+
+
+async def _end_stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    events: EventTracker,
+    finals: ErrorEvents | None,
+) -> None:
+    """The drain deadline, at an event boundary: say why the reply stops (unless it was
+    complete), then end the body cleanly (the terminating chunk, or the close)."""
+    if finals is not None and events.unfinished(finals):
+        await write_error_event(resp, *finals.restarting())
+    log.info("%s %s: ended at the drain deadline", request.method, loggable_path(request.path))
+    resp.force_close()
+    with contextlib.suppress(ConnectionError):
+        await resp.write_eof()
 
 
 def _end_idle(

@@ -8,10 +8,8 @@ import functools
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Final
-from urllib.parse import unquote
 
 import attrs
 from aiohttp import web
@@ -31,6 +29,8 @@ from beeflow.errors import (
 )
 from beeflow.health import provide
 from beeflow.nextcloud.users import USERS, NcUser
+from beeflow.proxy.buffers import BufferBudget, Buffered, pieces, read_whole
+from beeflow.proxy.cut import LINGER_BODY_BYTES, body_left, cut
 from beeflow.proxy.headers import (
     APPAPI,
     APPAPI_PREFIXES,
@@ -39,18 +39,33 @@ from beeflow.proxy.headers import (
     FORWARDING,
     HOP_BY_HOP,
     REQUEST_FRAMING,
+    EditHeaders,
+    confiner,
     filter_headers,
     refuse_encoded_body,
 )
-from beeflow.proxy.relay import RelayOptions, relay
+from beeflow.proxy.paths import forwarded_path_problem
+from beeflow.proxy.relay import Ending, RelayOptions, relay
 from beeflow.proxy.sse import ErrorEvents
-from beeflow.proxy.upstream import PoolSettings, UpstreamClient, outbound_body, upstream_client
+from beeflow.proxy.tokens import TokenCache
+from beeflow.proxy.upstream import (
+    NO_BODY,
+    OutboundBody,
+    PoolSettings,
+    UpstreamClient,
+    outbound_body,
+    upstream_client,
+)
 from beeflow.serde import iso_utc
 from beeflow.service_client import SERVICE_URL
-from beeflow.signing import mint_jwt, user_claims
+from beeflow.tenant.shared import refresh_key
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web import spa
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.draining import DRAINING
+from beeflow.web.responses import error_response
+from beeflow.web.routing import HARP, PHP, ROUTING, Routing
+from beeflow.web.security_headers import confined_policy
 from beeflow.web.shell import is_navigation, keyless_shell
 
 log = logging.getLogger(__name__)
@@ -63,15 +78,15 @@ METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 # PHP router matches case-insensitively; aiohttp decodes before routing).
 CONNECTOR_OWNED: Final = re.compile(
     r"^/(?:$|index\.html$|favicon\.ico$|bee-?flow-logo|assets(?:/|$)|js(?:/|$)|img(?:/|$)"
-    r"|setup(?:/|$)|heartbeat(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
-    r"|files-action(?:/|$)|hooks(?:/|$)|webhook(?:/|$)|nc(?:/|$))",
+    r"|setup(?:/|$)|heartbeat(?:/|$)|ready(?:/|$)|init(?:/|$)|enabled(?:/|$)|trigger(?:/|$)"
+    r"|files-action(?:/|$)|hooks(?:/|$)|webhook(?:/|$)|nc(?:/|$)|occ(?:/|$)|setup_checks$)",
     re.IGNORECASE,
 )
 _SLASHES: Final = re.compile(r"/{2,}")
 # The same paths as an aiohttp route pattern (`/{tail:...}`), for the refusal route.
 _OWNED_TAIL: Final = (
     r"(?i:(?:index\.html|favicon\.ico|bee-?flow-logo[^/]*|(?:assets|js|img|setup|heartbeat"
-    r"|init|enabled|trigger|files-action|hooks|webhook|nc)(?:/.*)?)?)"
+    r"|ready|init|enabled|trigger|files-action|hooks|webhook|nc|occ)(?:/.*)?|setup_checks)?)"
 )
 # The UI's @nextcloud/l10n asks for these; the service has no use for them: answered here with
 # no translations.
@@ -92,6 +107,8 @@ SOURCE: Final = "nextcloud-connector"
 # pooled connections are dropped after KEEPALIVE_SECONDS.
 POOL_SIZE: Final = 0  # no cap: aiohttp limit=0; idle connections still expire
 KEEPALIVE_SECONDS: Final = 10.0
+# A buffered body up to this size goes upstream as one bytes object (aiohttp warns above 1 MiB).
+INLINE_BODY_BYTES: Final = 1024 * 1024
 
 # Never to the service: the user's own credentials (their Nextcloud password in Basic auth, the
 # session cookies), the browser's context, what AppAPI/HaRP add (the AppAPI secret among them),
@@ -110,11 +127,14 @@ _DROP_PREFIXES: Final = (*APPAPI_PREFIXES, "x-beeflow-")
 _CLIENT: web.AppKey[UpstreamClient] = web.AppKey("service_proxy_client")
 _TOKENS: web.AppKey[TokenCache] = web.AppKey("service_proxy_tokens")
 _STATS: web.AppKey[ProxyStats] = web.AppKey("service_proxy_stats")
-_RELAY_OPTIONS: web.AppKey[RelayOptions] = web.AppKey("service_proxy_relay_options")
+# By routing (beeflow.web.routing): HARP streams, PHP gets the legacy framing.
+_RELAY_OPTIONS: web.AppKey[dict[str, RelayOptions]] = web.AppKey("service_proxy_relay_options")
+BUFFERS: web.AppKey[BufferBudget] = web.AppKey("service_proxy_buffers")
+_CONFINE: web.AppKey[EditHeaders] = web.AppKey("service_proxy_confine")
 
 STREAMING_LEGACY: Final = (
-    "Legacy mode: Nextcloud's PHP proxy delivers each reply whole, when it ends; streamed chat "
-    "replies need HaRP (Nextcloud 32+)."
+    "Nextcloud's PHP proxy: it delivers each reply whole, when it ends; streamed chat replies "
+    "need HaRP (Nextcloud 32+)."
 )
 STREAMING_HARP: Final = "HaRP: replies stream to the browser as the service sends them."
 
@@ -126,8 +146,9 @@ STREAMING_HARP: Final = "HaRP: replies stream to the browser as the service send
 class ProxyStats:
     """Counters for the heartbeat / setup status / doctor advisory fields (no I/O)."""
 
-    harp: bool
+    routing: Routing
     requests: int = 0
+    legacy_framed: int = 0  # requests that came through the PHP proxy (legacy framing)
     in_flight: int = 0
     upstream_errors: int = 0
     last_error: str | None = None
@@ -140,11 +161,12 @@ class ProxyStats:
 
     def health(self, trusted: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "streaming": STREAMING_HARP if self.harp else STREAMING_LEGACY,
+            "streaming": STREAMING_HARP if self.routing.expected() == HARP else STREAMING_LEGACY,
             "upstreamErrors": self.upstream_errors,
         }
         if trusted:
             out["requests"] = self.requests
+            out["legacyFramed"] = self.legacy_framed
             out["inFlight"] = self.in_flight
             out["lastError"] = self.last_error
             out["lastErrorAt"] = iso_utc(self.last_error_at)
@@ -152,47 +174,6 @@ class ProxyStats:
 
 
 # ------------------------------------------------------------------ identity
-
-
-@attrs.frozen
-class _Token:
-    facts: tuple[object, ...]
-    jwt: str
-    exp: float
-
-
-class TokenCache:
-    """Per-user JWTs, reused while more than half their lifetime is left and while the key and
-    the user's facts are unchanged. Bounded (least recently minted are dropped first)."""
-
-    def __init__(self, *, max_entries: int = 1024) -> None:
-        self._max = max_entries
-        self._tokens: OrderedDict[str, _Token] = OrderedDict()
-
-    def token(self, key: str, user: NcUser, ttl: int, *, now: float | None = None) -> str:
-        now = time.time() if now is None else now
-        facts = (key, user.email, user.display_name, user.is_admin, ttl)
-        hit = self._tokens.get(user.uid)
-        if hit is not None and hit.facts == facts and hit.exp - now > ttl / 2:
-            return hit.jwt
-        iat = int(now)
-        claims = user_claims(
-            uid=user.uid,
-            email=user.email,
-            name=user.display_name,
-            nc_admin=user.is_admin,
-            iat=iat,
-            ttl=ttl,
-        )
-        jwt = mint_jwt(key, claims)
-        self._tokens[user.uid] = _Token(facts, jwt, float(iat + ttl))
-        self._tokens.move_to_end(user.uid)
-        while len(self._tokens) > self._max:
-            self._tokens.popitem(last=False)
-        return jwt
-
-    def clear(self) -> None:
-        self._tokens.clear()
 
 
 # ------------------------------------------------------------------ request shaping
@@ -213,12 +194,12 @@ def target_url(base: URL, request: web.BaseRequest) -> URL:
     """The service URL for this request: base + the path and query exactly as received, then
     checked to still lie under the base URL."""
     raw_path = request.rel_url.raw_path
-    # Decoded once, with "\" read as "/" (browsers' and Node's URL parsers do, for http):
-    # "/api/..%2fauth" or "/api/..\admin" must not step out of /api/ at the service either.
-    if ("." in raw_path or "%" in raw_path) and any(
-        segment in (".", "..") for segment in unquote(raw_path).replace("\\", "/").split("/")
-    ):
-        raise BadRequest("Dot segments are not allowed in the path", code="bad_path")
+    # In every layer of its encoding, with "\\" read as "/" (browsers' and Node's URL parsers
+    # do, for http): "/api/..%2fauth", "/api/%252e%252e/x" or "/api/..;/admin" must not step out
+    # of where they point at the service (or at anything between it and us) either.
+    problem = forwarded_path_problem(raw_path)
+    if problem is not None:
+        raise BadRequest(problem[1], code=problem[0])
     base_path = _base_path(base)
     url = URL.build(
         scheme=base.scheme,
@@ -283,17 +264,25 @@ def _is_json(content_type: str) -> bool:
 _FINAL_EVENTS: Final = frozenset({b"done"})
 
 
-def relay_options(config: Config) -> RelayOptions:
-    """HaRP streams: keep-alive comments so HaRP and reverse proxies keep idle streams open.
-    Legacy: Nextcloud's PHP proxy buffers the whole reply and has no timeout, so never keep a
-    stream alive artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md,
-    "Legacy mode vs HaRP")."""
-    if config.harp:
-        return RelayOptions(keepalive_seconds=config.sse_keepalive_seconds)
+def relay_options(config: Config, *, streaming: bool, ending: Ending | None = None) -> RelayOptions:
+    """Streaming (HaRP, or anything but the PHP proxy): keep-alive comments so HaRP and reverse
+    proxies keep idle streams open, no idle cap. Legacy (a request that came through Nextcloud's
+    PHP proxy): it buffers the whole reply and has no timeout, so never keep a stream alive
+    artificially, cap its idle time, and send SSE close-delimited (docs/proxy.md, "Legacy mode
+    vs HaRP"). The routing is decided per request (beeflow.web.routing). Either way, a stream
+    still open at the drain deadline (`ending`) ends with an event saying the connector
+    restarts."""
+    events = ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS)
+    if streaming:
+        return RelayOptions(
+            keepalive_seconds=config.sse_keepalive_seconds, ending=ending, ending_events=events
+        )
     return RelayOptions(
         idle_limit_seconds=config.legacy_stream_idle_seconds,
         close_delimited_sse=True,
-        error_events=ErrorEvents(upstream_name=SERVICE_NAME, final_events=_FINAL_EVENTS),
+        error_events=events,
+        ending=ending,
+        ending_events=events,
     )
 
 
@@ -308,6 +297,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
     config = app[CONFIG]
     tenant = app[TENANT]
+    refresh_key(app)  # a key another replica provisioned or rotated
     key = tenant.key
     if not key:
         if is_navigation(request):
@@ -337,7 +327,22 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     jwt = app[_TOKENS].token(key, user, config.jwt_ttl_seconds)
     url = target_url(app[SERVICE_URL].url, request)
     headers = service_request_headers(request, config, tenant, user, jwt)
-    body = await outbound_body(request, buffer_when_unsized=_is_json)
+    buffered: Buffered | None = None
+    if request.body_exists and request.content_length is None and _is_json(request.content_type):
+        # AppAPI's PHP proxy sends JSON bodies chunked and the service wants a length: read
+        # whole, within what all users' and this user's bodies may hold at once.
+        try:
+            buffered = await read_whole(request, app[BUFFERS], uid)
+        except BeeflowError as exc:
+            if body_left(request) > LINGER_BODY_BYTES:
+                # The rest of a refused body is not drained: the connection goes.
+                return await cut(request, error_response(exc))
+            raise
+        data = buffered.take()
+        body = OutboundBody(data if len(data) <= INLINE_BODY_BYTES else pieces(data), len(data))
+        del data
+    else:
+        body = await outbound_body(request)
     stats = app[_STATS]
     stats.requests += 1
     stats.in_flight += 1
@@ -347,7 +352,17 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         except BeeflowError as exc:
             stats.failed(exc.instance_code)
             raise
-        return await relay(request, upstream, app[_RELAY_OPTIONS])
+        finally:
+            # Sent (or never will be): the bytes no longer count, nor stay referenced here.
+            body = NO_BODY
+            if buffered is not None:
+                buffered.release()
+        framing = app[ROUTING].framing(request)
+        if framing == PHP:
+            stats.legacy_framed += 1
+        return await relay(
+            request, upstream, app[_RELAY_OPTIONS][framing], edit_headers=app[_CONFINE]
+        )
     finally:
         stats.in_flight -= 1
 
@@ -376,8 +391,15 @@ def setup(app: web.Application) -> None:
     spa.locate(app, app[CONFIG].spa_dir)
     app.cleanup_ctx.append(_client_ctx)
     app[_TOKENS] = TokenCache()
-    app[_RELAY_OPTIONS] = relay_options(app[CONFIG])  # once, not per request
-    app[_STATS] = ProxyStats(harp=app[CONFIG].harp)
+    config = app[CONFIG]
+    ending = app[DRAINING].streams if DRAINING in app else None
+    app[_RELAY_OPTIONS] = {  # once, not per request
+        HARP: relay_options(config, streaming=True, ending=ending),
+        PHP: relay_options(config, streaming=False, ending=ending),
+    }
+    app[_STATS] = ProxyStats(routing=app[ROUTING])
+    app[_CONFINE] = confiner(confined_policy(config))
+    app[BUFFERS] = BufferBudget(config.api_buffer_bytes, config.api_buffer_user_bytes)
     provide(app, "serviceProxy", app[_STATS].health)
     for path in L10N_PATHS:
         add_route(app, "GET", path, _l10n, Access.USER)

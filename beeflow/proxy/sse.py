@@ -57,6 +57,13 @@ class ErrorEvents:
             f"{self.upstream_name} stopped in the middle of the reply; it is incomplete",
         )
 
+    def restarting(self) -> tuple[str, str]:
+        return (
+            "connector_restarting",
+            "The Nextcloud connector is restarting, so this reply ends here; send your message "
+            "again in a moment",
+        )
+
     def idle(self, seconds: float) -> tuple[str, str]:
         return (
             "upstream_idle",

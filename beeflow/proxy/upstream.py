@@ -64,14 +64,15 @@ REPLAYABLE_METHODS: Final = frozenset({"GET", "HEAD"})
 
 @attrs.frozen
 class OutboundBody:
-    """A request body for the upstream: nothing, bytes (replayable), or a one-shot stream."""
+    """A request body for the upstream: nothing, bytes (replayable; a bytearray read whole is
+    sent without a copy), or a one-shot stream."""
 
-    data: bytes | AsyncIterable[bytes] | None = None
+    data: bytes | bytearray | AsyncIterable[bytes] | None = None
     length: int | None = None
 
     @property
     def replayable(self) -> bool:
-        return self.data is None or isinstance(self.data, bytes)
+        return self.data is None or isinstance(self.data, bytes | bytearray)
 
 
 NO_BODY: Final = OutboundBody()
@@ -309,7 +310,7 @@ class UpstreamClient:
         name = self.settings.name
         data = body.data
         try:
-            if data is None or isinstance(data, bytes):
+            if data is None or isinstance(data, bytes | bytearray):
                 async with self._deadlines.within(self.settings.headers_timeout):
                     return await self.session.request(
                         method, url, headers=headers, data=data, allow_redirects=False

@@ -15,7 +15,9 @@ import attrs
 from aiohttp import web
 
 from beeflow.errors import BadRequest, TooManyRequests
+from beeflow.lease import FileWatch
 from beeflow.limits import RateLimiter
+from beeflow.setup.reachability import Reachability
 from beeflow.tasks import spawn
 from beeflow.tenant.wiring import BOOTSTRAPPER
 from beeflow.web.auth import IDENTITY
@@ -94,9 +96,14 @@ class SetupState:
     page: str
     script: bytes
     script_etag: str
+    saved: FileWatch  # setup-config.json, changed by another replica's save
     rebootstrap: Rebootstrap | None = None
     session: aiohttp.ClientSession | None = None
     loaded_from_file: bool = False
+    # The saved choice in force here (its savedAt): another replica's save changes the file.
+    applied_saved_at: float | None = None
+    # The last health check of each service URL (the status reports the one in force).
+    reachability: Reachability = attrs.field(factory=Reachability)
 
 
 STATE: web.AppKey[SetupState] = web.AppKey("setup_state")
@@ -155,8 +162,11 @@ PENDING_FIELDS: Final = (
 
 
 def busy(app: web.Application) -> bool:
-    """A provisioning run, a re-bootstrap or the picker's background re-bootstrap is running."""
+    """A provisioning run, a re-bootstrap or the picker's background re-bootstrap is running,
+    here or on another replica sharing the storage (it holds the tenant lease)."""
     boot = app.get(BOOTSTRAPPER)
     if boot is not None and boot.busy:
+        return True
+    if boot is not None and boot.lease is not None and boot.lease.held_elsewhere():
         return True
     return rebootstrap_of(app).state == "running"

@@ -244,18 +244,21 @@
       ] || s.activeSource;
     var tenant = s.tenant || {};
     var ts = $("tenant-status");
-    ts.textContent = tenantText(tenant);
+    // The server's verdict from the tenant AND the saved service's health check: "Connected"
+    // only when both are well.
+    var conn = s.connection || { state: "unknown", label: tenantText(tenant), detail: "" };
+    ts.textContent = conn.label;
     ts.className =
-      tenant.status === "ok" || tenant.previousKeyInUse
-        ? "state-ok"
-        : tenant.status === "failed"
-          ? "state-bad"
-          : "state-wait";
-    if (tenant.lastError && tenant.lastError.error) {
-      ts.title = tenant.lastError.error;
-    }
+      conn.state === "connected" ? "state-ok" : conn.state === "unreachable" || conn.state === "failed" ? "state-bad" : "state-wait";
+    ts.dataset.state = conn.state;
+    ts.title = conn.detail || (tenant.lastError && tenant.lastError.error) || "";
     $("fingerprint").textContent = tenant.fingerprint || "";
     renderTenant(tenant);
+    if (conn.state === "unreachable") {
+      // Look again (the server checks the service at most every 15 s) until it answers.
+      window.clearTimeout(state.timer);
+      state.timer = window.setTimeout(refresh, 15000);
+    }
     var transport = s.transport || {};
     $("transport").textContent = transport.demo
       ? "Demo stand-in proxy (streaming)"
@@ -266,6 +269,7 @@
     note.textContent = transport.note || "";
     note.hidden = !transport.note;
 
+    renderSignatures(((s.health || {}).ncCallbacks || {}).signatures || {});
     $("env-lock").hidden = !state.locked;
     $("env-url").textContent = s.envApiBaseUrl || "";
     if (!state.loaded) {
@@ -547,6 +551,32 @@
     });
   }
 
+  function renderSignatures(sigs) {
+    var box = $("require-v3");
+    var locked = sigs.requireV3Source === "env";
+    box.checked = !!sigs.requireV3;
+    box.disabled = locked || sigs.requireV3 === undefined || state.acting;
+    $("sig-lock").hidden = !locked;
+  }
+
+  function saveSignatures() {
+    var wanted = $("require-v3").checked;
+    return act("sig-result", "Saving\u2026", async function () {
+      var res = await call("POST", "setup/nc-signatures", { requireV3: wanted });
+      if (!res.ok || !res.data) {
+        show(failure(res), "error", "sig-result");
+        return;
+      }
+      show(
+        res.data.requireV3
+          ? "Only v3 signatures are accepted now."
+          : "v3 signatures and older ones are accepted now.",
+        "ok",
+        "sig-result"
+      );
+    });
+  }
+
   function start() {
     $("mode-cloud").addEventListener("change", syncInputs);
     $("mode-self").addEventListener("change", function () {
@@ -560,6 +590,7 @@
     $("request-code").addEventListener("click", requestCode);
     $("pair").addEventListener("click", applyPairing);
     $("rotate").addEventListener("click", rotateKey);
+    $("require-v3").addEventListener("change", saveSignatures);
     $("verify-code").addEventListener("keydown", function (event) {
       if (event.key === "Enter") {
         verifyCode();

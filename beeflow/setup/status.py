@@ -1,6 +1,6 @@
-"""GET /setup/status's answer: the service URL in force and where it came from, the transport,
-the tenant as the page needs it (never the key), the background re-bootstrap and every health
-field."""
+"""GET /setup/status's answer: the service URL in force, where it came from and whether it
+answers, the transport, the tenant as the page needs it (never the key), the connection state
+made of both, the background re-bootstrap and every health field."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from beeflow.health import TUNNEL_STATUS, collect
 from beeflow.service_client import SERVICE_URL
 from beeflow.setup import store
 from beeflow.setup.common import PENDING_FIELDS, busy, rebootstrap_of
+from beeflow.setup.reachability import connection, service_field
 from beeflow.tenant.failures import PAIRING_CATEGORIES
 from beeflow.tenant.records import unstructure
 from beeflow.tenant.state import PENDING_STATES, TENANT
 from beeflow.tenant.wiring import BOOTSTRAPPER
+from beeflow.web.routing import HARP, ROUTING
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +33,30 @@ DEFAULTS: Final = {
 }
 SCRIPT_PATH: Final = "/js/beeflow-setup.js"
 LEGACY_NOTE: Final = (
-    "Legacy mode (no HaRP): Nextcloud's PHP proxy delivers each reply whole, when it ends, so chat "
+    "Nextcloud's PHP proxy (no HaRP) delivers each reply whole, when it ends, so chat "
     "replies appear all at once instead of word by word. Streaming needs HaRP (Nextcloud 32+)."
 )
-HARP_NOTE: Final = "HaRP mode: replies stream to the browser as they are written."
+HARP_NOTE: Final = "HaRP: replies stream to the browser as they are written."
 DEMO_NOTE: Final = "Demo mode: the built-in stand-in proxy streams replies as HaRP would."
 
 
 def _transport(app: web.Application) -> dict[str, Any]:
+    """`mode` is the transport (HaRP's tunnel or TCP); `streaming` and the note follow the
+    routing the requests show (HaRP direct connect and Kubernetes stream over TCP), and
+    `routing` says what was seen (beeflow.web.routing)."""
     config = app[CONFIG]
-    harp = config.harp
-    out: dict[str, Any] = {"mode": "harp" if harp else "legacy", "streaming": harp}
+    routing = app[ROUTING]
+    streaming = routing.expected() == HARP
+    out: dict[str, Any] = {
+        "mode": "harp" if config.harp else "legacy",
+        "streaming": streaming,
+        "routing": routing.health(True),
+    }
     if config.demo:
         out["demo"] = True
         out["note"] = DEMO_NOTE
     else:
-        out["note"] = HARP_NOTE if harp else LEGACY_NOTE
+        out["note"] = HARP_NOTE if streaming else LEGACY_NOTE
     tunnel = app.get(TUNNEL_STATUS)
     if tunnel is not None:
         try:
@@ -112,9 +122,13 @@ def _parse_time(value: Any) -> float | None:
         return None
 
 
-def status_body(app: web.Application) -> dict[str, Any]:
+def status_body(app: web.Application, check: dict[str, Any]) -> dict[str, Any]:
+    """The status, with `check` the health check of the service in force (setup.probe's
+    answer): `service` says whether it answers, `connection` what the page shows."""
     api_base = app[SERVICE_URL]
     choice = store.load(app[CONFIG].persistent_storage)
+    tenant = _tenant(app)
+    service = service_field(check)
     return {
         "envOverridden": api_base.locked,
         "envApiBaseUrl": str(api_base.url) if api_base.locked else None,
@@ -124,7 +138,9 @@ def status_body(app: web.Application) -> dict[str, Any]:
         "cloudUrl": CLOUD_URL,
         "defaults": DEFAULTS,
         "transport": _transport(app),
-        "tenant": _tenant(app),
+        "service": service,
+        "tenant": tenant,
+        "connection": connection(tenant, service),
         "rebootstrap": rebootstrap_of(app).snapshot(),
         "health": collect(app, True),
     }

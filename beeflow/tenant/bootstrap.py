@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from yarl import URL
 
 from beeflow import storage
 from beeflow.config import Config
+from beeflow.lease import LeaseHolder
 from beeflow.nextcloud.client import NextcloudClient
 from beeflow.redact import REDACTOR
 from beeflow.serde import iso_utc
@@ -21,7 +23,7 @@ from beeflow.tasks import Slot
 from beeflow.tenant.discovery import Admin, Discovery, NcMeta, header_safe
 from beeflow.tenant.failures import REMEDIATION, SERVICE_CODES, BootstrapFailed, categorise
 from beeflow.tenant.pairing import mask_pairing_code
-from beeflow.tenant.pending import BOOTSTRAP_PATH, PendingVerification
+from beeflow.tenant.pending import BOOTSTRAP_PATH, PendingVerification, parse_iso_utc
 from beeflow.tenant.records import ErrorRecord, KeyRecord
 from beeflow.tenant.state import PENDING_STATES, TenantState
 from beeflow.tenant.store import ERROR_FILE, KEY_FILE, PENDING_FILE, TenantStore
@@ -62,6 +64,10 @@ class Bootstrapper:
         self.pending = PendingVerification(
             state, store, service, self.lock, apply_key=self.apply_key, fail=self.record_failure
         )
+        # Replicas on one storage (docs/deployments.md): the lease only one of them provisions
+        # under, and what re-reads the files another one wrote (wiring sets both).
+        self.lease: LeaseHolder | None = None
+        self.reread: Callable[[], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -82,9 +88,37 @@ class Bootstrapper:
             return
         if state.status in PENDING_STATES and not self.pending.expired():
             return
-        task = self.run.task if self.run.running else self.run.start(self.provision())
+        task = self.run.task if self.run.running else self.run.start(self._as_the_one())
         assert task is not None
         await asyncio.shield(task)
+
+    async def _as_the_one(self) -> None:
+        """Provision as the one replica that does: under the tenant lease (waiting while another
+        replica provisions), after reading what it left. A key or a verification it obtained
+        ends the matter; a failure it recorded while we waited is not repeated at once, but at
+        the retry time it set."""
+        if self.lease is None:
+            await self.provision()
+            return
+        async with self.lease.hold():
+            before = self.state.last_error
+            if self.reread is not None:
+                self.reread()
+            state = self.state
+            if state.key or (state.status in PENDING_STATES and not self.pending.expired()):
+                return
+            error = state.last_error
+            if self.lease.waited and error is not None and error != before:
+                self._retry_at(error.next_retry_at)
+                return
+            await self.provision()
+
+    def _retry_at(self, when: str | None) -> None:
+        """Another replica failed just now: retry when it would have (its backoff)."""
+        due = parse_iso_utc(when)
+        delay = self.retry_base if due is None else max(1.0, due - time.time())
+        if not self.retry.running:
+            self.retry.start(self._retry_after(delay))
 
     # -- one provisioning run
 
@@ -237,11 +271,12 @@ class Bootstrapper:
         if not state.key:
             state.status = "failed"
         log.warning(
-            "tenant bootstrap failed (%s, %s): %s; retrying in %ds",
+            "tenant bootstrap failed (%s, %s): %s; retrying in %ds. Fix: %s",
             category,
             failure.phase,
             failure.message,
             int(delay),
+            record.remediation,
         )
         try:
             await self.store.save_error(record)
@@ -278,7 +313,7 @@ class Bootstrapper:
             state.provisioned_at = record.provisioned_at
             state.source, state.status = "cache", "ok"
             self.pairing_code = None  # BEEFLOW_PAIRING_CODE is for the first bootstrap only
-            self._pin_service_url()
+            self.pin_service_url()
             await asyncio.to_thread(self.store.remove, ERROR_FILE)
             log.info("tenant key loaded from %s (fingerprint %s)", KEY_FILE, state.fingerprint)
             pending = await asyncio.to_thread(self.store.load_pending)
@@ -305,7 +340,7 @@ class Bootstrapper:
             state.last_error = last
             state.status = "failed"
 
-    def _pin_service_url(self) -> None:
+    def pin_service_url(self) -> None:
         """A cached binding pins the service URL unless the env sets one, so a changed default
         cannot silently move the connector and mint a second organisation (docs/lifecycle.md,
         "Tenant key sources and files")."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Final
 
 from beeflow import storage
+from beeflow.envparse import MIN_TENANT_KEY_LENGTH
 from beeflow.tenant.records import ErrorRecord, KeyRecord, PendingRecord, structure, unstructure
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ KEY_FILE: Final = "tenant-key.json"
 PENDING_FILE: Final = "pending-bootstrap.json"
 ERROR_FILE: Final = "bootstrap-last-error.json"
 PREVIOUS_FILE: Final = "tenant-key.previous.json"
-MIN_KEY_LENGTH: Final = 16
+MIN_KEY_LENGTH: Final = MIN_TENANT_KEY_LENGTH
 
 
 class TenantStore:

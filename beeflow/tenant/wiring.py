@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator
+from typing import Final
 
 from aiohttp import web
 
 from beeflow.config import Config
 from beeflow.health import provide
+from beeflow.lease import LEASES
 from beeflow.nextcloud.client import NextcloudClient
 from beeflow.phases import InitPhase, add_phase
 from beeflow.service_client import ServiceClient
@@ -17,10 +19,12 @@ from beeflow.tenant.bootstrap import Bootstrapper
 from beeflow.tenant.discovery import host_instance_id
 from beeflow.tenant.health import tenant_health
 from beeflow.tenant.rotation import Rotation
+from beeflow.tenant.shared import TENANT_FILES, TenantFiles
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.tenant.store import TenantStore
 
 BOOTSTRAPPER: web.AppKey[Bootstrapper] = web.AppKey("bootstrapper")
+TENANT_LEASE: Final = "tenant"  # held while provisioning or re-provisioning
 ROTATION: web.AppKey[Rotation] = web.AppKey("rotation")
 
 
@@ -61,6 +65,10 @@ def install(
         boot.pairing_code = config.pairing_code
     app[BOOTSTRAPPER] = boot
     app[ROTATION] = Rotation(boot)
+    # Replicas on one storage: one provisions at a time, all re-read what it wrote.
+    files = app[TENANT_FILES] = TenantFiles(boot)
+    boot.lease = app[LEASES].get(TENANT_LEASE) if LEASES in app else None
+    boot.reread = files.reload
     # Skipped when the key is explicit or cached; a failure is recorded, retried with backoff
     # and shown in the heartbeat, but does not fail the install.
     add_phase(app, InitPhase("bootstrap", 25, boot.ensure))
@@ -68,7 +76,10 @@ def install(
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await boot.load()
+        files.mark()
+        files.start()
         yield
+        await files.stop()
         await boot.close()
 
     app.cleanup_ctx.append(ctx)

@@ -21,8 +21,9 @@ HAProxy in front of HaRP refuses heads over 16 KiB anyway, so a cap of 32 KiB co
 
 How the delegate tells head bytes from body bytes: the handler queues each request it parsed
 (head complete) with its body's StreamReader; while that body is unfinished, bytes are body
-bytes (not counted; a Content-Length body is fed exactly up to its end), otherwise they are head
-bytes, fed to the parser in slices of HEAD_SLICE so a finished head is noticed within one slice.
+bytes (not counted; a Content-Length body is fed exactly up to its end; a body the parser holds
+back while the handler has not read it yet is unfinished too), otherwise they are head bytes,
+fed to the parser in slices of HEAD_SLICE so a finished head is noticed within one slice.
 The queue is the handler's `_messages` deque: the one private aiohttp attribute read here
 (pyproject pins aiohttp's range; tests/transports/test_guard.py pins the behaviour).
 """
@@ -30,7 +31,6 @@ The queue is the handler's `_messages` deque: the one private aiohttp attribute 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from collections import deque
@@ -40,6 +40,9 @@ from typing import Any, Final
 from aiohttp import StreamReader, web
 from aiohttp.web_protocol import RequestHandler
 from yarl import URL
+
+from beeflow.limits import Interval
+from beeflow.transports.answers import answer, answering
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +54,6 @@ HEAD_SLICE: Final = 4096
 LINGER_SECONDS: Final = 1.0
 # Refused connections lingering at once; beyond this they are closed without an answer.
 MAX_LINGERING: Final = 256
-
-_SECURITY_HEADERS: Final = (
-    ("Content-Type", "application/json; charset=utf-8"),
-    ("Cache-Control", "no-store"),
-    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-    ("X-Robots-Tag", "noindex, nofollow"),
-    ("X-Permitted-Cross-Domain-Policies", "none"),
-    ("Connection", "close"),
-)
-
-
-def answer(status: int, reason: str, code: str, message: str, **extra: str) -> bytes:
-    """A complete HTTP/1.1 JSON error answer, as the error middleware would write it."""
-    body = json.dumps({"code": code, "error": message}).encode()
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    lines += [f"{name}: {value}" for name, value in _SECURITY_HEADERS]
-    lines += [f"{name}: {value}" for name, value in extra.items()]
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
 
 TOO_MANY_CONNECTIONS: Final = answer(
     503,
@@ -105,6 +86,9 @@ class ConnectionGuard:
         self.open = 0
         self.refused = 0
         self.heads_refused = 0
+        # One log line a minute at most for refused heads (a flood must not flood the log).
+        self._log_interval = Interval(60.0)
+        self._unlogged = 0
         self._lingering: set[_Refusal] = set()
         # Connections with an unfinished head, and when its first byte arrived (insertion order
         # is time order). One timer for all of them, armed only while there are any: a head that
@@ -134,6 +118,16 @@ class ConnectionGuard:
             del self._slow[conn]
             conn.refuse(HEAD_TIMEOUT, "request head not complete within %gs", self.head_timeout)
 
+    def _note(self, why: str) -> None:
+        if not self._log_interval.ready():
+            self._unlogged += 1
+            return
+        more, self._unlogged = self._unlogged, 0
+        if more:
+            log.info("%s; closing the connection (%d more since the last such line)", why, more)
+        else:
+            log.info("%s; closing the connection", why)
+
     def factory(self, server: web.Server) -> Callable[[], asyncio.BaseProtocol]:
         """The protocol factory for loop.create_server()."""
 
@@ -141,7 +135,7 @@ class ConnectionGuard:
             if self.open >= self.max_connections:
                 self.refused += 1
                 return _Refusal(self, TOO_MANY_CONNECTIONS)
-            return _Guarded(self, server())
+            return _Guarded(self, answering(server()))
 
         return make
 
@@ -291,6 +285,11 @@ class _Guarded(asyncio.Protocol):
             head = len(piece)
             if body is not None:
                 head -= body.total_bytes - delivered
+                if not body.is_eof():
+                    # Still inside the body. aiohttp's parser pauses while the body's buffer
+                    # is full and keeps the rest of the piece until the handler reads, so
+                    # total_bytes lags what arrived: those bytes are body bytes too.
+                    head = 0
             if new > 0:
                 parsed = True
                 self._seen += new
@@ -334,7 +333,7 @@ class _Guarded(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        log.info("%s; closing the connection", why % limit)
+        self._guard._note(why % limit)
         if self._seen:
             # A response under way gets LINGER_SECONDS to finish (aiohttp's close() ends the
             # connection after it, but leaves an idle one open), then the connection closes.

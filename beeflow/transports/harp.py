@@ -41,9 +41,11 @@ def stop_budget(config: Config) -> float:
 
 
 def shutdown_budget(config: Config) -> float:
-    """SIGTERM to exit, at most: the drain (BEEFLOW_SHUTDOWN_GRACE_SECONDS) plus stop_budget().
-    The image keeps it under `docker stop`'s 10 s with a margin (tests/ops/test_image.py)."""
-    return config.shutdown_grace_seconds + stop_budget(config)
+    """SIGTERM to exit, at most: the pre-stop delay (BEEFLOW_PRESTOP_SECONDS, 0 by default), the
+    drain (BEEFLOW_SHUTDOWN_GRACE_SECONDS, streams ended at its deadline included) plus
+    stop_budget(). The image keeps it under `docker stop`'s 10 s with a margin
+    (tests/ops/test_image.py)."""
+    return config.prestop_seconds + config.shutdown_grace_seconds + stop_budget(config)
 
 
 def _unflushed(conn: RequestHandler) -> bool:

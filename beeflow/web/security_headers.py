@@ -21,6 +21,14 @@ def frame_ancestors(config: Config) -> str:
     return "frame-ancestors 'self' " + " ".join(origins)
 
 
+def confined_policy(config: Config) -> str:
+    """The policy of every answer a proxy relays from an upstream onto Nextcloud's origin (the
+    service's, and Nextcloud's own on /nc): nothing in it may run script, load anything, submit
+    a form or act as Nextcloud's origin (`sandbox` gives it an opaque one), and it may be framed
+    only where the connector's own pages may (docs/security.md, "Browser-facing protections")."""
+    return "default-src 'none'; sandbox; " + frame_ancestors(config)
+
+
 _CSP: web.AppKey[str] = web.AppKey("csp")
 
 

@@ -17,6 +17,7 @@ from yarl import URL
 
 from beeflow.config import CONFIG
 from beeflow.web import spa
+from beeflow.web.routing import ROUTING
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def _read_shell(path: Path | None) -> bytes:
 async def keyless_shell(app: web.Application, request: web.BaseRequest) -> web.Response:
     """The UI shell while the connector cannot proxy yet: the SPA renders its own notice. The
     bundled UI comes from where beeflow.web.spa found it (an installed wheel's share/ too)."""
-    index = spa.index_for(app.get(spa.SPA_DIR), request, app[CONFIG].harp)
+    index = spa.index_for(app.get(spa.SPA_DIR), app[ROUTING].streaming(request))
     body = await asyncio.to_thread(_read_shell, index)
     return web.Response(
         body=body,

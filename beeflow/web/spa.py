@@ -51,22 +51,20 @@ def builds(root: Path) -> dict[str, Path] | None:
     return None
 
 
-def build_for(request: web.BaseRequest, harp: bool) -> str:
-    """The build whose baked prefix matches how this request came in: Nextcloud's PHP proxy
-    always adds `X-Origin-IP` (and drops the client's); HaRP's /exapps/ route adds none."""
-    if harp and "X-Origin-IP" not in request.headers:
-        return EXAPPS_BUILD
-    return PROXY_BUILD
+def build_for(streaming: bool) -> str:
+    """The build whose baked prefix matches how the request came in (beeflow.web.routing):
+    through HaRP's /exapps/ route, or through Nextcloud's PHP proxy."""
+    return EXAPPS_BUILD if streaming else PROXY_BUILD
 
 
-def index_for(directory: Path | None, request: web.BaseRequest, harp: bool) -> Path | None:
-    """The bundled UI's index.html for this request (the build matching its routing when the
-    UI was built once per prefix), or None without a UI."""
+def index_for(directory: Path | None, streaming: bool) -> Path | None:
+    """The bundled UI's index.html for a request routed as `streaming` says (the build
+    matching its routing when the UI was built once per prefix), or None without a UI."""
     if directory is None:
         return None
     per_prefix = builds(directory)
     if per_prefix is not None:
-        directory = per_prefix[build_for(request, harp)]
+        directory = per_prefix[build_for(streaming)]
     return directory / "index.html"
 
 

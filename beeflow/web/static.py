@@ -20,6 +20,7 @@ from beeflow.errors import BeeflowError, NotFound
 from beeflow.web import shell, spa
 from beeflow.web.auth import Access, add_route
 from beeflow.web.responses import Handler
+from beeflow.web.routing import ROUTING
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ async def send_file(request: web.Request, path: Path, cache_control: str) -> web
 def _root(request: web.Request) -> SpaRoot:
     builds = request.app.get(_BUILDS)
     if builds:
-        return builds[spa.build_for(request, request.app[CONFIG].harp)]
+        return builds[spa.build_for(request.app[ROUTING].streaming(request))]
     return request.app[_ROOT]
 
 

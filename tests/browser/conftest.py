@@ -11,8 +11,15 @@ from typing import Any
 import attrs
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
+from beeflow.app import make_app
+from beeflow.config import Config
+from beeflow.demo import DEMO_TENANT_KEY, Demo
+from beeflow.setup import store
 from tests.demo.stack import DemoStack, start_demo_stack
+from tests.fakes.service import FakeService
+from tests.fakes.service_control import ServiceControl
 
 CHROMIUM = os.environ.get("BEEFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -101,3 +108,76 @@ async def stack() -> AsyncIterator[DemoStack]:
 def shot_path(name: str) -> str:
     ARTIFACTS.mkdir(exist_ok=True)
     return str(ARTIFACTS / name)
+
+
+# ------------------------------------------------------------------ the UI against the strict fake
+
+# The two widths every UI screenshot is taken at.
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 380, "height": 720}
+
+
+@attrs.define
+class StrictStack:
+    """The demo's stand-in Nextcloud and the real connector in front of the strict fake of the
+    Bee Flow service (tests/fakes/service.py) instead of the demo's stand-in service."""
+
+    demo: Demo
+    service: FakeService
+    runner: web.AppRunner
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        await self.demo.stop()
+        await self.service.stop()
+
+
+async def start_strict_stack() -> StrictStack:
+    service = FakeService(control=ServiceControl(verify_key=DEMO_TENANT_KEY))
+    await service.start()
+    demo = Demo(delay=0.0)
+    try:
+        env = await demo.start()
+        store.save(Path(env["APP_PERSISTENT_STORAGE"]), "self-hosted", str(service.url))
+        config = attrs.evolve(Config.from_env(env), demo=True)
+        runner = web.AppRunner(make_app(config, run_at_boot=False), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, config.app_host, config.app_port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+    except BaseException:
+        await demo.stop()
+        await service.stop()
+        raise
+    return StrictStack(demo, service, runner)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def strict_stack() -> AsyncIterator[StrictStack]:
+    running = await start_strict_stack()
+    yield running
+    await running.close()
+
+
+async def sideways_overflow(page: Any) -> float:
+    """How far the page scrolls sideways (0 when everything fits the viewport)."""
+    return float(
+        await page.evaluate(
+            "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+    )
+
+
+async def shots(page: Any, name: str) -> None:
+    """`<name>-desktop.png` at 1280 px and `<name>-phone.png` at 380 px, checking that nothing
+    scrolls sideways on the phone; the viewport is left as it was."""
+    before = page.viewport_size
+    await page.set_viewport_size(DESKTOP)
+    await page.screenshot(path=shot_path(f"{name}-desktop.png"))
+    await page.set_viewport_size(PHONE)
+    await page.screenshot(path=shot_path(f"{name}-phone.png"))
+    assert await sideways_overflow(page) <= 0, f"{name}: scrolls sideways at 380 px"
+    if before:
+        await page.set_viewport_size(before)

@@ -113,18 +113,20 @@ async def test_chat_reply_renders_progressively(browser: Any, stack: DemoStack) 
     await page.wait_for_function("() => document.body.dataset.conversation === 'demo-1'")
     assert await reply.get_attribute("data-state") == "waiting"
     assert await text.text_content() == ""
-    assert await page.input_value("#title") == message.split(",")[0] + ", please"
+    assert await page.text_content("#conv-title") == message.split(",")[0] + ", please"
     assert await page.is_disabled("#send")
 
     gate.release()
     await page.wait_for_selector('.msg-assistant[data-chunks="1"]')
-    assert await text.text_content() == pieces[0]
+    # Rendered as Markdown: a paragraph, its trailing space dropped.
+    assert await text.text_content() == pieces[0].rstrip()
+    assert await text.locator("p").count() == 1
     assert await reply.get_attribute("data-state") == "streaming"
 
     gate.release()
     gate.release()
     await page.wait_for_selector('.msg-assistant[data-chunks="3"]')
-    assert await text.text_content() == "".join(pieces[:3])
+    assert await text.text_content() == "".join(pieces[:3]).rstrip()
     assert await reply.get_attribute("data-state") == "streaming"
     await page.screenshot(path=shot_path("chat-streaming.png"))
 
@@ -148,10 +150,10 @@ async def test_rename_uses_post_with_method_override(browser: Any, stack: DemoSt
     await page.fill("#message", "hello")
     await page.press("#message", "Enter")
     await page.wait_for_selector('.msg-assistant[data-state="done"]')
-    await page.fill("#title", "Weekly plan")
-    await page.click("#rename")
+    await rename_to(page, "Weekly plan")
     await page.wait_for_selector('#notice:text("Conversation renamed.")')
     assert service.conversations == {"demo-1": "Weekly plan"}
+    assert await page.text_content("#conv-title") == "Weekly plan"
     renames = [r for r in seen if "/ai/direct/conversations/" in r.url]
     assert [(r.method, r.headers.get("x-http-method-override")) for r in renames] == [
         ("POST", "PATCH")
@@ -170,6 +172,13 @@ async def test_rename_uses_post_with_method_override(browser: Any, stack: DemoSt
     await context.close()
 
 
+async def rename_to(page: Any, title: str) -> None:
+    """Rename the open conversation through the UI: Rename, type, Save."""
+    await page.click("#rename")
+    await page.fill("#title", title)
+    await page.click("#rename-save")
+
+
 async def test_failed_reply_is_shown_not_blank(browser: Any, stack: DemoStack) -> None:
     """Reference 3.5: every transport failure used to look like an empty answer."""
     context, page, _console, _ = await open_ui(browser, stack, "legacy")
@@ -182,6 +191,12 @@ async def test_failed_reply_is_shown_not_blank(browser: Any, stack: DemoStack) -
     text = await page.locator(".msg-assistant .text").text_content() or ""
     assert text.startswith("Could not send:")
     assert "[upstream_unreachable]" in text or "[upstream" in text
+    # The failed send re-checked the connection: the pill says it, Send waits for it.
+    await page.wait_for_selector('#conn[data-state="degraded"]')
+    assert await page.is_disabled("#send")
+    assert await page.is_visible("#recheck")
+    # Nothing lost: the message is back in the composer.
+    assert await page.input_value("#message") == "anyone there?"
     await page.click("#recheck")
     await page.wait_for_selector('#conn[data-state="degraded"]')
     await page.screenshot(path=shot_path("chat-service-down.png"))
@@ -270,7 +285,13 @@ async def pill(page: Any) -> tuple[str, str, str, str]:
 
 
 async def recheck(page: Any) -> tuple[str, str, str, str]:
-    await page.click("#recheck")
+    """Check the connection again: with Retry when it is shown (not connected); while
+    connected there is no Retry, so the check the UI runs when a tab is shown again."""
+    if await page.is_visible("#recheck"):
+        await page.click("#recheck")
+    else:
+        assert await page.get_attribute("#conn", "data-state") == "connected"
+        await page.evaluate("() => window.BeeFlowUI.checkConnection()")
     return await pill(page)
 
 
@@ -398,7 +419,10 @@ CHAT_FAILURES = [
         503,
         TENANT_MISSING,
         None,
-        "Could not send: " + NOT_SET_UP + " [tenant_key_missing]",
+        # The answer links administrators to the setup page (test_admin_pages.py).
+        "Could not send: "
+        + NOT_SET_UP
+        + " [tenant_key_missing] Administrators: open the setup page",
         False,
     ),
     (
@@ -488,8 +512,7 @@ async def test_rename_failure_says_why(browser: Any, stack: DemoStack) -> None:
         "**/ai/direct/conversations/*",
         fulfil(404, "<html><body>Page not found</body></html>"),
     )
-    await page.fill("#title", "Weekly plan")
-    await page.click("#rename")
+    await rename_to(page, "Weekly plan")
     await page.wait_for_selector("#notice button.reload")
     assert await page.get_attribute("#notice", "data-kind") == "error"
     assert await page.text_content("#notice") == "Rename failed: " + SESSION + " Reload"
@@ -500,7 +523,7 @@ async def test_rename_failure_says_why(browser: Any, stack: DemoStack) -> None:
         "**/ai/direct/conversations/*",
         fulfil(400, {"code": "invalid_body", "error": "The title is too long"}),
     )
-    await page.click("#rename")
+    await page.click("#rename-save")  # the form stays open after a failure
     await page.wait_for_selector('#notice:text("Rename failed: The title is too long")')
     assert (
         await page.text_content("#notice") == "Rename failed: The title is too long [invalid_body]"
@@ -539,8 +562,7 @@ async def test_chat_round_trip_against_the_strict_fake_service(browser: Any) -> 
         chat = service.last("/ai/chat/direct/stream")
         assert (chat.auth, chat.user_email) == ("ok", "admin@demo.invalid")
         assert json.loads(chat.body)["message"] == "Which routes?"
-        await page.fill("#title", "Routes")
-        await page.click("#rename")
+        await rename_to(page, "Routes")
         await page.wait_for_selector('#notice:text("Conversation renamed.")')
         rename = service.last("/ai/direct/conversations/c-77")
         assert (rename.method, json.loads(rename.body)) == ("PATCH", {"title": "Routes"})

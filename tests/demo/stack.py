@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -13,6 +14,7 @@ from yarl import URL
 from beeflow.app import make_app
 from beeflow.config import Config
 from beeflow.demo import Demo
+from beeflow.lifecycle import pipeline
 
 
 @attrs.define
@@ -49,6 +51,13 @@ async def start_demo_stack(
                 session.get(demo.url + "heartbeat") as resp,
             ):
                 assert resp.status == 200
+            up = time.monotonic() - started
+            # The boot run (tenant, UI, webhooks) talks to the stand-in Nextcloud: let it end
+            # before the test, so no call of it is in flight when the stand-ins stop.
+            run = pipeline(app).run_info
+            deadline = time.monotonic() + 10
+            while run.state in ("idle", "running") and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
         except BaseException:
             await runner.cleanup()
             raise
@@ -56,4 +65,4 @@ async def start_demo_stack(
         await demo.stop()
         raise
     url = URL.build(scheme="http", host=config.app_host, port=config.app_port)
-    return DemoStack(demo, config, app, runner, url, time.monotonic() - started)
+    return DemoStack(demo, config, app, runner, url, up)

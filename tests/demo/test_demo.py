@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from beeflow.config import Config
 from beeflow.demo import DEMO_TENANT_KEY, Demo
@@ -191,6 +193,87 @@ async def test_setup_works_against_the_stand_ins(stack: DemoStack) -> None:
         ) as resp:
             assert resp.status == 200
     assert stack.app[SERVICE_URL].source == "setup"
+
+
+# Health states that mean a part of the connector does not work.
+BAD_STATES = frozenset({"failed", "paused", "exited", "retrying", "unreachable"})
+
+
+def failed_parts(health: dict[str, Any], where: str = "") -> list[str]:
+    """Every part of a health answer that reports a failure: a bad `state`, an error text, or
+    a registration that did not happen."""
+    found: list[str] = []
+    for name, value in health.items():
+        path = f"{where}.{name}" if where else name
+        if isinstance(value, dict):
+            found += failed_parts(value, path)
+            continue
+        bad_state = name == "state" and value in BAD_STATES
+        error = name in ("lastError", "error") and bool(value)
+        unregistered = where == "ui" and value != "registered"
+        if bad_state or error or unregistered:
+            found.append(f"{path}={value}")
+    return found
+
+
+async def test_the_demo_shows_a_healthy_connector(
+    caplog: pytest.LogCaptureFixture, stack: DemoStack
+) -> None:
+    """Every part of the demo's health is well: the stand-in Nextcloud answers every call the
+    connector makes (the user sync reads the accounts as the admin), and nothing is logged as
+    a warning or worse."""
+    caplog.set_level(logging.INFO)
+    demo = stack.demo
+    async with aiohttp.ClientSession() as session:
+        # One reconciliation run to its end (the boot run may still be on its way).
+        async with session.post(demo.url + "webhook/user-sync?wait=1") as resp:
+            assert resp.status == 200
+            sync = await resp.json()
+        assert sync["state"] in ("baseline", "ok"), sync
+        assert sync["usersSeen"] == 1
+        async with session.get(demo.url + "heartbeat") as resp:
+            heartbeat = await resp.json()
+        async with session.get(demo.url + "setup/status") as resp:
+            status = await resp.json()
+    assert heartbeat["status"] == "ok"
+    assert heartbeat["init"] == {"state": "done", "progress": 100}
+    assert heartbeat["userSync"]["readAs"] == "admin"  # details only shown to an admin
+    assert failed_parts(heartbeat) == []
+    assert failed_parts(status["health"]) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+
+
+def test_failed_parts_finds_each_kind_of_failure() -> None:
+    health = {
+        "status": "ok",
+        "userSync": {"state": "failed", "lastError": "user details as admin: HTTP 404"},
+        "ui": {"top-menu": "registered", "embed script": "failed"},
+        "tunnel": {"state": "running"},
+        "serviceProxy": {"lastError": None},
+    }
+    assert failed_parts(health) == [
+        "userSync.state=failed",
+        "userSync.lastError=user details as admin: HTTP 404",
+        "ui.embed script=failed",
+    ]
+
+
+async def test_the_root_without_its_slash_redirects_to_the_slash_form(stack: DemoStack) -> None:
+    """The demo's front sees the missing slash (Nextcloud and HaRP hand the connector `/`
+    either way; the bundled page explains it there: tests/browser/test_trailing_slash.py)."""
+    demo = stack.demo
+    async with aiohttp.ClientSession() as session:
+        for root in (demo.url, demo.harp_url):
+            bare = root.rstrip("/")
+            for method in ("GET", "POST"):
+                async with session.request(method, bare + "?a=1&b", allow_redirects=False) as resp:
+                    assert resp.status == 308
+                    assert resp.headers["Location"] == URL(bare).path + "/?a=1&b"
+            async with session.get(bare) as resp:
+                assert resp.status == 200
+                assert str(resp.url) == root
+                assert "<title>Bee Flow</title>" in await resp.text()
 
 
 async def test_front_reports_a_down_connector_like_nextcloud(stack: DemoStack) -> None:

@@ -27,6 +27,8 @@ passes) but is not logged in, so login-required OCS routes answer 997 without co
 login; reading another user's info without being their admin or subadmin answers OCS 998 (HTTP
 404 on v2); `cloud/users/details` pages through users for admins and subadmins.
 
+webhook_listeners is tests/fakes/webhook_listeners.py (`fake.webhook_listeners`).
+
 Extension: pass `extra_routes=[web.RouteDef...]` (or call `add_routes` before `start`) to add
 endpoints; handlers can call `fake.check_appapi(request)` to authenticate exactly like this fake.
 """
@@ -47,18 +49,15 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from tests.fakes.nextcloud_appapi import AppApiSurfaces
+from tests.fakes.webhook_listeners import FakeWebhookListeners
+
 EVENTS_LISTENER_CONTROLLER_ERROR = (
     "Could not resolve OCA\\AppAPI\\Controller\\EventsListenerController! "
     "Class OCA\\AppAPI\\Controller\\EventsListenerController does not exist"
 )
 APPAPI: web.RequestKey[tuple[str, str | None]] = web.RequestKey("fake_nc_appapi")
 BODY: web.RequestKey[bytes] = web.RequestKey("fake_nc_body")
-WEBHOOK_INCOMPATIBLE = "not an event class compatible with webhooks"
-WEBHOOK_COMPATIBLE_PREFIXES = (
-    "OCP\\Files\\Events\\Node\\",
-    "OCP\\Calendar\\Events\\",
-    "OCP\\SystemTag\\",
-)
 
 
 @attrs.define
@@ -156,7 +155,12 @@ class FakeNextcloud:
         self.top_menu: dict[str, dict[str, Any]] = {}
         self.scripts: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.events_listeners: dict[tuple[str, str], dict[str, Any]] = {}
-        self.webhooks: list[dict[str, Any]] = []
+        self.webhook_listeners = FakeWebhookListeners(self)
+        # provisioning_api's app config (admins only): when background jobs last ran, how.
+        self.app_config: dict[tuple[str, str], str] = {
+            ("core", "backgroundjobs_mode"): "cron",
+            ("core", "lastcron"): str(int(time.time())),
+        }
         self.logs: list[dict[str, Any]] = []
         self.failures: dict[str, list[float]] = {}  # refused calls per IP (counted ones)
         self.attempts: dict[str, list[Attempt]] = {}  # the throttler's attempts per IP
@@ -171,6 +175,8 @@ class FakeNextcloud:
         self._runner: web.AppRunner | None = None
         self.url = URL()
         self._session: aiohttp.ClientSession | None = None
+        # Settings, config values, Files actions, occ commands, setup checks (their module).
+        self.surfaces = AppApiSurfaces(self)
 
     # ------------------------------------------------------------ set-up helpers
 
@@ -235,6 +241,7 @@ class FakeNextcloud:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024**3)
         app.add_routes(self._extra)
         app.add_routes(self._routes())
+        app.add_routes(self.surfaces.routes())
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -467,8 +474,11 @@ class FakeNextcloud:
                 web.get(f"{base}/apps/app_api/api/v1/ui/script", self._script_get),
                 web.post(f"{base}/apps/app_api/api/v1/events_listener", self._events_listener),
                 web.post(f"{base}/apps/app_api/api/v1/log", self._log),
-                web.post(f"{base}/apps/webhook_listeners/api/v1/webhooks", self._webhook_add),
-                web.get(f"{base}/apps/webhook_listeners/api/v1/webhooks", self._webhook_list),
+                *self.webhook_listeners.routes(base),
+                web.get(
+                    f"{base}/apps/provisioning_api/api/v1/config/apps/{{app}}/{{key}}",
+                    self._app_config,
+                ),
             ]
         return r
 
@@ -576,6 +586,12 @@ class FakeNextcloud:
         members = sorted(u.uid for u in self.users.values() if gid in u.groups)
         return self._ocs(request, {"users": members})
 
+    async def _app_config(self, request: web.Request) -> web.Response:
+        if (denied := self._require(request, admin=True)) is not None:
+            return denied
+        key = (request.match_info["app"], request.match_info["key"])
+        return self._ocs(request, {"data": self.app_config.get(key, "")})
+
     async def _appapi_users(self, request: web.Request) -> web.Response:
         if (denied := self._require(request, login=False)) is not None:
             return denied
@@ -589,7 +605,12 @@ class FakeNextcloud:
     async def _log(self, request: web.Request) -> web.Response:
         if (denied := self._require(request, login=False)) is not None:
             return denied
-        self.logs.append(_json(request))
+        body = _json(request)
+        level = body.get("level")
+        # OCSApiController::log(int $level): the PSR logger refuses a level outside 0..4.
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 4:
+            return self._ocs(request, None, 400, "Invalid log level")
+        self.logs.append(body)
         return self._ocs(request, [])
 
     async def _status(self, request: web.Request) -> web.Response:
@@ -768,22 +789,6 @@ class FakeNextcloud:
             return self._ocs(request, None, 409, "Events listener already registered")
         self.events_listeners[key] = body
         return self._ocs(request, body)
-
-    async def _webhook_add(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request, login=False)) is not None:
-            return denied
-        body = _json(request)
-        event = str(body.get("event", ""))
-        if not event.startswith(WEBHOOK_COMPATIBLE_PREFIXES):
-            return self._ocs(request, None, 400, f"{event} is {WEBHOOK_INCOMPATIBLE}")
-        row = {"id": len(self.webhooks) + 1, **body, "appId": self.app_id}
-        self.webhooks.append(row)
-        return self._ocs(request, row)
-
-    async def _webhook_list(self, request: web.Request) -> web.Response:
-        if (denied := self._require(request, login=False)) is not None:
-            return denied
-        return self._ocs(request, self.webhooks)
 
 
 def _v2_http(statuscode: int) -> int:

@@ -19,6 +19,19 @@ connector touches; each rule cites the file it copies:
   only title, pinned, labels, knowledgeBaseIds (`.strict()`: anything else is 400
   `invalid_request`) and answers `{success: true}`. There is no POST on that path: a tunnelled
   PATCH that arrives as POST falls through to the index.html fallback.
+* The shapes of those answers, from `stores/agent/directConversations.js` @64b60d63 (and
+  conversationRoutes.js @e711789a): the list is a bare JSON array of the caller's own rows,
+  `{id, title, model_tier, project_id, shared_scope, pinned, labels_json, created_at,
+  updated_at}`, newest `updated_at` first, no paging and no query; one conversation is its row
+  plus `messages` (`{role, content, timestamp}`, the assistant's also `modelId`, `modelTier`),
+  `meta` and `knowledgeBaseIds`. A new conversation is titled "New Chat"
+  (createDirectConversation); `routes/ai/directChat/finalizeTurn.js` @3c2dabd9 stores the turn
+  (user then assistant message) when the stream ends, and a generated title when the plan
+  carries a `title` event. `turn_pieces` streams a turn in the real order (streamTurn.js
+  @f0722f01 + finalizeTurn.js): `model_selected`, `content`..., `conversation_created
+  {conversationId}` (a new conversation only, after the content), `done {conversationId}`, then
+  `title {title, conversationId}`. The fake's choices: `labels_json` is the JSON text of the
+  labels, ids are the plan's, the model is `fake-model`.
 * Session gates (auth/permissions.js @43666134): no session -> 401 `{"error": "Not
   authenticated"}`. Errors a route raises on purpose are `{error, code, details?}`
   (core/http/terminalErrorHandler.js @3c2dabd9).
@@ -53,6 +66,7 @@ import json
 import time
 import zlib
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import attrs
@@ -115,6 +129,28 @@ def chat_pieces(
     ]
 
 
+def turn_pieces(
+    texts: Iterable[str] = ("Hello", " world", "!"),
+    *,
+    conversation_id: str = "conv-1",
+    new: bool = True,
+    title: str | None = None,
+    gated: bool = False,
+) -> list[Piece]:
+    """One turn in the order the real service writes it (streamTurn.js, finalizeTurn.js):
+    `model_selected`, the content, `conversation_created` only for a new conversation (it is
+    created when the turn is saved, after the content), `done`, and the generated `title`
+    after `done` when given. Gated: a gate release before each piece but the first."""
+    events = [sse_event("model_selected", {"tier": "fast", "modelId": "fake-model"})]
+    events += [sse_event("content", {"text": t}) for t in texts]
+    if new:
+        events.append(sse_event("conversation_created", {"conversationId": conversation_id}))
+    events.append(sse_event("done", {"conversationId": conversation_id}))
+    if title is not None:
+        events.append(sse_event("title", {"title": title, "conversationId": conversation_id}))
+    return [Piece(data, gated=gated and i > 0) for i, data in enumerate(events)]
+
+
 def _pieces(value: Iterable[Piece]) -> tuple[Piece, ...]:
     return tuple(value)
 
@@ -164,13 +200,36 @@ class Recorded:
     finished_at: float | None = None
 
 
+def _now_iso() -> str:
+    """A timestamp as the service's JSON carries them (node-postgres Date -> toJSON)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @attrs.define
 class Conversation:
     id: str
     owner: str
-    title: str
+    title: str | None
     pinned: bool = False
     labels: list[str] = attrs.field(factory=list)
+    model_tier: str = "fast"
+    messages: list[dict[str, Any]] = attrs.field(factory=list)
+    created_at: str = attrs.field(factory=_now_iso)
+    updated_at: str = attrs.field(factory=_now_iso)
+
+    def row(self) -> dict[str, Any]:
+        """listDirectConversations' columns for this conversation."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "model_tier": self.model_tier,
+            "project_id": None,
+            "shared_scope": "private",
+            "pinned": self.pinned,
+            "labels_json": json.dumps(self.labels),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
 
 class FakeService:
@@ -408,15 +467,25 @@ class FakeService:
             raise _HttpError(400, "message must be text.", "invalid_request")
         if not message and not attachments:
             return web.json_response({"error": "Message or attachments required"}, status=400)
-        if not body.get("conversationId"):
-            for piece in self.sse.pieces:
+        plan = self.sse
+        conv: Conversation | None = None
+        asked = body.get("conversationId")
+        if asked:
+            found = self.conversations.get(str(asked))
+            conv = found if found is not None and found.owner == session.user.id else None
+        else:
+            for piece in plan.pieces:
                 cid = _created_id(piece.data)
                 if cid is not None:
-                    title = (message or "")[:50]
-                    self.conversations[cid] = Conversation(cid, session.user.id, title)
+                    # createDirectConversation's placeholder title.
+                    conv = Conversation(cid, session.user.id, "New Chat")
+                    self.conversations[cid] = conv
                     break
         # streamTurn.js writes these with the SSE status line.
-        return await self._stream(request, {"X-Accel-Buffering": "no"})
+        response = await self._stream(request, {"X-Accel-Buffering": "no"})
+        if conv is not None and plan.then == "end":
+            _store_turn(conv, message or "", plan.pieces)
+        return response
 
     def _conversation(self, request: web.Request) -> tuple[Session, Conversation]:
         session = _require(request)
@@ -427,13 +496,21 @@ class FakeService:
 
     async def _list_conversations(self, request: web.Request) -> web.Response:
         session = _require(request)
-        return web.json_response(
-            [attrs.asdict(c) for c in self.conversations.values() if c.owner == session.user.id]
-        )
+        own = [c for c in self.conversations.values() if c.owner == session.user.id]
+        own.sort(key=lambda c: c.updated_at, reverse=True)
+        return web.json_response([c.row() for c in own])
 
     async def _get_conversation(self, request: web.Request) -> web.Response:
         _, conv = self._conversation(request)
-        return web.json_response({**attrs.asdict(conv), "knowledgeBaseIds": []})
+        return web.json_response(
+            {
+                **conv.row(),
+                "user_id": conv.owner,
+                "messages": conv.messages,
+                "meta": {},
+                "knowledgeBaseIds": [],
+            }
+        )
 
     async def _patch_conversation(self, request: web.Request) -> web.Response:
         _require(request)
@@ -449,6 +526,7 @@ class FakeService:
         _, conv = self._conversation(request)
         if "title" in body:
             conv.title = body["title"]
+            conv.updated_at = _now_iso()
         if "pinned" in body:
             conv.pinned = body["pinned"]
         return web.json_response({"success": True})
@@ -618,6 +696,51 @@ def _created_id(data: bytes) -> str | None:
             value = json.loads(line[6:]).get("conversationId")
             return str(value) if value else None
     return None
+
+
+def _events(pieces: Iterable[Piece]) -> list[tuple[str, Any]]:
+    """The (event, parsed data) pairs a plan sends (one event per piece, as the helpers
+    write them)."""
+    found: list[tuple[str, Any]] = []
+    for piece in pieces:
+        name, data = "message", ""
+        for line in piece.data.decode(errors="replace").splitlines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+        try:
+            found.append((name, json.loads(data)))
+        except ValueError:
+            continue
+    return found
+
+
+def _store_turn(conv: Conversation, message: str, pieces: Iterable[Piece]) -> None:
+    """finalizeTurn.js: the user's message and the reply (`content` appended,
+    `content_replace` replacing) are saved with the conversation; a `title` event's title is
+    stored."""
+    reply = ""
+    for name, data in _events(pieces):
+        text = data.get("text") if isinstance(data, dict) else None
+        if name == "content" and isinstance(text, str):
+            reply += text
+        elif name == "content_replace" and isinstance(text, str):
+            reply = text
+        elif name == "title" and isinstance(data, dict) and isinstance(data.get("title"), str):
+            conv.title = data["title"]
+    stamp = _now_iso()
+    conv.messages.append({"role": "user", "content": message, "timestamp": stamp})
+    conv.messages.append(
+        {
+            "role": "assistant",
+            "content": reply,
+            "timestamp": stamp,
+            "modelId": "fake-model",
+            "modelTier": conv.model_tier,
+        }
+    )
+    conv.updated_at = stamp
 
 
 def _abort(request: web.Request) -> web.Response:

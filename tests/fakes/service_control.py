@@ -68,6 +68,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from tests.fakes.service_events import AutomationIngest
+
 # The first fresh organisation gets these keys (the service mints 32 random bytes, base64url:
 # the fake picks fixed ones so a test can name them).
 PROVISIONED_KEY = "tk_provisioned_fedcba9876543210fedcba9876543210"
@@ -401,6 +403,8 @@ class ServiceControl:
         self.sync_gate: asyncio.Event | None = None
         self.deliveries: list[SyncDelivery] = []
         self.sync_arrived = asyncio.Event()
+        # -- automation events (tests/fakes/service_events.py)
+        self.automation = AutomationIngest(self)
         # -- limits (per client IP)
         self.limits = {
             "bootstrap": Limiter(20, 900.0),
@@ -489,7 +493,8 @@ class ServiceControl:
         return self.events
 
     def routes(self) -> list[web.RouteDef]:
-        """The `/auth` routes of connectorBootstrap.js and ncEvents.js (mounted under /auth)."""
+        """The `/auth` routes of connectorBootstrap.js and ncEvents.js (mounted under /auth), and
+        the automation events ingest."""
         base = "/auth/connector/bootstrap"
         return [
             web.post(base, self._bootstrap),
@@ -498,6 +503,7 @@ class ServiceControl:
             web.post(base + "/pending/{pid}/resend", self._resend),
             web.post(base + "/pending/{pid}/retarget", self._retarget),
             web.post("/auth/webhook/nc-user-sync", self._user_sync),
+            *self.automation.routes(),
         ]
 
     # ------------------------------------------------------------ keys

@@ -18,12 +18,18 @@ from yarl import URL
 
 from tests.fakes.service import FakeService, Recorded
 from tests.fakes.service_control import Org, ServiceControl
+from tests.fakes.service_studio import StudioService
 
 T = TypeVar("T")
 START_TIMEOUT: Final = 10.0
 # What the connector itself calls on the service (tenant.py's bootstrap and its pending
-# verification, service_client.py's user sync): never a user's request passed on.
-CONNECTOR_CALLS: Final = ("/auth/connector/bootstrap", "/auth/webhook/nc-user-sync")
+# verification, service_client.py's user sync, the Studio menus' listing): never a user's
+# request passed on.
+CONNECTOR_CALLS: Final = (
+    "/auth/connector/bootstrap",
+    "/auth/webhook/nc-user-sync",
+    "/api/nextcloud/studio-apps",  # the Studio menus' listing (signed, no user)
+)
 
 
 class ServiceThread:
@@ -37,12 +43,15 @@ class ServiceThread:
         self._thread.start()
         self.service: FakeService = self.call(self._make_service())
         self.control: ServiceControl = self.service.control
+        self.studio: StudioService = self._studio
         self.url: URL = self.call(self.service.start(), timeout=START_TIMEOUT)
 
     async def _make_service(self) -> FakeService:
         # verify_key=None: no organisation is bound to this Nextcloud before the bootstrap.
         control = ServiceControl(verify_key=None)
-        return FakeService(control=control, instruments=False)
+        # The Studio apps listing (routes/nextcloudStudioApps.js) and its push.
+        self._studio = StudioService(control)
+        return FakeService(control=control, instruments=False, extra_routes=self._studio.routes())
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)

@@ -149,7 +149,7 @@ async def test_setup_as_bob_is_refused_and_never_forwarded(
         ("GET", "/SETUP/status", "bob"),  # the PHP matcher is case-insensitive
         ("PUT", "/setup", "admin"),  # a verb the setup route does not list
         ("DELETE", "/heartbeat", "bob"),
-        ("POST", "/hooks/studio-menus", "bob"),
+        ("POST", "/hooks/other", "bob"),
         ("GET", "/nc", "bob"),
         ("POST", "/assets/x.js", "bob"),
         ("GET", "/trigger", "admin"),
@@ -252,19 +252,22 @@ async def test_the_services_signed_callbacks_work_through_nextcloud(
     assert json.loads(got)["ocs"]["data"]["email"] == EMAILS["bob"]
 
 
-async def test_the_studio_menus_push_is_unsupported(
+async def test_the_studio_menus_push_is_answered_by_the_connector(
     lane: Lane, browser_session: aiohttp.ClientSession
 ) -> None:
-    """The service's push to {callback}/hooks/studio-menus (v2, uid ''): without a route of
-    its own it is the USER catch-all's, which Nextcloud refuses anonymously: 404, which the
-    service reads as "unsupported". Nothing is forwarded."""
+    """The service's push to {callback}/hooks/studio-menus (v2, uid ''): the manifest's PUBLIC
+    route takes it through Nextcloud's PHP proxy to the connector, which answers it itself
+    (200, the reconciliation's counts; test_admin_real.py follows what it does). Nothing is
+    forwarded."""
     before = forwarded(lane)
     body = b'{"reason":"published","studioAppId":"a1","sentAt":1}'
     wire, signed = callback_request(lane.tenant_key, "POST", "/hooks/studio-menus", body=body)
     async with browser_session.request(
         wire, proxy_url(lane, "/hooks/studio-menus"), headers=signed, data=body
     ) as resp:
-        assert resp.status == 404
+        assert resp.status == 200
+        answer = await resp.json(content_type=None)
+    assert answer["ok"] is True, answer
     assert forwarded(lane) == before
 
 

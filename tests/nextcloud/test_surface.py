@@ -74,3 +74,36 @@ async def test_a_failing_teardown_does_not_stop_the_others(
     conn = await connector_factory(customise=install)
     await surface.teardown_all(conn.app)
     assert second.is_set()
+
+
+async def test_two_replicas_run_a_surfaces_registrations_one_at_a_time(
+    connector_factory: ConnectorFactory,
+) -> None:
+    """Two connectors on one storage (replicas on one volume) get /init together: a surface's
+    phases run under the registrations lease, so one registers while the other waits."""
+    spans: list[tuple[str, float, float]] = []
+
+    def install(name: str) -> Any:
+        async def register() -> None:
+            started = asyncio.get_running_loop().time()
+            await asyncio.sleep(0.3)
+            spans.append((name, started, asyncio.get_running_loop().time()))
+
+        def customise(app: web.Application) -> None:
+            phase = InitPhase("example", 70, register)
+            surface.install(
+                app, surface.Surface(name="example", phases=[phase], health=lambda _: {})
+            )
+
+        return customise
+
+    env = {"BEEFLOW_LEASE_TTL_SECONDS": "2"}  # the waiting one looks again every 0.2 s
+    a = await connector_factory(customise=install("a"), **env)
+    b = await connector_factory(customise=install("b"), **env)
+    assert {p.lease for p in a.app[INIT_PHASES] if p.progress == 70} == {"registrations"}
+    for conn in (a, b):
+        async with await conn.request("POST", "/init", user="") as resp:
+            assert resp.status == 200
+    await wait_for(lambda: len(spans) == 2, timeout=10)
+    (_, _, end1), (_, start2, _) = sorted(spans, key=lambda s: s[1])
+    assert start2 >= end1  # never both at once

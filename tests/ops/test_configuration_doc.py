@@ -4,6 +4,7 @@ its image table is the Dockerfile's."""
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any, Final
 
@@ -66,12 +67,46 @@ def comparable(config: Config) -> dict[str, Any]:
     return data
 
 
+def code_defaults() -> dict[str, str]:
+    """NAME -> the default Config.from_env gives it (`p.get("NAME", "<default>", ...)`)."""
+    tree = ast.parse((ROOT / "beeflow" / "config.py").read_text())
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and len(node.args) >= 2:
+            name, default = node.args[0], node.args[1]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                out[name.value] = ast.unparse(default)
+    return out
+
+
 def test_every_variable_read_is_documented_and_nothing_else() -> None:
     documented = [r.name for r in rows()]
     assert len(documented) == len(set(documented)), "a variable is documented twice"
     read = config_variables()
-    assert sorted(read - set(documented)) == [], "read by Config.from_env but not documented"
-    assert sorted(set(documented) - read) == [], "documented but never read"
+    defaults = code_defaults()
+    missing = [
+        f"docs/configuration.md: no row for {name}; add to the table of its section\n"
+        f"    | `{name}` | {_cell(defaults.get(name))} | <what it does, its range or form> |"
+        for name in sorted(read - set(documented))
+    ]
+    assert missing == [], "read by Config.from_env but not documented:\n" + "\n".join(missing)
+    stale = [
+        f"docs/configuration.md: the row {name} names a variable Config.from_env never reads; "
+        "remove it or correct the name"
+        for name in sorted(set(documented) - read)
+    ]
+    assert stale == [], "\n".join(stale)
+
+
+def _cell(default: str | None) -> str:
+    """The Default cell for a default as config.py writes it."""
+    if default is None:
+        return "required"
+    try:
+        value = ast.literal_eval(default)
+    except ValueError:
+        return f"`{default}`"
+    return f"`{value}`" if value != "" else "(none)"
 
 
 @pytest.mark.parametrize("row", [r for r in rows() if r.default is not None], ids=lambda r: r.name)

@@ -22,6 +22,7 @@ OPERATOR_DOCS: Final = (
     "install-harp.md",
     "install-legacy.md",
     "install-manual.md",
+    "install-image.md",
     "configuration.md",
     "troubleshooting.md",
     "security.md",
@@ -47,6 +48,8 @@ OCC: Final[dict[str, frozenset[str]]] = {
     "app_api:app:update": frozenset({"--info-xml", "--json-info", "--wait-finish", "--all"}),
     "app_api:app:unregister": frozenset({"--rm-data", "--silent", "--force"}),
     "app_api:app:list": frozenset(),
+    "app_api:daemon:registry:add": frozenset({"--registry-from", "--registry-to"}),
+    "app_api:daemon:registry:list": frozenset(),
     "app_api:app:enable": frozenset(),
     "app_api:app:disable": frozenset(),
     "security:bruteforce:reset": frozenset(),
@@ -69,6 +72,8 @@ FOREIGN_VARIABLES: Final = frozenset(
         "NC_INSTANCE_URL",
         "NC_HAPROXY_PASSWORD",
         "APP_DISPLAY_NAME",
+        # The Dockerfile's build argument (install-image.md), not read at run time.
+        "BEEFLOW_VERSION",
     }
 )
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from beeflow.nextcloud.users import NcUser
-from beeflow.proxy.service import TokenCache
+from beeflow.proxy.tokens import TokenCache
 from beeflow.signing import mint_jwt, user_claims
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.helpers import SECRET, TENANT_KEY, appapi_headers, base_env

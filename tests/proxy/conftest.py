@@ -32,12 +32,16 @@ async def service() -> AsyncIterator[FakeService]:
 
 @pytest.fixture
 def proxy_factory(connector_factory: ConnectorFactory, service: FakeService) -> ProxyFactory:
-    """A connector whose service base URL is the fake service; harp=True for HaRP mode."""
+    """A connector whose service base URL is the fake service; harp=True for HaRP mode, else
+    every request is taken as one forwarded by Nextcloud's PHP proxy (BEEFLOW_ROUTING=php: these
+    tests call the connector directly, without the X-Origin-IP that proxy adds)."""
 
     async def make(*, harp: bool = False, **env: Any) -> RunningConnector:
         full = {"BEEFLOW_API_BASE_URL": str(service.url)}
         if harp:
             full.update(HARP_ENV)
+        else:
+            full["BEEFLOW_ROUTING"] = "php"
         full.update(env)
         return await connector_factory(**full)
 

@@ -18,7 +18,7 @@ import pytest
 from yarl import URL
 
 from beeflow.nextcloud.users import NcUser
-from beeflow.proxy.service import TokenCache
+from beeflow.proxy.tokens import TokenCache
 from beeflow.service_client import SERVICE_URL
 from beeflow.tenant.state import TENANT
 from beeflow.web import spa
@@ -89,9 +89,12 @@ async def test_redirects_are_passed_back_not_followed(
     assert not service.find("/api/json")
 
 
-async def test_two_set_cookie_headers_stay_two(legacy: RunningConnector) -> None:
+async def test_service_cookies_never_reach_the_browser(legacy: RunningConnector) -> None:
+    """The service answers on Nextcloud's origin: its two Set-Cookie headers are dropped (the UI
+    authenticates through AppAPI; docs/proxy.md, "Responses")."""
     async with await legacy.request("GET", "/api/cookies", user="alice") as resp:
-        assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/; HttpOnly", "b=2; Path=/; Secure"]
+        assert resp.status == 200
+        assert "Set-Cookie" not in resp.headers
 
 
 async def test_service_cookies_are_not_kept_for_other_users(
@@ -836,8 +839,8 @@ async def test_the_service_rejects_a_key_it_does_not_hold(
         ("GET", "//setup/status", 404),
         ("POST", "/assets/x.js", 405),
         ("PUT", "/index.html", 405),
-        ("GET", "/hooks/studio-menus", 404),
-        ("POST", "/hooks/studio-menus", 404),
+        ("GET", "/hooks/studio-menus", 405),  # the push hook takes POST only
+        ("POST", "/hooks/other", 404),
         ("GET", "/trigger", 404),
         ("POST", "/heartbeat/", 404),
         ("PATCH", "/init", 405),
@@ -925,7 +928,12 @@ async def test_the_service_refuses_a_browser_origin_the_connector_strips(
 ) -> None:
     """The service 403s any Origin it does not serve (index.js): the connector must not pass
     the browser's on."""
-    headers = {"Origin": "https://cloud.example.com", "Referer": "https://cloud.example.com/x"}
+    headers = {
+        # What AppAPI's PHP proxy passes on from a browser on Nextcloud's own page.
+        "Host": "cloud.example.com",
+        "Origin": "https://cloud.example.com",
+        "Referer": "https://cloud.example.com/x",
+    }
     assert "event: done" in await chat(legacy, headers=headers)
     assert "Origin" not in service.last().headers
 

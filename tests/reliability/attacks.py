@@ -27,6 +27,7 @@ from typing import Final
 import attrs
 
 from tests.fakes.frp import free_port
+from tests.helpers import appapi_headers
 from tests.procs import ServeProcess
 from tests.reliability.world import World, world
 
@@ -203,6 +204,35 @@ async def endless_heads(port: int, count: int, *, head_bytes: int, line: int = 1
     return held
 
 
+def chunked_json_head(uid: str = "alice", target: str = "/api/echo") -> bytes:
+    """A user's JSON POST through AppAPI (valid AppAPI headers), its body chunked: the service
+    proxy reads such a body whole before forwarding it."""
+    lines = [f"POST {target} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{name}: {value}" for name, value in appapi_headers(uid).items()]
+    lines += ["Content-Type: application/json", "Transfer-Encoding: chunked"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def buffered_json(port: int, count: int, *, size: int, uid: str = "alice") -> Held:
+    """`count` chunked JSON bodies of `size` bytes sent at once by one user, never ended (no
+    last chunk): what the proxy buffers of them stays buffered."""
+    held = Held()
+    piece = b"[" + b" " * (MIB - 2) + b"]"
+    chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+
+    async def one() -> None:
+        reader, writer = await _connect(port)
+        held.add(reader, writer)
+        if not await _send(writer, chunked_json_head(uid)):
+            return
+        for _ in range(size // len(piece)):
+            if not await _send(writer, chunk):
+                return
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return held
+
+
 async def idle_connections(port: int, count: int) -> Held:
     """`count` connections that send nothing."""
     held = Held()
@@ -306,11 +336,15 @@ async def main(argv: list[str] | None = None) -> int:
     def idle(port: int) -> Awaitable[Held]:
         return idle_connections(port, int(3000 * n))
 
+    def json_bodies(port: int) -> Awaitable[Held]:
+        return buffered_json(port, 6, size=40 * MIB)
+
     runs: list[tuple[str, Attack, float, float]] = [
         ("60 forged PUTs announcing 4 GiB, 5 MiB sent, then stalled", stalled, 3.0, 40.0),
         ("100 forged PUTs stalled after 10 bytes", trickle, 3.0, 40.0),
         ("100 connections sending 2 MB of header lines, no blank line", heads, 3.0, 20.0),
         ("3000 idle connections", idle, 3.0, 20.0),
+        ("one user's 6 chunked JSON bodies of 40 MiB at once, never ended", json_bodies, 3.0, 5.0),
     ]
     for name, attack, settle, later in runs:
         if args.only and args.only not in name:

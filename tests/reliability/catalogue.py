@@ -35,7 +35,6 @@ END: Final = "<!-- catalogue:end -->"
 HEADER_TIMEOUT: Final = 1.0
 
 Wire = bytes | list[tuple[bytes, float]]
-PARSER: Final = "parser"  # `code` of answers written by aiohttp's HTTP parser (text/plain)
 CLOSED: Final = "closed"  # `code` of a connection closed without an answer
 
 
@@ -45,7 +44,7 @@ class Case:
     group: str
     input: str  # markdown
     status: int | None  # None: the connection is closed without an answer
-    code: str | None  # the JSON `code`; PARSER; CLOSED; None: a success without a code
+    code: str | None  # the JSON `code`; CLOSED; None: a success without a code
     build: Callable[[Stack], Wire]
     note: str = ""
     check: Callable[[Stack, RawResponse], None] | None = None
@@ -53,9 +52,6 @@ class Case:
     # A routed defect (the file's owner fixes it): the row states the intended answer and the
     # test is xfail(strict) until the fix lands.
     defect: str = ""
-    # aiohttp's parser answers quote the offending request line back to its sender: the check
-    # for secrets in the response is skipped (the log is still checked).
-    echoes_request: bool = False
 
     def answer(self) -> str:
         if self.status is None:
@@ -63,8 +59,6 @@ class Case:
         return str(self.status)
 
     def code_cell(self) -> str:
-        if self.code == PARSER:
-            return "— (HTTP parser, `text/plain`)"
         if self.code == CLOSED:
             return "—"
         if self.code is None:
@@ -287,6 +281,20 @@ def dav_untouched(stack: Stack, resp: RawResponse) -> None:
     assert stack.dav.seen == [], "a refused /nc call reached Nextcloud"
 
 
+def service_saw_no_underscored(stack: Stack, _resp: RawResponse) -> None:
+    (request,) = stack.service.requests
+    names = [name.lower() for name in request.headers]
+    assert not [n for n in names if "_" in n and n.replace("_", "-").startswith("x-beeflow")]
+    assert request.headers.getall("X-Beeflow-NC-Uid") == ["alice"]
+
+
+def confined(stack: Stack, resp: RawResponse) -> None:
+    assert "Set-Cookie" not in resp.headers, resp.headers
+    assert resp.headers.getall("Content-Security-Policy")[0].startswith(
+        "default-src 'none'; sandbox; frame-ancestors "
+    ), resp.headers
+
+
 ALICE = "/nc/remote.php/dav/files/alice"
 API = "/api/json"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -306,6 +314,8 @@ G_RANGE = "Absurd Range headers on static files"
 G_STATIC = "Traversal on static files"
 G_NC = "Traversal and allow-list on /nc"
 G_NCSIG = "Signature games and unverified bodies on /nc"
+G_SERVICE = "Paths, headers and answers of the service proxy"
+G_CSRF = "Browser writes from other origins"
 
 _WEBHOOK_CREATED = "OCP\\User\\Events\\UserCreatedEvent"
 _WEBHOOK_ADDED = "OCP\\Group\\Events\\UserAddedEvent"
@@ -368,7 +378,7 @@ CASES: Final[list[Case]] = [
         G_APPAPI,
         "a 100 KB `AUTHORIZATION-APP-API`",
         400,
-        PARSER,
+        "line_too_long",
         with_token("QUFB" * 25_000),
         note="over `max_field_size` (16 KiB)",
     ),
@@ -477,7 +487,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "a bare CR inside a header value",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-Test", b"a\rb")]),
     ),
     Case(
@@ -485,7 +495,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "a bare LF inside a header value",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-Test", b"a\nb")]),
     ),
     Case(
@@ -493,7 +503,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "NUL inside a header value",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-Test", b"a\x00b")]),
     ),
     Case(
@@ -501,7 +511,7 @@ CASES: Final[list[Case]] = [
         G_CTRL,
         "a bare CR after a valid `AUTHORIZATION-APP-API` token",
         400,
-        PARSER,
+        "bad_request",
         lambda _s: request_bytes(
             "GET",
             API,
@@ -510,15 +520,13 @@ CASES: Final[list[Case]] = [
                 for k, v in app_headers()
             ],
         ),
-        note="the parser quotes the line back to its sender only; the log does not get it",
-        echoes_request=True,
     ),
     Case(
         "ctrl-target-nul",
         G_CTRL,
         "NUL in the request target",
         400,
-        PARSER,
+        "target_invalid",
         raw("GET", "/heartbeat\x00x"),
     ),
     Case(
@@ -586,7 +594,7 @@ CASES: Final[list[Case]] = [
         G_SIZE,
         "a 20 KB request target",
         400,
-        PARSER,
+        "line_too_long",
         raw("GET", "/heartbeat?" + "a" * 20_000),
     ),
     Case(
@@ -594,7 +602,7 @@ CASES: Final[list[Case]] = [
         G_SIZE,
         "200 header fields",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(f"X-H{i}", "v") for i in range(200)]),
         note="aiohttp's `max_headers` (128)",
     ),
@@ -943,7 +951,7 @@ CASES: Final[list[Case]] = [
         G_METHOD,
         "an invented method `BREW /heartbeat`",
         400,
-        PARSER,
+        "method_invalid",
         raw("BREW", "/heartbeat"),
         note="llhttp knows the registered methods only",
     ),
@@ -952,7 +960,7 @@ CASES: Final[list[Case]] = [
         G_METHOD,
         "a lower-case method `get`",
         400,
-        PARSER,
+        "method_invalid",
         raw("get", "/heartbeat"),
     ),
     Case(
@@ -1007,7 +1015,7 @@ CASES: Final[list[Case]] = [
         "`Content-Length` and `Transfer-Encoding: chunked` "
         "together, a second request hidden in the body",
         400,
-        PARSER,
+        "bad_request",
         user(
             "POST",
             "/api/echo",
@@ -1021,7 +1029,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "two different `Content-Length`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "5"), ("Content-Length", "6")], b"hello!"),
         check=no_service_request,
     ),
@@ -1030,7 +1038,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "the same `Content-Length` twice",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "5"), ("Content-Length", "5")], b"hello"),
         check=no_service_request,
     ),
@@ -1039,7 +1047,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Transfer-Encoding: chunked` twice",
         400,
-        PARSER,
+        "bad_request",
         user(
             "POST",
             "/api/echo",
@@ -1053,7 +1061,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Transfer-Encoding: xchunked`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Transfer-Encoding", "xchunked")], b"5\r\nhello\r\n0\r\n\r\n"),
         check=no_service_request,
     ),
@@ -1062,7 +1070,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Transfer-Encoding: chunked, identity`",
         400,
-        PARSER,
+        "bad_request",
         user(
             "POST",
             "/api/echo",
@@ -1076,7 +1084,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Content-Length: +5`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "+5")], b"hello"),
         check=no_service_request,
     ),
@@ -1085,7 +1093,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Content-Length: -1`",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length", "-1")], b"hello"),
         check=no_service_request,
     ),
@@ -1094,7 +1102,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "`Content-Length : 5` (space before the colon)",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Content-Length ", "5")], b"hello"),
         check=no_service_request,
     ),
@@ -1103,7 +1111,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "an obs-folded header line",
         400,
-        PARSER,
+        "bad_request",
         raw("GET", "/heartbeat", [(b"X-A", b"1\r\n  folded")]),
     ),
     Case(
@@ -1111,7 +1119,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "a chunk size that is not hex",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Transfer-Encoding", "chunked")], b"zz\r\nhello\r\n0\r\n\r\n"),
         check=no_service_request,
     ),
@@ -1120,7 +1128,7 @@ CASES: Final[list[Case]] = [
         G_SMUGGLE,
         "a chunk size line ended by a bare LF",
         400,
-        PARSER,
+        "bad_request",
         user("POST", "/api/echo", [("Transfer-Encoding", "chunked")], b"5\nhello\r\n0\r\n\r\n"),
         check=no_service_request,
     ),
@@ -1336,6 +1344,8 @@ CASES: Final[list[Case]] = [
             ("nul", f"{ALICE}/a%00b", 400, "path_traversal"),
             ("not-utf8", f"{ALICE}/%ff%fe", 400, "path_invalid"),
             ("overlong", f"{ALICE}/%c0%ae%c0%ae/bob", 400, "path_invalid"),
+            ("dotdot-param", f"{ALICE}/..;/bob/x.txt", 400, "path_traversal"),
+            ("pct-dotdot-param", f"{ALICE}/%2e%2e%3bx/bob", 400, "path_traversal"),
             ("encoded-prefix", "/nc/%6fcs/v2.php/cloud/users", 404, "path_not_proxied"),
             ("status-php", "/nc/status.php", 404, "path_not_proxied"),
             ("login", "/nc/index.php/login", 404, "path_not_proxied"),
@@ -1578,6 +1588,114 @@ CASES: Final[list[Case]] = [
         note=f"cut after `BEEFLOW_NC_BODY_IDLE_SECONDS` ({HEADER_TIMEOUT:g} s in this test, 30 s "
         "by default); the connection is closed",
         check=dav_untouched,
+    ),
+    # -------------------------------------------------------------- the service proxy
+    *[
+        Case(
+            f"svc-{slug}",
+            G_SERVICE,
+            f"`GET {target}` as a user",
+            400,
+            "bad_path",
+            user("GET", target),
+            note=note,
+            check=no_service_request,
+        )
+        for slug, target, note in [
+            ("double-pct-dotdot", "/api/%252e%252e/admin", "two decodings make `..`"),
+            ("triple-pct-dotdot", "/auth/%25252e%25252e/x", "three decodings"),
+            ("dotdot-param", "/api/..;/admin", "`..;` is `..` to Java-style servers"),
+            ("dot-param", "/ai/.;x/chat", ""),
+            ("pct-dotdot-param", "/api/%2e%2e%3b/admin", ""),
+            ("pct-backslash-twice", "/agents/..%255c..%255cadmin", "`\\` is read as `/`"),
+            ("pct-nul-twice", "/api/x%2500y", "a control byte after two decodings"),
+            ("four-layers", "/api/%2525252e%2525252e/x", "more layers than anyone decodes"),
+        ]
+    ],
+    Case(
+        "svc-underscore-headers",
+        G_SERVICE,
+        "`X_Beeflow_NC_Uid: admin`, `X_Original_Authorization`, `AUTHORIZATION_APP_API` on a "
+        "user's `/api` call",
+        200,
+        None,
+        user(
+            "GET",
+            API,
+            [
+                ("X_Beeflow_NC_Uid", "admin"),
+                ("X_Original_Authorization", "Basic YWRtaW46eA=="),
+                ("AUTHORIZATION_APP_API", "eA=="),
+            ],
+        ),
+        note="dropped: CGI-style servers read `_` as `-`; the service sees the connector's "
+        "own `X-Beeflow-NC-Uid: alice` only",
+        check=service_saw_no_underscored,
+    ),
+    Case(
+        "svc-answer-cookies",
+        G_SERVICE,
+        "the service answers with two `Set-Cookie` headers",
+        200,
+        None,
+        user("GET", "/api/cookies"),
+        note="the cookies are dropped and the answer's only CSP is `default-src 'none'; "
+        'sandbox; frame-ancestors ...` (docs/proxy.md, "Responses")',
+        check=confined,
+    ),
+    # -------------------------------------------------------------- CSRF
+    *[
+        Case(
+            f"csrf-{slug}",
+            G_CSRF,
+            f"a user's `POST /api/json` with {label}",
+            403,
+            code,
+            user("POST", API, headers, b"{}"),
+            check=no_service_request,
+        )
+        for slug, label, headers, code in [
+            (
+                "same-site",
+                "`Sec-Fetch-Site: same-site`, `Origin: https://files.example.com`",
+                [("Sec-Fetch-Site", "same-site"), ("Origin", "https://files.example.com")],
+                "origin_not_allowed",
+            ),
+            (
+                "foreign-origin",
+                "`Origin: https://evil.example` and no `Sec-Fetch-Site`",
+                [("Origin", "https://evil.example")],
+                "origin_not_allowed",
+            ),
+            (
+                "foreign-referer",
+                "no `Origin`, `Referer: https://evil.example/page`",
+                [("Referer", "https://evil.example/page")],
+                "origin_not_allowed",
+            ),
+            ("null-origin", "`Origin: null` alone", [("Origin", "null")], "origin_not_allowed"),
+            (
+                "cross-site",
+                "`Sec-Fetch-Site: cross-site`",
+                [("Sec-Fetch-Site", "cross-site")],
+                "cross_site_request_blocked",
+            ),
+        ]
+    ],
+    Case(
+        "csrf-own-origin",
+        G_CSRF,
+        "a user's `POST /api/json` with `Origin` naming the `Host` it was sent to",
+        200,
+        None,
+        raw(
+            "POST",
+            API,
+            [*app_headers(), ("Origin", "http://127.0.0.1")],
+            b"{}",
+        ),
+        note="Nextcloud's origins: `NEXTCLOUD_URL`, `BEEFLOW_NC_PUBLIC_URL`, and the `Host` the "
+        "browser addressed",
     ),
 ]
 

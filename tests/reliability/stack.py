@@ -15,15 +15,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 from aiohttp import web
+from yarl import URL
 
+from beeflow.app import make_app
 from beeflow.config import Config
+from beeflow.transports.guard import ConnectionGuard, GuardedSite
 from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.nextcloud_dav import FakeDav
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import ServiceControl
-from tests.helpers import APP_ID, SECRET, TENANT_KEY, RunningConnector, base_env, start_connector
+from tests.helpers import APP_ID, SECRET, TENANT_KEY, RunningConnector, base_env
 from tests.proxy.nc.caller import nc_signature
 
 SPA_JS = "assets/app.0123456789.js"
@@ -99,6 +103,26 @@ class Stack:
         return self.conn.app
 
 
+async def start_guarded(
+    config: Config, *, customise: Callable[[web.Application], None] | None = None
+) -> RunningConnector:
+    """make_app behind the listener the transports use (GuardedSite: the connection guard and
+    the JSON answers to what aiohttp's parser refuses), on an ephemeral loopback port."""
+    app = make_app(config, run_at_boot=False)
+    if customise is not None:
+        customise(app)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    guard = ConnectionGuard(
+        max_connections=config.max_connections,
+        max_head_bytes=config.max_head_bytes,
+        head_timeout=config.head_timeout_seconds,
+    )
+    await GuardedSite(runner, guard, host="127.0.0.1", port=0).start()
+    url = URL.build(scheme="http", host="127.0.0.1", port=int(runner.addresses[0][1]))
+    return RunningConnector(config, app, runner, url, aiohttp.ClientSession(auto_decompress=False))
+
+
 def stack_env(nc_url: Any, service_url: Any, root: Path, **overrides: str) -> dict[str, str]:
     storage = root / "data"
     storage.mkdir(exist_ok=True)
@@ -156,7 +180,7 @@ async def running_stack(
             prepare(service)
         if config_edit is not None:
             config = config_edit(config)
-        conn = await start_connector(config, customise=customise)
+        conn = await start_guarded(config, customise=customise)
         nc.set_connector(url=conn.url)
         yield Stack(nc, dav, service, control, conn, root, root / "spool")
     finally:

@@ -100,7 +100,7 @@ async def test_registration_down_reports_the_error_then_a_later_init_succeeds(
     nc.down_paths = ()
     await init_and_wait(stack, "done")
     await wait_for(lambda: len(nc.callbacks) >= 2)
-    assert [p["progress"] for p in nc.progress[-2:]] == [60, 100]
+    assert [p["progress"] for p in nc.progress[-3:]] == [60, 80, 100]
     assert [(c.path, c.status) for c in nc.callbacks] == [
         ("/heartbeat", 200),
         ("/enabled?enabled=1", 200),
@@ -119,7 +119,7 @@ async def test_nextcloud_down_for_everything_then_back(stack: Stack) -> None:
     assert reports[-1]["progress"] == 0
     nc.down = False
     await init_and_wait(stack, "done")
-    assert [p["progress"] for p in nc.progress[-2:]] == [60, 100]
+    assert [p["progress"] for p in nc.progress[-3:]] == [60, 80, 100]
     assert stack.app[NEXTCLOUD].budget.used == 0
 
 
@@ -197,7 +197,7 @@ async def test_nextcloud_unreachable_then_back_within_the_warm_up(stack: Stack) 
     assert json.loads(body) == {"progress": 25}
     await nc.start(port=port)
     await wait_state(stack, "done", timeout=15)
-    assert [p["progress"] for p in nc.progress] == [25, 60, 100]
+    assert [p["progress"] for p in nc.progress] == [25, 60, 80, 100]
 
 
 # ------------------------------------------------------------------ flapping during user sync

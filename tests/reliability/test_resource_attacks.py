@@ -20,6 +20,7 @@ from tests.reliability.attacks import (
     MIB,
     Usage,
     attack_env,
+    buffered_json,
     endless_heads,
     idle_connections,
     reset_peak,
@@ -128,3 +129,29 @@ async def test_connections_are_bounded_per_transport(w: World) -> None:
         async with asyncio.timeout(5):
             assert (await reader.read()).startswith(b"HTTP/1.1 200 OK")
         writer.close()
+
+
+async def test_one_users_buffered_json_bodies_are_bounded(w: World) -> None:
+    """One user sends six chunked JSON bodies of 12 MiB at once and never ends them. Before:
+    each was read whole, 72 MiB held for as long as the client liked (six times 40 MiB took the
+    full-size run from 43 to 402 MiB). Now the user's share (16 MiB here) holds one body; the
+    others get 503 api_buffer_user_full with the chunk that passes it and are closed instead of
+    drained."""
+    env = attack_env(w, BEEFLOW_API_BUFFER_USER_BYTES=str(16 * MIB))
+    async with target(w, env) as proc:
+        pid = proc.proc.pid
+        before = await baseline(proc)
+        held = await buffered_json(int(env["APP_PORT"]), 6, size=12 * MIB)
+        try:
+            await held.closed_by_server(2)
+            statuses = held.statuses()
+            # 503 each (or, still sending when its connection was cut, a reset).
+            assert set(statuses) <= {"503", "closed"}, statuses
+            assert sum(statuses.values()) == 5, statuses
+            assert statuses.get("503", 0) >= 1, statuses
+            assert all(b"api_buffer_user_full" in answer for answer in held.answers if answer)
+            now = await settled(pid, lambda u: u.sockets <= before.sockets + 1, 5)
+            assert now.sockets <= before.sockets + 1, (before, now)
+            assert now.peak_rss - before.rss < 32 * MIB, (before, now)
+        finally:
+            held.close()

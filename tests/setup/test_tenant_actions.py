@@ -32,6 +32,7 @@ from tests.fakes.service_control import (
     verify_hs256,
 )
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector, wait_for
+from tests.ports import refused_port, refused_url
 
 JSON = {"Content-Type": "application/json"}
 VERIFY = "/setup/verify-email-code"
@@ -89,13 +90,13 @@ async def status_of(conn: RunningConnector, user: str = "admin") -> dict[str, An
     return body
 
 
-def write_cache(storage: Path, key: str = CACHED_KEY, bound: str = "http://127.0.0.1:9") -> None:
+def write_cache(storage: Path, key: str = CACHED_KEY, bound: str = "") -> None:
     record = {
         "tenantKey": key,
         "organizationId": "org-cached",
         "organizationName": "Cached Org",
         "ncInstanceId": "nc-host:cached",
-        "boundApiBaseUrl": bound,
+        "boundApiBaseUrl": bound or refused_url(),
         "provisionedAt": "2026-01-01T00:00:00Z",
     }
     (storage / "tenant-key.json").write_text(json.dumps(record))
@@ -325,7 +326,7 @@ async def test_verify_with_the_service_unreachable(
     auto_connector: AutoFactory, control: ServiceControl
 ) -> None:
     conn = await pending_verification(auto_connector, control)
-    conn.app[SERVICE_URL].url = conn.app[SERVICE_URL].url.with_port(9)
+    conn.app[SERVICE_URL].url = conn.app[SERVICE_URL].url.with_port(refused_port())
     answer = await call(conn, VERIFY, {"code": control.last_mail().code})
     assert (answer.status, answer.code) == (502, "saas_unreachable")
     assert (await status_of(conn))["tenant"]["status"] == "awaiting_email_verification"
@@ -778,7 +779,7 @@ async def test_rotation_with_the_service_unreachable(
     auto_connector: AutoFactory, storage: Path
 ) -> None:
     write_cache(storage)
-    conn = await auto_connector(BEEFLOW_API_BASE_URL="http://127.0.0.1:9")
+    conn = await auto_connector(BEEFLOW_API_BASE_URL=refused_url())
     answer = await call(conn, ROTATE)
     assert (answer.status, answer.code) == (502, "bootstrap_failed")
     assert answer.body["category"] == "saas_unreachable"
@@ -791,7 +792,7 @@ async def test_rebootstrap_for_another_service_drops_the_old_key_at_once(
     """The cached key was issued by another service (here: the env points elsewhere, as after
     a picker save): it is no use at this one, so it is not held while the code is pending. The
     code goes straight to the admin who asked (the service e-mails nobody on its own)."""
-    write_cache(storage)  # bound to http://127.0.0.1:9, not the fake service
+    write_cache(storage)  # bound to a refused port, not the fake service
     conn = await auto_connector()
     matching_org(control)
     answer = await call(conn, ROTATE)
@@ -1118,9 +1119,7 @@ async def test_bad_bodies(
     status: int,
     code: str,
 ) -> None:
-    conn = await connector_factory(
-        BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL="http://127.0.0.1:9"
-    )
+    conn = await connector_factory(BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL=refused_url())
     answer = await call(conn, path, raw=raw, ctype=ctype)
     assert (answer.status, answer.code) == (status, code)
 

@@ -30,6 +30,7 @@ from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.service import FakeService
 from tests.fakes.service_control import PROVISIONED_KEY, ServiceControl
 from tests.helpers import TENANT_KEY
+from tests.ports import refused_url
 from tests.tenant.helpers import (
     dead_port,
     heartbeat,
@@ -80,7 +81,7 @@ async def test_env_key_wins_over_the_cache_and_nothing_is_called(
     assert state.key == TENANT_KEY
     assert state.source == "env"
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     assert control.bootstraps == []
     assert fake_nc.calls_to("/ocs/v2.php/cloud/capabilities") == []
     assert state.key == TENANT_KEY  # the cache did not replace it
@@ -96,7 +97,7 @@ async def test_cached_key_is_used_without_bootstrap(
     assert (state.source, state.status) == ("cache", "ok")
     assert state.organization_name == "Cached Org"
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     assert control.bootstraps == []
     body = await heartbeat(conn, trusted=True)
     assert body["bootstrap"]["state"] == "ok"
@@ -134,7 +135,7 @@ async def test_bootstrap_200_persists_the_key_and_sends_reference_headers(
     fake_nc.add_user("bob", email=None, display_name="Bob", groups=["admin", "staff"])
     conn = await auto_connector()
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
 
     assert len(control.bootstraps) == 1
     call = control.bootstraps[0]
@@ -259,7 +260,7 @@ async def test_admin_without_email_is_a_categorised_error_and_nothing_is_invente
     conn = await auto_connector(slow_retries=True)
     await run_init(conn, fake_nc)
     # The install still completes: a bootstrap failure is advisory (reference 5.2).
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     assert control.bootstraps == []
     state = conn.app[TENANT]
     assert state.status == "failed"
@@ -440,9 +441,7 @@ async def test_too_many_pending_verifications_is_its_own_category(
 async def test_unreachable_service_is_saas_unreachable(
     connector_factory: ConnectorFactory,
 ) -> None:
-    conn = await connector_factory(
-        BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL="http://127.0.0.1:9"
-    )
+    conn = await connector_factory(BEEFLOW_TENANT_KEY="auto", BEEFLOW_API_BASE_URL=refused_url())
     await bootstrapper(conn.app).ensure()
     error = conn.app[TENANT].last_error
     assert error is not None

@@ -32,7 +32,7 @@ async def test_init_reports_25_60_100_and_registers_per_version(
     caplog.set_level(logging.INFO)
     conn = await auto_connector()
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     assert not any(p.get("error") for p in fake_nc.progress)
     # progress 100 made Nextcloud call /heartbeat and /enabled while holding its answer
     assert [(c.method, c.path, c.status) for c in fake_nc.callbacks] == [
@@ -68,7 +68,7 @@ async def test_second_init_is_idempotent_through_409(
     conn = await auto_connector()
     await run_init(conn, fake_nc)
     await run_init(conn, fake_nc)
-    assert progress_values(fake_nc) == [25, 60, 100, 25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100, 25, 60, 80, 100]
     assert not any(p.get("error") for p in fake_nc.progress)
     top = fake_nc.calls_to("/ocs/v1.php/apps/app_api/api/v1/ui/top-menu", "POST")
     assert len(top) == 2  # the second answered 409 in-band and counted as done
@@ -85,7 +85,7 @@ async def test_997_warm_up_during_init_is_waited_out(
 ) -> None:
     conn = await auto_connector()
     await run_init(conn, fake_nc, timeout=20)
-    assert progress_values(fake_nc) == [25, 60, 100]
+    assert progress_values(fake_nc) == [25, 60, 80, 100]
     refused = [c for c in fake_nc.calls if c.auth == "disabled"]
     assert refused  # AppAPI really refused during the warm-up ...
     assert fake_nc.top_menu  # ... and the registration went through afterwards
@@ -126,7 +126,7 @@ async def test_boot_run_provisions_registers_and_reports_progress(
     """The pipeline also runs once at boot (after one accepted probe), idempotently, and reports
     its progress: AppAPI may be waiting for an init whose /init never reached us (issue 19)."""
     conn = await auto_connector(run_at_boot=True)
-    await wait_for(lambda: bool(fake_nc.scripts) and len(fake_nc.progress) == 3)
+    await wait_for(lambda: bool(fake_nc.scripts) and len(fake_nc.progress) == 4)
     assert conn.app[TENANT].key == PROVISIONED_KEY
     assert list(fake_nc.top_menu) == ["main"]
-    assert [p["progress"] for p in fake_nc.progress] == [25, 60, 100]
+    assert [p["progress"] for p in fake_nc.progress] == [25, 60, 80, 100]

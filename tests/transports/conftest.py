@@ -11,12 +11,13 @@ import pytest
 from beeflow.config import Config
 from tests.fakes.frp import FakeFrps, exapp_port, make_certs, make_frpc
 from tests.helpers import SECRET, base_env
+from tests.ports import refused_url
 from tests.procs import Launcher, short_dir
 
 # A shared key full of what TOML and shells care about, within what HaRP's start.sh accepts
 # (printable ASCII without `"` and `\`: HaRP refuses those, so no real key holds them).
 SHARED_KEY = "k3y'with'quotes&$ymbols~#=[x]{y}"
-UNREACHABLE_NC = "http://127.0.0.1:9"
+UNREACHABLE_NC = refused_url()
 
 
 @pytest.fixture

@@ -242,24 +242,29 @@ def per_prefix(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("harp", "origin_ip", "build"),
+    ("harp", "routing", "origin_ip", "build"),
     [
-        (False, False, "proxy"),
-        (False, True, "proxy"),
-        (True, True, "proxy"),
-        (True, False, "exapps"),
+        # HaRP direct connect and Kubernetes: TCP, no HP_*, HaRP's requests have no X-Origin-IP.
+        (False, "auto", False, "exapps"),
+        (False, "auto", True, "proxy"),
+        (True, "auto", True, "proxy"),
+        (True, "auto", False, "exapps"),
+        # BEEFLOW_ROUTING overrides the header either way.
+        (False, "php", False, "proxy"),
+        (True, "harp", True, "exapps"),
     ],
 )
 async def test_the_build_matching_the_route_answers(
     connector_factory: ConnectorFactory,
     per_prefix: Path,
     harp: bool,
+    routing: str,
     origin_ip: bool,
     build: str,
 ) -> None:
     """Through Nextcloud's PHP proxy (it adds X-Origin-IP) the /index.php/apps/app_api/proxy/
-    build, through HaRP's /exapps/ route the /exapps/ build."""
-    env = {"BEEFLOW_SPA_DIR": str(per_prefix)}
+    build, through HaRP's /exapps/ route the /exapps/ build, whatever the transport."""
+    env = {"BEEFLOW_SPA_DIR": str(per_prefix), "BEEFLOW_ROUTING": routing}
     if harp:
         env.update(HP_SHARED_KEY="harp-shared-key-for-tests", HP_FRP_ADDRESS="127.0.0.1")
     conn = await connector_factory(**env)

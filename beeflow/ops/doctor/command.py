@@ -26,6 +26,7 @@ from beeflow.config import Config
 from beeflow.errors import ConfigError
 from beeflow.ops.doctor import (
     assistant,
+    automations,
     clocks,
     connector,
     daemon,
@@ -81,6 +82,7 @@ async def run_all(ctx: Context) -> list[Check]:
     checks.append(tenant_key.check_tenant_key(ctx))
     checks.append(await connector.check_running(ctx))
     checks.append(assistant.check_assistant(ctx))
+    checks.append(automations.check_automations(ctx))
     checks.append(daemon.check_deploy_daemon(ctx))
     if config.harp:
         checks.append(await harp.check_harp_socket(ctx))

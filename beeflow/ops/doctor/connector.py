@@ -3,6 +3,9 @@ the tunnel state, the AppAPI failure budget, the last /init and the bootstrap.""
 
 from __future__ import annotations
 
+import json
+from typing import Any, Final
+
 import aiohttp
 from yarl import URL
 
@@ -11,6 +14,26 @@ from beeflow.ops.doctor.harp import tunnel_cause
 from beeflow.ops.doctor.result import FAIL, PASS, SKIP, WARN, Check, Context, remedy_bruteforce
 from beeflow.transports.frpc.diagnose import LASTING
 from beeflow.transports.frpc.diagnose import remedy as remedy_for
+
+MAX_ANSWER: Final = 64 * 1024
+_EXCERPT: Final = 120
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def excerpt(raw: bytes) -> str:
+    """The start of an answer as one printable line (doctor's output scrubs secrets too)."""
+    text = raw.decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = " ".join(text.split())
+    if not text:
+        return "(empty body)"
+    return repr(text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else ""))
 
 
 async def check_running(ctx: Context) -> Check:
@@ -34,11 +57,22 @@ async def check_running(ctx: Context) -> Check:
             ) as session,
             session.get(url, headers=appapi_headers(c, "")) as resp,
         ):
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+            status, kind = resp.status, resp.headers.get("Content-Type", "no Content-Type")
+            raw = await resp.content.read(MAX_ANSWER)
+    except (aiohttp.ClientError, TimeoutError):
         return Check(name, SKIP, f"no connector answers on {where} (not running here)")
+    data = _json(raw)
     if not isinstance(data, dict) or data.get("status") != "ok":
-        return Check(name, FAIL, f"the connector on {where} answered an unexpected heartbeat")
+        return Check(
+            name,
+            FAIL,
+            f"{where} answered GET /heartbeat with something other than this connector's "
+            f"heartbeat: HTTP {status}, {kind}: {excerpt(raw)}",
+            f"Another program listens on {where}: stop it, or give this connector another "
+            + ("HP_EXAPP_SOCK" if c.harp else "APP_PORT")
+            + " (and register the app with that port).",
+            {"status": status, "contentType": kind},
+        )
     ctx.heartbeat = data
     problems: list[tuple[str, str, str]] = []  # (status, what, remedy)
     auth = data.get("appapiAuth") or {}

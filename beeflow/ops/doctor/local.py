@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from beeflow.ops.doctor.result import FAIL, PASS, WARN, Check, Context
+from beeflow.storage import STORAGE_REMEDY, probe_creatable, write_probe
 
 
 def check_config(ctx: Context) -> Check:
@@ -25,36 +23,24 @@ def check_config(ctx: Context) -> Check:
 
 
 def check_storage(ctx: Context) -> Check:
+    """The same test `serve` makes at start (storage.check_directory), without creating
+    anything: a missing directory passes only when it could be made."""
     directory = ctx.config.persistent_storage
-    remedy = (
-        "APP_PERSISTENT_STORAGE must be a writable directory (AppAPI mounts the volume "
-        f"nc_app_{ctx.config.app_id}_data there); the tenant key is cached in it."
-    )
+    remedy = STORAGE_REMEDY.replace("<appid>", ctx.config.app_id)
     if not directory.exists():
-        parent = directory.parent
-        if parent.is_dir() and os.access(parent, os.W_OK):
-            return Check(
-                "storage",
-                WARN,
-                f"{directory} does not exist yet (the connector creates it)",
-                remedy,
-            )
-        return Check("storage", FAIL, f"{directory} does not exist", remedy)
-    if not directory.is_dir():
-        return Check("storage", FAIL, f"{directory} is not a directory", remedy)
-    try:
-        fd, name = tempfile.mkstemp(prefix=".doctor-", dir=directory)
-        try:
-            os.write(fd, b"beeflow doctor")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(name)
-    except OSError as exc:
+        problem = probe_creatable(directory)
+        if problem is not None:
+            return Check("storage", FAIL, f"{directory} does not exist and {problem}", remedy)
         return Check(
             "storage",
-            FAIL,
-            f"cannot write in {directory}: {exc.strerror or type(exc).__name__}",
-            remedy,
+            WARN,
+            f"{directory} does not exist yet; the connector makes it when it starts (it can "
+            "there: checked)",
+            "Start the connector, or mount the app's volume there if this is not the volume.",
         )
+    if not directory.is_dir():
+        return Check("storage", FAIL, f"{directory} is not a directory", remedy)
+    problem = write_probe(directory)
+    if problem is not None:
+        return Check("storage", FAIL, f"{directory} is unusable: {problem}", remedy)
     return Check("storage", PASS, f"{directory} is writable")

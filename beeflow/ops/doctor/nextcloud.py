@@ -30,7 +30,7 @@ from beeflow.ops.doctor.result import (
 
 # The Nextcloud versions this release supports (appinfo/info.xml <dependencies>).
 NC_MIN: Final = 31
-NC_MAX: Final = 34
+NC_MAX: Final = 35
 
 
 async def check_nextcloud(ctx: Context, session: aiohttp.ClientSession) -> Check:

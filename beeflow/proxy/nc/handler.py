@@ -21,14 +21,11 @@ of the body is read (and before `100 Continue`):
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import aiohttp
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from beeflow.config import CONFIG
@@ -40,11 +37,12 @@ from beeflow.errors import (
 from beeflow.health import HEALTH, HealthProvider
 from beeflow.nextcloud.budget import BRUTEFORCE_REMEDY
 from beeflow.nextcloud.client import NEXTCLOUD
-from beeflow.proxy.headers import (
-    refuse_encoded_body,
-)
+from beeflow.proxy.cut import LINGER_BODY_BYTES, body_left, cut
+from beeflow.proxy.headers import EditHeaders, confiner, refuse_encoded_body
+from beeflow.proxy.nc import choice
 from beeflow.proxy.nc.destination import reads_destination, rewrite_destination
 from beeflow.proxy.nc.path import NC_PREFIX, NcTarget
+from beeflow.proxy.nc.replay_shared import SharedReplayCache
 from beeflow.proxy.nc.request import (
     VERBS,
     allow_header,
@@ -66,9 +64,11 @@ from beeflow.proxy.upstream import (
     UpstreamClient,
     upstream_client,
 )
+from beeflow.tenant.shared import refresh_key
 from beeflow.tenant.state import TENANT
 from beeflow.web.auth import Access, add_route
 from beeflow.web.responses import error_response
+from beeflow.web.security_headers import confined_policy
 
 # How Nextcloud's answers are relayed: its own Cache-Control (none added).
 _RELAY_OPTIONS: Final = RelayOptions(default_cache_control=None)
@@ -85,10 +85,6 @@ KEEPALIVE_SECONDS: Final = 4.0
 ROUTE_PATH: Final = NC_PREFIX + "/{tail:.*}"
 # A spooled body up to this size goes upstream as one bytes object (aiohttp warns above 1 MiB).
 INLINE_BODY_BYTES: Final = 1024 * 1024
-# A refused request with more body than this still to come is cut off instead of drained, this
-# long after its answer.
-LINGER_BODY_BYTES: Final = 64 * 1024
-CUT_GRACE_SECONDS: Final = 0.5
 # Codes of upstream failures where Nextcloud never received the request: its signature may be
 # used again.
 _NEVER_SENT: Final = frozenset(
@@ -97,6 +93,10 @@ _NEVER_SENT: Final = frozenset(
 
 _CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_client")
 _SLOW_CLIENT: web.AppKey[UpstreamClient] = web.AppKey("nc_proxy_slow_client")
+# Nextcloud's answers, relayed on Nextcloud's origin to whoever holds a signed request: its
+# session cookie for the impersonated user stays here, and nothing in them may run (the same
+# confinement as the service's answers).
+_CONFINE: web.AppKey[EditHeaders] = web.AppKey("nc_proxy_confine")
 
 
 # ------------------------------------------------------------------ setup
@@ -115,11 +115,13 @@ def setup(app: web.Application) -> None:
     app[GUARD] = guard
     uploads = UnverifiedUploads(config.nc_unverified_uploads, config.nc_unverified_bytes)
     app[UPLOADS] = uploads
-    app.setdefault(HEALTH, {})["ncCallbacks"] = _health(guard, uploads)
+    app[_CONFINE] = confiner(confined_policy(config))
+    app.setdefault(HEALTH, {})["ncCallbacks"] = _health(app, guard, uploads)
     for method in VERBS:
         add_route(app, method, ROUTE_PATH, _handle, Access.PUBLIC, expect_handler=_expect)
     add_route(app, "*", ROUTE_PATH, _other_verb, Access.PUBLIC)
     app.cleanup_ctx.append(_context)
+    choice.setup(app)
 
 
 async def _context(app: web.Application) -> AsyncIterator[None]:
@@ -128,6 +130,10 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     spools = SpoolDir.create(config.spool_dir)
     app[SPOOLS] = spools
+    # Used signatures of writes, shared with the replicas on the volume when it can be.
+    shared = SharedReplayCache.open(config.persistent_storage)
+    if shared is not None:
+        app[GUARD].replays = shared
     settings = PoolSettings(
         name="Nextcloud",
         connect_timeout=config.nc_connect_timeout,
@@ -146,6 +152,8 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             yield
     finally:
         spools.close()
+        if shared is not None:
+            shared.close()
 
 
 async def _other_verb(request: web.Request) -> web.StreamResponse:
@@ -181,6 +189,7 @@ def _precheck(request: web.Request) -> _Head:
     method = signed_verb(request)
     target = checked_target(request.raw_path)
     refuse_repeated(request)
+    refresh_key(app)  # before a signature is judged: a key another replica rotated
     key = app[TENANT].key
     if not key:
         guard.no_key()
@@ -223,8 +232,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     try:
         return await _proxy(request)
     except BeeflowError as exc:
-        if exc.instance_code == "body_timeout" or _body_left(request) > LINGER_BODY_BYTES:
-            return await _cut(request, exc)
+        if exc.instance_code == "body_timeout" or body_left(request) > LINGER_BODY_BYTES:
+            return await cut(request, error_response(exc))
         raise
 
 
@@ -278,7 +287,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                 request,
                 upstream,
                 _RELAY_OPTIONS,
-                edit_headers=_edit_response_headers,
+                edit_headers=app[_CONFINE],
                 method=method,
             )
         except BeeflowError as exc:  # raised before anything was sent to the caller
@@ -296,40 +305,9 @@ def _release(ticket: Ticket | None) -> None:
         ticket.release()
 
 
-def _body_left(request: web.Request) -> int:
-    """Bytes of the request body not read yet (a body of unknown length counts as large)."""
-    if not request.body_exists:
-        return 0
-    content = request.content
-    if content.is_eof():
-        return 0
-    length = request.content_length
-    if length is None:
-        return LINGER_BODY_BYTES + 1
-    return max(0, length - content.total_bytes)
-
-
-async def _cut(request: web.Request, exc: BeeflowError) -> web.StreamResponse:
-    """A refusal with a large body still to come, or a stalled one: the answer, a half-close,
-    and the connection closed CUT_GRACE_SECONDS later. aiohttp would otherwise read and
-    discard the rest for up to 10 s, buffering up to ~0.5 MiB per connection meanwhile: an
-    unauthenticated sender could hold that on every connection it opens. The grace lets a
-    client that is still sending read the answer before the close resets the connection. A
-    small rest is left to aiohttp (large genuine uploads wait for `100 Continue`, where the
-    refusal comes before the body)."""
-    response = error_response(exc)
-    response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    transport = request.transport
-    if transport is not None:
-        if transport.can_write_eof():
-            transport.write_eof()
-        asyncio.get_running_loop().call_later(CUT_GRACE_SECONDS, transport.close)
-    return response
-
-
-def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider:
+def _health(
+    app: web.Application, guard: SignatureGuard, uploads: UnverifiedUploads
+) -> HealthProvider:
     """ncCallbacks in the heartbeat: the signature counters, and for trusted callers what the
     unverified uploads hold."""
 
@@ -337,6 +315,11 @@ def _health(guard: SignatureGuard, uploads: UnverifiedUploads) -> HealthProvider
         out = guard.stats.health(trusted)
         if trusted:
             out["unverifiedUploads"] = uploads.health()
+            out["signatures"] = choice.describe(app)
+            out["replayCache"] = {
+                "shared": isinstance(guard.replays, SharedReplayCache),
+                "entries": len(guard.replays),
+            }
         return out
 
     return provide
@@ -363,11 +346,6 @@ def _outbound(spool: Spool) -> OutboundBody:
     if spool.in_memory and spool.size <= INLINE_BODY_BYTES:
         return OutboundBody(spool.memory_bytes(), spool.size)
     return OutboundBody(SpoolReplay(spool), spool.size)
-
-
-def _edit_response_headers(_upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
-    # A session cookie Nextcloud set for the impersonated user is nobody else's business.
-    headers.popall("Set-Cookie", None)
 
 
 def _as_nextcloud_error(exc: BeeflowError) -> BeeflowError:

@@ -12,11 +12,11 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 
+from beeflow.proxy.paths import MAX_DECODE_DEPTH, segment_escape
+
 NC_PREFIX: Final = "/nc"
 # After stripping /nc, only these reach Nextcloud (docs/nc-proxy.md, "Where to send the call").
 ALLOWED_PREFIXES: Final = ("/ocs/", "/remote.php/dav/", "/index.php/apps/")
-# %252e%252e needs two decodes, %25252e three; anything still changing after that is refused.
-MAX_DECODE_DEPTH: Final = 3
 MAX_TARGET_LENGTH: Final = 8192
 # A query value may itself be an encoded URL holding an encoded URL...: more layers than the path.
 MAX_QUERY_DECODE_DEPTH: Final = 8
@@ -147,9 +147,9 @@ def _check_level(level: bytes, slashes: int) -> None:
         raise _traversal("control character or NUL")
     if level.count(b"/") != slashes:
         raise _traversal("encoded slash")
-    for segment in level.split(b"/"):
-        if segment in (b".", b".."):
-            raise _traversal("dot segment")
+    why = segment_escape(level)
+    if why is not None:
+        raise _traversal(why)
     # The prefix must hold for the raw form and every decoded form (/nc/%6fcs/ is not /nc/ocs/).
     if not level.startswith(NC_PREFIX.encode() + b"/") or not level[len(NC_PREFIX) :].startswith(
         _PREFIXES_B
@@ -176,7 +176,8 @@ def _check_query(query: str) -> None:
 def check_target(raw_target: str) -> NcTarget:
     """Check a raw request target (`/nc/...?...` exactly as received). Raises PathRejected.
 
-    Traversal is rejected, never normalised: '.' and '..' segments, backslashes, control bytes,
+    Traversal is rejected, never normalised: '.' and '..' segments (also with parameters,
+    `..;x`), backslashes, control bytes,
     and encoded slashes, in the raw form and after each of up to three percent-decodings; the
     allow-listed prefix must hold for every form; the fully decoded path must be UTF-8. The
     query may hold no CR, LF or NUL in any decoded form."""

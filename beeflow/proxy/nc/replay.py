@@ -2,8 +2,8 @@
 twice within the clock-skew window (docs/nc-proxy.md, "Replays").
 
     ReplayCache       the interface the handler uses
-    MemoryReplayCache one process's bounded cache (this one; replicas that share a volume need
-                      a shared implementation, built on the storage lease helper once it exists)
+    MemoryReplayCache one process's bounded cache (also the index of the shared one)
+    SharedReplayCache (replay_shared.py) the same, shared by the replicas on one volume
 
 A signature is claimed once it verified and released again only when its request never reached
 Nextcloud (refused afterwards, or Nextcloud unreachable), so the service may resend it. An entry
@@ -30,6 +30,10 @@ class ReplayCacheFull(Exception):
 
 
 class ReplayCache(Protocol):
+    def __len__(self) -> int:
+        """Live claims (as far as this process knows)."""
+        ...
+
     def seen(self, mac: bytes) -> bool:
         """Whether this signature was already used (a cheap look before the body is read)."""
         ...
@@ -66,6 +70,15 @@ class MemoryReplayCache:
         return until is not None and until > self._clock()
 
     async def claim(self, mac: bytes, until: float) -> bool:
+        return self.add(mac, until)
+
+    async def release(self, mac: bytes) -> None:
+        self.remove(mac)
+
+    # The index operations (synchronous), which the shared cache applies from its log too.
+
+    def add(self, mac: bytes, until: float) -> bool:
+        """Record a live claim; False if one is live already. Raises ReplayCacheFull."""
         self._prune()
         if mac in self._until:
             return False
@@ -75,8 +88,17 @@ class MemoryReplayCache:
         heapq.heappush(self._expiry, (until, mac))
         return True
 
-    async def release(self, mac: bytes) -> None:
+    def remove(self, mac: bytes) -> None:
         self._until.pop(mac, None)  # its heap entry goes when it expires
+
+    def live(self) -> list[tuple[bytes, float]]:
+        """The claims still live, (mac, until)."""
+        self._prune()
+        return list(self._until.items())
+
+    def clear(self) -> None:
+        self._until.clear()
+        self._expiry.clear()
 
     def _prune(self) -> None:
         now = self._clock()

@@ -337,7 +337,7 @@ class SignatureGuard:
     def fail(
         self,
         request: web.Request,
-        reason: str,
+        code: str,
         message: str,
         *,
         extra: dict[str, Any] | None = None,
@@ -345,12 +345,12 @@ class SignatureGuard:
         """Count and bill one signature failure, then refuse: 401 naming the check, or 429 once
         the window's budget is spent."""
         stats = self.stats
-        stats.failure(reason)
+        stats.failure(code)
         if stats.consecutive == WARN_AT_CONSECUTIVE or stats.consecutive % 10 == 0:
             log.warning(
                 "/nc callback refused (%s), %d in a row: check the tenant key and clock of the "
                 "Bee Flow service (%s %s...)",
-                reason,
+                code,
                 stats.consecutive,
                 request.method,
                 loggable_prefix(request.raw_path),
@@ -362,7 +362,7 @@ class SignatureGuard:
                 code="signature_rate_limited",
                 retry_after=self.limiter.retry_after(),
             )
-        raise Unauthorized(message, code=reason, extra=extra)
+        raise Unauthorized(message, code=code, extra=extra)
 
 
 def v3_message(

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from beeflow.ops.doctor.command import run_checks
-from beeflow.ops.doctor.result import SKIP, Check
+from beeflow.ops.doctor.result import FAIL, SKIP, Check
 from beeflow.tenant.store import KEY_FILE
 from tests.fakes.frp import FakeFrps
 from tests.fakes.nextcloud import FakeNextcloud
@@ -39,10 +39,11 @@ LEGACY_CHECKS = [
     "tenant_key",
     "connector",
     "assistant",
+    "automations",
     "deploy_daemon",
 ]
 # No connector runs in these tests unless one is started: its checks are skipped.
-NOT_RUNNING = {"connector": SKIP, "assistant": SKIP}
+NOT_RUNNING = {"connector": SKIP, "assistant": SKIP, "automations": SKIP}
 HARP_CHECKS = ["harp_socket", "harp_port", "frpc", "frps", "frp_certs"]
 
 
@@ -72,6 +73,8 @@ async def checks_of(
     checks, _ = await run_checks(environ, clock=clock, timeout=timeout)
     names = [c.name for c in checks]
     assert len(names) == len(set(names))
+    # Every failure says how to fix it, in every scenario the doctor tests make.
+    assert [c.name for c in checks if c.status == FAIL and not c.remedy.strip()] == []
     return {c.name: c for c in checks}
 
 
@@ -147,6 +150,8 @@ def harp_env(env: Env, tmp_short: Path, frps: FakeFrps) -> Env:
     certs = tmp_short / "certs"
     write_certs(certs)
     env.update(
+        # frpc's remotePort, in HaRP's ExApp range; in HaRP mode nothing listens on it here.
+        APP_PORT="23000",
         HP_SHARED_KEY=SHARED_KEY,
         HP_FRP_ADDRESS="127.0.0.1",
         HP_FRP_PORT=str(frps.port),

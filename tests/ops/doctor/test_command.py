@@ -27,6 +27,7 @@ from tests.ops.doctor.conftest import (
     closed_port,
     write_key,
 )
+from tests.ports import COMMON_PORTS, held
 
 
 async def test_a_healthy_legacy_installation_passes_every_check(
@@ -42,6 +43,19 @@ async def test_a_healthy_legacy_installation_passes_every_check(
     assert "32.0.1" in checks["nextcloud_version"].summary
     assert checks["tenant_key"].details["fingerprint"] == fingerprint(TENANT_KEY)
     assert "HaRP is available" in checks["nextcloud_version"].summary
+
+
+async def test_ports_in_use_elsewhere_change_no_check(env: Env) -> None:
+    """Something answering heartbeats on the ports a developer's machine commonly has in use
+    (a connector on the manual-install guide's 23000, AppAPI's 8080, ...) is not this
+    installation's connector: the checks are those of the healthy installation."""
+    with held() as busy:
+        assert busy.ports == COMMON_PORTS
+        checks = await checks_of(env)
+    assert {n: c.status for n, c in checks.items()} == {
+        **dict.fromkeys(LEGACY_CHECKS, PASS),
+        **NOT_RUNNING,
+    }
 
 
 async def test_a_healthy_harp_installation_passes_every_check(

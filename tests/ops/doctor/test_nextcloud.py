@@ -63,7 +63,8 @@ async def test_nextcloud_states(
         ("33.0.0", WARN),
         ("33.0.1", PASS),
         ("34.0.2", PASS),
-        ("35.0.0", FAIL),
+        ("35.0.0", PASS),
+        ("36.0.0", FAIL),
     ],
 )
 async def test_nextcloud_version_range(env: Env, version: str, expected: str) -> None:

@@ -19,6 +19,7 @@ from tests.fakes.nextcloud import FakeNextcloud
 from tests.fakes.nextcloud_dav import FakeDav
 from tests.fakes.php_proxy import PROXY_PREFIX, PhpProxy, php_requery
 from tests.helpers import SECRET, TENANT_KEY, RunningConnector
+from tests.ports import refused_url
 from tests.proxy.nc.caller import NcCaller, outcome
 
 DAV = "/nc/remote.php/dav/files/alice"
@@ -188,7 +189,7 @@ async def test_patch_needs_the_tunnel(via_php: NcCaller, dav: FakeDav) -> None:
 
 
 async def test_connector_down_is_an_empty_500(session: aiohttp.ClientSession, dav: FakeDav) -> None:
-    proxy = PhpProxy("http://127.0.0.1:9", secret=SECRET)
+    proxy = PhpProxy(refused_url(), secret=SECRET)
     await proxy.start()
     try:
         caller = NcCaller(session, proxy.url, prefix=PROXY_PREFIX + "bee_flow")
