@@ -256,7 +256,7 @@ class Config:
             "nc_signature_v1": p.get("BEEFLOW_NC_SIGNATURE_V1", "1", env_.flag),
             "nc_signature_require_v3": p.get("BEEFLOW_NC_SIGNATURE_REQUIRE_V3", "0", env_.flag),
             "task_watchdog_min_seconds": p.get(
-                "BEEFLOW_TASK_WATCHDOG_MIN_SECONDS", "60", env_.float_range(0.1, 86400)
+                "BEEFLOW_TASK_WATCHDOG_MIN_SECONDS", "60", env_.float_range(0.1, 3600)
             ),
             "task_watchdog_max_seconds": p.get(
                 "BEEFLOW_TASK_WATCHDOG_MAX_SECONDS", "300", env_.float_range(0.1, 86400)
@@ -265,7 +265,7 @@ class Config:
                 "BEEFLOW_TASK_POLL_SECONDS", "5", env_.float_range(0.05, 3600)
             ),
             "task_poll_max_seconds": p.get(
-                "BEEFLOW_TASK_POLL_MAX_SECONDS", "300", env_.float_range(0.05, 86400)
+                "BEEFLOW_TASK_POLL_MAX_SECONDS", "300", env_.float_range(0.05, 3600)
             ),
             "task_concurrency": p.get("BEEFLOW_TASK_CONCURRENCY", "4", env_.int_range(1, 64)),
             "api_buffer_bytes": p.get(

@@ -20,7 +20,7 @@ from aiohttp import web
 from beeflow.config import CONFIG, Config
 from beeflow.errors import NextcloudError
 from beeflow.health import provide
-from beeflow.integrations.assistant_execute import NcTask, Outcome, execute, failed
+from beeflow.integrations.assistant_execute import NcTask, Outcome, execute, task_failed
 from beeflow.integrations.assistant_ledger import Entry, Ledger
 from beeflow.integrations.assistant_nc import deliver, still_running
 from beeflow.limits import Interval
@@ -226,7 +226,7 @@ class Worker:
         if pid is None:
             # Locked to us, but for a type we did not ask for: report rather than strand it.
             spawn(
-                self._report(task, failed("rejected", "not a task type Bee Flow serves")),
+                self._report(task, task_failed("rejected", "not a task type Bee Flow serves")),
                 name=f"{RUNNER_PREFIX}{task.id}",
             )
             return None
@@ -254,11 +254,11 @@ class Worker:
                 async with asyncio.timeout(limit):
                     outcome = await execute(self._service, task, limit)
             except TimeoutError:
-                outcome = failed("timeout", f"no answer within {limit:g} s")
+                outcome = task_failed("timeout", f"no answer within {limit:g} s")
         except asyncio.CancelledError:
             # Stopping: say so now rather than leave the task to a sweep.
             with contextlib.suppress(Exception):
-                stopped = failed("stopped", "the connector stopped")
+                stopped = task_failed("stopped", "the connector stopped")
                 if await asyncio.wait_for(self._report(task, stopped), 2.0):
                     await self._ledger_call("remove", entry)
             raise
@@ -332,7 +332,7 @@ class Worker:
                 continue
             if await still_running(self._client(), mine.task_id, mine.user):
                 task = NcTask(mine.task_id, mine.type, mine.user, "", "", {})
-                if not await self._report(task, failed("stopped", "the connector stopped")):
+                if not await self._report(task, task_failed("stopped", "the connector stopped")):
                     continue
                 self.stats.recovered += 1
                 count += 1

@@ -92,7 +92,7 @@ class Outcome:
         }
 
 
-def failed(kind: str, detail: str) -> Outcome:
+def task_failed(kind: str, detail: str) -> Outcome:
     return Outcome(None, kind, detail)
 
 
@@ -108,20 +108,20 @@ async def execute(service: ServiceClient, task: NcTask, timeout: float) -> Outco
         text = task.input.get("input")
         if not isinstance(text, str) or not text.strip():
             # The service refuses a text task without its text; say so without asking it.
-            return failed("rejected", "the task has no text to work on (input.input)")
+            return task_failed("rejected", "the task has no text to work on (input.input)")
     try:
         reply = await service.post_signed(EXECUTE_PATH, task.execute_body(), timeout=timeout)
     except ServiceCallError as exc:
         if exc.kind == "no_key":
-            return failed("unconfigured", "the connector has no tenant key yet")
+            return task_failed("unconfigured", "the connector has no tenant key yet")
         if exc.kind == "timeout":
-            return failed("timeout", f"no answer within {timeout:g} s")
-        return failed("upstream", f"the service cannot be reached ({exc.kind})")
+            return task_failed("timeout", f"no answer within {timeout:g} s")
+        return task_failed("upstream", f"the service cannot be reached ({exc.kind})")
     if reply.status == 401:
-        return failed("rejected", "the service refused the connector's signature (tenant key)")
+        return task_failed("rejected", "the service refused the connector's signature (tenant key)")
     if not reply.ok:
         kind = "rejected" if 400 <= reply.status < 500 else "upstream"
-        return failed(kind, f"HTTP {reply.status}" + _service_error(reply.data))
+        return task_failed(kind, f"HTTP {reply.status}" + _service_error(reply.data))
     data = reply.data
     output = data.get("output") if isinstance(data, dict) else None
     return check_output(task.type, output)
@@ -140,18 +140,18 @@ def check_output(task_type: str, output: Any) -> Outcome:
     fields as text, `sources` a list of texts, nothing else (Nextcloud would fail the whole
     task over a wrong field, with a message that names nothing)."""
     if not isinstance(output, dict):
-        return failed("invalid_output", "the service's answer has no output object")
+        return task_failed("invalid_output", "the service's answer has no output object")
     text = output.get("output")
     if not isinstance(text, str):
-        return failed("invalid_output", "the service's answer has no output text")
+        return task_failed("invalid_output", "the service's answer has no output text")
     if task_type != AGENT_TYPE:
         return Outcome({"output": text})
     token = output.get("conversation_token")
     if not isinstance(token, str):
-        return failed("invalid_output", "the agent's answer has no conversation_token")
+        return task_failed("invalid_output", "the agent's answer has no conversation_token")
     actions = output.get("actions", "")
     if not isinstance(actions, str):
-        return failed("invalid_output", "the agent's actions are not text")
+        return task_failed("invalid_output", "the agent's actions are not text")
     checked: dict[str, Any] = {"output": text, "conversation_token": token, "actions": actions}
     sources = output.get("sources")
     if isinstance(sources, list) and all(isinstance(s, str) for s in sources):
