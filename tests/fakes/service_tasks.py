@@ -1,21 +1,20 @@
-"""The fake Bee Flow service's Task Processing execute route and its Nextcloud event ingest, as the
-real service answers them (Bee-Flow/Bee-Flow, folder `server/`):
+"""The fake Bee Flow service's Task Processing execute route, as the real service answers it
+(Bee-Flow/Bee-Flow, `server/routes/nextcloudTaskProcessing.js` @e711789a,
+`POST /api/nextcloud/task-processing/execute`):
 
-* `routes/nextcloudTaskProcessing.js` @e711789a: `POST /api/nextcloud/task-processing/execute`.
-  The connector signature (B) first (401 `{"error": "Invalid or missing signature"}`, nothing
-  about the shape), then the schema (400 `{error, code: "invalid_request", details}`): `taskType`
-  a non-empty text up to 200 characters; `input` an object (`[]`, null or missing count as {});
-  `ncUid`, `customId`, `appId` text or null (at most 256, 512, 256 characters); unknown top-level
-  keys dropped; a text type needs `input.input` with text in it. Then
-  `core:contextagent:interaction` answers `{output: {output, actions: "", conversation_token,
-  sources}}` (500 when no Bee Flow user is linked to `ncUid`: runAgentTurn throws), other known
-  types `{output: {output: text}}` (502 "The model returned no output" for an empty one), an
-  unknown type 400 `{"error": "Unsupported task type: <type>"}`.
-* `routes/automation/events.js` @3c2dabd9: `POST /api/automation/events/nextcloud`: the same
-  signature (401), then 400 `{"error": "Missing event"}` without `event`, else 202 with no body.
+The connector signature (B) first (401 `{"error": "Invalid or missing signature"}`, nothing
+about the shape), then the schema (400 `{error, code: "invalid_request", details}`): `taskType`
+a non-empty text up to 200 characters; `input` an object (`[]`, null or missing count as {});
+`ncUid`, `customId`, `appId` text or null (at most 256, 512, 256 characters); unknown top-level
+keys dropped; a text type needs `input.input` with text in it. Then
+`core:contextagent:interaction` answers `{output: {output, actions: "", conversation_token,
+sources}}` (500 when no Bee Flow user is linked to `ncUid`: runAgentTurn throws), other known
+types `{output: {output: text}}` (502 "The model returned no output" for an empty one), an
+unknown type 400 `{"error": "Unsupported task type: <type>"}`.
 
 What the fake's model says is the fake's own: `answer(task_type, input)` (a test may replace it),
-`"Bee Flow (<type>): <input>"` by default; `mode` stalls or fails every call (fault injection)."""
+`"Bee Flow (<type>): <input>"` by default; `mode` stalls or fails every call (fault injection).
+The automation events ingest (where Talk events go) is tests/fakes/service_events.py."""
 
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ from aiohttp import web
 from tests.fakes.service_control import ServiceControl
 
 EXECUTE_PATH: Final = "/api/nextcloud/task-processing/execute"
-EVENTS_PATH: Final = "/api/automation/events/nextcloud"
 AGENT_TYPE: Final = "core:contextagent:interaction"
 TEXT_TYPES: Final = frozenset(
     {
@@ -68,12 +66,11 @@ def default_answer(task_type: str, inputs: dict[str, Any]) -> str:
 
 
 class ServiceTasks:
-    """The two routes, with records and knobs."""
+    """The route, with records and knobs."""
 
     def __init__(self, control: ServiceControl) -> None:
         self.control = control
         self.executions: list[Execution] = []
-        self.events: list[dict[str, Any]] = []
         self.refused: list[str] = []  # why each refused call was refused
         self.answer: Callable[[str, dict[str, Any]], str] = default_answer
         # ok | stall (never answers) | status:<code> (answers that status, {error})
@@ -86,17 +83,11 @@ class ServiceTasks:
         self.arrived = asyncio.Condition()
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(EXECUTE_PATH, self._execute), web.post(EVENTS_PATH, self._event)]
+        return [web.post(EXECUTE_PATH, self._execute)]
 
     async def _note(self) -> None:
         async with self.arrived:
             self.arrived.notify_all()
-
-    async def wait_events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout), self.arrived:
-            while len(self.events) < count:
-                await self.arrived.wait()
-            return list(self.events)
 
     async def wait_executions(self, count: int, timeout: float = 10.0) -> list[Execution]:
         async with asyncio.timeout(timeout), self.arrived:
@@ -159,20 +150,6 @@ class ServiceTasks:
         if not text:
             return web.json_response({"error": "The model returned no output"}, status=502)
         return web.json_response({"output": {"output": text}})
-
-    async def _event(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        reason = self.control.check_signature(request, raw)
-        if reason:
-            self.refused.append(reason)
-            await self._note()
-            return web.json_response(BAD_SIGNATURE, status=401)
-        body = _json(raw)
-        if not isinstance(body, dict) or not body.get("event"):
-            return web.json_response({"error": "Missing event"}, status=400)
-        self.events.append(body)
-        await self._note()
-        return web.Response(status=202)
 
 
 def _json(raw: bytes) -> Any:

@@ -99,7 +99,7 @@ async def test_a_mention_is_forwarded_and_answered_in_the_room(
     assert delivery.status == 200
     assert delivery.headers["AUTHORIZATION-APP-API"]  # AppAPI's, with an empty user
     assert not any(h.lower().startswith("x-nextcloud-talk") for h in delivery.headers)
-    (event,) = await world.service.tasks.wait_events(1)
+    (event,) = await world.service.control.automation.wait_events(1)
     assert event == {
         "event": "talk.message.received",
         "ncUid": "alice",
@@ -130,7 +130,7 @@ async def test_a_message_without_mention_is_only_forwarded(
     conn = await connector_factory(**world.env())
     await with_bot(world, conn)
     await world.talk.say(ROOM, "alice", "just chatting about Bee Flow")
-    (event,) = await world.service.tasks.wait_events(1)
+    (event,) = await world.service.control.automation.wait_events(1)
     assert event["event"] == "talk.message.received"
     await asyncio.sleep(0.2)
     assert world.talk.bot_posts == []
@@ -146,7 +146,7 @@ async def test_reactions_reach_the_service_when_talk_sends_them(
     message = await world.talk.say(ROOM, "alice", "ship it?")
     await world.talk.react(ROOM, message, "👍")
     await world.talk.react(ROOM, message, "👍", undo=True)
-    events = await world.service.tasks.wait_events(3)
+    events = await world.service.control.automation.wait_events(3)
     reactions = [e for e in events if e["event"] == "talk.reaction.added"]
     assert [(e["payload"]["reaction"], e["payload"]["removed"]) for e in reactions] == [
         ("👍", False),
@@ -233,7 +233,7 @@ async def test_bad_deliveries_get_clear_answers(
     ) as resp:
         assert resp.status == status
         assert (await resp.json())["code"] == code
-    assert world.service.tasks.events == []
+    assert world.service.control.automation.events == []
 
 
 async def test_a_delivery_before_the_tenant_key_is_refused_until_set_up(
