@@ -1,7 +1,7 @@
 """A registration that follows what it depends on: run once now (the /init phase), again whenever
 the watched value changes (the tenant key appears or rotates, Nextcloud enables the app again),
 and again after a failure, with capped backoff. One run at a time; callers join the run in
-flight."""
+flight. `under_lease` makes the job singleton work across replicas (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,32 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 
+from aiohttp import web
+
+from beeflow.lease import LEASES
+from beeflow.phases import REGISTRATIONS
 from beeflow.tasks import Slot
 
 log = logging.getLogger(__name__)
 
 # A job answers whether it is done for the watched value it ran for (False: retry later).
 Job = Callable[[str], Awaitable[bool]]
+
+
+def under_lease(app: web.Application, job: Job, name: str = REGISTRATIONS) -> Job:
+    """`job` run as the holder of the `name` lease, so replicas on one volume re-register one
+    at a time (waiting for each other). The /init pipeline already holds the registrations
+    lease when its phase runs the job: the process shares that tenure. Without leases (an app
+    built without them) the job runs as is."""
+
+    async def run(reason: str) -> bool:
+        leases = app.get(LEASES)
+        if leases is None:
+            return await job(reason)
+        async with leases.get(name).hold():
+            return await job(reason)
+
+    return run
 
 
 class Follower:

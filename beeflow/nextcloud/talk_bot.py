@@ -18,7 +18,7 @@ from beeflow.config import CONFIG
 from beeflow.errors import NextcloudError
 from beeflow.nextcloud import surface
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
-from beeflow.nextcloud.follow import Follower
+from beeflow.nextcloud.follow import Follower, under_lease
 from beeflow.phases import InitPhase
 from beeflow.redact import REDACTOR
 from beeflow.serde import iso_utc
@@ -177,7 +177,8 @@ def setup(app: web.Application) -> None:
 
     bot = TalkBot(client, app[TENANT], config.persistent_storage)
     app[TALK_BOT] = bot
-    follower = bot.follower = Follower("talk-bot-registration", bot.register, bot.watch)
+    job = under_lease(app, bot.register)
+    follower = bot.follower = Follower("talk-bot-registration", job, bot.watch)
 
     async def phase() -> None:
         await follower.run_now("init")

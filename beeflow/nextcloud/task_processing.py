@@ -19,7 +19,7 @@ from beeflow.config import CONFIG, Config
 from beeflow.errors import NextcloudError
 from beeflow.nextcloud import surface
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
-from beeflow.nextcloud.follow import Follower
+from beeflow.nextcloud.follow import Follower, under_lease
 from beeflow.phases import InitPhase
 from beeflow.tenant.state import TENANT, TenantState
 
@@ -327,7 +327,7 @@ def setup(app: web.Application) -> None:
 
     registrar = Registrar(client, app[TENANT], providers)
     follower = registrar.follower = Follower(
-        "task-processing-registration", registrar.run, registrar.watch
+        "task-processing-registration", under_lease(app, registrar.run), registrar.watch
     )
     app[PROVIDERS] = providers
     app[REGISTRAR] = registrar
