@@ -28,7 +28,7 @@ from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
 from beeflow.nextcloud.task_processing import PROVIDERS, Providers, TaskType
 from beeflow.serde import iso_utc
 from beeflow.service_client import SERVICE, ServiceClient
-from beeflow.tasks import Slot, cancel_all, running, spawn
+from beeflow.tasks import Slot, spawn
 from beeflow.web.auth import Access, add_route
 from beeflow.web.responses import json_response
 
@@ -101,6 +101,7 @@ class Worker:
         self._loop = Slot("assistant-poll")
         self._inflight: dict[str, int] = {}  # per provider id
         self._live: set[int] = set()  # task ids this process is working on
+        self._jobs: set[asyncio.Task[Any]] = set()  # this worker's (not another app's)
         self._last_sweep = 0.0
         self._ledger_warned = False
         self.paused = ""  # why no task is fetched now ("" = not paused)
@@ -225,9 +226,11 @@ class Worker:
             pid = next((p for p, t in room.items() if t.id == task.type), None)
         if pid is None:
             # Locked to us, but for a type we did not ask for: report rather than strand it.
-            spawn(
-                self._report(task, task_failed("rejected", "not a task type Bee Flow serves")),
-                name=f"{RUNNER_PREFIX}{task.id}",
+            self._keep(
+                spawn(
+                    self._report(task, task_failed("rejected", "not a task type Bee Flow serves")),
+                    name=f"{RUNNER_PREFIX}{task.id}",
+                )
             )
             return None
         self.stats.fetched += 1
@@ -237,7 +240,11 @@ class Worker:
     def _start(self, task: NcTask, pid: str, task_type: TaskType) -> None:
         self._inflight[pid] = self._inflight.get(pid, 0) + 1
         self._live.add(task.id)
-        spawn(self._run(task, pid, task_type), name=f"{RUNNER_PREFIX}{task.id}")
+        self._keep(spawn(self._run(task, pid, task_type), name=f"{RUNNER_PREFIX}{task.id}"))
+
+    def _keep(self, job: asyncio.Task[Any]) -> None:
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
 
     async def _run(self, task: NcTask, pid: str, task_type: TaskType) -> None:
         config = self.config
@@ -345,10 +352,13 @@ class Worker:
     async def close(self) -> None:
         await self._loop.close()
         await self._drain.close()
-        pending = running(RUNNER_PREFIX)
+        pending = [job for job in self._jobs if not job.done()]
         if pending:
-            await asyncio.wait(pending, timeout=SETTLE_SECONDS)
-        await cancel_all(RUNNER_PREFIX, timeout=5.0)
+            _, late = await asyncio.wait(pending, timeout=SETTLE_SECONDS)
+            for job in late:
+                job.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5.0)
 
     def health(self, trusted: bool) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -25,7 +25,7 @@ from beeflow.nextcloud.talk_bot import BOT_NAME, ROUTE, TALK_BOT, TalkBot
 from beeflow.nextcloud.task_processing import AGENT_TYPE
 from beeflow.serde import iso_utc
 from beeflow.service_client import SERVICE, ServiceCallError, ServiceClient
-from beeflow.tasks import cancel_all, running, spawn
+from beeflow.tasks import spawn
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web.auth import IDENTITY, Access, add_route
 from beeflow.web.responses import json_response
@@ -39,7 +39,7 @@ FORWARD_CONCURRENCY: Final = 8
 ANSWER_CONCURRENCY: Final = 4
 ANSWER_TIMEOUT: Final = 120.0
 SETTLE_SECONDS: Final = 2.0
-PREFIX: Final = "talk-"
+PREFIX: Final = "talk-delivery-"
 HINT: Final = (
     "Hello! Mention me with a question, for example: @Bee Flow what did we decide about the "
     "launch date?"
@@ -94,6 +94,7 @@ class Talk:
         self._forwards = asyncio.Semaphore(FORWARD_CONCURRENCY)
         self._answers = asyncio.Semaphore(ANSWER_CONCURRENCY)
         self.waiting = 0
+        self._jobs: set[asyncio.Task[None]] = set()  # this app's jobs (not another app's)
 
     def accept(self, event: TalkEvent) -> bool:
         """Queue the forward (and the answer of a mention); False when the queue is full."""
@@ -103,10 +104,14 @@ class Talk:
             self._error(f"{event.event} dropped: {MAX_QUEUED} jobs already waiting")
             return False
         self.waiting += jobs
-        spawn(self._forward(event), name=f"{PREFIX}forward")
+        self._keep(spawn(self._forward(event), name=f"{PREFIX}forward"))
         if event.mention is not None:
-            spawn(self._answer(event.mention), name=f"{PREFIX}answer")
+            self._keep(spawn(self._answer(event.mention), name=f"{PREFIX}answer"))
         return True
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
 
     async def _forward(self, event: TalkEvent) -> None:
         body = {"event": event.event, "ncUid": event.nc_uid, "payload": event.payload}
@@ -167,10 +172,14 @@ class Talk:
         log.warning("Talk: %s", text[:300])
 
     async def close(self) -> None:
-        pending = running(PREFIX)
+        """This app's forwards and answers get SETTLE_SECONDS, then are cancelled."""
+        pending = [t for t in self._jobs if not t.done()]
         if pending:
-            await asyncio.wait(pending, timeout=SETTLE_SECONDS)
-        await cancel_all(PREFIX)
+            _, late = await asyncio.wait(pending, timeout=SETTLE_SECONDS)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5.0)
 
     def health(self, trusted: bool) -> dict[str, Any]:
         return self.stats.snapshot() if trusted else {"deliveries": self.stats.deliveries}

@@ -333,3 +333,16 @@ async def test_a_full_queue_and_a_refused_forward_are_counted(
     assert "HTTP 401" in talk.stats.last_error
     async with await conn.request("GET", "/heartbeat") as resp:
         assert (await resp.json())["talk"] == {"deliveries": 2}
+
+
+async def test_closing_talk_leaves_other_work_alone(
+    world: World, connector_factory: ConnectorFactory
+) -> None:
+    """Talk's shutdown waits for and cancels its own forwards and answers only: not the bot's
+    registration loop (whose task name also starts with "talk-"), not another app's work."""
+    conn = await connector_factory(**world.env())
+    follower = conn.app[TALK_BOT].follower
+    assert follower is not None
+    assert follower._loop.running
+    await conn.app[TALK].close()
+    assert follower._loop.running
