@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -99,6 +100,7 @@ async def run(tasks: int, types: int, concurrency: int) -> dict[str, float]:
         await child.wait()
         await service.stop()
         await nc.stop()
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 async def main(argv: list[str] | None = None) -> None:
