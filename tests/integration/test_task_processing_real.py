@@ -133,7 +133,9 @@ async def finished(
         rows = await asyncio.to_thread(task_rows, lane, ids)
         if len(rows) == len(ids) and all(status >= 3 for status, _ in rows.values()):
             return rows
-        assert time.monotonic() < deadline, rows
+        if time.monotonic() >= deadline:
+            tail = "\n".join(lane.connector.lines[-30:]) if lane.connector else ""
+            raise AssertionError(f"tasks not finished: {rows}\nthe connector's last lines:\n{tail}")
         await asyncio.sleep(0.2)
 
 
