@@ -106,8 +106,8 @@ class Follower:
             except TimeoutError:
                 pass
             self._wake.clear()
-            if self._run.running:
-                continue
+            if self._run.running or self.runs == 0:
+                continue  # the first run is /init's (at boot or AppAPI's call), never the loop's
             watched = self._watch()
             if watched == self._done_for:
                 continue

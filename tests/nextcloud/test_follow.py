@@ -71,3 +71,31 @@ async def test_without_leases_the_job_runs_as_is() -> None:
 
     assert await under_lease(web.Application(), job)("init") is False
     assert calls == ["init"]
+
+
+async def test_the_loop_waits_for_the_first_run_from_init() -> None:
+    """Started at boot, the loop never registers on its own: the first run is /init's (so a
+    connector that Nextcloud has not initialised calls nothing); after it, a change runs."""
+    calls: list[str] = []
+    value = 1
+    ran = asyncio.Event()
+
+    async def job(reason: str) -> bool:
+        calls.append(reason)
+        ran.set()
+        return True
+
+    follower = Follower("test", job, lambda: value, check_every=0.01)
+    follower.start()
+    for _ in range(5):
+        follower.poke()
+        await asyncio.sleep(0.02)
+    assert calls == []
+    await follower.run_now("init")
+    assert calls == ["init"]
+    ran.clear()
+    value = 2
+    follower.poke()
+    await asyncio.wait_for(ran.wait(), timeout=5)
+    assert calls == ["init", "changed"]
+    await follower.close()
