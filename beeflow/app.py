@@ -10,18 +10,29 @@ from beeflow import lease, lifecycle, storage
 from beeflow.config import CONFIG, Config
 from beeflow.health import HEALTH
 from beeflow.integrations import (
+    assistant,
     automations,
     events,
     files_action,
     occ_commands,
     studio,
     studio_routes,
+    talk,
     userevents,
     usersync,
 )
 from beeflow.integrations.userevents import UserEvents
 from beeflow.nextcloud import client as nextcloud
-from beeflow.nextcloud import files_actions, occ, settings, setup_checks, ui, webhooks
+from beeflow.nextcloud import (
+    files_actions,
+    occ,
+    settings,
+    setup_checks,
+    talk_bot,
+    task_processing,
+    ui,
+    webhooks,
+)
 from beeflow.nextcloud import log as nextcloud_log
 from beeflow.nextcloud.users import USERS, UserDirectory
 from beeflow.phases import INIT_PHASES
@@ -124,6 +135,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     files_action.install(app)
     setup_checks.setup(app, nc_client, app[USERS])
     occ.setup(app, nc_client, config.app_id)
+    task_processing.setup(app)
+    talk_bot.setup(app)
     events.install(app)
     automations.install(app)
     usersync.install(
@@ -134,6 +147,8 @@ def make_app(config: Config, *, run_at_boot: bool = True) -> web.Application:
     )
     occ_commands.install(app)
     studio_routes.install(app, studio.StudioMenus(config, nc_client, service, state))
+    assistant.install(app)
+    talk.install(app)
     setup_page.install(app)
     form = settings.SettingsForm(nc_client)
     admin = admin_form.AdminForm(

@@ -115,6 +115,14 @@ class Config:
     api_buffer_bytes: int = 128 * 1024**2
     api_buffer_user_bytes: int = 64 * 1024**2
     auth_failure_budget: int = 4
+    # Task Processing (docs/assistant.md): a task's watchdog is its expected runtime x 6,
+    # clamped to [min, max]; the poll backstop starts at poll_seconds and backs off to
+    # poll_max_seconds; each provider runs at most task_concurrency tasks at once.
+    task_watchdog_min_seconds: float = 60.0
+    task_watchdog_max_seconds: float = 300.0
+    task_poll_seconds: float = 5.0
+    task_poll_max_seconds: float = 300.0
+    task_concurrency: int = 4
     # -- replicas (docs/deployments.md)
     routing: str = "auto"
     # On SIGTERM: keep answering everything for this long while /ready says 503, so the load
@@ -252,6 +260,19 @@ class Config:
             ),
             "nc_signature_v1": p.get("BEEFLOW_NC_SIGNATURE_V1", "1", env_.flag),
             "nc_signature_require_v3": p.get("BEEFLOW_NC_SIGNATURE_REQUIRE_V3", "0", env_.flag),
+            "task_watchdog_min_seconds": p.get(
+                "BEEFLOW_TASK_WATCHDOG_MIN_SECONDS", "60", env_.float_range(0.1, 3600)
+            ),
+            "task_watchdog_max_seconds": p.get(
+                "BEEFLOW_TASK_WATCHDOG_MAX_SECONDS", "300", env_.float_range(0.1, 86400)
+            ),
+            "task_poll_seconds": p.get(
+                "BEEFLOW_TASK_POLL_SECONDS", "5", env_.float_range(0.05, 3600)
+            ),
+            "task_poll_max_seconds": p.get(
+                "BEEFLOW_TASK_POLL_MAX_SECONDS", "300", env_.float_range(0.05, 3600)
+            ),
+            "task_concurrency": p.get("BEEFLOW_TASK_CONCURRENCY", "4", env_.int_range(1, 64)),
             "api_buffer_bytes": p.get(
                 "BEEFLOW_API_BUFFER_BYTES", str(128 * 1024**2), env_.int_range(1024, 1 << 40)
             ),

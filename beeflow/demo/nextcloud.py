@@ -200,6 +200,11 @@ class DemoNextcloud:
             return _ocs(
                 request, {"data": "cron" if key == "backgroundjobs_mode" else str(int(time.time()))}
             )
+        if tail == "taskprocessing/tasks_provider/next":
+            return web.Response(status=204)  # nothing scheduled (nobody uses the Assistant here)
+        if tail == "apps/app_api/api/v1/talk_bot":
+            # No Talk here: AppAPI 32's answer then (docs/nextcloud-measured.md).
+            return _ocs(request, None, 400, "Talk bots could not be registered")
         # Registrations (top menu, script, logs...): accepted.
         return _ocs(request, {})
 

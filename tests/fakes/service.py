@@ -75,6 +75,7 @@ from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
 from tests.fakes.service_control import AuthRefused, ServiceControl, Session
+from tests.fakes.service_tasks import ServiceTasks
 from tests.helpers import TENANT_KEY
 
 Handler = Callable[[web.Request], Any]
@@ -252,6 +253,8 @@ class FakeService:
         else:
             self._mount_control = True
         self.control = control
+        # Task Processing's execute route and the Nextcloud event ingest (service_tasks.py).
+        self.tasks = ServiceTasks(control)
         self.instruments = instruments
         self.app_version = app_version
         self.requests: list[Recorded] = []
@@ -351,6 +354,7 @@ class FakeService:
         r.add_routes(self._extra)
         if self._mount_control:
             r.add_routes(self.control.routes())
+        r.add_routes(self.tasks.routes())
         r.add_get("/api/health", self._health)
         r.add_get("/api/session-token", self._session_token)
         r.add_post("/ai/chat/direct/stream", self._chat)

@@ -841,7 +841,7 @@ async def test_the_service_rejects_a_key_it_does_not_hold(
         ("PUT", "/index.html", 405),
         ("GET", "/hooks/studio-menus", 405),  # the push hook takes POST only
         ("POST", "/hooks/other", 404),
-        ("GET", "/trigger", 404),
+        ("PUT", "/trigger", 405),  # the Task Processing wake-up takes GET and POST
         ("POST", "/heartbeat/", 404),
         ("PATCH", "/init", 405),
         ("GET", "/nc", 404),

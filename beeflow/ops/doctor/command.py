@@ -25,6 +25,7 @@ from beeflow import __version__
 from beeflow.config import Config
 from beeflow.errors import ConfigError
 from beeflow.ops.doctor import (
+    assistant,
     automations,
     clocks,
     connector,
@@ -80,6 +81,7 @@ async def run_all(ctx: Context) -> list[Check]:
         )
     checks.append(tenant_key.check_tenant_key(ctx))
     checks.append(await connector.check_running(ctx))
+    checks.append(assistant.check_assistant(ctx))
     checks.append(automations.check_automations(ctx))
     checks.append(daemon.check_deploy_daemon(ctx))
     if config.harp:

@@ -38,11 +38,12 @@ LEGACY_CHECKS = [
     "clock_service",
     "tenant_key",
     "connector",
+    "assistant",
     "automations",
     "deploy_daemon",
 ]
 # No connector runs in these tests unless one is started: its checks are skipped.
-NOT_RUNNING = {"connector": SKIP, "automations": SKIP}
+NOT_RUNNING = {"connector": SKIP, "assistant": SKIP, "automations": SKIP}
 HARP_CHECKS = ["harp_socket", "harp_port", "frpc", "frps", "frp_certs"]
 
 
