@@ -12,8 +12,13 @@ bodies").
         limit is ever held. A body stalling is the caller's business (the head timeout and the
         client's own timeouts); what it holds is counted meanwhile.
     body.release()   idempotent: the bytes no longer count (call once they were sent on)
-    pieces(data)     a large buffered body as an async iterable of 64 KiB pieces (aiohttp sends
-                     bytes over 1 MiB only from a file or a stream; a BytesIO would copy it)
+    pieces(chunks)   a large buffered body as an async iterable of its chunks, each dropped once
+                     handed on (aiohttp sends bytes over 1 MiB only from a file or a stream; a
+                     BytesIO would copy it)
+
+The chunks are kept as they were received, not appended to one growing buffer: a bytearray grown
+chunk by chunk is reallocated as it grows, and glibc's allocator may copy it (old and new held at
+once) and keep the freed space, so a held body used to cost up to twice its size at its peak.
 """
 
 from __future__ import annotations
@@ -98,20 +103,20 @@ class Buffered:
 
     __slots__ = ("_budget", "_key", "_size", "data")
 
-    def __init__(self, budget: BufferBudget, key: str, data: bytearray) -> None:
+    def __init__(self, budget: BufferBudget, key: str, chunks: list[bytes], size: int) -> None:
         self._budget: BufferBudget | None = budget
         self._key = key
-        self._size = len(data)
-        self.data: bytearray | None = data
+        self._size = size
+        self.data: list[bytes] | None = chunks
 
     @property
     def size(self) -> int:
         return self._size
 
-    def take(self) -> bytearray:
-        """The bytes, handed over once (this holder drops its reference)."""
+    def take(self) -> list[bytes]:
+        """The chunks, handed over once (this holder drops its reference)."""
         data, self.data = self.data, None
-        return data if data is not None else bytearray()
+        return data if data is not None else []
 
     def release(self) -> None:
         """The bytes no longer count (they were sent on, or never will be); idempotent."""
@@ -124,23 +129,32 @@ class Buffered:
 async def read_whole(request: web.BaseRequest, budget: BufferBudget, key: str) -> Buffered:
     """The whole body of `request`, each chunk reserved before it is kept (see the module
     docstring). On a refusal nothing stays reserved."""
-    data = bytearray()
+    chunks: list[bytes] = []
+    small = bytearray()  # small chunks gathered up to PIECE_BYTES: a body sent a byte per chunk
+    size = 0  # must not cost an object per byte
     content = request.content
     try:
         while chunk := await content.readany():
-            budget.reserve(key, len(chunk), len(data))
-            data += chunk
+            budget.reserve(key, len(chunk), size)
+            size += len(chunk)
+            if len(chunk) >= PIECE_BYTES and not small:
+                chunks.append(chunk)
+                continue
+            small += chunk
+            if len(small) >= PIECE_BYTES:
+                chunks.append(bytes(small))
+                small.clear()
     except BaseException:
-        budget.give_back(key, len(data))
+        budget.give_back(key, size)
         raise
-    return Buffered(budget, key, data)
+    if small:
+        chunks.append(bytes(small))
+    return Buffered(budget, key, chunks, size)
 
 
-async def pieces(data: bytearray) -> AsyncIterator[bytes]:
-    """`data` in PIECE_BYTES pieces (one copied at a time), for a streamed upload."""
-    view = memoryview(data)
-    try:
-        for start in range(0, len(view), PIECE_BYTES):
-            yield bytes(view[start : start + PIECE_BYTES])
-    finally:
-        view.release()
+async def pieces(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    """`chunks` one after the other for a streamed upload, each dropped from the list as it is
+    handed on (so what was sent is no longer held here)."""
+    for i in range(len(chunks)):
+        chunk, chunks[i] = chunks[i], b""
+        yield chunk

@@ -338,9 +338,9 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                 # The rest of a refused body is not drained: the connection goes.
                 return await cut(request, error_response(exc))
             raise
-        data = buffered.take()
-        body = OutboundBody(data if len(data) <= INLINE_BODY_BYTES else pieces(data), len(data))
-        del data
+        chunks, size = buffered.take(), buffered.size
+        body = OutboundBody(b"".join(chunks) if size <= INLINE_BODY_BYTES else pieces(chunks), size)
+        del chunks
     else:
         body = await outbound_body(request)
     stats = app[_STATS]
