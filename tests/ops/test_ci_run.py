@@ -16,6 +16,7 @@ from tests.procs import REPO
 CHECKS: Final = (
     "tests (scripts/test",
     "coverage",
+    "bench's own tests",
     "ruff",
     "ruff format",
     "mypy (strict)",
@@ -78,6 +79,8 @@ def test_every_check_runs_and_every_failure_is_listed(tmp_path: Path) -> None:
     assert calls == [
         "test -p no:cacheprovider",
         "python -m coverage report",
+        "python -m pip install -q -e .[bench]",
+        "python -m pytest -q -p no:cacheprovider bench/tests",
         "python -m ruff check .",
         "python -m ruff format --check .",
         "python -m mypy",
