@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
 from aiohttp import web
 
+from beeflow.health import HealthProvider
 from beeflow.lease import LEASES
-from beeflow.phases import REGISTRATIONS
+from beeflow.nextcloud import surface
+from beeflow.phases import REGISTRATIONS, InitPhase
 from beeflow.tasks import Slot
 
 log = logging.getLogger(__name__)
@@ -119,3 +121,39 @@ class Follower:
     async def close(self) -> None:
         await self._loop.close()
         await self._run.close()
+
+
+def install_followed(
+    app: web.Application,
+    follower: Follower,
+    *,
+    surface_name: str,
+    phase_name: str,
+    progress: int,
+    health: HealthProvider,
+    before_start: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """A registration surface whose /init phase is the follower's first run and whose follower
+    runs for the app's lifetime (`before_start` first, e.g. loading what an earlier start
+    saved). Nothing is undone on disable (no teardown)."""
+
+    async def phase() -> None:
+        await follower.run_now("init")
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if before_start is not None:
+            await before_start()
+        follower.start()
+        yield
+        await follower.close()
+
+    app.cleanup_ctx.append(ctx)
+    surface.install(
+        app,
+        surface.Surface(
+            name=surface_name,
+            phases=[InitPhase(phase_name, progress, phase)],
+            health=health,
+            teardown=None,
+        ),
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,10 +16,8 @@ from aiohttp import web
 from beeflow import storage
 from beeflow.config import CONFIG
 from beeflow.errors import NextcloudError
-from beeflow.nextcloud import surface
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
-from beeflow.nextcloud.follow import Follower, under_lease
-from beeflow.phases import InitPhase
+from beeflow.nextcloud.follow import Follower, install_followed, under_lease
 from beeflow.redact import REDACTOR
 from beeflow.serde import iso_utc
 from beeflow.tenant.state import TENANT, TenantState
@@ -179,23 +177,12 @@ def setup(app: web.Application) -> None:
     app[TALK_BOT] = bot
     job = under_lease(app, bot.register)
     follower = bot.follower = Follower("talk-bot-registration", job, bot.watch)
-
-    async def phase() -> None:
-        await follower.run_now("init")
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await asyncio.to_thread(bot.secret)  # a secret saved before this start
-        follower.start()
-        yield
-        await follower.close()
-
-    app.cleanup_ctx.append(ctx)
-    surface.install(
+    install_followed(
         app,
-        surface.Surface(
-            name="talkBot",
-            phases=[InitPhase("talk-bot", INIT_PROGRESS, phase)],
-            health=bot.health,
-            teardown=None,
-        ),
+        follower,
+        surface_name="talkBot",
+        phase_name="talk-bot",
+        progress=INIT_PROGRESS,
+        health=bot.health,
+        before_start=lambda: asyncio.to_thread(bot.secret),  # a secret saved before this start
     )

@@ -9,7 +9,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 import attrs
@@ -17,10 +17,8 @@ from aiohttp import web
 
 from beeflow.config import CONFIG, Config
 from beeflow.errors import NextcloudError
-from beeflow.nextcloud import surface
 from beeflow.nextcloud.client import NEXTCLOUD, NextcloudClient
-from beeflow.nextcloud.follow import Follower, under_lease
-from beeflow.phases import InitPhase
+from beeflow.nextcloud.follow import Follower, install_followed, under_lease
 from beeflow.tenant.state import TENANT, TenantState
 
 log = logging.getLogger(__name__)
@@ -332,21 +330,11 @@ def setup(app: web.Application) -> None:
     app[PROVIDERS] = providers
     app[REGISTRAR] = registrar
 
-    async def phase() -> None:
-        await follower.run_now("init")
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        follower.start()
-        yield
-        await follower.close()
-
-    app.cleanup_ctx.append(ctx)
-    surface.install(
+    install_followed(
         app,
-        surface.Surface(
-            name="taskProcessing",
-            phases=[InitPhase("task-processing", INIT_PROGRESS, phase)],
-            health=providers.health,
-            teardown=None,
-        ),
+        follower,
+        surface_name="taskProcessing",
+        phase_name="task-processing",
+        progress=INIT_PROGRESS,
+        health=providers.health,
     )
