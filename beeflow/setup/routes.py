@@ -131,6 +131,16 @@ async def save(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ start-up
 
 
+def _allowed(saved_url: str) -> URL | None:
+    """The saved service URL if it is still allowed (a rule may have changed since it was
+    saved), else None, logged."""
+    try:
+        return parse_allowed_url(saved_url)
+    except UrlRejected as exc:
+        log.warning("ignoring the saved service URL: %s (%s)", exc.message, exc.instance_code)
+        return None
+
+
 def apply_saved(app: web.Application) -> bool:
     """Apply setup-config.json unless the environment pins the URL or a tenant binding does.
     Precedence: env -> saved choice -> default; a bound tenant pins it (docs/lifecycle.md,
@@ -141,10 +151,8 @@ def apply_saved(app: web.Application) -> bool:
     choice = store.load(app[CONFIG].persistent_storage)
     if choice is None:
         return False
-    try:
-        url = parse_allowed_url(choice.api_base_url)
-    except UrlRejected as exc:
-        log.warning("ignoring the saved service URL: %s (%s)", exc.message, exc.instance_code)
+    url = _allowed(choice.api_base_url)
+    if url is None:
         return False
     api_base.url, api_base.source = url, "setup"
     app[STATE].loaded_from_file = True
@@ -163,10 +171,8 @@ def reapply_saved(app: web.Application) -> bool:
     choice = store.load(app[CONFIG].persistent_storage)
     if api_base.locked or choice is None or choice.saved_at == state.applied_saved_at:
         return False
-    try:
-        url = parse_allowed_url(choice.api_base_url)
-    except UrlRejected as exc:
-        log.warning("ignoring the saved service URL: %s (%s)", exc.message, exc.instance_code)
+    url = _allowed(choice.api_base_url)
+    if url is None:
         return False
     state.applied_saved_at = choice.saved_at
     if str(api_base.url) == str(url) and api_base.source == "setup":
