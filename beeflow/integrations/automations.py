@@ -41,6 +41,7 @@ from beeflow.nextcloud.webhooks import REGISTRAR
 from beeflow.service_client import SERVICE
 from beeflow.tenant.state import TENANT
 from beeflow.web.auth import Access, add_route
+from beeflow.web.bodies import read_capped
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -109,16 +110,10 @@ AUTOMATIONS: web.AppKey[Automations] = web.AppKey("automations")
 
 
 async def _body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    raw = await read_capped(request, MAX_BODY)
+    if raw is None:
         raise PayloadTooLarge(f"A delivery is at most {MAX_BODY // 1024} KiB")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge(f"A delivery is at most {MAX_BODY // 1024} KiB")
-        parts.append(chunk)
-    return b"".join(parts)
+    return raw
 
 
 def _envelope(raw: bytes) -> dict[str, Any]:

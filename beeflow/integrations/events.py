@@ -23,6 +23,7 @@ from beeflow.integrations.userevents import USER_EVENTS, USER_EVENTS_SINK
 from beeflow.tasks import cancel_all, running, spawn
 from beeflow.tenant.state import TENANT
 from beeflow.web.auth import Access, add_route
+from beeflow.web.bodies import read_capped
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -131,16 +132,9 @@ def _ignored(what: str, code: str, **extra: Any) -> web.Response:
 async def nc_events(request: web.Request) -> web.Response:
     """Always 200 and fast (Nextcloud waits at most 3 s and never retries); the forward to the
     service runs in the background and is logged when it fails."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    raw = await read_capped(request, MAX_BODY)
+    if raw is None:
         return _ignored("payload_too_large", "payload_too_large")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY:
-            return _ignored("payload_too_large", "payload_too_large")
-        parts.append(chunk)
-    raw = b"".join(parts)
     try:
         data = json.loads(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -16,6 +16,7 @@ from beeflow.errors import BadRequest, NotFound
 from beeflow.nextcloud.files_actions import KINDS
 from beeflow.nextcloud.ui import MENU_NAME
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.bodies import read_capped
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,8 @@ async def files_action(request: web.Request) -> web.Response:
     kind = request.match_info["kind"]
     if kind not in KINDS:
         raise NotFound("No such Files action", code="files_action_unknown")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise BadRequest("Request body too large", code="payload_too_large", status=413)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
+    raw = await read_capped(request, MAX_BODY)
+    if raw is None:
         raise BadRequest("Request body too large", code="payload_too_large", status=413)
     try:
         body = json.loads(raw or b"null")

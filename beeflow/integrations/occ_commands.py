@@ -29,6 +29,7 @@ from beeflow.tasks import spawn
 from beeflow.tenant.state import PENDING_STATES, TENANT
 from beeflow.tenant.wiring import BOOTSTRAPPER, ROTATION
 from beeflow.web.auth import Access, add_route
+from beeflow.web.bodies import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ class Output:
 
 async def _options(request: web.Request) -> dict[str, Any]:
     """`{"occ": {"arguments": ..., "options": {...}}}` (null when the command has none)."""
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
+    raw = await read_capped(request, MAX_BODY)
+    if raw is None:
         raise BadRequest("Request body too large", code="payload_too_large", status=413)
     try:
         body = json.loads(raw or b"{}")

@@ -28,6 +28,7 @@ from beeflow.service_client import SERVICE, ServiceCallError, ServiceClient
 from beeflow.tasks import spawn
 from beeflow.tenant.state import TENANT, TenantState
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.bodies import read_capped
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -189,17 +190,11 @@ TALK: web.AppKey[Talk] = web.AppKey("talk")
 
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    raw = await read_capped(request, MAX_BODY)
+    if raw is None:
         raise PayloadTooLarge("A Talk delivery is at most 256 KiB", code="payload_too_large")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge("A Talk delivery is at most 256 KiB", code="payload_too_large")
-        parts.append(chunk)
     try:
-        data = json.loads(b"".join(parts).decode("utf-8") or "null")
+        data = json.loads(raw.decode("utf-8") or "null")
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("A Talk delivery is a JSON object", code="bad_json") from None
     if not isinstance(data, dict):

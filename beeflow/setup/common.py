@@ -21,6 +21,7 @@ from beeflow.setup.reachability import Reachability
 from beeflow.tasks import spawn
 from beeflow.tenant.wiring import BOOTSTRAPPER
 from beeflow.web.auth import IDENTITY
+from beeflow.web.bodies import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     """JSON objects only. Requiring application/json also keeps plain HTML forms out."""
     if request.content_type != "application/json":
         raise BadRequest("Send the request as application/json", code="json_required", status=415)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise BadRequest("Request body too large", code="payload_too_large", status=413)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
+    raw = await read_capped(request, MAX_BODY)
+    if raw is None:
         raise BadRequest("Request body too large", code="payload_too_large", status=413)
     try:
         data = json.loads(raw or b"{}")

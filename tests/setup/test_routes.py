@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,25 @@ async def test_probe_cloud_mode_uses_cloud_url(connector: RunningConnector) -> N
 
 
 # ------------------------------------------------------------------ save
+
+
+async def test_a_save_sent_in_pieces_is_read_whole(
+    connector_factory: ConnectorFactory, health: HealthServer, storage: Path
+) -> None:
+    """Through Nextcloud's PHP proxy the body may arrive chunked, in more than one read."""
+    running = await connector_factory(BEEFLOW_TENANT_KEY="auto")
+    body = json.dumps({"mode": "self-hosted", "apiBaseUrl": str(health.url) + "/"}).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await asyncio.sleep(0.1)
+        yield body[10:]
+
+    async with await running.request(
+        "POST", "/setup", user="admin", data=pieces(), headers=JSON
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["saved"]["apiBaseUrl"] == str(health.url)
 
 
 async def test_save_applies_live_and_rebootstraps(

@@ -30,6 +30,7 @@ from beeflow.limits import RateLimiter
 from beeflow.proxy.nc.signatures import GUARD, SignatureGuard
 from beeflow.storage import StoreError, Unusable, read_json, write_json_atomic
 from beeflow.web.auth import IDENTITY, Access, add_route
+from beeflow.web.bodies import read_capped
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,8 @@ async def _on_startup(app: web.Application) -> None:
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise BadRequest("Send the request as application/json", code="json_required", status=415)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
+    raw = await read_capped(request, MAX_BODY)
+    if raw is None:
         raise BadRequest("Request body too large", code="payload_too_large", status=413)
     try:
         data = json.loads(raw or b"{}")
