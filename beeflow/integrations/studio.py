@@ -27,6 +27,7 @@ from beeflow.service_client import SOURCE, ServiceClient
 from beeflow.signing import SIG_HEADER, sign_outbound
 from beeflow.storage import describe_os_error
 from beeflow.tenant.state import TenantState
+from beeflow.web.bodies import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +204,13 @@ class StudioMenus:
             ) as resp:
                 if resp.status == 404:
                     raise Unsupported
-                raw = await resp.content.read(MAX_LISTING + 1)
+                raw = await read_capped(resp, MAX_LISTING) if resp.status == 200 else b""
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RuntimeError(f"the service could not be reached ({type(exc).__name__})") from None
         if status != 200:
             raise RuntimeError(f"the service answered HTTP {status}")
-        if len(raw) > MAX_LISTING:
+        if raw is None:
             raise RuntimeError("the listing is too large")
         try:
             return parse_listing(json.loads(raw))

@@ -28,6 +28,7 @@ from beeflow.signing import SIG_HEADER, UID_HEADER, SigFormatError, nc_message_v
 from beeflow.tasks import spawn
 from beeflow.tenant.state import TenantState
 from beeflow.web.auth import Access, add_route
+from beeflow.web.bodies import read_capped
 from beeflow.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ async def hook(request: web.Request) -> web.Response:
     menus, guard = request.app[STUDIO], request.app[_GUARD]
     if guard.limiter.blocked("hook"):
         return json_response({"ok": False, "error": "rate_limited"})
-    raw = await request.content.read(MAX_HOOK_BODY + 1)
-    if len(raw) > MAX_HOOK_BODY:
+    raw = await read_capped(request, MAX_HOOK_BODY)
+    if raw is None:
         guard.limiter.hit("hook")
         return json_response({"ok": False, "error": "body_too_large"})
     problem = guard.verify(request.headers, raw)

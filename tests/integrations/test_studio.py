@@ -140,6 +140,16 @@ async def test_two_apps_then_a_rename_then_an_unpublish(
     assert list(json.loads((storage / STATE_FILE).read_text())["entries"]) == [b]
 
 
+async def test_a_listing_that_arrives_in_many_reads_is_read_whole(
+    conn: RunningConnector, fake_nc: FakeNextcloud, studio: StudioService
+) -> None:
+    """A listing of a few hundred KiB comes in several socket reads: all of it is parsed."""
+    studio.apps = [StudioApp(A, "Invoices " + "x" * 300_000)]
+    result = await conn.app[STUDIO].run("test")
+    assert result.to_json() == {"ok": True, "added": 1, "removed": 0, "updated": 0}
+    assert fake_nc.top_menu[name_of(A)]["displayName"].startswith("Invoices x")
+
+
 @pytest.mark.parametrize(("knob", "skipped"), [("fault", ""), ("module_off", "unsupported")])
 async def test_a_failed_or_switched_off_listing_removes_nothing(
     conn: RunningConnector,
