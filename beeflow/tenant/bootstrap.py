@@ -230,15 +230,8 @@ class Bootstrapper:
         # Files first, state last: whoever sees the key in memory sees the files settled.
         await asyncio.to_thread(self.store.remove, ERROR_FILE)
         await asyncio.to_thread(self.store.remove, PENDING_FILE)
-        state.key = key
-        state.organization_id = record.organization_id
-        state.organization_name = record.organization_name
+        state.adopt(record, source="bootstrap")
         state.instance_id = record.nc_instance_id
-        state.nc_version = record.nc_version
-        state.bound_api_base_url = record.bound_api_base_url
-        state.provisioned_at = record.provisioned_at
-        state.source = "bootstrap"
-        state.status = "ok"
         state.pending = None
         state.last_error = None
         state.store_error = store_error
@@ -302,16 +295,9 @@ class Bootstrapper:
             return
         record = await asyncio.to_thread(self.store.load_key)
         if record is not None:
-            key = record.tenant_key.strip()
-            REDACTOR.add(key)
-            state.key = key
-            state.organization_id = record.organization_id
-            state.organization_name = record.organization_name
+            REDACTOR.add(record.tenant_key.strip())
+            state.adopt(record, source="cache")
             state.instance_id = record.nc_instance_id or state.instance_id
-            state.nc_version = record.nc_version
-            state.bound_api_base_url = record.bound_api_base_url
-            state.provisioned_at = record.provisioned_at
-            state.source, state.status = "cache", "ok"
             self.pairing_code = None  # BEEFLOW_PAIRING_CODE is for the first bootstrap only
             self.pin_service_url()
             await asyncio.to_thread(self.store.remove, ERROR_FILE)

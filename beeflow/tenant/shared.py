@@ -105,17 +105,10 @@ class TenantFiles:
 
     def _adopt(self, record: KeyRecord) -> None:
         boot, state = self.boot, self.boot.state
-        key = record.tenant_key.strip()
-        REDACTOR.add(key)
+        REDACTOR.add(record.tenant_key.strip())
         previous = state.fingerprint
-        state.key = key
-        state.organization_id = record.organization_id
-        state.organization_name = record.organization_name
+        state.adopt(record, source="cache")
         state.instance_id = record.nc_instance_id or state.instance_id
-        state.nc_version = record.nc_version
-        state.bound_api_base_url = record.bound_api_base_url
-        state.provisioned_at = record.provisioned_at
-        state.source, state.status = "cache", "ok"
         state.last_error = None
         state.store_error = None
         boot.failures = 0

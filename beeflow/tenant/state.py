@@ -9,7 +9,7 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
-from beeflow.tenant.records import ErrorRecord
+from beeflow.tenant.records import ErrorRecord, KeyRecord
 
 PENDING_STATES: Final = frozenset({"awaiting_email_verification"})
 
@@ -50,6 +50,17 @@ class TenantState:
         """A re-bootstrap's 202 waits for someone (e-mail code, approval) while the key it
         would replace keeps serving every request."""
         return bool(self.key) and self.status in PENDING_STATES
+
+    def adopt(self, record: KeyRecord, *, source: str) -> None:
+        """Use the key `record` holds (from the bootstrap, or from the storage) and what is bound
+        to it; the instance id is the caller's to set (what the record knows of it differs)."""
+        self.key = record.tenant_key.strip()
+        self.organization_id = record.organization_id
+        self.organization_name = record.organization_name
+        self.nc_version = record.nc_version
+        self.bound_api_base_url = record.bound_api_base_url
+        self.provisioned_at = record.provisioned_at
+        self.source, self.status = source, "ok"
 
     def reset(self) -> None:
         """Forget the key and everything bound to it; what Nextcloud told us (its instance id and
