@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,8 @@ NLMSG_DONE = 3
 TCP_LISTEN = 10
 
 
-def kernel_backlog(port: int) -> int | None:
-    """The accept-queue limit the kernel holds for the IPv4 TCP socket listening on `port`
-    (inet_diag_msg.idiag_wqueue of a listener), or None when none listens there."""
-    request = struct.pack(
-        "=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN
-    ) + bytes(48)  # inet_diag_sockid: any
+def sock_diag(request: bytes) -> Iterator[bytes]:
+    """Each message of a sock_diag dump (its payload after the netlink header)."""
     header = struct.pack(
         "=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
     )
@@ -43,13 +40,22 @@ def kernel_backlog(port: int) -> int | None:
             while offset + 16 <= len(data):
                 length, kind = struct.unpack_from("=IH", data, offset)
                 if kind == NLMSG_DONE or length < 16:
-                    return None
-                body = offset + 16
-                (sport,) = struct.unpack_from("!H", data, body + 4)
-                wqueue = struct.unpack_from("=I", data, body + 60)[0]
-                if sport == port:
-                    return int(wqueue)
+                    return
+                yield data[offset + 16 : offset + length]
                 offset += (length + 3) & ~3
+
+
+def kernel_backlog(port: int) -> int | None:
+    """The accept-queue limit the kernel holds for the IPv4 TCP socket listening on `port`
+    (inet_diag_msg.idiag_wqueue of a listener), or None when none listens there."""
+    request = struct.pack(
+        "=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN
+    ) + bytes(48)  # inet_diag_sockid: any
+    for msg in sock_diag(request):
+        (sport,) = struct.unpack_from("!H", msg, 4)
+        if sport == port:
+            return int(struct.unpack_from("=I", msg, 60)[0])
+    return None
 
 
 def somaxconn() -> int:
@@ -121,30 +127,19 @@ def kernel_unix_backlog(path: Path) -> int | None:
         0xFFFFFFFF,
         0xFFFFFFFF,
     )
-    header = struct.pack(
-        "=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
-    )
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-        nl.send(header + request)
-        while True:
-            data = nl.recv(65536)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if kind == NLMSG_DONE or length < 16:
-                    return None
-                name, backlog = None, None
-                attr = offset + 16 + 16  # the message header, then unix_diag_msg
-                while attr + 4 <= offset + length:
-                    size, atype = struct.unpack_from("=HH", data, attr)
-                    if size < 4:
-                        break
-                    value = data[attr + 4 : attr + size]
-                    if atype == UNIX_DIAG_NAME:
-                        name = value.rstrip(b"\0").decode(errors="replace")
-                    elif atype == UNIX_DIAG_RQLEN:
-                        backlog = struct.unpack_from("=II", value)[1]
-                    attr += (size + 3) & ~3
-                if name == str(path):
-                    return backlog
-                offset += (length + 3) & ~3
+    for msg in sock_diag(request):
+        name, backlog = None, None
+        attr = 16  # after unix_diag_msg: its attributes
+        while attr + 4 <= len(msg):
+            size, atype = struct.unpack_from("=HH", msg, attr)
+            if size < 4:
+                break
+            value = msg[attr + 4 : attr + size]
+            if atype == UNIX_DIAG_NAME:
+                name = value.rstrip(b"\0").decode(errors="replace")
+            elif atype == UNIX_DIAG_RQLEN:
+                backlog = struct.unpack_from("=II", value)[1]
+            attr += (size + 3) & ~3
+        if name == str(path):
+            return backlog
+    return None
